@@ -1,0 +1,250 @@
+//! Attribute macros that turn a Rust `impl` block into a Clacks plugin — the Rust
+//! spelling of the original's `Plugin` class and `@Command` decorator.
+//!
+//! ```ignore
+//! #[clacks_core::plugin(target = "core")]
+//! impl Greeter {
+//!     /// Say hello to someone.
+//!     #[command]
+//!     async fn greet(&self, name: String, times: Option<u32>) -> CommandResult<String> { … }
+//! }
+//! ```
+//!
+//! The macro keeps the impl as written and adds `impl clacks_core::command::Plugin`,
+//! whose `commands()` describes every `#[command]` method once: its wire name
+//! (`snake_case` becomes `lowerCamelCase` unless `name = "…"` is given), parameter names
+//! and JSON types (from `clacks_core::command::WireType`), the mandatory help text
+//! (`help = "…"` or the doc comment — a command without either does not compile),
+//! `needs_user`, `needs_queue` and `call_type`. A parameter of type `&CallContext`
+//! receives the call context instead of an argument.
+
+use proc_macro::TokenStream;
+use proc_macro2::TokenStream as TokenStream2;
+use quote::{format_ident, quote};
+use syn::parse::Parser;
+use syn::punctuated::Punctuated;
+use syn::spanned::Spanned;
+use syn::{Expr, ExprLit, FnArg, ImplItem, ItemImpl, Lit, Meta, Pat, Token, Type};
+
+/// Exports the `#[command]` methods of an `impl` block as a plugin on `target`.
+#[proc_macro_attribute]
+pub fn plugin(attr: TokenStream, item: TokenStream) -> TokenStream {
+    match expand_plugin(attr.into(), item.into()) {
+        Ok(tokens) => tokens.into(),
+        Err(err) => err.to_compile_error().into(),
+    }
+}
+
+/// Marks a method for export; only meaningful inside a `#[plugin]` impl, which removes it.
+#[proc_macro_attribute]
+pub fn command(_attr: TokenStream, item: TokenStream) -> TokenStream {
+    item
+}
+
+struct CommandOptions {
+    name: Option<String>,
+    help: Option<String>,
+    needs_user: bool,
+    needs_queue: bool,
+    call_type: String,
+}
+
+fn expand_plugin(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
+    let target = parse_target(attr)?;
+    let mut item_impl: ItemImpl = syn::parse2(item)?;
+    let self_ty = item_impl.self_ty.clone();
+    let mut commands = Vec::new();
+
+    for impl_item in &mut item_impl.items {
+        let ImplItem::Fn(method) = impl_item else { continue };
+        let Some(pos) = method.attrs.iter().position(|a| a.path().is_ident("command")) else { continue };
+        let attr = method.attrs.remove(pos);
+        let options = parse_command_options(&attr, &method.attrs)?;
+        commands.push(expand_command(&target, method, options)?);
+    }
+
+    Ok(quote! {
+        #item_impl
+
+        impl ::clacks_core::command::Plugin for #self_ty {
+            fn commands(self: ::std::sync::Arc<Self>) -> ::std::vec::Vec<::clacks_core::command::Command> {
+                ::std::vec![ #(#commands),* ]
+            }
+        }
+    })
+}
+
+fn parse_target(attr: TokenStream2) -> syn::Result<String> {
+    let metas = Punctuated::<Meta, Token![,]>::parse_terminated.parse2(attr.clone())?;
+    for meta in &metas {
+        if let Meta::NameValue(nv) = meta
+            && nv.path.is_ident("target")
+        {
+            return string_value(&nv.value);
+        }
+        return Err(syn::Error::new(meta.span(), "expected `target = \"…\"`"));
+    }
+    Err(syn::Error::new(attr.span(), "#[plugin] needs `target = \"…\"`, the plugin's command queue"))
+}
+
+fn string_value(expr: &Expr) -> syn::Result<String> {
+    match expr {
+        Expr::Lit(ExprLit { lit: Lit::Str(s), .. }) => Ok(s.value()),
+        other => Err(syn::Error::new(other.span(), "expected a string literal")),
+    }
+}
+
+fn parse_command_options(attr: &syn::Attribute, other_attrs: &[syn::Attribute]) -> syn::Result<CommandOptions> {
+    let mut options =
+        CommandOptions { name: None, help: None, needs_user: false, needs_queue: false, call_type: "normal".into() };
+    if !matches!(attr.meta, Meta::Path(_)) {
+        let metas = attr.parse_args_with(Punctuated::<Meta, Token![,]>::parse_terminated)?;
+        for meta in metas {
+            match &meta {
+                Meta::Path(p) if p.is_ident("needs_user") => options.needs_user = true,
+                Meta::Path(p) if p.is_ident("needs_queue") => options.needs_queue = true,
+                Meta::NameValue(nv) if nv.path.is_ident("help") => options.help = Some(string_value(&nv.value)?),
+                Meta::NameValue(nv) if nv.path.is_ident("name") => options.name = Some(string_value(&nv.value)?),
+                Meta::NameValue(nv) if nv.path.is_ident("call_type") => options.call_type = string_value(&nv.value)?,
+                _ => {
+                    return Err(syn::Error::new(
+                        meta.span(),
+                        "expected help = \"…\", name = \"…\", call_type = \"normal|first_result|cumulative\", needs_user or needs_queue",
+                    ));
+                }
+            }
+        }
+    }
+    if options.help.is_none() {
+        let doc: Vec<String> = other_attrs
+            .iter()
+            .filter(|a| a.path().is_ident("doc"))
+            .filter_map(|a| match &a.meta {
+                Meta::NameValue(nv) => string_value(&nv.value).ok(),
+                _ => None,
+            })
+            .map(|line| line.trim().to_owned())
+            .take_while(|line| !line.is_empty())
+            .collect();
+        if !doc.is_empty() {
+            options.help = Some(doc.join(" "));
+        }
+    }
+    Ok(options)
+}
+
+fn expand_command(target: &str, method: &syn::ImplItemFn, options: CommandOptions) -> syn::Result<TokenStream2> {
+    let method_ident = &method.sig.ident;
+    let rust_name = method_ident.to_string();
+    let name = options.name.unwrap_or_else(|| wire_name(&rust_name));
+    let Some(help) = options.help else {
+        return Err(syn::Error::new(
+            method.sig.ident.span(),
+            format!("command `{name}` needs help text: add a doc comment or help = \"…\""),
+        ));
+    };
+    let call_type = match options.call_type.as_str() {
+        "normal" => quote!(::clacks_core::command::CallType::Normal),
+        "first_result" => quote!(::clacks_core::command::CallType::FirstResult),
+        "cumulative" => quote!(::clacks_core::command::CallType::Cumulative),
+        other => {
+            return Err(syn::Error::new(
+                method.sig.span(),
+                format!("unknown call_type `{other}`; use normal, first_result or cumulative"),
+            ));
+        }
+    };
+    match method.sig.inputs.first() {
+        Some(FnArg::Receiver(r)) if r.reference.is_some() && r.mutability.is_none() => {}
+        _ => return Err(syn::Error::new(method.sig.span(), "a command takes `&self` first")),
+    }
+
+    let mut params = Vec::new();
+    let mut decodes = Vec::new();
+    let mut call_args = Vec::new();
+    for (idx, input) in method.sig.inputs.iter().skip(1).enumerate() {
+        let FnArg::Typed(pat_type) = input else { continue };
+        let ty = &*pat_type.ty;
+        if is_call_context(ty) {
+            if matches!(ty, Type::Reference(_)) {
+                call_args.push(quote!(&__ctx));
+            } else {
+                call_args.push(quote!(__ctx.clone()));
+            }
+            continue;
+        }
+        let Pat::Ident(pat_ident) = &*pat_type.pat else {
+            return Err(syn::Error::new(pat_type.pat.span(), "command parameters must be plain names"));
+        };
+        let param_name = wire_name(&pat_ident.ident.to_string());
+        let var = format_ident!("__arg{idx}");
+        params.push(quote! {
+            ::clacks_core::command::Param {
+                name: ::std::string::String::from(#param_name),
+                ty: <#ty as ::clacks_core::command::WireType>::TYPE,
+                optional: <#ty as ::clacks_core::command::WireType>::OPTIONAL,
+            }
+        });
+        decodes.push(quote! {
+            let #var: #ty = ::clacks_core::command::decode_argument(
+                #name, #param_name, __args.next().unwrap_or(::serde_json::Value::Null))?;
+        });
+        call_args.push(quote!(#var));
+    }
+    let invoke = if method.sig.asyncness.is_some() {
+        quote!(__this.#method_ident(#(#call_args),*).await)
+    } else {
+        quote!(__this.#method_ident(#(#call_args),*))
+    };
+    let needs_user = options.needs_user;
+    let needs_queue = options.needs_queue;
+
+    Ok(quote! {{
+        let __plugin = ::std::sync::Arc::clone(&self);
+        ::clacks_core::command::Command {
+            spec: ::clacks_core::command::CommandSpec {
+                name: ::std::string::String::from(#name),
+                target: ::std::string::String::from(#target),
+                params: ::std::vec![ #(#params),* ],
+                help: ::std::string::String::from(#help),
+                needs_user: #needs_user,
+                needs_queue: #needs_queue,
+                call_type: #call_type,
+            },
+            handler: ::std::sync::Arc::new(move |__ctx: ::clacks_core::command::CallContext, __values: ::std::vec::Vec<::serde_json::Value>| {
+                let __this = ::std::sync::Arc::clone(&__plugin);
+                ::std::boxed::Box::pin(async move {
+                    let mut __args = __values.into_iter();
+                    #(#decodes)*
+                    ::clacks_core::command::IntoCommandResult::into_command_result(#invoke)
+                })
+            }),
+        }
+    }})
+}
+
+fn is_call_context(ty: &Type) -> bool {
+    let ty = match ty {
+        Type::Reference(r) => &*r.elem,
+        other => other,
+    };
+    matches!(ty, Type::Path(p) if p.path.segments.last().is_some_and(|s| s.ident == "CallContext"))
+}
+
+// Kept in sync with `clacks_core::command::wire_name`, which the agent uses for
+// `.rhai` plugins; a proc-macro crate cannot depend on the crate it serves.
+fn wire_name(rust_name: &str) -> String {
+    let mut out = String::with_capacity(rust_name.len());
+    let mut upper = false;
+    for c in rust_name.trim_start_matches('_').chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

@@ -1,0 +1,657 @@
+//! The RabbitMQ bus (AMQP 0-9-1 through lapin).
+//!
+//! One connection per bus, owned by a supervisor task. The supervisor connects,
+//! declares the topology (the event exchange, every served queue with its consumer,
+//! every event subscription with its bindings, the direct reply-to consumer), publishes
+//! the live connection, and waits for it to fail. Then it fails the calls in flight
+//! with `ConnectionLost`, waits a jittered, growing delay and starts again. lapin's own
+//! auto-recovery is not used: the topology replay is ours so that a test can prove it.
+//!
+//! Calls publish with `mandatory` on a confirm-mode channel: a request to a queue no
+//! agent consumes comes back from the broker at once as `NoProvider` instead of
+//! waiting out its deadline. Replies use RabbitMQ's direct reply-to, matched by
+//! correlation id; a late reply to a call that already gave up is dropped.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::uri::AMQPUri;
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use tokio::sync::{Mutex as AsyncMutex, mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use super::{BusError, CallOptions, EventMessage, RequestHandler, RequestMessage, ServeOptions, backoff_delay};
+use crate::domain::Domain;
+
+/// The pseudo-queue of RabbitMQ's direct reply-to.
+const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+/// Header naming the original caller of a forwarded request.
+pub const ON_BEHALF_OF_HEADER: &str = "x-clacks-user";
+/// Shared command queues disappear after this long without any consumer, so calls to a
+/// target whose agents are all gone fail fast again instead of piling up.
+const SHARED_QUEUE_EXPIRY_MS: i64 = 5 * 60 * 1000;
+
+/// Connection settings.
+#[derive(Clone, Debug)]
+pub struct AmqpSettings {
+    /// Shown in the RabbitMQ management UI.
+    pub connection_name: String,
+    /// Heartbeat interval negotiated with the broker, unless the URL sets one.
+    pub heartbeat_secs: u16,
+    /// How long one connection attempt may take.
+    pub connect_timeout: Duration,
+    /// First reconnection delay (before jitter).
+    pub reconnect_min: Duration,
+    /// Longest reconnection delay.
+    pub reconnect_max: Duration,
+    /// Keep retrying the first connection instead of failing (agents do; shells don't).
+    pub wait_for_broker: bool,
+}
+
+impl Default for AmqpSettings {
+    fn default() -> AmqpSettings {
+        AmqpSettings {
+            connection_name: "clacks".into(),
+            heartbeat_secs: 10,
+            connect_timeout: Duration::from_secs(5),
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(3),
+            wait_for_broker: false,
+        }
+    }
+}
+
+struct Live {
+    connection: Connection,
+    rpc: Channel,
+    publish: Channel,
+    failed: CancellationToken,
+}
+
+struct Served {
+    queue: String,
+    options: ServeOptions,
+    handler: RequestHandler,
+}
+
+struct Subscription {
+    types: Vec<String>,
+    sender: mpsc::Sender<EventMessage>,
+}
+
+#[derive(Default)]
+struct Topology {
+    served: Vec<Served>,
+    subscriptions: Vec<Subscription>,
+    serving_stopped: bool,
+}
+
+type PendingMap = HashMap<String, oneshot::Sender<Result<Vec<u8>, BusError>>>;
+
+struct Inner {
+    uri: AMQPUri,
+    display_url: String,
+    user: String,
+    domain: Domain,
+    settings: AmqpSettings,
+    live: watch::Sender<Option<Arc<Live>>>,
+    topology: AsyncMutex<Topology>,
+    pending: Mutex<PendingMap>,
+    call_prefix: String,
+    next_call: AtomicU64,
+    shutdown: CancellationToken,
+    stop_consuming: CancellationToken,
+    handlers: TaskTracker,
+}
+
+/// A bus over one RabbitMQ connection that heals itself.
+#[derive(Clone)]
+pub struct AmqpBus {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for AmqpBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpBus").field("url", &self.inner.display_url).finish_non_exhaustive()
+    }
+}
+
+/// Removes the password from an AMQP URL for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}@{}", &url[..scheme_end + 3], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl AmqpBus {
+    /// Connects to `url` (its path is the vhost) for `domain`.
+    pub async fn connect(url: &str, domain: Domain, settings: AmqpSettings) -> Result<AmqpBus, BusError> {
+        let display_url = redact_url(url);
+        let mut uri: AMQPUri =
+            url.parse().map_err(|e: String| BusError::Connect { url: display_url.clone(), reason: e })?;
+        if uri.query.heartbeat.is_none() {
+            uri.query.heartbeat = Some(settings.heartbeat_secs);
+        }
+        if uri.query.connection_timeout.is_none() {
+            uri.query.connection_timeout = Some(settings.connect_timeout.as_millis() as u64);
+        }
+        let user = uri.authority.userinfo.username.clone();
+        let (live, _) = watch::channel(None);
+        let inner = Arc::new(Inner {
+            uri,
+            display_url,
+            user,
+            domain,
+            settings,
+            live,
+            topology: AsyncMutex::default(),
+            pending: Mutex::default(),
+            call_prefix: uuid::Uuid::new_v4().simple().to_string()[..12].to_owned(),
+            next_call: AtomicU64::new(1),
+            shutdown: CancellationToken::new(),
+            stop_consuming: CancellationToken::new(),
+            handlers: TaskTracker::new(),
+        });
+        let first = {
+            let mut attempt = 0;
+            loop {
+                match establish(&inner).await {
+                    Ok(live) => break live,
+                    Err(e) if !inner.settings.wait_for_broker => return Err(e),
+                    Err(e) => {
+                        let delay = backoff_delay(attempt, inner.settings.reconnect_min, inner.settings.reconnect_max);
+                        warn!(error = %e, retry_in = ?delay, "broker not reachable yet");
+                        attempt += 1;
+                        tokio::time::sleep(delay).await;
+                    }
+                }
+            }
+        };
+        inner.live.send_replace(Some(first.clone()));
+        tokio::spawn(supervise(inner.clone(), first));
+        Ok(AmqpBus { inner })
+    }
+
+    /// The broker user this bus authenticates as.
+    pub fn user(&self) -> &str {
+        &self.inner.user
+    }
+
+    /// Whether a connection is up right now.
+    pub fn is_connected(&self) -> bool {
+        self.inner.live.borrow().is_some()
+    }
+
+    async fn live_until(&self, deadline: Instant) -> Result<Arc<Live>, BusError> {
+        let mut rx = self.inner.live.subscribe();
+        let wait = rx.wait_for(|l| l.is_some());
+        match tokio::time::timeout_at(deadline, wait).await {
+            Ok(Ok(live)) => live.clone().ok_or(BusError::Closed),
+            Ok(Err(_)) => Err(BusError::Closed),
+            Err(_) => Err(BusError::Timeout(format!(" (not connected to {})", self.inner.display_url))),
+        }
+    }
+
+    pub(crate) async fn call(&self, queue: &str, body: Vec<u8>, options: CallOptions) -> Result<Vec<u8>, BusError> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(BusError::Closed);
+        }
+        let live = self.live_until(options.deadline).await?;
+        let id = format!("{}-{}", self.inner.call_prefix, self.inner.next_call.fetch_add(1, Ordering::Relaxed));
+        let (tx, mut rx) = oneshot::channel();
+        lock(&self.inner.pending).insert(id.clone(), tx);
+        let _cleanup = RemovePending { inner: &self.inner, id: id.clone() };
+
+        let remaining = options.deadline.saturating_duration_since(Instant::now()).as_millis().max(1);
+        let mut properties = BasicProperties::default()
+            .with_reply_to(DIRECT_REPLY_TO.into())
+            .with_correlation_id(id.as_str().into())
+            .with_content_type("application/json".into())
+            .with_user_id(self.inner.user.as_str().into())
+            .with_expiration(remaining.to_string().into());
+        if let Some(caller) = &options.on_behalf_of {
+            let mut headers = FieldTable::default();
+            headers.insert(ON_BEHALF_OF_HEADER.into(), AMQPValue::LongString(caller.as_str().into()));
+            properties = properties.with_headers(headers);
+        }
+        let publish = live.rpc.basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+            &body,
+            properties,
+        );
+        let confirm = match tokio::time::timeout_at(options.deadline, publish).await {
+            Ok(Ok(confirm)) => confirm,
+            Ok(Err(e)) => return Err(BusError::ConnectionLost(e.to_string())),
+            Err(_) => return Err(BusError::Timeout(String::new())),
+        };
+        let mut confirm = std::pin::pin!(confirm);
+        let mut confirmed = false;
+        loop {
+            tokio::select! {
+                reply = &mut rx => {
+                    return reply.unwrap_or_else(|_| Err(BusError::ConnectionLost("reply channel closed".into())));
+                }
+                confirmation = &mut confirm, if !confirmed => {
+                    confirmed = true;
+                    match confirmation {
+                        Ok(Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_))) => {
+                            return Err(BusError::NoProvider(queue.to_owned()));
+                        }
+                        Ok(Confirmation::Nack(None)) => {
+                            return Err(BusError::Refused(format!("the broker could not accept a request for {queue}")));
+                        }
+                        Ok(_) => {}
+                        Err(e) => return Err(BusError::ConnectionLost(e.to_string())),
+                    }
+                }
+                _ = tokio::time::sleep_until(options.deadline) => return Err(BusError::Timeout(String::new())),
+            }
+        }
+    }
+
+    pub(crate) async fn serve(&self, queue: &str, options: ServeOptions, handler: RequestHandler) -> Result<(), BusError> {
+        let mut topology = self.inner.topology.lock().await;
+        if topology.serving_stopped {
+            return Err(BusError::Closed);
+        }
+        let served = Served { queue: queue.to_owned(), options, handler };
+        let live = self.inner.live.borrow().clone();
+        if let Some(live) = live {
+            // Declared now on the live connection; the supervisor replays it after any
+            // reconnection because it is in the topology.
+            if let Err(e) = start_consumer(&self.inner, &live, &served).await {
+                if live.connection.status().connected() {
+                    return Err(e);
+                }
+            }
+        }
+        topology.served.push(served);
+        Ok(())
+    }
+
+    pub(crate) async fn publish_event(&self, event_type: &str, xml: Vec<u8>) -> Result<(), BusError> {
+        let live = self.live_until(Instant::now() + Duration::from_secs(5)).await?;
+        let properties = BasicProperties::default()
+            .with_content_type("application/xml".into())
+            .with_user_id(self.inner.user.as_str().into())
+            .with_type(event_type.into());
+        live.publish
+            .basic_publish(
+                self.inner.domain.event_exchange().into(),
+                event_type.into(),
+                BasicPublishOptions::default(),
+                &xml,
+                properties,
+            )
+            .await
+            .map_err(|e| BusError::ConnectionLost(e.to_string()))?;
+        Ok(())
+    }
+
+    pub(crate) async fn subscribe(&self, types: &[String]) -> Result<mpsc::Receiver<EventMessage>, BusError> {
+        let (sender, rx) = mpsc::channel(1024);
+        let subscription = Subscription { types: types.to_vec(), sender };
+        let mut topology = self.inner.topology.lock().await;
+        let live = self.inner.live.borrow().clone();
+        if let Some(live) = live {
+            if let Err(e) = start_subscription(&self.inner, &live, &subscription).await {
+                if live.connection.status().connected() {
+                    return Err(e);
+                }
+            }
+        }
+        topology.subscriptions.push(subscription);
+        Ok(rx)
+    }
+
+    pub(crate) async fn stop_serving(&self) {
+        let mut topology = self.inner.topology.lock().await;
+        topology.serving_stopped = true;
+        topology.served.clear();
+        self.inner.stop_consuming.cancel();
+    }
+
+    pub(crate) async fn drain(&self) {
+        self.inner.handlers.close();
+        self.inner.handlers.wait().await;
+    }
+
+    pub(crate) async fn close(&self) {
+        self.inner.shutdown.cancel();
+        let live = self.inner.live.send_replace(None);
+        if let Some(live) = live {
+            let _ = live.connection.close(200, "bye".into()).await;
+        }
+        fail_pending(&self.inner, "the bus was closed");
+    }
+}
+
+struct RemovePending<'a> {
+    inner: &'a Inner,
+    id: String,
+}
+
+impl Drop for RemovePending<'_> {
+    fn drop(&mut self) {
+        lock(&self.inner.pending).remove(&self.id);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn fail_pending(inner: &Inner, reason: &str) {
+    let pending: Vec<_> = lock(&inner.pending).drain().collect();
+    for (_, tx) in pending {
+        let _ = tx.send(Err(BusError::ConnectionLost(reason.to_owned())));
+    }
+}
+
+fn lapin_err(e: lapin::Error) -> BusError {
+    BusError::Refused(e.to_string())
+}
+
+/// Connects and declares the whole topology; the topology lock is held throughout so a
+/// concurrent `serve`/`subscribe` is either replayed here or declared after.
+async fn establish(inner: &Arc<Inner>) -> Result<Arc<Live>, BusError> {
+    let connect_error = |e: lapin::Error| BusError::Connect { url: inner.display_url.clone(), reason: e.to_string() };
+    let properties = ConnectionProperties::default().with_connection_name(inner.settings.connection_name.as_str().into());
+    let connect = Connection::connect_uri(inner.uri.clone(), properties);
+    let connection = match tokio::time::timeout(inner.settings.connect_timeout, connect).await {
+        Ok(result) => result.map_err(connect_error)?,
+        Err(_) => {
+            return Err(BusError::Connect { url: inner.display_url.clone(), reason: "connection timed out".into() });
+        }
+    };
+    let topology = inner.topology.lock().await;
+    let rpc = connection.create_channel().await.map_err(lapin_err)?;
+    rpc.confirm_select(ConfirmSelectOptions::default()).await.map_err(lapin_err)?;
+    let publish = connection.create_channel().await.map_err(lapin_err)?;
+    publish
+        .exchange_declare(
+            inner.domain.event_exchange().into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(lapin_err)?;
+    let live = Arc::new(Live { connection, rpc, publish, failed: CancellationToken::new() });
+    start_reply_pump(inner, &live).await?;
+    for served in &topology.served {
+        start_consumer(inner, &live, served).await?;
+    }
+    for subscription in topology.subscriptions.iter().filter(|s| !s.sender.is_closed()) {
+        start_subscription(inner, &live, subscription).await?;
+    }
+    Ok(live)
+}
+
+async fn supervise(inner: Arc<Inner>, mut live: Arc<Live>) {
+    loop {
+        let reason = wait_for_failure(&inner, &live).await;
+        inner.live.send_replace(None);
+        fail_pending(&inner, &reason);
+        if inner.shutdown.is_cancelled() {
+            return;
+        }
+        warn!(url = %inner.display_url, %reason, "connection to the broker lost; reconnecting");
+        let _ = tokio::time::timeout(Duration::from_secs(1), live.connection.close(320, "reconnecting".into())).await;
+        let mut attempt = 0;
+        live = loop {
+            let delay = backoff_delay(attempt, inner.settings.reconnect_min, inner.settings.reconnect_max);
+            tokio::select! {
+                _ = inner.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            match establish(&inner).await {
+                Ok(live) => break live,
+                Err(e) => {
+                    debug!(error = %e, attempt, "reconnection attempt failed");
+                    attempt += 1;
+                }
+            }
+        };
+        info!(url = %inner.display_url, "reconnected to the broker");
+        inner.live.send_replace(Some(live.clone()));
+    }
+}
+
+async fn wait_for_failure(inner: &Inner, live: &Live) -> String {
+    let mut events = live.connection.events_listener();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => return "shutting down".into(),
+            _ = live.failed.cancelled() => return "a consumer stopped".into(),
+            event = events.next() => match event {
+                Some(lapin::Event::Error(e)) => return e.to_string(),
+                Some(_) => {}
+                None => return "connection closed".into(),
+            },
+            _ = tick.tick() => {
+                if !live.connection.status().connected() {
+                    return "connection closed".into();
+                }
+            }
+        }
+    }
+}
+
+async fn start_reply_pump(inner: &Arc<Inner>, live: &Arc<Live>) -> Result<(), BusError> {
+    let mut consumer = live
+        .rpc
+        .basic_consume(
+            DIRECT_REPLY_TO.into(),
+            "".into(),
+            BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(lapin_err)?;
+    let inner = inner.clone();
+    let failed = live.failed.clone();
+    tokio::spawn(async move {
+        while let Some(delivery) = consumer.next().await {
+            let Ok(delivery) = delivery else { break };
+            let Some(id) = delivery.properties.correlation_id() else { continue };
+            match lock(&inner.pending).remove(id.as_str()) {
+                Some(tx) => {
+                    let _ = tx.send(Ok(delivery.data));
+                }
+                None => debug!(correlation_id = %id, "dropping a late reply to a call that already ended"),
+            }
+        }
+        failed.cancel();
+    });
+    Ok(())
+}
+
+async fn start_consumer(inner: &Arc<Inner>, live: &Arc<Live>, served: &Served) -> Result<(), BusError> {
+    let channel = live.connection.create_channel().await.map_err(lapin_err)?;
+    channel
+        .basic_qos(served.options.prefetch.max(1), BasicQosOptions::default())
+        .await
+        .map_err(lapin_err)?;
+    let mut arguments = FieldTable::default();
+    let declare = if served.options.private {
+        QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() }
+    } else {
+        arguments.insert("x-expires".into(), AMQPValue::LongLongInt(SHARED_QUEUE_EXPIRY_MS));
+        QueueDeclareOptions::default()
+    };
+    channel.queue_declare(served.queue.as_str().into(), declare, arguments).await.map_err(lapin_err)?;
+    let mut consumer = channel
+        .basic_consume(served.queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .map_err(lapin_err)?;
+    let inner = inner.clone();
+    let live = live.clone();
+    let handler = served.handler.clone();
+    let queue = served.queue.clone();
+    let tag = consumer.tag();
+    tokio::spawn(async move {
+        let mut cancelling = false;
+        loop {
+            let next = tokio::select! {
+                _ = inner.stop_consuming.cancelled(), if !cancelling => {
+                    cancelling = true;
+                    // Cancel so no new request is delivered; those already delivered
+                    // still arrive on the stream and are served.
+                    let _ = channel.basic_cancel(tag.clone(), BasicCancelOptions::default()).await;
+                    continue;
+                }
+                next = consumer.next() => next,
+            };
+            match next {
+                Some(Ok(delivery)) => {
+                    let inner2 = inner.clone();
+                    let publish = live.publish.clone();
+                    let handler = handler.clone();
+                    let queue = queue.clone();
+                    inner.handlers.spawn(async move { serve_one(&inner2, &publish, &queue, handler, delivery).await });
+                }
+                Some(Err(_)) | None => {
+                    if !cancelling && !inner.shutdown.is_cancelled() {
+                        live.failed.cancel();
+                    }
+                    break;
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+async fn serve_one(inner: &Inner, publish: &Channel, queue: &str, handler: RequestHandler, delivery: lapin::message::Delivery) {
+    let props = &delivery.properties;
+    let deadline = props
+        .expiration()
+        .as_ref()
+        .and_then(|e| e.as_str().parse::<u64>().ok())
+        .map(|ms| Instant::now() + Duration::from_millis(ms));
+    let on_behalf_of = props.headers().as_ref().and_then(|h| match h.inner().get(ON_BEHALF_OF_HEADER) {
+        Some(AMQPValue::LongString(s)) => Some(s.to_string()),
+        Some(AMQPValue::ShortString(s)) => Some(s.to_string()),
+        _ => None,
+    });
+    let message = RequestMessage {
+        body: delivery.data.clone(),
+        user: props.user_id().as_ref().map(ShortString::to_string),
+        on_behalf_of,
+        deadline,
+        queue: queue.to_owned(),
+        redelivered: delivery.redelivered,
+    };
+    let reply_to = props.reply_to().clone();
+    let correlation_id = props.correlation_id().clone();
+    let reply = handler(message).await;
+    if let (Some(reply), Some(reply_to)) = (reply, reply_to) {
+        let mut properties = BasicProperties::default().with_content_type("application/json".into());
+        if let Some(id) = correlation_id {
+            properties = properties.with_correlation_id(id);
+        }
+        if let Err(e) = publish.basic_publish("".into(), reply_to, BasicPublishOptions::default(), &reply, properties).await {
+            // Without a sent reply the request stays unacknowledged and the broker
+            // hands it to another agent once this channel is gone.
+            warn!(error = %e, "could not send a reply; leaving the request for redelivery");
+            return;
+        }
+    }
+    if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+        debug!(error = %e, domain = %inner.domain, "acknowledgement failed (channel gone); the request may be redelivered");
+    }
+}
+
+async fn start_subscription(inner: &Arc<Inner>, live: &Arc<Live>, subscription: &Subscription) -> Result<(), BusError> {
+    let channel = live.connection.create_channel().await.map_err(lapin_err)?;
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(lapin_err)?;
+    // Topic bindings can express "everything" and exact types; prefixes (`Node*`) bind
+    // everything and are narrowed by the receiver.
+    let mut keys: Vec<String> =
+        subscription.types.iter().map(|t| if t.contains('*') { "#".to_owned() } else { t.clone() }).collect();
+    keys.sort();
+    keys.dedup();
+    for key in &keys {
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                inner.domain.event_exchange().into(),
+                key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(lapin_err)?;
+    }
+    let mut consumer = channel
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(lapin_err)?;
+    let sender = subscription.sender.clone();
+    let types = subscription.types.clone();
+    let live = live.clone();
+    let shutdown = inner.shutdown.clone();
+    tokio::spawn(async move {
+        let _channel = channel;
+        while let Some(delivery) = consumer.next().await {
+            let Ok(delivery) = delivery else { break };
+            let event_type = delivery.routing_key.to_string();
+            if !types.iter().any(|t| super::type_matches(t, &event_type)) {
+                continue;
+            }
+            let event =
+                EventMessage { event_type, user: delivery.properties.user_id().as_ref().map(ShortString::to_string), body: delivery.data };
+            if sender.send(event).await.is_err() {
+                // The subscriber went away; its queue goes with this channel.
+                return;
+            }
+        }
+        if !shutdown.is_cancelled() {
+            live.failed.cancel();
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact_url("amqp://guest:secret@localhost:5672/%2f"), "amqp://guest@localhost:5672/%2f");
+        assert_eq!(redact_url("amqp://localhost"), "amqp://localhost");
+    }
+}

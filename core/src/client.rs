@@ -1,0 +1,174 @@
+//! The caller side: what the shell, scripts and tests use to call commands in a
+//! domain, over the bus (AMQP or embedded) or over HTTP JSON-RPC.
+//!
+//! A call over the bus goes to the shared queue of the command's target when the
+//! client has learnt it from `getMethods`, otherwise to `D.command.core`, whose agents
+//! forward it to a provider — so a caller never needs to know where a command lives.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::bus::{Bus, BusError, CallOptions};
+use crate::domain::Domain;
+use crate::rpc::{ErrorCode, Params, Request, RpcError, decode_response};
+
+/// Why a call failed, sorted the way a command line reports it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    /// The command ran (or was routed) and answered with an error.
+    #[error("{0}")]
+    Rpc(RpcError),
+    /// The domain could not be reached.
+    #[error("{0}")]
+    Connect(String),
+    /// The credentials were refused.
+    #[error("{0}")]
+    Auth(String),
+}
+
+impl ClientError {
+    /// The symbolic code for display.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ClientError::Rpc(e) => e.symbolic(),
+            ClientError::Connect(_) => ErrorCode::CONNECTION_LOST,
+            ClientError::Auth(_) => ErrorCode::NOT_AUTHENTICATED,
+        }
+    }
+}
+
+impl From<BusError> for ClientError {
+    fn from(e: BusError) -> ClientError {
+        match e {
+            BusError::Connect { .. } => ClientError::Connect(e.to_string()),
+            other => ClientError::Rpc(other.to_rpc_error()),
+        }
+    }
+}
+
+enum Transport {
+    Bus { bus: Bus, domain: Domain, targets: RwLock<HashMap<String, String>> },
+    Http { http: reqwest::Client, url: String },
+}
+
+/// A connection to a domain for making calls.
+pub struct Client {
+    transport: Transport,
+    timeout: Duration,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("timeout", &self.timeout).finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Calls through an existing bus (AMQP or embedded).
+    pub fn over_bus(bus: Bus, domain: Domain, timeout: Duration) -> Client {
+        Client {
+            transport: Transport::Bus { bus, domain, targets: RwLock::default() },
+            timeout,
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Connects to an agent's JSON-RPC endpoint (`http[s]://host:port/rpc`) and logs in.
+    pub async fn connect_http(url: &str, user: &str, password: &str, timeout: Duration) -> Result<Client, ClientError> {
+        let http = reqwest::Client::builder()
+            .cookie_store(true)
+            .timeout(timeout)
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| ClientError::Connect(format!("cannot set up HTTP: {e}")))?;
+        let client = Client { transport: Transport::Http { http, url: url.to_owned() }, timeout, next_id: AtomicU64::new(1) };
+        match client.call("login", Params::Positional(vec![user.into(), password.into()])).await {
+            Ok(_) => Ok(client),
+            Err(ClientError::Rpc(e)) if e.symbolic() == ErrorCode::LOGIN_FAILED => Err(ClientError::Auth(e.message)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The default deadline of a call.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Calls `method` with the default deadline.
+    pub async fn call(&self, method: &str, params: Params) -> Result<Value, ClientError> {
+        self.call_with_timeout(method, params, self.timeout).await
+    }
+
+    /// Calls `method`, giving up after `timeout`.
+    pub async fn call_with_timeout(&self, method: &str, params: Params, timeout: Duration) -> Result<Value, ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let request = Request::new(method, params, Value::from(id));
+        match &self.transport {
+            Transport::Bus { bus, domain, targets } => {
+                let target = targets
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .get(method)
+                    .cloned()
+                    .unwrap_or_else(|| "core".to_owned());
+                let queue = domain.command_queue(&target);
+                let reply = bus.call(&queue, request.to_bytes(), CallOptions::timeout(timeout)).await?;
+                decode_response(&reply).map_err(ClientError::Rpc)?.into_result().map_err(ClientError::Rpc)
+            }
+            Transport::Http { http, url } => {
+                let response = http
+                    .post(url)
+                    .timeout(timeout)
+                    .header("content-type", "application/json")
+                    .body(request.to_bytes())
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        if e.is_timeout() {
+                            ClientError::Rpc(RpcError::new(ErrorCode::TIMEOUT, "no reply within the deadline"))
+                        } else {
+                            ClientError::Connect(format!("cannot reach {url}: {e}"))
+                        }
+                    })?;
+                let status = response.status();
+                let body = response.bytes().await.map_err(|e| ClientError::Connect(format!("reading the reply: {e}")))?;
+                match decode_response(&body) {
+                    Ok(r) => r.into_result().map_err(ClientError::Rpc),
+                    Err(_) if status == reqwest::StatusCode::UNAUTHORIZED => {
+                        Err(ClientError::Auth("not logged in or session expired".into()))
+                    }
+                    Err(_) => Err(ClientError::Connect(format!("{url} answered HTTP {status} without a JSON-RPC body"))),
+                }
+            }
+        }
+    }
+
+    /// Learns which target each command lives on, so later calls go straight to it.
+    pub async fn refresh_targets(&self) -> Result<Value, ClientError> {
+        let methods = self.call("getMethods", Params::None).await?;
+        if let (Transport::Bus { targets, .. }, Some(table)) = (&self.transport, methods.as_object()) {
+            let learnt: HashMap<String, String> = table
+                .iter()
+                .filter_map(|(name, info)| Some((name.clone(), info.get("target")?.as_str()?.to_owned())))
+                .collect();
+            *targets.write().unwrap_or_else(std::sync::PoisonError::into_inner) = learnt;
+        }
+        Ok(methods)
+    }
+
+    /// Ends the session (HTTP logout; the bus connection closes when dropped).
+    pub async fn close(&self) {
+        match &self.transport {
+            Transport::Http { .. } => {
+                let _ = self.call_with_timeout("logout", Params::None, Duration::from_secs(2)).await;
+            }
+            Transport::Bus { bus: Bus::Amqp(_), .. } => {}
+            Transport::Bus { .. } => {}
+        }
+    }
+}

@@ -1,0 +1,466 @@
+//! The one description of a command.
+//!
+//! A [`CommandSpec`] is written once — by the `#[plugin]`/`#[command]` macros for Rust
+//! plugins, or from a doc-commented function for `.rhai` plugins — and then drives
+//! argument checking in the dispatcher, the `getMethods` table, the `NodeCapabilities`
+//! event, help output and shell completion.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio::time::Instant;
+
+use crate::rpc::{ErrorCode, Params, RpcError};
+
+/// How a command is executed when several nodes provide it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CallType {
+    /// One provider runs it: the receiving node if it has it, else the least loaded.
+    #[default]
+    Normal,
+    /// Providers are tried in turn (local first, then by load); the first success wins.
+    FirstResult,
+    /// Every live provider runs it; the result maps node ids to results and errors.
+    Cumulative,
+}
+
+impl CallType {
+    /// The wire spelling (`NORMAL`, `FIRST_RESULT`, `CUMULATIVE`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallType::Normal => "NORMAL",
+            CallType::FirstResult => "FIRST_RESULT",
+            CallType::Cumulative => "CUMULATIVE",
+        }
+    }
+
+    /// Parses the wire spelling.
+    pub fn parse(s: &str) -> Option<CallType> {
+        match s {
+            "NORMAL" => Some(CallType::Normal),
+            "FIRST_RESULT" => Some(CallType::FirstResult),
+            "CUMULATIVE" => Some(CallType::Cumulative),
+            _ => None,
+        }
+    }
+}
+
+/// The JSON type a parameter accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ValueType {
+    /// A JSON string.
+    String,
+    /// A JSON number without a fraction.
+    Integer,
+    /// Any JSON number.
+    Number,
+    /// `true` or `false`.
+    Boolean,
+    /// A JSON array.
+    Array,
+    /// A JSON object.
+    Object,
+    /// Anything.
+    Any,
+}
+
+impl ValueType {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ValueType::String => "string",
+            ValueType::Integer => "integer",
+            ValueType::Number => "number",
+            ValueType::Boolean => "boolean",
+            ValueType::Array => "array",
+            ValueType::Object => "object",
+            ValueType::Any => "any",
+        }
+    }
+
+    /// Parses the wire spelling.
+    pub fn parse(s: &str) -> Option<ValueType> {
+        Some(match s {
+            "string" => ValueType::String,
+            "integer" => ValueType::Integer,
+            "number" => ValueType::Number,
+            "boolean" => ValueType::Boolean,
+            "array" => ValueType::Array,
+            "object" => ValueType::Object,
+            "any" => ValueType::Any,
+            _ => return None,
+        })
+    }
+
+    /// Whether a JSON value is of this type.
+    pub fn accepts(self, value: &Value) -> bool {
+        match self {
+            ValueType::String => value.is_string(),
+            ValueType::Integer => value.is_i64() || value.is_u64(),
+            ValueType::Number => value.is_number(),
+            ValueType::Boolean => value.is_boolean(),
+            ValueType::Array => value.is_array(),
+            ValueType::Object => value.is_object(),
+            ValueType::Any => true,
+        }
+    }
+}
+
+impl fmt::Display for ValueType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One parameter of a command.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Param {
+    /// Its name, used for named arguments.
+    pub name: String,
+    /// The accepted JSON type.
+    #[serde(rename = "type")]
+    pub ty: ValueType,
+    /// Whether it may be left out (then the command sees `null`).
+    pub optional: bool,
+}
+
+/// Everything a caller, the dispatcher and the shell need to know about a command.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommandSpec {
+    /// The domain-wide command name, e.g. `getMethods`.
+    pub name: String,
+    /// The plugin's target queue, e.g. `core`.
+    pub target: String,
+    /// Parameters in positional order.
+    pub params: Vec<Param>,
+    /// One-line help text (mandatory).
+    pub help: String,
+    /// The command receives the caller's identity and refuses anonymous calls.
+    pub needs_user: bool,
+    /// The command must arrive on its own target queue (shared or private) and learns
+    /// which one it was.
+    pub needs_queue: bool,
+    /// How several providers are used.
+    pub call_type: CallType,
+}
+
+impl CommandSpec {
+    /// `name(a: string, b?: integer)` for help and hints.
+    pub fn signature(&self) -> String {
+        let params: Vec<String> = self
+            .params
+            .iter()
+            .map(|p| format!("{}{}: {}", p.name, if p.optional { "?" } else { "" }, p.ty))
+            .collect();
+        format!("{}({})", self.name, params.join(", "))
+    }
+
+    /// Matches positional or named arguments against the parameters and checks their
+    /// JSON types. The result has one value per parameter, `null` where an optional one
+    /// was left out.
+    pub fn bind_arguments(&self, params: Params) -> Result<Vec<Value>, RpcError> {
+        let mut bound = match params {
+            Params::None => Vec::new(),
+            Params::Positional(values) => {
+                if values.len() > self.params.len() {
+                    return Err(invalid_params(
+                        format!(
+                            "{} takes at most {} argument(s), {} given",
+                            self.name,
+                            self.params.len(),
+                            values.len()
+                        ),
+                        None,
+                    ));
+                }
+                values
+            }
+            Params::Named(mut named) => {
+                let bound = self.params.iter().map(|p| named.remove(&p.name).unwrap_or(Value::Null)).collect();
+                if let Some(unknown) = named.keys().next() {
+                    return Err(invalid_params(
+                        format!("{} has no parameter '{unknown}'", self.name),
+                        Some(unknown.clone()),
+                    ));
+                }
+                bound
+            }
+        };
+        bound.resize(self.params.len(), Value::Null);
+        for (param, value) in self.params.iter().zip(&bound) {
+            if value.is_null() {
+                if !param.optional {
+                    return Err(invalid_params(
+                        format!("{}: missing argument '{}' ({})", self.name, param.name, param.ty),
+                        Some(param.name.clone()),
+                    ));
+                }
+            } else if !param.ty.accepts(value) {
+                return Err(invalid_params(
+                    format!(
+                        "{}: argument '{}' must be {}, got {}",
+                        self.name,
+                        param.name,
+                        param.ty,
+                        json_type_name(value)
+                    ),
+                    Some(param.name.clone()),
+                ));
+            }
+        }
+        Ok(bound)
+    }
+}
+
+fn invalid_params(message: String, param: Option<String>) -> RpcError {
+    let err = RpcError::new(ErrorCode::INVALID_PARAMS, message);
+    match param {
+        Some(p) => err.with_details(serde_json::json!({ "param": p })),
+        None => err,
+    }
+}
+
+/// The JSON type name of a value, for error messages.
+pub fn json_type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_f64() => "number",
+        Value::Number(_) => "integer",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// What a command learns about the call it serves.
+#[derive(Clone, Debug)]
+pub struct CallContext {
+    /// The authenticated caller; `None` only for internal calls.
+    pub user: Option<String>,
+    /// The queue the request arrived on (for HTTP: this node's private core queue).
+    pub queue: String,
+    /// The id of the node executing the command.
+    pub node: String,
+    /// When the caller stops waiting.
+    pub deadline: Instant,
+}
+
+/// A failure reported by a command.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct CommandError {
+    /// Symbolic code; plugins may define their own.
+    pub code: ErrorCode,
+    /// One line for the caller.
+    pub message: String,
+    /// Optional structured details.
+    pub details: Option<Value>,
+}
+
+impl CommandError {
+    /// A failure with a plugin-defined symbolic code.
+    pub fn new(code: impl Into<ErrorCode>, message: impl Into<String>) -> CommandError {
+        CommandError { code: code.into(), message: message.into(), details: None }
+    }
+
+    /// The generic `COMMAND_FAILED`.
+    pub fn failed(message: impl Into<String>) -> CommandError {
+        CommandError::new(ErrorCode::COMMAND_FAILED, message)
+    }
+
+    /// Adds structured details.
+    pub fn with_details(mut self, details: Value) -> CommandError {
+        self.details = Some(details);
+        self
+    }
+}
+
+impl From<&'static str> for ErrorCode {
+    fn from(code: &'static str) -> ErrorCode {
+        ErrorCode(std::borrow::Cow::Borrowed(code))
+    }
+}
+
+impl From<CommandError> for RpcError {
+    fn from(e: CommandError) -> RpcError {
+        let err = RpcError::new(e.code, e.message);
+        match e.details {
+            Some(d) => err.with_details(d),
+            None => err,
+        }
+    }
+}
+
+impl From<RpcError> for CommandError {
+    fn from(e: RpcError) -> CommandError {
+        let code = e.symbolic();
+        let details = e.data.and_then(|d| d.details);
+        CommandError { code, message: e.message, details }
+    }
+}
+
+/// The result type of command handlers.
+pub type CommandResult<T = Value> = Result<T, CommandError>;
+
+/// A boxed future, as command handlers return.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// The executable half of a command: receives bound arguments in parameter order.
+pub type Handler = Arc<dyn Fn(CallContext, Vec<Value>) -> BoxFuture<CommandResult> + Send + Sync>;
+
+/// A command: its description and its handler.
+#[derive(Clone)]
+pub struct Command {
+    /// The description.
+    pub spec: CommandSpec,
+    /// The code.
+    pub handler: Handler,
+}
+
+impl fmt::Debug for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Command").field("spec", &self.spec).finish_non_exhaustive()
+    }
+}
+
+/// A plugin: a set of commands sharing one target queue. Implemented by the
+/// `#[plugin]` attribute macro on an `impl` block.
+pub trait Plugin: Send + Sync + 'static {
+    /// The commands this plugin exports.
+    fn commands(self: Arc<Self>) -> Vec<Command>;
+}
+
+/// Maps a Rust parameter type onto the JSON type announced for it. The macros use it
+/// so the announced signature always matches what the handler decodes.
+pub trait WireType {
+    /// The announced JSON type.
+    const TYPE: ValueType;
+    /// Whether the parameter may be left out.
+    const OPTIONAL: bool = false;
+}
+
+macro_rules! wire_types {
+    ($ty:expr => $($t:ty),*) => { $( impl WireType for $t { const TYPE: ValueType = $ty; } )* };
+}
+wire_types!(ValueType::String => String);
+wire_types!(ValueType::Integer => i8, i16, i32, i64, u8, u16, u32, u64, usize, isize);
+wire_types!(ValueType::Number => f32, f64);
+wire_types!(ValueType::Boolean => bool);
+wire_types!(ValueType::Any => Value);
+wire_types!(ValueType::Object => Map<String, Value>);
+
+impl<T> WireType for Vec<T> {
+    const TYPE: ValueType = ValueType::Array;
+}
+impl<T> WireType for HashMap<String, T> {
+    const TYPE: ValueType = ValueType::Object;
+}
+impl<T> WireType for BTreeMap<String, T> {
+    const TYPE: ValueType = ValueType::Object;
+}
+impl<T: WireType> WireType for Option<T> {
+    const TYPE: ValueType = T::TYPE;
+    const OPTIONAL: bool = true;
+}
+
+/// Decodes one bound argument into the handler's Rust type (used by the macros).
+pub fn decode_argument<T: DeserializeOwned>(command: &str, name: &str, value: Value) -> CommandResult<T> {
+    serde_json::from_value(value).map_err(|e| {
+        CommandError::new(ErrorCode::INVALID_PARAMS, format!("{command}: argument '{name}': {e}"))
+            .with_details(serde_json::json!({ "param": name }))
+    })
+}
+
+/// Turns what a handler returned into the JSON result (used by the macros).
+pub trait IntoCommandResult {
+    /// Converts, serializing the success value.
+    fn into_command_result(self) -> CommandResult;
+}
+
+impl<T: Serialize, E: Into<CommandError>> IntoCommandResult for Result<T, E> {
+    fn into_command_result(self) -> CommandResult {
+        let value = self.map_err(Into::into)?;
+        serde_json::to_value(value)
+            .map_err(|e| CommandError::new(ErrorCode::INTERNAL_ERROR, format!("result cannot be encoded: {e}")))
+    }
+}
+
+/// `snake_case` → `lowerCamelCase`, the naming used on the wire.
+pub fn wire_name(rust_name: &str) -> String {
+    let mut out = String::with_capacity(rust_name.len());
+    let mut upper = false;
+    for c in rust_name.trim_start_matches('_').chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use expect_test::{Expect, expect};
+    use serde_json::json;
+
+    fn spec() -> CommandSpec {
+        CommandSpec {
+            name: "setLimit".into(),
+            target: "core".into(),
+            params: vec![
+                Param { name: "name".into(), ty: ValueType::String, optional: false },
+                Param { name: "limit".into(), ty: ValueType::Integer, optional: true },
+            ],
+            help: "Set a limit".into(),
+            needs_user: false,
+            needs_queue: false,
+            call_type: CallType::Normal,
+        }
+    }
+
+    #[track_caller]
+    fn check(params: Value, expect: Expect) {
+        let params: Params = serde_json::from_value(params).unwrap_or_default();
+        let shown = match spec().bind_arguments(params) {
+            Ok(v) => serde_json::to_string(&v).unwrap_or_default(),
+            Err(e) => e.to_string(),
+        };
+        expect.assert_eq(&shown);
+    }
+
+    #[test]
+    fn binding() {
+        check(json!(["a", 3]), expect![[r#"["a",3]"#]]);
+        check(json!(["a"]), expect![[r#"["a",null]"#]]);
+        check(json!({"limit": 2, "name": "b"}), expect![[r#"["b",2]"#]]);
+        check(json!([]), expect!["INVALID_PARAMS: setLimit: missing argument 'name' (string)"]);
+        check(json!(["a", "3"]), expect!["INVALID_PARAMS: setLimit: argument 'limit' must be integer, got string"]);
+        check(json!(["a", 1.5]), expect!["INVALID_PARAMS: setLimit: argument 'limit' must be integer, got number"]);
+        check(json!(["a", 1, 2]), expect!["INVALID_PARAMS: setLimit takes at most 2 argument(s), 3 given"]);
+        check(json!({"name": "a", "bogus": 1}), expect!["INVALID_PARAMS: setLimit has no parameter 'bogus'"]);
+    }
+
+    #[test]
+    fn names_and_signatures() {
+        assert_eq!(wire_name("get_methods"), "getMethods");
+        assert_eq!(wire_name("ping"), "ping");
+        assert_eq!(spec().signature(), "setLimit(name: string, limit?: integer)");
+        assert_eq!(<Option<Vec<String>> as WireType>::TYPE, ValueType::Array);
+        assert!(<Option<u8> as WireType>::OPTIONAL);
+    }
+}

@@ -1,0 +1,344 @@
+//! The dispatcher: one code path from a decoded request to its response, used by the
+//! AMQP consumer, the HTTP endpoint and the embedded domain alike.
+//!
+//! For each call it checks the caller's identity, finds the command's description
+//! (locally or in the domain-wide registry), binds and type-checks the arguments, and
+//! then either runs the local handler or — when this node does not provide the
+//! command — forwards the request to the least loaded live provider's private queue
+//! and relays the answer. FIRST_RESULT and CUMULATIVE commands fan out over every
+//! provider. A request that arrived on a node's private queue always runs locally, so
+//! forwarding can never loop.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use serde_json::{Map, Value, json};
+use tokio::time::Instant;
+use tracing::{Instrument, debug, warn};
+
+use crate::bus::{Bus, CallOptions, RequestMessage};
+use crate::command::{CallContext, CallType, Command, CommandSpec};
+use crate::domain::{CommandQueue, Domain};
+use crate::registry::Registry;
+use crate::rpc::{ErrorCode, Incoming, Params, Request, Response, RpcError, decode_request_body, decode_response};
+
+/// Dispatcher settings.
+#[derive(Clone, Debug)]
+pub struct DispatchConfig {
+    /// The domain.
+    pub domain: Domain,
+    /// This node's id.
+    pub node: String,
+    /// Deadline of a call whose caller did not give one.
+    pub default_timeout: Duration,
+    /// Largest accepted request body.
+    pub max_request_bytes: usize,
+    /// Broker users whose `x-clacks-user` header is believed (other agents).
+    pub trusted_forwarders: Vec<String>,
+}
+
+/// Where a call comes from and how it may be routed.
+#[derive(Clone, Debug)]
+pub struct Origin {
+    /// The authenticated caller (`None` only for internal calls).
+    pub user: Option<String>,
+    /// The queue it arrived on (HTTP: this node's private core queue).
+    pub queue: String,
+    /// When the caller gives up.
+    pub deadline: Instant,
+    /// Run here or nowhere (it arrived on this node's private queue).
+    pub pinned: bool,
+}
+
+/// Routes calls to local handlers or to the providing node.
+pub struct Dispatcher {
+    config: DispatchConfig,
+    registry: Arc<Registry>,
+    bus: Bus,
+    in_flight: AtomicU64,
+    stopping: AtomicBool,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher").field("node", &self.config.node).finish_non_exhaustive()
+    }
+}
+
+impl Dispatcher {
+    /// A dispatcher over `registry`, forwarding through `bus`.
+    pub fn new(config: DispatchConfig, registry: Arc<Registry>, bus: Bus) -> Arc<Dispatcher> {
+        Arc::new(Dispatcher { config, registry, bus, in_flight: AtomicU64::new(0), stopping: AtomicBool::new(false) })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &DispatchConfig {
+        &self.config
+    }
+
+    /// The registry it routes with.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Calls currently executing on this node.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Refuse new calls from now on (graceful shutdown); running ones finish.
+    pub fn begin_stopping(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// An origin for a request on this node's own private core queue (HTTP, internal).
+    pub fn local_origin(&self, user: Option<String>, deadline: Option<Instant>) -> Origin {
+        Origin {
+            user,
+            queue: self.config.domain.node_queue("core", &self.config.node),
+            deadline: deadline.unwrap_or_else(|| Instant::now() + self.config.default_timeout),
+            pinned: false,
+        }
+    }
+
+    /// Serves one message taken from a bus queue: the bus handler of every agent queue.
+    pub async fn handle_message(&self, message: RequestMessage) -> Option<Vec<u8>> {
+        let now = Instant::now();
+        let deadline = message.deadline.unwrap_or(now + self.config.default_timeout);
+        let pinned = matches!(self.config.domain.parse_command_queue(&message.queue), Some(CommandQueue::Private { .. }));
+        let user = match (message.user, message.on_behalf_of) {
+            (Some(forwarder), Some(caller)) if self.config.trusted_forwarders.contains(&forwarder) => Some(caller),
+            (Some(user), Some(_)) => {
+                warn!(%user, "ignoring x-clacks-user from a sender that is not a trusted forwarder");
+                Some(user)
+            }
+            (user, _) => user,
+        };
+        let origin = Origin { user, queue: message.queue, deadline, pinned };
+        self.handle_body(&message.body, &origin).await
+    }
+
+    /// Decodes a body (single or batch) and answers it; `None` when nothing needs an
+    /// answer (only notifications).
+    pub async fn handle_body(&self, body: &[u8], origin: &Origin) -> Option<Vec<u8>> {
+        if body.len() > self.config.max_request_bytes {
+            let err = RpcError::new(
+                ErrorCode::MESSAGE_TOO_LARGE,
+                format!("request of {} bytes exceeds the limit of {} bytes", body.len(), self.config.max_request_bytes),
+            );
+            return Some(Response::error(Value::Null, err).to_bytes());
+        }
+        match decode_request_body(body) {
+            Incoming::Single(Err(response)) => Some(response.to_bytes()),
+            Incoming::Single(Ok(request)) => self.handle_request(request, origin).await.map(|r| r.to_bytes()),
+            Incoming::Batch(entries) => {
+                let answers = join_all(entries.into_iter().map(|entry| async move {
+                    match entry {
+                        Err(response) => Some(response),
+                        Ok(request) => self.handle_request(request, origin).await,
+                    }
+                }))
+                .await;
+                let answers: Vec<Response> = answers.into_iter().flatten().collect();
+                (!answers.is_empty()).then(|| serde_json::to_vec(&answers).unwrap_or_default())
+            }
+        }
+    }
+
+    /// Answers one request; `None` for a notification.
+    pub async fn handle_request(&self, request: Request, origin: &Origin) -> Option<Response> {
+        let span = tracing::debug_span!("call", method = %request.method, id = ?request.id, user = ?origin.user);
+        let outcome = self.call(&request.method, request.params, origin).instrument(span).await;
+        let id = request.id?;
+        Some(match outcome {
+            Ok(value) => Response::result(id, value),
+            Err(error) => Response::error(id, error),
+        })
+    }
+
+    /// Runs or routes one call.
+    pub async fn call(&self, method: &str, params: Params, origin: &Origin) -> Result<Value, RpcError> {
+        if self.stopping.load(Ordering::Relaxed) {
+            return Err(RpcError::new(ErrorCode::AGENT_STOPPING, format!("node {} is stopping", self.config.node)));
+        }
+        if origin.user.is_none() {
+            return Err(RpcError::new(ErrorCode::COMMAND_NO_USERNAME, "the request carries no authenticated user"));
+        }
+        if method.starts_with('_') {
+            return Err(RpcError::new(ErrorCode::METHOD_FORBIDDEN, format!("'{method}' is not callable remotely")));
+        }
+        let local = self.registry.local_command(method);
+        let Some(spec) = local.as_ref().map(|c| c.spec.clone()).or_else(|| self.registry.find_spec(method)) else {
+            return Err(RpcError::new(ErrorCode::COMMAND_NOT_DEFINED, format!("no live node provides '{method}'"))
+                .with_details(json!({ "method": method })));
+        };
+        if origin.pinned {
+            let Some(command) = local else {
+                return Err(RpcError::new(
+                    ErrorCode::COMMAND_NOT_DEFINED,
+                    format!("node {} does not provide '{method}'", self.config.node),
+                ));
+            };
+            let args = spec.bind_arguments(params)?;
+            return self.execute_local(command, args, origin).await;
+        }
+        match spec.call_type {
+            CallType::Normal => match local {
+                Some(command) => {
+                    let args = spec.bind_arguments(params)?;
+                    self.execute_local(command, args, origin).await
+                }
+                None => {
+                    // Check arguments here too, so a bad call fails before travelling.
+                    spec.bind_arguments(params.clone())?;
+                    self.forward_to_least_loaded(&spec, params, origin).await
+                }
+            },
+            CallType::FirstResult => self.first_result(&spec, local, params, origin).await,
+            CallType::Cumulative => self.cumulative(&spec, local, params, origin).await,
+        }
+    }
+
+    async fn execute_local(&self, command: Command, args: Vec<Value>, origin: &Origin) -> Result<Value, RpcError> {
+        let spec = &command.spec;
+        if spec.needs_user && origin.user.is_none() {
+            return Err(RpcError::new(ErrorCode::COMMAND_NO_USERNAME, format!("'{}' needs a user", spec.name)));
+        }
+        if spec.needs_queue {
+            let shared = self.config.domain.command_queue(&spec.target);
+            let private = self.config.domain.node_queue(&spec.target, &self.config.node);
+            if origin.queue != shared && origin.queue != private {
+                return Err(RpcError::new(
+                    ErrorCode::COMMAND_INVALID_QUEUE,
+                    format!("'{}' must be called on {shared} or {private}", spec.name),
+                ));
+            }
+        }
+        let context = CallContext {
+            user: origin.user.clone(),
+            queue: origin.queue.clone(),
+            node: self.config.node.clone(),
+            deadline: origin.deadline,
+        };
+        let _guard = InFlight::enter(&self.in_flight);
+        // A task of its own isolates a panicking command from the agent.
+        let task = tokio::spawn((command.handler)(context, args));
+        let abort = task.abort_handle();
+        match tokio::time::timeout_at(origin.deadline, task).await {
+            Ok(Ok(result)) => result.map_err(RpcError::from),
+            Ok(Err(join_error)) => {
+                warn!(command = %spec.name, error = %join_error, "command panicked");
+                Err(RpcError::new(ErrorCode::INTERNAL_ERROR, format!("'{}' failed unexpectedly", spec.name)))
+            }
+            Err(_) => {
+                abort.abort();
+                Err(RpcError::new(ErrorCode::TIMEOUT, format!("'{}' did not finish within the deadline", spec.name)))
+            }
+        }
+    }
+
+    async fn forward(&self, spec: &CommandSpec, node: &str, params: Params, origin: &Origin) -> Result<Value, RpcError> {
+        let queue = self.config.domain.node_queue(&spec.target, node);
+        debug!(method = %spec.name, %node, "forwarding");
+        let request = Request::new(spec.name.clone(), params, Value::from(1));
+        let options = CallOptions { deadline: origin.deadline, on_behalf_of: origin.user.clone() };
+        let reply = self.bus.call(&queue, request.to_bytes(), options).await.map_err(|e| e.to_rpc_error())?;
+        decode_response(&reply)?.into_result()
+    }
+
+    async fn forward_to_least_loaded(&self, spec: &CommandSpec, params: Params, origin: &Origin) -> Result<Value, RpcError> {
+        let providers: Vec<String> =
+            self.registry.providers(&spec.name).into_iter().filter(|p| *p != self.config.node).collect();
+        let mut last_error = None;
+        for node in providers {
+            match self.forward(spec, &node, params.clone(), origin).await {
+                // The provider vanished since its last heartbeat: try the next one.
+                Err(e) if e.symbolic() == ErrorCode::NO_PROVIDER => last_error = Some(e),
+                other => return other,
+            }
+        }
+        Err(last_error.unwrap_or_else(|| {
+            RpcError::new(ErrorCode::COMMAND_NOT_DEFINED, format!("no live node provides '{}'", spec.name))
+        }))
+    }
+
+    fn fan_out_order(&self, spec: &CommandSpec, local: bool) -> Vec<String> {
+        let mut nodes: Vec<String> =
+            self.registry.providers(&spec.name).into_iter().filter(|p| *p != self.config.node).collect();
+        if local {
+            nodes.insert(0, self.config.node.clone());
+        }
+        nodes
+    }
+
+    async fn run_on(&self, spec: &CommandSpec, local: Option<&Command>, node: &str, params: Params, origin: &Origin) -> Result<Value, RpcError> {
+        match local {
+            Some(command) if node == self.config.node => {
+                let args = spec.bind_arguments(params)?;
+                self.execute_local(command.clone(), args, origin).await
+            }
+            _ => self.forward(spec, node, params, origin).await,
+        }
+    }
+
+    async fn first_result(&self, spec: &CommandSpec, local: Option<Command>, params: Params, origin: &Origin) -> Result<Value, RpcError> {
+        spec.bind_arguments(params.clone())?;
+        let mut errors = Map::new();
+        let mut last = None;
+        for node in self.fan_out_order(spec, local.is_some()) {
+            match self.run_on(spec, local.as_ref(), &node, params.clone(), origin).await {
+                Ok(value) => return Ok(value),
+                Err(e) => {
+                    errors.insert(node, error_summary(&e));
+                    last = Some(e);
+                }
+            }
+        }
+        let Some(last) = last else {
+            return Err(RpcError::new(ErrorCode::COMMAND_NOT_DEFINED, format!("no live node provides '{}'", spec.name)));
+        };
+        Err(RpcError::new(last.symbolic(), format!("every provider of '{}' failed; last: {}", spec.name, last.message))
+            .with_details(json!({ "errors": errors })))
+    }
+
+    async fn cumulative(&self, spec: &CommandSpec, local: Option<Command>, params: Params, origin: &Origin) -> Result<Value, RpcError> {
+        spec.bind_arguments(params.clone())?;
+        let nodes = self.fan_out_order(spec, local.is_some());
+        let outcomes = join_all(nodes.iter().map(|node| self.run_on(spec, local.as_ref(), node, params.clone(), origin))).await;
+        let mut results = Map::new();
+        let mut errors = Map::new();
+        for (node, outcome) in nodes.into_iter().zip(outcomes) {
+            match outcome {
+                Ok(value) => {
+                    results.insert(node, value);
+                }
+                Err(e) => {
+                    errors.insert(node, error_summary(&e));
+                }
+            }
+        }
+        // Every provider is accounted for: a failure is listed, never dropped.
+        Ok(json!({ "results": results, "errors": errors }))
+    }
+}
+
+fn error_summary(e: &RpcError) -> Value {
+    json!({ "code": e.symbolic(), "message": e.message })
+}
+
+struct InFlight<'a>(&'a AtomicU64);
+
+impl<'a> InFlight<'a> {
+    fn enter(counter: &'a AtomicU64) -> InFlight<'a> {
+        counter.fetch_add(1, Ordering::Relaxed);
+        InFlight(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,366 @@
+//! XML events: the `<Event>` envelope, the node presence events every agent exchanges,
+//! and (in [`schema`]) their validation against the XSD files in `schemas/events/`.
+//!
+//! An event is `<Event xmlns="http://clacks.org/ns/events">` with exactly one child
+//! element named after its type; it travels on the topic exchange `D.event` with the
+//! type as routing key.
+
+pub mod schema;
+
+use std::fmt::Write as _;
+
+use quick_xml::Reader;
+use quick_xml::events::Event as XmlEvent;
+
+use crate::command::{CallType, CommandSpec, Param, ValueType};
+
+pub use schema::{EventValidator, Violation};
+
+/// The namespace of the event envelope and of every shipped event type.
+pub const EVENT_NAMESPACE: &str = "http://clacks.org/ns/events";
+
+/// The largest event accepted anywhere (publish, receive, validate), in bytes.
+pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
+
+/// Why an event could not be read, built or published.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EventError {
+    /// Not well-formed XML, or not shaped like the envelope.
+    #[error("malformed event: {0}")]
+    Malformed(String),
+    /// Well-formed but rejected by the schema; one entry per violation.
+    #[error("invalid event: {}", violations_text(.0))]
+    Invalid(Vec<Violation>),
+    /// Larger than [`MAX_EVENT_BYTES`].
+    #[error("event of {0} bytes exceeds the limit of {MAX_EVENT_BYTES} bytes")]
+    TooLarge(usize),
+    /// The schemas could not be loaded.
+    #[error("event schemas: {0}")]
+    Schema(String),
+    /// The validator thread is gone.
+    #[error("the event validator has stopped")]
+    ValidatorStopped,
+}
+
+fn violations_text(v: &[Violation]) -> String {
+    v.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+/// A parsed XML element: local name, text and child elements. Enough to read events;
+/// attributes are not used by the shipped event types.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct XmlNode {
+    /// Local name, without prefix.
+    pub name: String,
+    /// Concatenated text content (entities resolved), trimmed.
+    pub text: String,
+    /// Child elements in document order.
+    pub children: Vec<XmlNode>,
+}
+
+impl XmlNode {
+    /// The first child element with this name.
+    pub fn child(&self, name: &str) -> Option<&XmlNode> {
+        self.children.iter().find(|c| c.name == name)
+    }
+
+    /// All child elements with this name.
+    pub fn children_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a XmlNode> + 'a {
+        self.children.iter().filter(move |c| c.name == name)
+    }
+
+    /// The text of a required child element.
+    pub fn child_text(&self, name: &str) -> Result<&str, EventError> {
+        self.child(name)
+            .map(|c| c.text.as_str())
+            .ok_or_else(|| EventError::Malformed(format!("<{}> lacks <{name}>", self.name)))
+    }
+}
+
+/// Parses a document into its root element.
+pub fn parse_xml(xml: &[u8]) -> Result<XmlNode, EventError> {
+    if xml.len() > MAX_EVENT_BYTES {
+        return Err(EventError::TooLarge(xml.len()));
+    }
+    let text = std::str::from_utf8(xml).map_err(|e| EventError::Malformed(format!("not UTF-8: {e}")))?;
+    let mut reader = Reader::from_str(text);
+    let mut stack: Vec<XmlNode> = Vec::new();
+    let malformed = |e: quick_xml::Error| EventError::Malformed(e.to_string());
+    loop {
+        match reader.read_event().map_err(malformed)? {
+            XmlEvent::Start(start) => {
+                let name = start.local_name().as_ref().to_owned();
+                stack.push(XmlNode { name, ..XmlNode::default() });
+            }
+            XmlEvent::Empty(start) => {
+                let name = start.local_name().as_ref().to_owned();
+                let node = XmlNode { name, ..XmlNode::default() };
+                match stack.last_mut() {
+                    Some(parent) => parent.children.push(node),
+                    None => return Ok(node),
+                }
+            }
+            XmlEvent::Text(t) => {
+                if let Some(top) = stack.last_mut() {
+                    top.text.push_str(&t.xml10_content());
+                }
+            }
+            XmlEvent::CData(t) => {
+                if let Some(top) = stack.last_mut() {
+                    top.text.push_str(&t.xml10_content());
+                }
+            }
+            XmlEvent::GeneralRef(r) => {
+                let resolved = match r.resolve_char_ref().map_err(malformed)? {
+                    Some(c) => c,
+                    None => match r.as_ref() {
+                        "lt" => '<',
+                        "gt" => '>',
+                        "amp" => '&',
+                        "apos" => '\'',
+                        "quot" => '"',
+                        other => {
+                            return Err(EventError::Malformed(format!(
+                                "undeclared entity &{other};"
+                            )));
+                        }
+                    },
+                };
+                if let Some(top) = stack.last_mut() {
+                    top.text.push(resolved);
+                }
+            }
+            XmlEvent::DocType(_) => {
+                return Err(EventError::Malformed("document type declarations are not allowed in events".into()));
+            }
+            XmlEvent::End(_) => {
+                let Some(mut node) = stack.pop() else {
+                    return Err(EventError::Malformed("unbalanced end tag".into()));
+                };
+                node.text = node.text.trim().to_owned();
+                match stack.last_mut() {
+                    Some(parent) => parent.children.push(node),
+                    None => return Ok(node),
+                }
+            }
+            XmlEvent::Eof => return Err(EventError::Malformed("document ended before its root element closed".into())),
+            _ => {}
+        }
+    }
+}
+
+/// Splits an envelope into its type and body element.
+pub fn open_envelope(xml: &[u8]) -> Result<XmlNode, EventError> {
+    let root = parse_xml(xml)?;
+    if root.name != "Event" {
+        return Err(EventError::Malformed(format!("root element is <{}>, expected <Event>", root.name)));
+    }
+    let mut children = root.children.into_iter();
+    match (children.next(), children.next()) {
+        (Some(body), None) => Ok(body),
+        _ => Err(EventError::Malformed("<Event> must have exactly one child element".into())),
+    }
+}
+
+/// Writes `<Event xmlns="…"><Type>…</Type></Event>` around a body.
+pub fn envelope(event_type: &str, body: &str) -> String {
+    format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Event xmlns=\"{EVENT_NAMESPACE}\"><{event_type}>{body}</{event_type}></Event>")
+}
+
+/// Escapes text for element content.
+pub fn escape(text: &str) -> std::borrow::Cow<'_, str> {
+    quick_xml::escape::escape(text)
+}
+
+fn element(out: &mut String, name: &str, text: &str) {
+    let _ = write!(out, "<{name}>{}</{name}>", escape(text));
+}
+
+/// The node presence events agents exchange on `D.event`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PresenceEvent {
+    /// A node started; everyone answers with capabilities.
+    Announce {
+        /// Node id.
+        id: String,
+    },
+    /// The commands a node provides.
+    Capabilities {
+        /// Node id.
+        id: String,
+        /// Its commands.
+        methods: Vec<CommandSpec>,
+    },
+    /// Heartbeat.
+    Status {
+        /// Node id.
+        id: String,
+        /// Load figure used for choosing a provider.
+        load: f64,
+        /// Calls in flight.
+        workers: u64,
+    },
+    /// A node stops.
+    Leave {
+        /// Node id.
+        id: String,
+    },
+}
+
+impl PresenceEvent {
+    /// Every presence event type, for subscriptions.
+    pub const TYPES: [&'static str; 4] = ["NodeAnnounce", "NodeCapabilities", "NodeStatus", "NodeLeave"];
+
+    /// The event type (= routing key).
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            PresenceEvent::Announce { .. } => "NodeAnnounce",
+            PresenceEvent::Capabilities { .. } => "NodeCapabilities",
+            PresenceEvent::Status { .. } => "NodeStatus",
+            PresenceEvent::Leave { .. } => "NodeLeave",
+        }
+    }
+
+    /// The node the event is about.
+    pub fn node(&self) -> &str {
+        match self {
+            PresenceEvent::Announce { id }
+            | PresenceEvent::Capabilities { id, .. }
+            | PresenceEvent::Status { id, .. }
+            | PresenceEvent::Leave { id } => id,
+        }
+    }
+
+    /// The XML document.
+    pub fn to_xml(&self) -> String {
+        let mut body = String::new();
+        element(&mut body, "Id", self.node());
+        match self {
+            PresenceEvent::Announce { .. } | PresenceEvent::Leave { .. } => {}
+            PresenceEvent::Status { load, workers, .. } => {
+                let load = if load.is_finite() && *load >= 0.0 { *load } else { 0.0 };
+                element(&mut body, "Load", &format!("{load:.3}"));
+                element(&mut body, "Workers", &workers.to_string());
+            }
+            PresenceEvent::Capabilities { methods, .. } => {
+                for m in methods {
+                    body.push_str("<NodeMethod>");
+                    element(&mut body, "Name", &m.name);
+                    element(&mut body, "Target", &m.target);
+                    element(&mut body, "CallType", m.call_type.as_str());
+                    element(&mut body, "NeedsUser", bool_text(m.needs_user));
+                    element(&mut body, "NeedsQueue", bool_text(m.needs_queue));
+                    element(&mut body, "Documentation", &m.help);
+                    for p in &m.params {
+                        body.push_str("<Param>");
+                        element(&mut body, "Name", &p.name);
+                        element(&mut body, "Type", p.ty.as_str());
+                        element(&mut body, "Optional", bool_text(p.optional));
+                        body.push_str("</Param>");
+                    }
+                    body.push_str("</NodeMethod>");
+                }
+            }
+        }
+        envelope(self.event_type(), &body)
+    }
+
+    /// Reads a presence event; other event types yield `Ok(None)`.
+    pub fn from_xml(xml: &[u8]) -> Result<Option<PresenceEvent>, EventError> {
+        let body = open_envelope(xml)?;
+        let id = || body.child_text("Id").map(str::to_owned);
+        Ok(Some(match body.name.as_str() {
+            "NodeAnnounce" => PresenceEvent::Announce { id: id()? },
+            "NodeLeave" => PresenceEvent::Leave { id: id()? },
+            "NodeStatus" => PresenceEvent::Status {
+                id: id()?,
+                load: parse_field(&body, "Load")?,
+                workers: parse_field(&body, "Workers")?,
+            },
+            "NodeCapabilities" => {
+                let methods = body.children_named("NodeMethod").map(read_method).collect::<Result<_, _>>()?;
+                PresenceEvent::Capabilities { id: id()?, methods }
+            }
+            _ => return Ok(None),
+        }))
+    }
+}
+
+fn read_method(node: &XmlNode) -> Result<CommandSpec, EventError> {
+    let call_type = node.child_text("CallType")?;
+    let params = node
+        .children_named("Param")
+        .map(|p| {
+            let ty = p.child_text("Type")?;
+            Ok(Param {
+                name: p.child_text("Name")?.to_owned(),
+                ty: ValueType::parse(ty).ok_or_else(|| EventError::Malformed(format!("unknown type '{ty}'")))?,
+                optional: parse_bool(p.child_text("Optional")?),
+            })
+        })
+        .collect::<Result<_, EventError>>()?;
+    Ok(CommandSpec {
+        name: node.child_text("Name")?.to_owned(),
+        target: node.child_text("Target")?.to_owned(),
+        params,
+        help: node.child_text("Documentation")?.to_owned(),
+        needs_user: parse_bool(node.child_text("NeedsUser")?),
+        needs_queue: parse_bool(node.child_text("NeedsQueue")?),
+        call_type: CallType::parse(call_type)
+            .ok_or_else(|| EventError::Malformed(format!("unknown call type '{call_type}'")))?,
+    })
+}
+
+fn parse_field<T: std::str::FromStr>(node: &XmlNode, name: &str) -> Result<T, EventError> {
+    let text = node.child_text(name)?;
+    text.parse().map_err(|_| EventError::Malformed(format!("<{name}> holds '{text}'")))
+}
+
+fn bool_text(b: bool) -> &'static str {
+    if b { "true" } else { "false" }
+}
+
+fn parse_bool(s: &str) -> bool {
+    s == "true" || s == "1"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presence_round_trip() {
+        let spec = CommandSpec {
+            name: "echo".into(),
+            target: "core".into(),
+            params: vec![Param { name: "value".into(), ty: ValueType::Any, optional: false }],
+            help: "Returns <value> & more".into(),
+            needs_user: false,
+            needs_queue: true,
+            call_type: CallType::Cumulative,
+        };
+        for event in [
+            PresenceEvent::Announce { id: "n1".into() },
+            PresenceEvent::Leave { id: "n1".into() },
+            PresenceEvent::Status { id: "n1".into(), load: 0.25, workers: 3 },
+            PresenceEvent::Capabilities { id: "n1".into(), methods: vec![spec] },
+        ] {
+            let xml = event.to_xml();
+            assert_eq!(PresenceEvent::from_xml(xml.as_bytes()), Ok(Some(event)), "{xml}");
+        }
+    }
+
+    #[test]
+    fn malformed_inputs_are_errors() {
+        for bad in [
+            "",
+            "<Event>",
+            "<Other/>",
+            "<Event><A/><B/></Event>",
+            "<!DOCTYPE x [<!ENTITY a 'b'>]><Event><NodeLeave><Id>&a;</Id></NodeLeave></Event>",
+            "<Event><NodeStatus><Id>x</Id><Load>high</Load><Workers>1</Workers></NodeStatus></Event>",
+        ] {
+            assert!(PresenceEvent::from_xml(bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+}

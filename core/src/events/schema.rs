@@ -1,0 +1,260 @@
+//! XSD validation of events with libxml2.
+//!
+//! libxml2 is not thread-safe, so one dedicated thread owns the parsed schema and the
+//! validation context; everyone else talks to it through [`EventValidator`], a cheap
+//! cloneable handle. The schema set is the shipped types (compiled into the binary from
+//! `schemas/events/`) plus every `*.xsd` in the configured extra folders; the first file
+//! for a type wins. They are assembled into one envelope schema in which `<Event>` is a
+//! choice over all known types.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use libxml::parser::{Parser, ParserOptions};
+use libxml::schemas::{SchemaParserContext, SchemaValidationContext};
+use tokio::sync::oneshot;
+
+use super::{EVENT_NAMESPACE, EventError, MAX_EVENT_BYTES};
+
+/// The event types shipped with Clacks, compiled in so a bare binary can validate.
+const BUILTIN_SCHEMAS: &[(&str, &str)] = &[
+    ("NodeAnnounce", include_str!("../../../schemas/events/NodeAnnounce.xsd")),
+    ("NodeCapabilities", include_str!("../../../schemas/events/NodeCapabilities.xsd")),
+    ("NodeLeave", include_str!("../../../schemas/events/NodeLeave.xsd")),
+    ("NodeStatus", include_str!("../../../schemas/events/NodeStatus.xsd")),
+];
+
+/// One schema violation: where and why.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Violation {
+    /// Line in the event document, when libxml2 knows it.
+    pub line: Option<i32>,
+    /// libxml2's message, e.g. "Element 'Load': 'x' is not a valid value of the atomic type 'xs:double'."
+    pub message: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "line {line}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+struct Job {
+    xml: Vec<u8>,
+    reply: oneshot::Sender<Result<String, EventError>>,
+}
+
+/// Handle to the validator thread. Cloning is cheap; the thread ends when the last
+/// handle is dropped.
+#[derive(Clone)]
+pub struct EventValidator {
+    jobs: mpsc::Sender<Job>,
+    types: std::sync::Arc<Vec<String>>,
+}
+
+impl fmt::Debug for EventValidator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventValidator").field("types", &self.types).finish_non_exhaustive()
+    }
+}
+
+impl EventValidator {
+    /// Loads the shipped schemas plus `*.xsd` from `extra_dirs` and starts the thread.
+    pub fn start(extra_dirs: &[PathBuf]) -> Result<EventValidator, EventError> {
+        let sources = collect_sources(extra_dirs)?;
+        let types: Vec<String> = sources.keys().cloned().collect();
+        let (jobs, job_rx) = mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), EventError>>();
+        std::thread::Builder::new()
+            .name("clacks-xsd".into())
+            .spawn(move || validator_thread(sources, job_rx, ready_tx))
+            .map_err(|e| EventError::Schema(format!("cannot start the validator thread: {e}")))?;
+        ready_rx.recv().map_err(|_| EventError::ValidatorStopped)??;
+        Ok(EventValidator { jobs, types: std::sync::Arc::new(types) })
+    }
+
+    /// The known event types, sorted.
+    pub fn types(&self) -> &[String] {
+        &self.types
+    }
+
+    /// Validates an event document; returns its type.
+    pub async fn validate(&self, xml: &[u8]) -> Result<String, EventError> {
+        if xml.len() > MAX_EVENT_BYTES {
+            return Err(EventError::TooLarge(xml.len()));
+        }
+        let (reply, rx) = oneshot::channel();
+        self.jobs.send(Job { xml: xml.to_vec(), reply }).map_err(|_| EventError::ValidatorStopped)?;
+        rx.await.map_err(|_| EventError::ValidatorStopped)?
+    }
+}
+
+fn collect_sources(extra_dirs: &[PathBuf]) -> Result<BTreeMap<String, String>, EventError> {
+    let mut sources: BTreeMap<String, String> =
+        BUILTIN_SCHEMAS.iter().map(|(name, text)| ((*name).to_owned(), (*text).to_owned())).collect();
+    for dir in extra_dirs {
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| EventError::Schema(format!("cannot read schema folder {}: {e}", dir.display())))?;
+        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        paths.sort();
+        for path in paths.into_iter().filter(|p| p.extension().is_some_and(|e| e == "xsd")) {
+            let Some(name) = event_type_name(&path) else {
+                return Err(EventError::Schema(format!(
+                    "{}: the file name must be the event type (letters, digits, '_')",
+                    path.display()
+                )));
+            };
+            if sources.contains_key(&name) {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| EventError::Schema(format!("cannot read {}: {e}", path.display())))?;
+            sources.insert(name, text);
+        }
+    }
+    Ok(sources)
+}
+
+fn event_type_name(path: &Path) -> Option<String> {
+    let stem = path.file_stem()?.to_str()?;
+    let ok = stem.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && stem.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    ok.then(|| stem.to_owned())
+}
+
+fn envelope_schema(types: &[&String]) -> String {
+    let includes: String =
+        types.iter().map(|t| format!("  <xs:include schemaLocation=\"{t}.xsd\"/>\n")).collect();
+    let choices: String = types.iter().map(|t| format!("        <xs:element ref=\"{t}\"/>\n")).collect();
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema" xmlns="{EVENT_NAMESPACE}"
+           targetNamespace="{EVENT_NAMESPACE}" elementFormDefault="qualified">
+{includes}  <xs:element name="Event">
+    <xs:complexType>
+      <xs:choice>
+{choices}      </xs:choice>
+    </xs:complexType>
+  </xs:element>
+</xs:schema>
+"#
+    )
+}
+
+fn validator_thread(
+    sources: BTreeMap<String, String>,
+    jobs: mpsc::Receiver<Job>,
+    ready: mpsc::Sender<Result<(), EventError>>,
+) {
+    let mut ctx = match build_context(&sources) {
+        Ok(ctx) => {
+            let _ = ready.send(Ok(()));
+            ctx
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let parser = Parser::default();
+    while let Ok(job) = jobs.recv() {
+        let _ = job.reply.send(validate_one(&parser, &mut ctx, &job.xml));
+    }
+}
+
+fn build_context(sources: &BTreeMap<String, String>) -> Result<SchemaValidationContext, EventError> {
+    // libxml2 resolves xs:include against files, so the set is written to a private
+    // folder that lives only while the schema is compiled.
+    let dir = tempfile::tempdir().map_err(|e| EventError::Schema(format!("cannot create a temporary folder: {e}")))?;
+    for (name, text) in sources {
+        std::fs::write(dir.path().join(format!("{name}.xsd")), text)
+            .map_err(|e| EventError::Schema(format!("cannot stage {name}.xsd: {e}")))?;
+    }
+    let names: Vec<&String> = sources.keys().collect();
+    let envelope = dir.path().join("Event.envelope.xsd");
+    std::fs::write(&envelope, envelope_schema(&names))
+        .map_err(|e| EventError::Schema(format!("cannot stage the envelope schema: {e}")))?;
+    let mut parser_ctx = SchemaParserContext::from_file(&envelope.to_string_lossy());
+    SchemaValidationContext::from_parser(&mut parser_ctx).map_err(|errors| {
+        let text: Vec<String> = errors
+            .iter()
+            .map(|e| {
+                let file = e.filename.as_deref().map(|f| Path::new(f).file_name().map(|n| n.to_string_lossy().into_owned()));
+                format!(
+                    "{}{}: {}",
+                    file.flatten().unwrap_or_default(),
+                    e.line.map(|l| format!(":{l}")).unwrap_or_default(),
+                    e.message.as_deref().unwrap_or("unknown error").trim()
+                )
+            })
+            .collect();
+        EventError::Schema(text.join("; "))
+    })
+}
+
+fn validate_one(parser: &Parser, ctx: &mut SchemaValidationContext, xml: &[u8]) -> Result<String, EventError> {
+    // Reject document type declarations outright: events never need them, and they are
+    // how entity-expansion and external-entity attacks start.
+    if contains_doctype(xml) {
+        return Err(EventError::Malformed("document type declarations are not allowed in events".into()));
+    }
+    let options = ParserOptions { recover: false, no_net: true, ..ParserOptions::default() };
+    let (doc, _) = parser.parse_string_with_diagnostics(xml, options).map_err(|failure| {
+        EventError::Malformed(format!("{failure:?}"))
+    })?;
+    ctx.validate_document(&doc).map_err(|errors| {
+        EventError::Invalid(
+            errors
+                .into_iter()
+                .map(|e| Violation {
+                    line: e.line,
+                    message: e.message.unwrap_or_else(|| "unknown violation".into()).trim().to_owned(),
+                })
+                .collect(),
+        )
+    })?;
+    let root = doc.get_root_element().ok_or_else(|| EventError::Malformed("empty document".into()))?;
+    root.get_child_elements()
+        .first()
+        .map(|child| child.get_name())
+        .ok_or_else(|| EventError::Malformed("<Event> has no child element".into()))
+}
+
+fn contains_doctype(xml: &[u8]) -> bool {
+    xml.windows(9).any(|w| w.eq_ignore_ascii_case(b"<!DOCTYPE"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::PresenceEvent;
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().build().map(|rt| rt.block_on(f)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn validates_presence_and_rejects_bad_events() {
+        let validator = EventValidator::start(&[]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(validator.types(), ["NodeAnnounce", "NodeCapabilities", "NodeLeave", "NodeStatus"]);
+        let status = PresenceEvent::Status { id: "n1".into(), load: 1.5, workers: 2 }.to_xml();
+        assert_eq!(block_on(validator.validate(status.as_bytes())), Ok("NodeStatus".to_owned()));
+
+        let wrong = format!("<Event xmlns=\"{EVENT_NAMESPACE}\"><NodeStatus><Id>n1</Id><Load>x</Load><Workers>1</Workers></NodeStatus></Event>");
+        let Err(EventError::Invalid(v)) = block_on(validator.validate(wrong.as_bytes())) else { panic!("accepted") };
+        assert!(v[0].message.contains("Load"), "{v:?}");
+
+        let unknown = format!("<Event xmlns=\"{EVENT_NAMESPACE}\"><Nope/></Event>");
+        assert!(matches!(block_on(validator.validate(unknown.as_bytes())), Err(EventError::Invalid(_))));
+        let foreign_ns = "<Event xmlns=\"urn:other\"><NodeLeave><Id>a</Id></NodeLeave></Event>";
+        assert!(matches!(block_on(validator.validate(foreign_ns.as_bytes())), Err(EventError::Invalid(_))));
+        assert!(matches!(block_on(validator.validate(b"<Event>")), Err(EventError::Malformed(_))));
+        let bomb = b"<!DOCTYPE l [<!ENTITY a \"aaaa\">]><Event/>";
+        assert!(matches!(block_on(validator.validate(bomb)), Err(EventError::Malformed(_))));
+    }
+}

@@ -1,0 +1,29 @@
+//! The shared core of Clacks: everything an agent, a shell and a program in another
+//! language must agree on.
+//!
+//! It holds the domain naming rules ([`domain`]), the JSON-RPC 2.0 wire types and the
+//! symbolic error codes ([`rpc`]), the single description of a command that drives
+//! dispatch, `getMethods`, help and completion ([`command`]), the domain-wide view of
+//! nodes and their commands ([`registry`]), the dispatcher that routes a request to a
+//! local handler or to the agent that provides it ([`dispatch`]), node presence events
+//! and their XSD validation ([`events`]), the message bus with its RabbitMQ and
+//! in-process implementations ([`bus`]) and the caller-side [`client`].
+//!
+//! Nothing here reads configuration files or parses command lines: that is the job of
+//! the `clacks-agent` and `clacks` binaries.
+
+// The plugin macros expand to `::clacks_core::…` paths; this lets them work inside
+// this crate too.
+extern crate self as clacks_core;
+
+pub mod bus;
+pub mod client;
+pub mod command;
+pub mod dispatch;
+pub mod domain;
+pub mod events;
+pub mod registry;
+pub mod rpc;
+pub mod testing;
+
+pub use clacks_macros::plugin;
