@@ -1,1 +1,19 @@
-//! placeholder
+//! The Clacks agent: the daemon that joins a domain and serves commands.
+//!
+//! An [`Agent`](daemon::Agent) loads its plugins (the built-in [`core_plugin`], any
+//! Rust plugins it is given, and `.rhai` plugins from a folder, see [`rhai_plugin`]),
+//! consumes the shared and private queue of every target they export, announces itself
+//! with presence events and keeps the domain-wide registry current. [`http`] serves the
+//! same dispatcher as JSON-RPC over HTTP with cookie sessions. [`config`] reads
+//! `agent.toml`; [`embedded`] runs an agent inside another process for the shell's
+//! broker-less default.
+
+pub mod auth;
+pub mod config;
+pub mod core_plugin;
+pub mod daemon;
+pub mod embedded;
+pub mod http;
+pub mod rhai_plugin;
+
+pub use daemon::{Agent, AgentError, AgentOptions};

@@ -1,1 +1,191 @@
-fn main(){}
+//! `clacks-agent`: runs an agent in the foreground until SIGTERM, SIGINT or a
+//! `shutdown` call, then stops gracefully (NodeLeave, in-flight calls finish).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clacks_agent::auth::Authenticator;
+use clacks_agent::config::{AgentConfig, secs};
+use clacks_agent::{Agent, AgentOptions};
+use clacks_core::bus::amqp::{AmqpBus, AmqpSettings};
+use clacks_core::bus::local::LocalBus;
+use clacks_core::bus::Bus;
+use clacks_core::domain::Domain;
+use clap::{Parser, Subcommand};
+use tracing::{error, info};
+
+/// The Clacks agent: serves plugin commands to a domain over RabbitMQ and HTTP JSON-RPC.
+#[derive(Parser, Debug)]
+#[command(name = "clacks-agent", version)]
+struct Cli {
+    /// Configuration file (default /etc/clacks/agent.toml when it exists).
+    #[arg(long, env = "CLACKS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Broker URL, amqp[s]://user:password@host:port/vhost.
+    #[arg(long, env = "CLACKS_AMQP_URL")]
+    amqp: Option<String>,
+    /// Serve JSON-RPC over HTTP on this address (host:port).
+    #[arg(long, env = "CLACKS_HTTP_LISTEN")]
+    http: Option<String>,
+    /// Domain (reverse DNS), default org.clacks.
+    #[arg(long, env = "CLACKS_DOMAIN")]
+    domain: Option<String>,
+    /// Node id, default the host name.
+    #[arg(long, env = "CLACKS_NODE")]
+    node: Option<String>,
+    /// Folder of .rhai plugins.
+    #[arg(long, env = "CLACKS_PLUGINS_DIR")]
+    plugins: Option<PathBuf>,
+    /// Log filter (error, warn, info, debug, trace or a tracing directive).
+    #[arg(long, env = "CLACKS_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Read a password from stdin and print its argon2 hash for [http.users].
+    HashPassword,
+    /// Print the effective configuration and exit.
+    ShowConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("clacks-agent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("clacks-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn effective_config(cli: &Cli) -> Result<AgentConfig> {
+    let mut config = AgentConfig::load(cli.config.as_deref())?;
+    if let Some(v) = &cli.amqp {
+        config.amqp.url = Some(v.clone());
+    }
+    if let Some(v) = &cli.http {
+        config.http.listen = Some(v.clone());
+    }
+    if let Some(v) = &cli.domain {
+        config.domain = v.clone();
+    }
+    if let Some(v) = &cli.node {
+        config.node = Some(v.clone());
+    }
+    if let Some(v) = &cli.plugins {
+        config.plugins.dir = Some(v.clone());
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Some(Command::HashPassword) => {
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password).context("reading the password from stdin")?;
+            let hash = clacks_agent::auth::hash_password(password.trim_end_matches(['\r', '\n']))
+                .map_err(anyhow::Error::msg)?;
+            println!("{hash}");
+            return Ok(());
+        }
+        Some(Command::ShowConfig) => {
+            let config = effective_config(&cli)?;
+            println!("{config:#?}");
+            return Ok(());
+        }
+        None => {}
+    }
+    let config = effective_config(&cli)?;
+    let domain = Domain::new(&config.domain)?;
+    let node = config.node.clone().unwrap_or_else(clacks_core::domain::default_node_id);
+    let mut options = AgentOptions::new(domain.clone(), node.clone());
+    if let Some(base) = &config.base {
+        options.base = base.clone();
+    }
+    options.rpc_timeout = secs(config.rpc.timeout_secs);
+    options.max_request_bytes = config.rpc.max_request_bytes;
+    options.prefetch = config.amqp.prefetch;
+    options.heartbeat = secs(config.presence.heartbeat_secs);
+    options.node_timeout = secs(config.presence.node_timeout_secs);
+    options.plugins_dir = config.plugins.dir.clone();
+    options.schema_dirs = config.schemas.dirs.clone();
+    options.trusted_forwarders = config.amqp.trusted_forwarders.clone();
+
+    let bus = match &config.amqp.url {
+        Some(url) => {
+            let settings = AmqpSettings {
+                connection_name: format!("clacks-agent {node}"),
+                heartbeat_secs: config.amqp.heartbeat,
+                wait_for_broker: true,
+                ..AmqpSettings::default()
+            };
+            info!(url = %clacks_core::bus::amqp::redact_url(url), "connecting to the broker");
+            Bus::Amqp(AmqpBus::connect(url, domain.clone(), settings).await?)
+        }
+        None if config.http.listen.is_some() => Bus::Local(LocalBus::new("clacks-agent")),
+        None => bail!("nothing to serve: give a broker (--amqp URL) and/or an HTTP address (--http HOST:PORT)"),
+    };
+    let agent = Agent::start(options, bus, Vec::new()).await?;
+
+    let http_stop = tokio_util::sync::CancellationToken::new();
+    let mut http_task = None;
+    if let Some(listen) = &config.http.listen {
+        let authenticator = match (config.http.auth.as_deref(), &config.amqp.url) {
+            (Some("users"), _) | (None, None) => Authenticator::Users(config.http.users.clone()),
+            (_, Some(url)) => Authenticator::Broker { url: url.clone() },
+            (Some(_), None) => bail!("http.auth = \"broker\" needs a broker URL"),
+        };
+        let state = clacks_agent::http::HttpState::new(agent.dispatcher().clone(), authenticator, secs(config.http.session_idle_secs as f64));
+        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        info!(address = %listener.local_addr()?, "serving JSON-RPC on /rpc");
+        let stop = http_stop.clone();
+        http_task = Some(tokio::spawn(async move {
+            axum::serve(listener, clacks_agent::http::router(state))
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        }));
+    }
+
+    wait_for_stop(&agent).await;
+    http_stop.cancel();
+    agent.stop().await;
+    if let Some(task) = http_task {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+    }
+    Ok(())
+}
+
+async fn wait_for_stop(agent: &Agent) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            error!("cannot watch SIGTERM: {e}");
+            agent.shutdown_requested().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => info!("interrupted"),
+        _ = agent.shutdown_requested() => info!("shutdown command received"),
+    }
+}

@@ -106,6 +106,16 @@ impl Client {
 
     /// Calls `method`, giving up after `timeout`.
     pub async fn call_with_timeout(&self, method: &str, params: Params, timeout: Duration) -> Result<Value, ClientError> {
+        self.call_routed(method, params, timeout, None).await
+    }
+
+    /// Calls `method` on one node's private queue (over the bus; HTTP always reaches the
+    /// agent it is connected to).
+    pub async fn call_on_node(&self, node: &str, method: &str, params: Params) -> Result<Value, ClientError> {
+        self.call_routed(method, params, self.timeout, Some(node)).await
+    }
+
+    async fn call_routed(&self, method: &str, params: Params, timeout: Duration, node: Option<&str>) -> Result<Value, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let request = Request::new(method, params, Value::from(id));
         match &self.transport {
@@ -116,11 +126,17 @@ impl Client {
                     .get(method)
                     .cloned()
                     .unwrap_or_else(|| "core".to_owned());
-                let queue = domain.command_queue(&target);
+                let queue = match node {
+                    Some(node) => domain.node_queue(&target, node),
+                    None => domain.command_queue(&target),
+                };
                 let reply = bus.call(&queue, request.to_bytes(), CallOptions::timeout(timeout)).await?;
                 decode_response(&reply).map_err(ClientError::Rpc)?.into_result().map_err(ClientError::Rpc)
             }
             Transport::Http { http, url } => {
+                if let Some(node) = node {
+                    tracing::debug!(%node, "HTTP calls reach the agent behind the URL; --node is ignored");
+                }
                 let response = http
                     .post(url)
                     .timeout(timeout)

@@ -1,1 +1,147 @@
-//! placeholder
+//! The Rhai side of Clacks: a sandboxed engine and the conversion between Rhai values
+//! and the JSON values commands exchange.
+//!
+//! Agents use it to run `.rhai` plugins; the shell builds its REPL on the same engine
+//! settings, so a script behaves the same wherever it runs. Scripts are synchronous, so
+//! callers run them on blocking threads; a per-thread deadline lets a call's deadline
+//! stop a runaway script.
+
+use std::cell::Cell;
+use std::time::Instant;
+
+use rhai::{Dynamic, Engine};
+use serde_json::Value;
+
+/// Resource limits of a script run.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Most operations one run may perform.
+    pub max_operations: u64,
+    /// Deepest function call nesting.
+    pub max_call_levels: usize,
+    /// Longest string, in bytes.
+    pub max_string_size: usize,
+    /// Largest array.
+    pub max_array_size: usize,
+    /// Largest map.
+    pub max_map_size: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_operations: 50_000_000,
+            max_call_levels: 64,
+            max_string_size: 16 * 1024 * 1024,
+            max_array_size: 1_000_000,
+            max_map_size: 1_000_000,
+        }
+    }
+}
+
+thread_local! {
+    static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// An engine with the limits applied and deadline enforcement wired in.
+pub fn sandboxed_engine(limits: &Limits) -> Engine {
+    let mut engine = Engine::new();
+    engine
+        .set_max_operations(limits.max_operations)
+        .set_max_call_levels(limits.max_call_levels)
+        .set_max_string_size(limits.max_string_size)
+        .set_max_array_size(limits.max_array_size)
+        .set_max_map_size(limits.max_map_size)
+        .set_max_expr_depths(128, 64);
+    engine.on_progress(|ops| {
+        // Checking the clock every operation would dominate cheap scripts.
+        if ops % 1024 != 0 {
+            return None;
+        }
+        DEADLINE.with(|d| match d.get() {
+            Some(deadline) if Instant::now() >= deadline => Some(Dynamic::from("deadline exceeded")),
+            _ => None,
+        })
+    });
+    engine
+}
+
+/// Runs `f` with a deadline: any script evaluated inside on this thread is terminated
+/// once it passes.
+pub fn with_deadline<T>(deadline: Instant, f: impl FnOnce() -> T) -> T {
+    let previous = DEADLINE.with(|d| d.replace(Some(deadline)));
+    let out = f();
+    DEADLINE.with(|d| d.set(previous));
+    out
+}
+
+/// A value that has no JSON form (a function pointer, a custom type…).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("a {type_name} value cannot be turned into JSON: {reason}")]
+pub struct ConversionError {
+    /// The Rhai type.
+    pub type_name: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Rhai → JSON.
+pub fn to_json(value: &Dynamic) -> Result<Value, ConversionError> {
+    rhai::serde::from_dynamic::<Value>(value)
+        .map_err(|e| ConversionError { type_name: value.type_name().to_owned(), reason: e.to_string() })
+}
+
+/// JSON → Rhai. Integers beyond Rhai's `i64` become floats.
+pub fn from_json(value: &Value) -> Dynamic {
+    rhai::serde::to_dynamic(value).unwrap_or(Dynamic::UNIT)
+}
+
+/// The first paragraph of a Rhai doc comment, without its `///` or `/** */` leaders.
+pub fn doc_summary(comments: &[&str]) -> String {
+    let mut lines = Vec::new();
+    for comment in comments {
+        for line in comment.lines() {
+            let line = line
+                .trim()
+                .trim_start_matches("///")
+                .trim_start_matches("/**")
+                .trim_end_matches("*/")
+                .trim_start_matches('*')
+                .trim();
+            if line.is_empty() {
+                if !lines.is_empty() {
+                    return lines.join(" ");
+                }
+                continue;
+            }
+            lines.push(line.to_owned());
+        }
+    }
+    lines.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn json_round_trip() {
+        let value = json!({"a": [1, 2.5, "x", true, null], "b": {"c": "d"}});
+        assert_eq!(to_json(&from_json(&value)), Ok(value));
+    }
+
+    #[test]
+    fn deadlines_stop_endless_scripts() {
+        let engine = sandboxed_engine(&Limits::default());
+        let deadline = Instant::now() + std::time::Duration::from_millis(50);
+        let result = with_deadline(deadline, || engine.eval::<i64>("let x = 0; loop { x += 1; }"));
+        assert!(result.is_err());
+    }
+
+    #[test]
+    fn summaries() {
+        assert_eq!(doc_summary(&["/// Adds two numbers.\n/// Really.\n///\n/// Details."]), "Adds two numbers. Really.");
+        assert_eq!(doc_summary(&["/** Block\n * doc */"]), "Block doc");
+    }
+}

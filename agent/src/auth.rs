@@ -1,0 +1,83 @@
+//! Password checks behind the HTTP `login` command.
+//!
+//! `broker`: the password is right when the broker accepts a connection with it — the
+//! broker (and whatever it authenticates against, e.g. LDAP) stays the one source of
+//! truth. `users`: argon2 hashes from `agent.toml`, for an agent without a broker.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use argon2::password_hash::PasswordVerifier;
+use argon2::password_hash::phc::PasswordHash;
+use lapin::uri::AMQPUri;
+
+/// How passwords are checked.
+#[derive(Clone, Debug)]
+pub enum Authenticator {
+    /// Try to open a broker connection as the user.
+    Broker {
+        /// The agent's broker URL; its user and password are replaced.
+        url: String,
+    },
+    /// Argon2 hashes per user.
+    Users(BTreeMap<String, String>),
+}
+
+impl Authenticator {
+    /// Whether `password` is right for `user`. Errors are for "could not check" (broker
+    /// down), not for a wrong password.
+    pub async fn verify(&self, user: &str, password: &str) -> Result<bool, String> {
+        if user.is_empty() || password.is_empty() {
+            return Ok(false);
+        }
+        match self {
+            Authenticator::Users(users) => {
+                let Some(stored) = users.get(user) else { return Ok(false) };
+                let hash = PasswordHash::new(stored).map_err(|e| format!("the stored hash of '{user}' is malformed: {e}"))?;
+                Ok(argon2::Argon2::default().verify_password(password.as_bytes(), &hash).is_ok())
+            }
+            Authenticator::Broker { url } => {
+                let mut uri: AMQPUri = url.parse().map_err(|e: String| format!("broker URL: {e}"))?;
+                uri.authority.userinfo.username = user.to_owned();
+                uri.authority.userinfo.password = password.to_owned();
+                uri.query.connection_timeout = Some(5000);
+                let connect = lapin::Connection::connect_uri(uri, lapin::ConnectionProperties::default());
+                match tokio::time::timeout(Duration::from_secs(6), connect).await {
+                    Ok(Ok(connection)) => {
+                        let _ = connection.close(200, "login check".into()).await;
+                        Ok(true)
+                    }
+                    Ok(Err(e)) if is_auth_failure(&e) => Ok(false),
+                    Ok(Err(e)) => Err(format!("cannot check the password with the broker: {e}")),
+                    Err(_) => Err("cannot check the password: the broker did not answer".into()),
+                }
+            }
+        }
+    }
+}
+
+fn is_auth_failure(e: &lapin::Error) -> bool {
+    let text = e.to_string().to_ascii_lowercase();
+    text.contains("access_refused") || text.contains("auth") || text.contains("login")
+}
+
+/// An argon2 PHC hash of `password`, for `[http.users]`.
+pub fn hash_password(password: &str) -> Result<String, String> {
+    use argon2::password_hash::PasswordHasher;
+    argon2::Argon2::default().hash_password(password.as_bytes()).map(|h| h.to_string()).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn local_users() {
+        let hash = hash_password("s3cret").unwrap_or_default();
+        let auth = Authenticator::Users(BTreeMap::from([("ada".to_owned(), hash)]));
+        assert_eq!(auth.verify("ada", "s3cret").await, Ok(true));
+        assert_eq!(auth.verify("ada", "wrong").await, Ok(false));
+        assert_eq!(auth.verify("bob", "s3cret").await, Ok(false));
+        assert_eq!(auth.verify("ada", "").await, Ok(false));
+    }
+}

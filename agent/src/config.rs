@@ -1,0 +1,256 @@
+//! `agent.toml`: the agent's configuration file, with the defaults a fresh installation
+//! runs on. Command-line flags and `CLACKS_*` variables (handled in `main`) override it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Where the agent looks for its configuration when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/clacks/agent.toml";
+
+/// The whole file.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The domain (reverse DNS), default `org.clacks`.
+    pub domain: String,
+    /// This node's id; default the host name.
+    pub node: Option<String>,
+    /// The directory base DN `getBase` reports; default derived from the domain.
+    pub base: Option<String>,
+    /// `[amqp]`.
+    pub amqp: AmqpSection,
+    /// `[http]`.
+    pub http: HttpSection,
+    /// `[plugins]`.
+    pub plugins: PluginsSection,
+    /// `[schemas]`.
+    pub schemas: SchemasSection,
+    /// `[rpc]`.
+    pub rpc: RpcSection,
+    /// `[presence]`.
+    pub presence: PresenceSection,
+}
+
+/// `[amqp]`: the broker.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AmqpSection {
+    /// `amqp[s]://user:password@host:port/vhost`; none = no broker.
+    pub url: Option<String>,
+    /// Heartbeat interval in seconds.
+    pub heartbeat: u16,
+    /// Requests in flight per queue.
+    pub prefetch: u16,
+    /// Broker users allowed to forward calls on behalf of others (other agents).
+    /// The agent's own broker user is always trusted.
+    pub trusted_forwarders: Vec<String>,
+}
+
+/// `[http]`: the JSON-RPC endpoint.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSection {
+    /// `host:port` to listen on; none = no HTTP.
+    pub listen: Option<String>,
+    /// How `login` checks passwords: `broker` (open a broker connection as the user) or
+    /// `users` (the argon2 hashes below). Default: `broker` when a broker is configured.
+    pub auth: Option<String>,
+    /// Seconds a session may stay idle.
+    pub session_idle_secs: u64,
+    /// User name → argon2 PHC hash (`clacks-agent hash-password` makes one).
+    pub users: BTreeMap<String, String>,
+}
+
+/// `[plugins]`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginsSection {
+    /// Folder of `.rhai` plugins.
+    pub dir: Option<PathBuf>,
+}
+
+/// `[schemas]`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchemasSection {
+    /// Extra folders of event XSD files.
+    pub dirs: Vec<PathBuf>,
+}
+
+/// `[rpc]`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RpcSection {
+    /// Deadline of calls that do not bring one, in seconds.
+    pub timeout_secs: f64,
+    /// Largest request body in bytes.
+    pub max_request_bytes: usize,
+}
+
+/// `[presence]`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PresenceSection {
+    /// Seconds between NodeStatus heartbeats.
+    pub heartbeat_secs: f64,
+    /// Seconds of silence after which a node is dropped.
+    pub node_timeout_secs: f64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> AgentConfig {
+        AgentConfig {
+            domain: clacks_core::domain::DEFAULT_DOMAIN.to_owned(),
+            node: None,
+            base: None,
+            amqp: AmqpSection::default(),
+            http: HttpSection::default(),
+            plugins: PluginsSection::default(),
+            schemas: SchemasSection::default(),
+            rpc: RpcSection::default(),
+            presence: PresenceSection::default(),
+        }
+    }
+}
+
+impl Default for AmqpSection {
+    fn default() -> AmqpSection {
+        AmqpSection { url: None, heartbeat: 10, prefetch: 32, trusted_forwarders: Vec::new() }
+    }
+}
+
+impl Default for HttpSection {
+    fn default() -> HttpSection {
+        HttpSection { listen: None, auth: None, session_idle_secs: 3600, users: BTreeMap::new() }
+    }
+}
+
+impl Default for RpcSection {
+    fn default() -> RpcSection {
+        RpcSection { timeout_secs: 30.0, max_request_bytes: 4 * 1024 * 1024 }
+    }
+}
+
+impl Default for PresenceSection {
+    fn default() -> PresenceSection {
+        PresenceSection { heartbeat_secs: 10.0, node_timeout_secs: 35.0 }
+    }
+}
+
+/// Why the configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown keys.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's message, with line and column.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl AgentConfig {
+    /// Reads `path`, or the default location when it exists, or the defaults.
+    pub fn load(path: Option<&Path>) -> Result<AgentConfig, ConfigError> {
+        let path = match path {
+            Some(p) => p.to_owned(),
+            None if Path::new(DEFAULT_CONFIG_PATH).exists() => PathBuf::from(DEFAULT_CONFIG_PATH),
+            None => return Ok(AgentConfig::default()),
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+        AgentConfig::parse(&text).map_err(|message| ConfigError::Parse { path, message })
+    }
+
+    /// Parses the TOML text.
+    pub fn parse(text: &str) -> Result<AgentConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+    }
+
+    /// Checks ranges that serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = |name: &str, v: f64| {
+            if v.is_finite() && v > 0.0 { Ok(()) } else { Err(ConfigError::Invalid(format!("{name} must be a positive number of seconds"))) }
+        };
+        positive("rpc.timeout_secs", self.rpc.timeout_secs)?;
+        positive("presence.heartbeat_secs", self.presence.heartbeat_secs)?;
+        positive("presence.node_timeout_secs", self.presence.node_timeout_secs)?;
+        if self.presence.node_timeout_secs <= self.presence.heartbeat_secs {
+            return Err(ConfigError::Invalid("presence.node_timeout_secs must be longer than presence.heartbeat_secs".into()));
+        }
+        if let Some(auth) = &self.http.auth
+            && auth != "broker"
+            && auth != "users"
+        {
+            return Err(ConfigError::Invalid(format!("http.auth must be \"broker\" or \"users\", not \"{auth}\"")));
+        }
+        Ok(())
+    }
+}
+
+/// Seconds as a `Duration`, for the float fields above.
+pub fn secs(v: f64) -> Duration {
+    Duration::from_secs_f64(v.max(0.001))
+}
+
+/// The base DN derived from a domain: `org.clacks` → `dc=clacks,dc=org`.
+pub fn base_from_domain(domain: &str) -> String {
+    domain.split('.').rev().map(|label| format!("dc={label}")).collect::<Vec<_>>().join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use expect_test::{Expect, expect};
+
+    #[track_caller]
+    fn check(text: &str, expect: Expect) {
+        let shown = match AgentConfig::parse(text) {
+            Ok(c) => match c.validate() {
+                Ok(()) => format!("ok domain={} amqp={:?} listen={:?} timeout={}", c.domain, c.amqp.url, c.http.listen, c.rpc.timeout_secs),
+                Err(e) => e.to_string(),
+            },
+            Err(e) => e,
+        };
+        expect.assert_eq(&shown);
+    }
+
+    #[test]
+    fn files() {
+        check("", expect![[r#"ok domain=org.clacks amqp=None listen=None timeout=30"#]]);
+        check(
+            "domain = \"net.example\"\n[amqp]\nurl = \"amqp://a:b@h/%2f\"\n[http]\nlisten = \"127.0.0.1:8080\"\n[rpc]\ntimeout_secs = 5\n",
+            expect![[r#"ok domain=net.example amqp=Some("amqp://a:b@h/%2f") listen=Some("127.0.0.1:8080") timeout=5"#]],
+        );
+        check(
+            "[amqp]\nurll = \"x\"\n",
+            expect![[r#"
+                TOML parse error at line 2, column 1
+                  |
+                2 | urll = "x"
+                  | ^^^^
+                unknown field `urll`, expected one of `url`, `heartbeat`, `prefetch`, `trusted_forwarders`"#]],
+        );
+        check("[presence]\nheartbeat_secs = 40\n", expect!["presence.node_timeout_secs must be longer than presence.heartbeat_secs"]);
+        check("[http]\nauth = \"ldap\"\n", expect![[r#"http.auth must be "broker" or "users", not "ldap""#]]);
+    }
+
+    #[test]
+    fn base_dn() {
+        assert_eq!(base_from_domain("org.clacks"), "dc=clacks,dc=org");
+    }
+}

@@ -1,0 +1,89 @@
+//! The built-in commands every agent provides on target `core`: discovery
+//! (`getMethods`, `getNodes`), identity (`getBase`, `getSessionUser`), liveness
+//! (`ping`, `echo`) and `shutdown`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use clacks_core::command::{CallContext, CommandError, CommandResult};
+use clacks_core::domain::{CommandQueue, Domain};
+use clacks_core::registry::{MethodInfo, NodeRow, Registry};
+use clacks_core::rpc::ErrorCode;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+/// The `core` plugin.
+pub struct CorePlugin {
+    pub(crate) domain: Domain,
+    pub(crate) base: String,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+#[clacks_core::plugin(target = "core")]
+impl CorePlugin {
+    /// List every command of the domain with its signature, help and providers.
+    /// `queue` may name a node's private queue (D.command.core.NODE) to list only that node's commands.
+    #[command]
+    fn get_methods(&self, queue: Option<String>, locale: Option<String>) -> CommandResult<BTreeMap<String, MethodInfo>> {
+        // Help texts are English only for now; the locale is accepted for compatibility.
+        let _ = locale;
+        let only_node = match queue.as_deref().map(|q| self.domain.parse_command_queue(q)) {
+            None => None,
+            Some(Some(CommandQueue::Private { node, .. })) => Some(node),
+            Some(Some(CommandQueue::Shared { .. })) => None,
+            Some(None) => {
+                return Err(CommandError::new(
+                    ErrorCode::INVALID_PARAMS,
+                    format!("'{}' is not a command queue of domain {}", queue.unwrap_or_default(), self.domain),
+                ));
+            }
+        };
+        Ok(self.registry.method_table(only_node.as_deref()))
+    }
+
+    /// List the live nodes of the domain with their load.
+    #[command]
+    fn get_nodes(&self) -> CommandResult<Vec<NodeRow>> {
+        Ok(self.registry.node_rows())
+    }
+
+    /// The directory base DN this agent serves.
+    #[command]
+    fn get_base(&self) -> CommandResult<String> {
+        Ok(self.base.clone())
+    }
+
+    /// The user name the domain knows the caller by.
+    #[command(needs_user)]
+    fn get_session_user(&self, ctx: &CallContext) -> CommandResult<Option<String>> {
+        Ok(ctx.user.clone())
+    }
+
+    /// Stop the node that receives the call; refused on the shared queue unless force is true.
+    #[command(needs_queue)]
+    fn shutdown(&self, ctx: &CallContext, force: Option<bool>) -> CommandResult<bool> {
+        let private = self.domain.node_queue("core", &ctx.node);
+        if ctx.queue != private && !force.unwrap_or(false) {
+            return Err(CommandError::new(
+                ErrorCode::COMMAND_INVALID_QUEUE,
+                format!("shutdown on a shared queue would stop whichever node takes it; call it on {private} or pass force=true"),
+            ));
+        }
+        tracing::warn!(user = ?ctx.user, "shutdown requested");
+        self.shutdown.cancel();
+        Ok(true)
+    }
+
+    /// Answer "pong": proves the domain and a node are reachable.
+    #[command]
+    fn ping(&self) -> CommandResult<&'static str> {
+        Ok("pong")
+    }
+
+    /// Return the value unchanged.
+    #[command]
+    fn echo(&self, value: Value) -> CommandResult<Value> {
+        Ok(value)
+    }
+}

@@ -1,0 +1,340 @@
+//! The agent proper: plugin loading, queue consumption, presence and graceful stop.
+//!
+//! Start-up order matters: the agent subscribes to presence events before it announces
+//! itself (so it hears every answer), and consumes its queues only after its commands
+//! are registered (so no request finds it half-ready). Stopping is the reverse:
+//! NodeLeave first so others stop routing here, then no new requests, then the ones in
+//! flight finish and are acknowledged, then the connection closes.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clacks_core::bus::{Bus, BusError, RequestHandler, ServeOptions};
+use clacks_core::command::{Command, Plugin};
+use clacks_core::dispatch::{DispatchConfig, Dispatcher};
+use clacks_core::domain::Domain;
+use clacks_core::events::{EventError, EventValidator, PresenceEvent};
+use clacks_core::registry::Registry;
+use clacks_scripting::Limits;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::core_plugin::CorePlugin;
+use crate::rhai_plugin;
+
+/// Everything an agent needs to know, resolved from config, environment and flags.
+#[derive(Clone, Debug)]
+pub struct AgentOptions {
+    /// The domain.
+    pub domain: Domain,
+    /// This node's id.
+    pub node: String,
+    /// What `getBase` reports.
+    pub base: String,
+    /// Deadline of calls that bring none.
+    pub rpc_timeout: Duration,
+    /// Largest request body.
+    pub max_request_bytes: usize,
+    /// Requests in flight per queue.
+    pub prefetch: u16,
+    /// Interval between NodeStatus heartbeats.
+    pub heartbeat: Duration,
+    /// Silence after which a node is dropped.
+    pub node_timeout: Duration,
+    /// Folder of `.rhai` plugins.
+    pub plugins_dir: Option<PathBuf>,
+    /// Extra event XSD folders.
+    pub schema_dirs: Vec<PathBuf>,
+    /// Broker users whose forwarding header is believed.
+    pub trusted_forwarders: Vec<String>,
+    /// Limits for `.rhai` plugin runs.
+    pub script_limits: Limits,
+}
+
+impl AgentOptions {
+    /// Defaults for `node` in `domain`.
+    pub fn new(domain: Domain, node: impl Into<String>) -> AgentOptions {
+        AgentOptions {
+            base: crate::config::base_from_domain(domain.as_str()),
+            domain,
+            node: node.into(),
+            rpc_timeout: Duration::from_secs(30),
+            max_request_bytes: 4 * 1024 * 1024,
+            prefetch: 32,
+            heartbeat: Duration::from_secs(10),
+            node_timeout: Duration::from_secs(35),
+            plugins_dir: None,
+            schema_dirs: Vec::new(),
+            trusted_forwarders: Vec::new(),
+            script_limits: Limits::default(),
+        }
+    }
+}
+
+/// Why an agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// A bus operation failed.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// The event schemas could not be loaded.
+    #[error(transparent)]
+    Events(#[from] EventError),
+    /// Two plugins export the same command.
+    #[error(transparent)]
+    Duplicate(#[from] clacks_core::registry::DuplicateCommand),
+    /// A name is not valid.
+    #[error(transparent)]
+    Name(#[from] clacks_core::domain::NameError),
+}
+
+struct Inner {
+    options: AgentOptions,
+    bus: Bus,
+    registry: Arc<Registry>,
+    dispatcher: Arc<Dispatcher>,
+    validator: EventValidator,
+    shutdown_requested: CancellationToken,
+    stopped: CancellationToken,
+}
+
+/// A running agent. Cloning gives another handle to the same agent.
+#[derive(Clone)]
+pub struct Agent {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent").field("node", &self.inner.options.node).finish_non_exhaustive()
+    }
+}
+
+impl Agent {
+    /// Starts an agent on `bus` with the built-in plugin, the `.rhai` plugins of the
+    /// configured folder and `plugins`.
+    pub async fn start(options: AgentOptions, bus: Bus, plugins: Vec<Arc<dyn Plugin>>) -> Result<Agent, AgentError> {
+        clacks_core::domain::check_node_id(&options.node)?;
+        let validator = EventValidator::start(&options.schema_dirs)?;
+        let registry = Registry::new(options.node.clone());
+        let shutdown_requested = CancellationToken::new();
+
+        let core = Arc::new(CorePlugin {
+            domain: options.domain.clone(),
+            base: options.base.clone(),
+            registry: registry.clone(),
+            shutdown: shutdown_requested.clone(),
+        });
+        let mut commands: Vec<Command> = core.commands();
+        for plugin in plugins {
+            commands.extend(plugin.commands());
+        }
+        if let Some(dir) = &options.plugins_dir {
+            let (scripted, problems) = rhai_plugin::load_dir(dir, &options.script_limits);
+            for problem in problems {
+                warn!(%problem, "plugin not loaded");
+            }
+            commands.extend(scripted);
+        }
+        for command in &commands {
+            clacks_core::domain::check_target(&command.spec.target)?;
+        }
+        registry.register(commands)?;
+
+        let mut trusted = options.trusted_forwarders.clone();
+        trusted.push(bus.user().to_owned());
+        let dispatcher = Dispatcher::new(
+            DispatchConfig {
+                domain: options.domain.clone(),
+                node: options.node.clone(),
+                default_timeout: options.rpc_timeout,
+                max_request_bytes: options.max_request_bytes,
+                trusted_forwarders: trusted,
+            },
+            registry.clone(),
+            bus.clone(),
+        );
+        let agent = Agent {
+            inner: Arc::new(Inner {
+                options,
+                bus,
+                registry,
+                dispatcher,
+                validator,
+                shutdown_requested,
+                stopped: CancellationToken::new(),
+            }),
+        };
+
+        let presence = agent.inner.bus.subscribe(&PresenceEvent::TYPES.map(String::from)).await?;
+        tokio::spawn(agent.clone().presence_loop(presence));
+
+        let handler: RequestHandler = {
+            let dispatcher = agent.inner.dispatcher.clone();
+            Arc::new(move |message| {
+                let dispatcher = dispatcher.clone();
+                Box::pin(async move { dispatcher.handle_message(message).await })
+            })
+        };
+        let opts = &agent.inner.options;
+        for target in agent.inner.registry.local_targets() {
+            let shared = ServeOptions { private: false, prefetch: opts.prefetch };
+            agent.inner.bus.serve(&opts.domain.command_queue(&target), shared, handler.clone()).await?;
+            let private = ServeOptions { private: true, prefetch: opts.prefetch };
+            agent.inner.bus.serve(&opts.domain.node_queue(&target, &opts.node), private, handler.clone()).await?;
+        }
+
+        agent.publish(PresenceEvent::Announce { id: opts.node.clone() }).await;
+        agent.publish_capabilities().await;
+        tokio::spawn(agent.clone().heartbeat_loop());
+        info!(node = %opts.node, domain = %opts.domain, targets = ?agent.inner.registry.local_targets(), "agent started");
+        Ok(agent)
+    }
+
+    /// The dispatcher, shared with the HTTP endpoint.
+    pub fn dispatcher(&self) -> &Arc<Dispatcher> {
+        &self.inner.dispatcher
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.inner.registry
+    }
+
+    /// The bus.
+    pub fn bus(&self) -> &Bus {
+        &self.inner.bus
+    }
+
+    /// The options it runs with.
+    pub fn options(&self) -> &AgentOptions {
+        &self.inner.options
+    }
+
+    /// Resolves when someone called `shutdown` on this node.
+    pub async fn shutdown_requested(&self) {
+        self.inner.shutdown_requested.cancelled().await;
+    }
+
+    /// Stops gracefully: NodeLeave, no new requests, in-flight requests finish (up to
+    /// the RPC timeout), connection closed.
+    pub async fn stop(&self) {
+        if self.inner.stopped.is_cancelled() {
+            return;
+        }
+        self.inner.stopped.cancel();
+        let node = self.inner.options.node.clone();
+        info!(%node, in_flight = self.inner.dispatcher.in_flight(), "stopping");
+        self.publish(PresenceEvent::Leave { id: node.clone() }).await;
+        self.inner.bus.stop_serving().await;
+        if tokio::time::timeout(self.inner.options.rpc_timeout, self.inner.bus.drain()).await.is_err() {
+            warn!("calls still running after the RPC timeout; stopping anyway");
+        }
+        self.inner.dispatcher.begin_stopping();
+        self.inner.bus.close().await;
+        info!(%node, "stopped");
+    }
+
+    async fn publish(&self, event: PresenceEvent) {
+        let xml = event.to_xml();
+        // Our own events must pass our own schema; one that does not is a bug, and
+        // publishing it would only make every other node drop it.
+        if let Err(e) = self.inner.validator.validate(xml.as_bytes()).await {
+            warn!(error = %e, event = event.event_type(), "not publishing an invalid presence event");
+            return;
+        }
+        if let Err(e) = self.inner.bus.publish_event(event.event_type(), xml.into_bytes()).await {
+            warn!(error = %e, event = event.event_type(), "presence event not published");
+        }
+    }
+
+    async fn publish_capabilities(&self) {
+        let id = self.inner.options.node.clone();
+        self.publish(PresenceEvent::Capabilities { id, methods: self.inner.registry.local_specs() }).await;
+    }
+
+    fn load(&self) -> f64 {
+        let in_flight = self.inner.dispatcher.in_flight() as f64;
+        in_flight + system_load_share()
+    }
+
+    async fn heartbeat_loop(self) {
+        let mut tick = tokio::time::interval(self.inner.options.heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.inner.stopped.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let (load, workers) = (self.load(), self.inner.dispatcher.in_flight());
+            self.inner.registry.update_status(&self.inner.options.node, load, workers);
+            self.publish(PresenceEvent::Status { id: self.inner.options.node.clone(), load, workers }).await;
+            for gone in self.inner.registry.expire(self.inner.options.node_timeout) {
+                info!(node = %gone, "node timed out");
+            }
+        }
+    }
+
+    async fn presence_loop(self, mut events: tokio::sync::mpsc::Receiver<clacks_core::bus::EventMessage>) {
+        let own = self.inner.options.node.clone();
+        let mut last_reannounce: Option<Instant> = None;
+        loop {
+            let message = tokio::select! {
+                _ = self.inner.stopped.cancelled() => return,
+                m = events.recv() => match m { Some(m) => m, None => return },
+            };
+            if let Err(e) = self.inner.validator.validate(&message.body).await {
+                warn!(error = %e, sender = ?message.user, "dropping an invalid presence event");
+                continue;
+            }
+            let event = match PresenceEvent::from_xml(&message.body) {
+                Ok(Some(event)) => event,
+                Ok(None) => continue,
+                Err(e) => {
+                    warn!(error = %e, "dropping an unreadable presence event");
+                    continue;
+                }
+            };
+            debug!(?event, "presence");
+            match event {
+                PresenceEvent::Announce { id } => {
+                    if id != own {
+                        info!(node = %id, "node announced");
+                    }
+                    self.publish_capabilities().await;
+                }
+                PresenceEvent::Capabilities { id, methods } if id != own => {
+                    self.inner.registry.update_capabilities(&id, methods);
+                }
+                PresenceEvent::Status { id, load, workers } if id != own => {
+                    // A heartbeat from a node we do not know (we missed its capabilities,
+                    // e.g. during a broker outage): ask everyone to announce again, at
+                    // most once per heartbeat interval.
+                    if !self.inner.registry.update_status(&id, load, workers)
+                        && last_reannounce.is_none_or(|t| t.elapsed() >= self.inner.options.heartbeat)
+                    {
+                        last_reannounce = Some(Instant::now());
+                        self.publish(PresenceEvent::Announce { id: own.clone() }).await;
+                    }
+                }
+                PresenceEvent::Leave { id } if id != own => {
+                    info!(node = %id, "node left");
+                    self.inner.registry.remove_node(&id);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The 1-minute load average per CPU, a second opinion beside calls in flight.
+fn system_load_share() -> f64 {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()))
+        .map(|l| l / cpus)
+        .unwrap_or(0.0)
+}

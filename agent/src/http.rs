@@ -1,0 +1,207 @@
+//! JSON-RPC over HTTP: `POST /rpc`, single or batch, served by the same dispatcher as
+//! the AMQP queues.
+//!
+//! `login(user, password)` opens a session and sets the `clacks_session` cookie
+//! (HttpOnly, SameSite=Strict); `logout()` ends it. Any other call without a live
+//! session is answered with HTTP 401 and a `NOT_AUTHENTICATED` error. JSON-RPC errors
+//! travel with HTTP 200, except 401 (no session, failed login) and 413 (body too large).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response as HttpResponse};
+use axum::routing::post;
+use clacks_core::dispatch::Dispatcher;
+use clacks_core::rpc::{ErrorCode, Incoming, Params, Request, Response, RpcError, decode_request_body};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::auth::Authenticator;
+
+/// Name of the session cookie.
+pub const SESSION_COOKIE: &str = "clacks_session";
+
+struct Session {
+    user: String,
+    last_used: Instant,
+}
+
+/// Shared state of the endpoint.
+pub struct HttpState {
+    dispatcher: Arc<Dispatcher>,
+    authenticator: Authenticator,
+    sessions: Mutex<HashMap<String, Session>>,
+    idle: Duration,
+    max_body: usize,
+}
+
+impl HttpState {
+    /// State for an endpoint over `dispatcher`.
+    pub fn new(dispatcher: Arc<Dispatcher>, authenticator: Authenticator, idle: Duration) -> Arc<HttpState> {
+        let max_body = dispatcher.config().max_request_bytes;
+        Arc::new(HttpState { dispatcher, authenticator, sessions: Mutex::default(), idle, max_body })
+    }
+
+    fn session_user(&self, id: Option<&str>) -> Option<String> {
+        let id = id?;
+        let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        sessions.retain(|_, s| now.duration_since(s.last_used) <= self.idle);
+        let session = sessions.get_mut(id)?;
+        session.last_used = now;
+        Some(session.user.clone())
+    }
+
+    fn open_session(&self, user: &str) -> String {
+        let id: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+        let session = Session { user: user.to_owned(), last_used: Instant::now() };
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner).insert(id.clone(), session);
+        id
+    }
+
+    fn close_session(&self, id: Option<&str>) {
+        if let Some(id) = id {
+            self.sessions.lock().unwrap_or_else(PoisonError::into_inner).remove(id);
+        }
+    }
+}
+
+/// The router serving `/rpc`.
+pub fn router(state: Arc<HttpState>) -> Router {
+    Router::new().route("/rpc", post(rpc)).with_state(state)
+}
+
+fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| cookie::Cookie::parse(pair.trim().to_owned()).ok())
+        .find(|c| c.name() == SESSION_COOKIE)
+        .map(|c| c.value().to_owned())
+}
+
+/// What handling one request did to the session.
+#[derive(Default)]
+struct Effects {
+    new_session: Option<String>,
+    logged_out: bool,
+    unauthorized: bool,
+}
+
+async fn rpc(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Body) -> HttpResponse {
+    let body = match axum::body::to_bytes(body, state.max_body).await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            let err = RpcError::new(
+                ErrorCode::MESSAGE_TOO_LARGE,
+                format!("request body exceeds the limit of {} bytes", state.max_body),
+            );
+            return json_reply(StatusCode::PAYLOAD_TOO_LARGE, Response::error(Value::Null, err).to_bytes(), None);
+        }
+    };
+    let mut session = session_cookie(&headers);
+    let mut effects = Effects::default();
+    let reply = match decode_request_body(&body) {
+        Incoming::Single(Err(response)) => Some(response.to_bytes()),
+        Incoming::Single(Ok(request)) => {
+            handle(&state, request, &mut session, &mut effects).await.map(|r| r.to_bytes())
+        }
+        Incoming::Batch(entries) => {
+            // Sequential, so a `login` early in a batch authenticates the calls after it.
+            let mut answers = Vec::new();
+            for entry in entries {
+                match entry {
+                    Err(response) => answers.push(response),
+                    Ok(request) => answers.extend(handle(&state, request, &mut session, &mut effects).await),
+                }
+            }
+            (!answers.is_empty()).then(|| serde_json::to_vec(&answers).unwrap_or_default())
+        }
+    };
+    let status = if effects.unauthorized { StatusCode::UNAUTHORIZED } else { StatusCode::OK };
+    let cookie = match (effects.new_session, effects.logged_out) {
+        (Some(id), _) => Some(format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict")),
+        (None, true) => Some(format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")),
+        _ => None,
+    };
+    match reply {
+        Some(bytes) => json_reply(status, bytes, cookie),
+        None => (StatusCode::NO_CONTENT, cookie_headers(cookie)).into_response(),
+    }
+}
+
+async fn handle(state: &HttpState, request: Request, session: &mut Option<String>, effects: &mut Effects) -> Option<Response> {
+    let id = request.id.clone();
+    let outcome = match request.method.as_str() {
+        "login" => login(state, request.params, session, effects).await,
+        "logout" => {
+            state.close_session(session.as_deref());
+            *session = None;
+            effects.logged_out = true;
+            Ok(Value::Bool(true))
+        }
+        _ => match state.session_user(session.as_deref()) {
+            None => {
+                effects.unauthorized = true;
+                Err(RpcError::new(ErrorCode::NOT_AUTHENTICATED, "not logged in or session expired; call login(user, password) first"))
+            }
+            Some(user) => {
+                let origin = state.dispatcher.local_origin(Some(user), None);
+                return state.dispatcher.handle_request(request, &origin).await;
+            }
+        },
+    };
+    let id = id?;
+    Some(match outcome {
+        Ok(v) => Response::result(id, v),
+        Err(e) => Response::error(id, e),
+    })
+}
+
+async fn login(state: &HttpState, params: Params, session: &mut Option<String>, effects: &mut Effects) -> Result<Value, RpcError> {
+    let (user, password) = match params {
+        Params::Positional(p) => (p.first().cloned(), p.get(1).cloned()),
+        Params::Named(mut n) => (n.remove("user"), n.remove("password")),
+        Params::None => (None, None),
+    };
+    let (Some(Value::String(user)), Some(Value::String(password))) = (user, password) else {
+        return Err(RpcError::new(ErrorCode::INVALID_PARAMS, "login(user: string, password: string)"));
+    };
+    match state.authenticator.verify(&user, &password).await {
+        Ok(true) => {
+            state.close_session(session.as_deref());
+            let id = state.open_session(&user);
+            *session = Some(id.clone());
+            effects.new_session = Some(id);
+            tracing::info!(%user, "HTTP login");
+            Ok(Value::Bool(true))
+        }
+        Ok(false) => {
+            effects.unauthorized = true;
+            tracing::warn!(%user, "HTTP login refused");
+            Err(RpcError::new(ErrorCode::LOGIN_FAILED, format!("login of user '{user}' failed")))
+        }
+        Err(reason) => Err(RpcError::new(ErrorCode::INTERNAL_ERROR, reason)),
+    }
+}
+
+fn cookie_headers(cookie: Option<String>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Some(value) = cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        headers.insert(header::SET_COOKIE, value);
+    }
+    headers
+}
+
+fn json_reply(status: StatusCode, body: Vec<u8>, cookie: Option<String>) -> HttpResponse {
+    let mut headers = cookie_headers(cookie);
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    (status, headers, body).into_response()
+}
