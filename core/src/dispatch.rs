@@ -6,8 +6,8 @@
 //! then either runs the local handler or — when this node does not provide the
 //! command — forwards the request to the least loaded live provider's private queue
 //! and relays the answer. FIRST_RESULT and CUMULATIVE commands fan out over every
-//! provider. A request that arrived on a node's private queue always runs locally, so
-//! forwarding can never loop.
+//! provider. A request another agent forwarded always runs locally, so forwarding can
+//! never loop.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,7 +20,7 @@ use tracing::{Instrument, debug, warn};
 
 use crate::bus::{Bus, CallOptions, RequestMessage};
 use crate::command::{CallContext, CallType, Command, CommandSpec};
-use crate::domain::{CommandQueue, Domain};
+use crate::domain::Domain;
 use crate::registry::Registry;
 use crate::rpc::{ErrorCode, Incoming, Params, Request, Response, RpcError, decode_request_body, decode_response};
 
@@ -48,7 +48,7 @@ pub struct Origin {
     pub queue: String,
     /// When the caller gives up.
     pub deadline: Instant,
-    /// Run here or nowhere (it arrived on this node's private queue).
+    /// Run here or nowhere (another agent forwarded it here).
     pub pinned: bool,
 }
 
@@ -107,7 +107,9 @@ impl Dispatcher {
     pub async fn handle_message(&self, message: RequestMessage) -> Option<Vec<u8>> {
         let now = Instant::now();
         let deadline = message.deadline.unwrap_or(now + self.config.default_timeout);
-        let pinned = matches!(self.config.domain.parse_command_queue(&message.queue), Some(CommandQueue::Private { .. }));
+        // Another agent forwarded it (it names the original caller): run it here or
+        // fail, never forward again, so routing cannot loop.
+        let pinned = message.on_behalf_of.is_some();
         let user = match (message.user, message.on_behalf_of) {
             (Some(forwarder), Some(caller)) if self.config.trusted_forwarders.contains(&forwarder) => Some(caller),
             (Some(user), Some(_)) => {

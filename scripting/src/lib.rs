@@ -53,6 +53,10 @@ pub fn sandboxed_engine(limits: &Limits) -> Engine {
         .set_max_array_size(limits.max_array_size)
         .set_max_map_size(limits.max_map_size)
         .set_max_expr_depths(128, 64);
+    engine.register_fn("sleep", sleep_ms);
+    engine.register_fn("env", |name: &str| -> Dynamic {
+        std::env::var(name).map(Dynamic::from).unwrap_or(Dynamic::UNIT)
+    });
     engine.on_progress(|ops| {
         // Checking the clock every operation would dominate cheap scripts.
         if ops % 1024 != 0 {
@@ -64,6 +68,21 @@ pub fn sandboxed_engine(limits: &Limits) -> Engine {
         })
     });
     engine
+}
+
+/// `sleep(ms)` for scripts: sleeps in short slices so a passed deadline still ends it.
+fn sleep_ms(ms: i64) -> Result<(), Box<rhai::EvalAltResult>> {
+    let until = Instant::now() + std::time::Duration::from_millis(ms.max(0) as u64);
+    loop {
+        let now = Instant::now();
+        if now >= until {
+            return Ok(());
+        }
+        if DEADLINE.with(|d| d.get()).is_some_and(|deadline| now >= deadline) {
+            return Err("deadline exceeded during sleep".into());
+        }
+        std::thread::sleep((until - now).min(std::time::Duration::from_millis(20)));
+    }
 }
 
 /// Runs `f` with a deadline: any script evaluated inside on this thread is terminated
@@ -137,6 +156,17 @@ mod tests {
         let deadline = Instant::now() + std::time::Duration::from_millis(50);
         let result = with_deadline(deadline, || engine.eval::<i64>("let x = 0; loop { x += 1; }"));
         assert!(result.is_err());
+    }
+
+    #[test]
+    fn sleep_and_env() {
+        let engine = sandboxed_engine(&Limits::default());
+        let started = Instant::now();
+        assert_eq!(engine.eval::<()>("sleep(30)").ok(), Some(()));
+        assert!(started.elapsed() >= std::time::Duration::from_millis(30));
+        let deadline = Instant::now() + std::time::Duration::from_millis(20);
+        assert!(with_deadline(deadline, || engine.eval::<()>("sleep(5000)")).is_err());
+        assert!(engine.eval::<Dynamic>("env(\"CLACKS_SURELY_UNSET_VARIABLE\")").is_ok_and(|v| v.is_unit()));
     }
 
     #[test]

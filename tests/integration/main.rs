@@ -1,1 +1,7 @@
-//! x
+//! Cross-crate integration tests against the real RabbitMQ (`CLACKS_TEST_AMQP_URL`,
+//! default the local broker). They fail, never skip, when the broker is missing.
+
+mod http;
+mod malformed;
+mod recovery;
+mod routing;

@@ -1,0 +1,93 @@
+//! JSON-RPC over HTTP: login, sessions, 401, batches and error cases, with passwords
+//! checked by the real broker.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clacks_agent::auth::Authenticator;
+use clacks_agent::http::{HttpState, router};
+use clacks_tests::{Probe, amqp_url, fast_options, start_agent, unique_domain};
+use expect_test::{Expect, expect};
+
+struct Endpoint {
+    url: String,
+    http: reqwest::Client,
+}
+
+impl Endpoint {
+    async fn post(&self, body: &str) -> (u16, String) {
+        let response = self
+            .http
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap_or_default())
+    }
+
+    async fn check(&self, body: &str, expect: Expect) {
+        let (status, text) = self.post(body).await;
+        expect.assert_eq(&format!("{status} {text}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_login_sessions_batches_and_errors() {
+    let url = amqp_url();
+    let domain = unique_domain();
+    let agent = start_agent(&url, fast_options(&domain, "web"), vec![Arc::new(Probe)]).await;
+    let state = HttpState::new(agent.dispatcher().clone(), Authenticator::Broker { url: url.clone() }, Duration::from_secs(60));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+    let address = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    tokio::spawn(async move { axum::serve(listener, router(state)).await });
+    let http = reqwest::Client::builder().cookie_store(true).build().unwrap_or_else(|e| panic!("{e}"));
+    let endpoint = Endpoint { url: format!("http://{address}/rpc"), http };
+
+    endpoint.check(r#"{"jsonrpc":"2.0","method":"ping","id":1}"#, expect![[r#"401 {"jsonrpc":"2.0","error":{"code":-32008,"message":"not logged in or session expired; call login(user, password) first","data":{"code":"NOT_AUTHENTICATED"}},"id":1}"#]]).await;
+    endpoint.check(r#"{"jsonrpc":"2.0","method":"login","params":["guest","wrong"],"id":2}"#, expect![[r#"401 {"jsonrpc":"2.0","error":{"code":-32011,"message":"login of user 'guest' failed","data":{"code":"LOGIN_FAILED"}},"id":2}"#]]).await;
+    endpoint.check(r#"{"jsonrpc":"2.0","method":"login","params":["guest"],"id":3}"#, expect![[r#"200 {"jsonrpc":"2.0","error":{"code":-32602,"message":"login(user: string, password: string)","data":{"code":"INVALID_PARAMS"}},"id":3}"#]]).await;
+    endpoint.check(r#"{"jsonrpc":"2.0","method":"login","params":{"user":"guest","password":"guest"},"id":4}"#, expect![[r#"200 {"jsonrpc":"2.0","result":true,"id":4}"#]]).await;
+    endpoint.check(r#"{"jsonrpc":"2.0","method":"getSessionUser","id":5}"#, expect![[r#"200 {"jsonrpc":"2.0","result":"guest","id":5}"#]]).await;
+    endpoint.check(r#"{"jsonrpc":"2.0","method":"add","params":[2,3],"id":6}"#, expect![[r#"200 {"jsonrpc":"2.0","result":5,"id":6}"#]]).await;
+    endpoint.check(
+        r#"[{"jsonrpc":"2.0","method":"add","params":[1,1],"id":"x"},{"jsonrpc":"2.0","method":"nope","id":"y"},{"jsonrpc":"2.0","method":"ping"},{"jsonrpc":"2.0","method":"echo","params":{"value":[1]},"id":"z"}]"#,
+        expect![[r#"200 [{"jsonrpc":"2.0","result":2,"id":"x"},{"jsonrpc":"2.0","error":{"code":-32601,"message":"no live node provides 'nope'","data":{"code":"COMMAND_NOT_DEFINED","details":{"method":"nope"}}},"id":"y"},{"jsonrpc":"2.0","result":[1],"id":"z"}]"#]],
+    )
+    .await;
+    endpoint.check(r#"{"jsonrpc":"2.0","method":"_secret","id":7}"#, expect![[r#"200 {"jsonrpc":"2.0","error":{"code":-32009,"message":"'_secret' is not callable remotely","data":{"code":"METHOD_FORBIDDEN"}},"id":7}"#]]).await;
+    endpoint.check("{oops", expect![[r#"200 {"jsonrpc":"2.0","error":{"code":-32700,"message":"request is not valid JSON: key must be a string at line 1 column 2","data":{"code":"PARSE_ERROR"}},"id":null}"#]]).await;
+    endpoint.check("[]", expect![[r#"200 {"jsonrpc":"2.0","error":{"code":-32600,"message":"empty batch","data":{"code":"INVALID_REQUEST"}},"id":null}"#]]).await;
+    endpoint.check(r#"{"jsonrpc":"2.0","method":"ping"}"#, expect!["204 "]).await;
+    // HTTP calls reach the node serving the endpoint, so shutdown here would stop it:
+    // needs_queue sees this node's private queue.
+    endpoint.check(r#"{"jsonrpc":"2.0","method":"fail","id":8}"#, expect![[r#"200 {"jsonrpc":"2.0","error":{"code":-32000,"message":"failing as asked","data":{"code":"PROBE_FAILED","details":{"asked":true}}},"id":8}"#]]).await;
+
+    let big = format!(r#"{{"jsonrpc":"2.0","method":"echo","params":["{}"],"id":9}}"#, "x".repeat(5 * 1024 * 1024));
+    let (status, text) = endpoint.post(&big).await;
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("MESSAGE_TOO_LARGE"), "{text}");
+
+    let get = endpoint.http.get(&endpoint.url).send().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(get.status().as_u16(), 405);
+
+    endpoint.check(r#"{"jsonrpc":"2.0","method":"logout","id":10}"#, expect![[r#"200 {"jsonrpc":"2.0","result":true,"id":10}"#]]).await;
+    endpoint.check(r#"{"jsonrpc":"2.0","method":"ping","id":11}"#, expect![[r#"401 {"jsonrpc":"2.0","error":{"code":-32008,"message":"not logged in or session expired; call login(user, password) first","data":{"code":"NOT_AUTHENTICATED"}},"id":11}"#]]).await;
+    // A batch may log in first and call after.
+    endpoint.check(
+        r#"[{"jsonrpc":"2.0","method":"login","params":["guest","guest"],"id":1},{"jsonrpc":"2.0","method":"ping","id":2}]"#,
+        expect![[r#"200 [{"jsonrpc":"2.0","result":true,"id":1},{"jsonrpc":"2.0","result":"pong","id":2}]"#]],
+    )
+    .await;
+
+    // The client library over HTTP.
+    let client = clacks_core::client::Client::connect_http(&endpoint.url, "guest", "guest", Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(client.call("ping", clacks_core::rpc::Params::None).await.ok(), Some(serde_json::json!("pong")));
+    let refused = clacks_core::client::Client::connect_http(&endpoint.url, "guest", "nope", Duration::from_secs(5)).await;
+    assert!(matches!(refused, Err(clacks_core::client::ClientError::Auth(_))), "{refused:?}");
+    agent.stop().await;
+}

@@ -1,0 +1,82 @@
+//! Broker faults on a private RabbitMQ node: connections cut and a broker restart.
+//! Agents and callers must recover within 10 s, and no call may outlive its deadline.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clacks_core::client::Client;
+use clacks_core::rpc::Params;
+use clacks_tests::broker::PrivateBroker;
+use clacks_tests::{Probe, client, fast_options, start_agent, unique_domain};
+use serde_json::json;
+
+const CALL_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Slack for scheduling on a loaded 2-core machine.
+const DEADLINE_SLACK: Duration = Duration::from_millis(500);
+
+/// Calls `whereAmI` until it succeeds; returns how long that took. Every single call
+/// must end within its deadline.
+async fn time_to_recover(caller: &Client, what: &str) -> Duration {
+    let started = Instant::now();
+    loop {
+        let call_started = Instant::now();
+        let outcome = caller.call_with_timeout("whereAmI", Params::None, CALL_TIMEOUT).await;
+        let took = call_started.elapsed();
+        assert!(took <= CALL_TIMEOUT + DEADLINE_SLACK, "{what}: a call took {took:?}, past its {CALL_TIMEOUT:?} deadline");
+        match outcome {
+            Ok(node) => {
+                assert_eq!(node, json!("r1"));
+                return started.elapsed();
+            }
+            Err(e) => {
+                assert!(started.elapsed() < Duration::from_secs(10), "{what}: not recovered after 10 s; last error {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_and_callers_recover_from_cuts_and_restarts() {
+    let broker = PrivateBroker::start();
+    let url = broker.url();
+    let domain = unique_domain();
+    let agent = start_agent(&url, fast_options(&domain, "r1"), vec![Arc::new(Probe)]).await;
+    let caller = client(&url, &domain, CALL_TIMEOUT).await;
+    caller.refresh_targets().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(caller.call("whereAmI", Params::None).await.ok(), Some(json!("r1")));
+
+    // A call in flight when the connection is cut ends with an error, not a hang.
+    let in_flight = tokio::spawn({
+        let caller = Arc::new(caller);
+        let c = caller.clone();
+        async move {
+            let started = Instant::now();
+            let result = c.call_with_timeout("nap", Params::Positional(vec![json!(1000)]), Duration::from_secs(4)).await;
+            (result, started.elapsed(), caller)
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    broker.close_all_connections();
+    let (result, took, caller) = in_flight.await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(took <= Duration::from_secs(4) + DEADLINE_SLACK, "in-flight call took {took:?}");
+    assert!(result.is_err(), "a call whose connection was cut cannot have a reply: {result:?}");
+    let caller = Arc::try_unwrap(caller).unwrap_or_else(|_| panic!("caller still shared"));
+
+    let after_cut = time_to_recover(&caller, "after close_all_connections").await;
+    eprintln!("recovered {after_cut:?} after close_all_connections");
+
+    broker.restart_app(Duration::from_secs(1));
+    let after_restart = time_to_recover(&caller, "after stop_app/start_app").await;
+    eprintln!("recovered {after_restart:?} after the broker restart");
+
+    // Presence was replayed too: the agent's subscription and heartbeats work again, so
+    // a second agent started now sees it.
+    let second = start_agent(&url, fast_options(&domain, "r2"), vec![]).await;
+    clacks_tests::wait_for("r2 to learn about r1 after recovery", Duration::from_secs(5), || async {
+        second.registry().knows_node("r1")
+    })
+    .await;
+    second.stop().await;
+    agent.stop().await;
+}

@@ -1,0 +1,117 @@
+//! A private RabbitMQ node for tests that cut connections or restart the broker, so
+//! they never disturb the shared broker other tests (and CI after us) use.
+//!
+//! The node listens on a free loopback port with its own data folder; it is stopped
+//! and its folder removed when the handle is dropped, on every path out of a test.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running private RabbitMQ node.
+pub struct PrivateBroker {
+    node: String,
+    port: u16,
+    dir: tempfile::TempDir,
+    server: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+impl PrivateBroker {
+    /// Starts a node and waits until it accepts AMQP connections (about 5–15 s).
+    pub fn start() -> PrivateBroker {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temporary folder: {e}"));
+        let port = free_port();
+        let dist_port = free_port();
+        let node = format!("clackstest{port}@localhost");
+        for sub in ["mnesia", "log"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap_or_else(|e| panic!("{e}"));
+        }
+        std::fs::write(dir.path().join("enabled_plugins"), "[].\n").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(
+            dir.path().join("rabbitmq.conf"),
+            format!("listeners.tcp.local = 127.0.0.1:{port}\nloopback_users = none\n"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        // The Debian wrapper runs the server as user rabbitmq, which must own its files.
+        let chown = Command::new("chown").arg("-R").arg("rabbitmq:rabbitmq").arg(dir.path()).status();
+        assert!(chown.is_ok_and(|s| s.success()), "cannot hand the broker folder to user rabbitmq");
+        let path = |p: &str| -> PathBuf { dir.path().join(p) };
+        let server = Command::new("setsid")
+            .arg("rabbitmq-server")
+            .env("RABBITMQ_NODENAME", &node)
+            .env("RABBITMQ_CONFIG_FILE", path("rabbitmq.conf"))
+            .env("RABBITMQ_DIST_PORT", dist_port.to_string())
+            .env("RABBITMQ_MNESIA_BASE", path("mnesia"))
+            .env("RABBITMQ_LOG_BASE", path("log"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", path("enabled_plugins"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start rabbitmq-server (is it installed?): {e}"));
+        let broker = PrivateBroker { node, port, dir, server: Some(server) };
+        broker.wait_until_listening(Duration::from_secs(60));
+        broker
+    }
+
+    /// `amqp://guest:guest@127.0.0.1:PORT/%2f`.
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    fn wait_until_listening(&self, timeout: Duration) {
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(started.elapsed() < timeout, "private RabbitMQ {} did not listen within {timeout:?}", self.node);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Runs `rabbitmqctl -n NODE ARGS…`.
+    pub fn ctl(&self, args: &[&str]) {
+        let status = Command::new("rabbitmqctl")
+            .arg("-q")
+            .arg("-n")
+            .arg(&self.node)
+            .args(args)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run rabbitmqctl: {e}"));
+        assert!(status.success(), "rabbitmqctl {args:?} failed");
+    }
+
+    /// Closes every client connection, as a network cut would.
+    pub fn close_all_connections(&self) {
+        self.ctl(&["close_all_connections", "cut by a clacks test"]);
+    }
+
+    /// Stops and starts the RabbitMQ application (a broker restart).
+    pub fn restart_app(&self, down_for: Duration) {
+        self.ctl(&["stop_app"]);
+        std::thread::sleep(down_for);
+        self.ctl(&["start_app"]);
+        self.wait_until_listening(Duration::from_secs(30));
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .arg("-q")
+            .arg("-n")
+            .arg(&self.node)
+            .arg("stop")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if let Some(mut server) = self.server.take() {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+        let _ = &self.dir;
+    }
+}
