@@ -528,7 +528,14 @@ async fn start_consumer(inner: &Arc<Inner>, live: &Arc<Live>, served: &Served) -
                     let publish = live.publish.clone();
                     let handler = handler.clone();
                     let queue = queue.clone();
-                    inner.handlers.spawn(async move { serve_one(&inner2, &publish, &queue, handler, delivery).await });
+                    // The handler keeps the consuming channel open until it has acked:
+                    // closing a channel hands its unacknowledged requests to other agents,
+                    // which must not happen to requests still being served.
+                    let consuming_channel = channel.clone();
+                    inner.handlers.spawn(async move {
+                        serve_one(&inner2, &publish, &queue, handler, delivery).await;
+                        drop(consuming_channel);
+                    });
                 }
                 Some(Err(_)) | None => {
                     if !cancelling && !inner.shutdown.is_cancelled() {

@@ -1,0 +1,227 @@
+//! The `clacks-agent` binary as an admin runs it, against the real RabbitMQ: a request
+//! survives its agent being killed, SIGTERM finishes in-flight calls and announces the
+//! departure, a silent node drops out after the timeout, and bad configuration is
+//! reported clearly.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clacks_agent::{Agent, AgentOptions};
+use clacks_core::bus::Bus;
+use clacks_core::bus::amqp::{AmqpBus, AmqpSettings};
+use clacks_core::client::Client;
+use clacks_core::domain::Domain;
+use clacks_core::rpc::Params;
+use clacks_core::testing::{amqp_url, unique_domain};
+use serde_json::json;
+
+const AGENT: &str = env!("CARGO_BIN_EXE_clacks-agent");
+
+/// A `clacks-agent` child process, killed when dropped.
+struct AgentProcess(Child);
+
+impl AgentProcess {
+    fn spawn(domain: &Domain, node: &str, plugins: &Path, config: Option<&Path>) -> AgentProcess {
+        let mut command = Command::new(AGENT);
+        command
+            .args(["--amqp", &amqp_url(), "--domain", domain.as_str(), "--node", node])
+            .arg("--plugins")
+            .arg(plugins)
+            .env("CLACKS_NODE_NAME_FOR_SCRIPTS", node)
+            .env("CLACKS_LOG", std::env::var("AGENT_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        AgentProcess(command.spawn().unwrap_or_else(|e| panic!("cannot start {AGENT}: {e}")))
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.0.id().to_string()).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -{signal} failed");
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn bus(domain: &Domain) -> Bus {
+    match AmqpBus::connect(&amqp_url(), domain.clone(), AmqpSettings::default()).await {
+        Ok(bus) => Bus::Amqp(bus),
+        Err(e) => panic!("RabbitMQ is required and not reachable ({e}); set CLACKS_TEST_AMQP_URL"),
+    }
+}
+
+fn plugin_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        dir.path().join("work.rhai"),
+        "/// Work for `ms` milliseconds, then say which node did it.\nfn slow(ms) { sleep(ms); env(\"CLACKS_NODE_NAME_FOR_SCRIPTS\") }\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    dir
+}
+
+/// Waits until the agent process answers and the observer has its capabilities (so a
+/// call entering through the observer is routed to it).
+async fn wait_until_serving(client: &Client, watcher: &Agent, node: &str) {
+    let started = Instant::now();
+    loop {
+        if let Ok(nodes) = client.call("getNodes", Params::None).await
+            && nodes.as_array().is_some_and(|rows| rows.iter().any(|r| r["node"] == json!(node)))
+            && watcher.registry().providers("slow").contains(&node.to_owned())
+        {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "agent {node} did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn observer(domain: &Domain, timeout: Duration) -> Agent {
+    let mut options = AgentOptions::new(domain.clone(), "observer");
+    options.heartbeat = Duration::from_millis(300);
+    options.node_timeout = timeout;
+    Agent::start(options, bus(domain).await, Vec::new()).await.unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_survives_its_agent_being_killed() {
+    let domain = unique_domain();
+    let plugins = plugin_dir();
+    let watcher = observer(&domain, Duration::from_secs(30)).await;
+    let client = Arc::new(Client::over_bus(bus(&domain).await, domain.clone(), Duration::from_secs(20)));
+    let first = AgentProcess::spawn(&domain, "first", plugins.path(), None);
+    wait_until_serving(&client, &watcher, "first").await;
+
+    // Sent to the shared queue of the plugin's target: only "first" consumes it now.
+    let call = tokio::spawn({
+        let client = client.clone();
+        let domain = domain.clone();
+        async move {
+            let request = clacks_core::rpc::Request::new("slow", Params::Positional(vec![json!(1500)]), 1);
+            let bus = bus(&domain).await;
+            let reply = bus
+                .call(&domain.command_queue("work"), request.to_bytes(), clacks_core::bus::CallOptions::timeout(Duration::from_secs(20)))
+                .await;
+            drop(client);
+            reply
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    first.signal("KILL");
+    drop(first);
+    // The unacknowledged request waits in the queue until another agent takes it.
+    let _second = AgentProcess::spawn(&domain, "second", plugins.path(), None);
+    let reply = tokio::time::timeout(Duration::from_secs(20), call)
+        .await
+        .unwrap_or_else(|_| panic!("the call hung"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("the call failed instead of being redelivered: {e}"));
+    let response = clacks_core::rpc::decode_response(&reply).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(response.into_result(), Ok(json!("second")));
+    watcher.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_calls_in_flight_and_leaves() {
+    let domain = unique_domain();
+    let plugins = plugin_dir();
+    let watcher = observer(&domain, Duration::from_secs(30)).await;
+    let client = Arc::new(Client::over_bus(bus(&domain).await, domain.clone(), Duration::from_secs(20)));
+    let mut agent = AgentProcess::spawn(&domain, "leaver", plugins.path(), None);
+    wait_until_serving(&client, &watcher, "leaver").await;
+
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move {
+            let t = Instant::now();
+            let r = client.call("slow", Params::Positional(vec![json!(1500)])).await;
+            eprintln!("call ended after {:?}", t.elapsed());
+            r
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    agent.signal("TERM");
+    let result = call.await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(result.as_ref().ok(), Some(&json!("leaver")), "the call in flight must finish: {result:?}");
+    let status = tokio::task::spawn_blocking(move || {
+        let status = agent.wait_exit(Duration::from_secs(10));
+        (status, agent)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(status.0.is_some_and(|s| s.success()), "agent exit: {:?}", status.0);
+    // NodeLeave removed it right away, long before the 30 s timeout.
+    assert!(!watcher.registry().knows_node("leaver"));
+    let methods = client.call("getMethods", Params::None).await.unwrap_or_default();
+    assert!(methods.get("slow").is_none(), "{methods}");
+    watcher.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_node_drops_out_after_the_timeout() {
+    let domain = unique_domain();
+    let plugins = plugin_dir();
+    let config_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let config = config_dir.path().join("agent.toml");
+    std::fs::write(&config, "[presence]\nheartbeat_secs = 0.3\nnode_timeout_secs = 1.5\n").unwrap_or_else(|e| panic!("{e}"));
+    let watcher = observer(&domain, Duration::from_millis(1500)).await;
+    let client = Client::over_bus(bus(&domain).await, domain.clone(), Duration::from_secs(5));
+    let agent = AgentProcess::spawn(&domain, "silent", plugins.path(), Some(&config));
+    wait_until_serving(&client, &watcher, "silent").await;
+    assert!(client.call("getMethods", Params::None).await.unwrap_or_default().get("slow").is_some());
+    // Heartbeats keep it listed well past the timeout.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(watcher.registry().knows_node("silent"));
+
+    // SIGKILL: no NodeLeave, so only the timeout can remove it.
+    agent.signal("KILL");
+    let killed = Instant::now();
+    drop(agent);
+    while watcher.registry().knows_node("silent") {
+        assert!(killed.elapsed() < Duration::from_secs(4), "the silent node was never dropped");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("silent node dropped {:?} after SIGKILL", killed.elapsed());
+    let methods = client.call("getMethods", Params::None).await.unwrap_or_default();
+    assert!(methods.get("slow").is_none(), "{methods}");
+    watcher.stop().await;
+}
+
+#[test]
+fn bad_configuration_is_reported_with_its_location() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, "[amqp]\nurll = \"amqp://x\"\n").unwrap_or_else(|e| panic!("{e}"));
+    let output = Command::new(AGENT).arg("--config").arg(&config).output().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("agent.toml") && stderr.contains("line 2") && stderr.contains("unknown field `urll`"), "{stderr}");
+
+    let output = Command::new(AGENT).env_remove("CLACKS_AMQP_URL").env_remove("CLACKS_HTTP_LISTEN").arg("--config").arg("/dev/null").output().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("nothing to serve"));
+
+    let output = Command::new(AGENT).args(["--domain", "Bad..Domain", "--http", "127.0.0.1:0", "--config", "/dev/null"]).output().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("invalid domain"));
+}
