@@ -144,7 +144,7 @@ mod tests {
         };
         let out = (commands[0].handler)(ctx.clone(), vec![json!(2), json!(40)]).await;
         assert_eq!(out, Ok(json!(42)));
-        let out = (commands[0].handler)(ctx, vec![json!("a"), json!(true)]).await;
+        let out = (commands[0].handler)(ctx, vec![json!({"a": 1}), json!(1)]).await;
         assert!(out.is_err());
     }
 }
