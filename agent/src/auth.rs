@@ -33,7 +33,8 @@ impl Authenticator {
         match self {
             Authenticator::Users(users) => {
                 let Some(stored) = users.get(user) else { return Ok(false) };
-                let hash = PasswordHash::new(stored).map_err(|e| format!("the stored hash of '{user}' is malformed: {e}"))?;
+                let hash =
+                    PasswordHash::new(stored).map_err(|e| format!("the stored hash of '{user}' is malformed: {e}"))?;
                 Ok(argon2::Argon2::default().verify_password(password.as_bytes(), &hash).is_ok())
             }
             Authenticator::Broker { url } => {

@@ -184,13 +184,19 @@ impl AgentConfig {
     /// Checks ranges that serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let positive = |name: &str, v: f64| {
-            if v.is_finite() && v > 0.0 { Ok(()) } else { Err(ConfigError::Invalid(format!("{name} must be a positive number of seconds"))) }
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(ConfigError::Invalid(format!("{name} must be a positive number of seconds")))
+            }
         };
         positive("rpc.timeout_secs", self.rpc.timeout_secs)?;
         positive("presence.heartbeat_secs", self.presence.heartbeat_secs)?;
         positive("presence.node_timeout_secs", self.presence.node_timeout_secs)?;
         if self.presence.node_timeout_secs <= self.presence.heartbeat_secs {
-            return Err(ConfigError::Invalid("presence.node_timeout_secs must be longer than presence.heartbeat_secs".into()));
+            return Err(ConfigError::Invalid(
+                "presence.node_timeout_secs must be longer than presence.heartbeat_secs".into(),
+            ));
         }
         if let Some(auth) = &self.http.auth
             && auth != "broker"
@@ -221,7 +227,10 @@ mod tests {
     fn check(text: &str, expect: Expect) {
         let shown = match AgentConfig::parse(text) {
             Ok(c) => match c.validate() {
-                Ok(()) => format!("ok domain={} amqp={:?} listen={:?} timeout={}", c.domain, c.amqp.url, c.http.listen, c.rpc.timeout_secs),
+                Ok(()) => format!(
+                    "ok domain={} amqp={:?} listen={:?} timeout={}",
+                    c.domain, c.amqp.url, c.http.listen, c.rpc.timeout_secs
+                ),
                 Err(e) => e.to_string(),
             },
             Err(e) => e,
@@ -245,7 +254,10 @@ mod tests {
                   | ^^^^
                 unknown field `urll`, expected one of `url`, `heartbeat`, `prefetch`, `trusted_forwarders`"#]],
         );
-        check("[presence]\nheartbeat_secs = 40\n", expect!["presence.node_timeout_secs must be longer than presence.heartbeat_secs"]);
+        check(
+            "[presence]\nheartbeat_secs = 40\n",
+            expect!["presence.node_timeout_secs must be longer than presence.heartbeat_secs"],
+        );
         check("[http]\nauth = \"ldap\"\n", expect![[r#"http.auth must be "broker" or "users", not "ldap""#]]);
     }
 

@@ -25,7 +25,11 @@ impl CorePlugin {
     /// List every command of the domain with its signature, help and providers.
     /// `queue` may name a node's private queue (D.command.core.NODE) to list only that node's commands.
     #[command]
-    fn get_methods(&self, queue: Option<String>, locale: Option<String>) -> CommandResult<BTreeMap<String, MethodInfo>> {
+    fn get_methods(
+        &self,
+        queue: Option<String>,
+        locale: Option<String>,
+    ) -> CommandResult<BTreeMap<String, MethodInfo>> {
         // Help texts are English only for now; the locale is accepted for compatibility.
         let _ = locale;
         let only_node = match queue.as_deref().map(|q| self.domain.parse_command_queue(q)) {
@@ -67,7 +71,9 @@ impl CorePlugin {
         if ctx.queue != private && !force.unwrap_or(false) {
             return Err(CommandError::new(
                 ErrorCode::COMMAND_INVALID_QUEUE,
-                format!("shutdown on a shared queue would stop whichever node takes it; call it on {private} or pass force=true"),
+                format!(
+                    "shutdown on a shared queue would stop whichever node takes it; call it on {private} or pass force=true"
+                ),
             ));
         }
         tracing::warn!(user = ?ctx.user, "shutdown requested");

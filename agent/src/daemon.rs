@@ -308,16 +308,16 @@ impl Agent {
                 PresenceEvent::Capabilities { id, methods } if id != own => {
                     self.inner.registry.update_capabilities(&id, methods);
                 }
-                PresenceEvent::Status { id, load, workers } if id != own => {
+                PresenceEvent::Status { id, load, workers }
+                    if id != own
                     // A heartbeat from a node we do not know (we missed its capabilities,
                     // e.g. during a broker outage): ask everyone to announce again, at
                     // most once per heartbeat interval.
-                    if !self.inner.registry.update_status(&id, load, workers)
-                        && last_reannounce.is_none_or(|t| t.elapsed() >= self.inner.options.heartbeat)
-                    {
-                        last_reannounce = Some(Instant::now());
-                        self.publish(PresenceEvent::Announce { id: own.clone() }).await;
-                    }
+                    && !self.inner.registry.update_status(&id, load, workers)
+                        && last_reannounce.is_none_or(|t| t.elapsed() >= self.inner.options.heartbeat) =>
+                {
+                    last_reannounce = Some(Instant::now());
+                    self.publish(PresenceEvent::Announce { id: own.clone() }).await;
                 }
                 PresenceEvent::Leave { id } if id != own => {
                     info!(node = %id, "node left");

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use clacks_core::bus::local::LocalBus;
 use clacks_core::bus::Bus;
+use clacks_core::bus::local::LocalBus;
 use clacks_core::command::Plugin;
 use clacks_core::domain::Domain;
 

@@ -137,7 +137,12 @@ async fn rpc(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Body
     }
 }
 
-async fn handle(state: &HttpState, request: Request, session: &mut Option<String>, effects: &mut Effects) -> Option<Response> {
+async fn handle(
+    state: &HttpState,
+    request: Request,
+    session: &mut Option<String>,
+    effects: &mut Effects,
+) -> Option<Response> {
     let id = request.id.clone();
     let outcome = match request.method.as_str() {
         "login" => login(state, request.params, session, effects).await,
@@ -150,7 +155,10 @@ async fn handle(state: &HttpState, request: Request, session: &mut Option<String
         _ => match state.session_user(session.as_deref()) {
             None => {
                 effects.unauthorized = true;
-                Err(RpcError::new(ErrorCode::NOT_AUTHENTICATED, "not logged in or session expired; call login(user, password) first"))
+                Err(RpcError::new(
+                    ErrorCode::NOT_AUTHENTICATED,
+                    "not logged in or session expired; call login(user, password) first",
+                ))
             }
             Some(user) => {
                 let origin = state.dispatcher.local_origin(Some(user), None);
@@ -165,7 +173,12 @@ async fn handle(state: &HttpState, request: Request, session: &mut Option<String
     })
 }
 
-async fn login(state: &HttpState, params: Params, session: &mut Option<String>, effects: &mut Effects) -> Result<Value, RpcError> {
+async fn login(
+    state: &HttpState,
+    params: Params,
+    session: &mut Option<String>,
+    effects: &mut Effects,
+) -> Result<Value, RpcError> {
     let (user, password) = match params {
         Params::Positional(p) => (p.first().cloned(), p.get(1).cloned()),
         Params::Named(mut n) => (n.remove("user"), n.remove("password")),

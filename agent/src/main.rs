@@ -8,9 +8,9 @@ use anyhow::{Context, Result, bail};
 use clacks_agent::auth::Authenticator;
 use clacks_agent::config::{AgentConfig, secs};
 use clacks_agent::{Agent, AgentOptions};
+use clacks_core::bus::Bus;
 use clacks_core::bus::amqp::{AmqpBus, AmqpSettings};
 use clacks_core::bus::local::LocalBus;
-use clacks_core::bus::Bus;
 use clacks_core::domain::Domain;
 use clap::{Parser, Subcommand};
 use tracing::{error, info};
@@ -154,8 +154,13 @@ async fn run(cli: Cli) -> Result<()> {
             (_, Some(url)) => Authenticator::Broker { url: url.clone() },
             (Some(_), None) => bail!("http.auth = \"broker\" needs a broker URL"),
         };
-        let state = clacks_agent::http::HttpState::new(agent.dispatcher().clone(), authenticator, secs(config.http.session_idle_secs as f64));
-        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let state = clacks_agent::http::HttpState::new(
+            agent.dispatcher().clone(),
+            authenticator,
+            secs(config.http.session_idle_secs as f64),
+        );
+        let listener =
+            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         info!(address = %listener.local_addr()?, "serving JSON-RPC on /rpc");
         let stop = http_stop.clone();
         http_task = Some(tokio::spawn(async move {

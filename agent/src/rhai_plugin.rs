@@ -43,12 +43,15 @@ pub fn load_dir(dir: &Path, limits: &Limits) -> (Vec<Command>, Vec<PluginProblem
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) => {
-            problems.push(PluginProblem { path: dir.to_owned(), message: format!("cannot read the plugin folder: {e}") });
+            problems
+                .push(PluginProblem { path: dir.to_owned(), message: format!("cannot read the plugin folder: {e}") });
             return (commands, problems);
         }
     };
-    let mut paths: Vec<PathBuf> =
-        entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "rhai")).collect();
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "rhai"))
+        .collect();
     paths.sort();
     let engine = Arc::new(sandboxed_engine(limits));
     for path in paths {
@@ -105,7 +108,8 @@ fn load_file(engine: &Arc<Engine>, path: &Path) -> Result<Vec<Command>, String> 
                             to_json(&value).map_err(|e| CommandError::new(ErrorCode::INTERNAL_ERROR, e.to_string()))
                         })
                 });
-                run.await.map_err(|e| CommandError::new(ErrorCode::INTERNAL_ERROR, format!("script task failed: {e}")))?
+                run.await
+                    .map_err(|e| CommandError::new(ErrorCode::INTERNAL_ERROR, format!("script task failed: {e}")))?
             })
         });
         commands.push(Command { spec, handler });

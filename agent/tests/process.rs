@@ -120,7 +120,11 @@ async fn a_request_survives_its_agent_being_killed() {
             let request = clacks_core::rpc::Request::new("slow", Params::Positional(vec![json!(1500)]), 1);
             let bus = bus(&domain).await;
             let reply = bus
-                .call(&domain.command_queue("work"), request.to_bytes(), clacks_core::bus::CallOptions::timeout(Duration::from_secs(20)))
+                .call(
+                    &domain.command_queue("work"),
+                    request.to_bytes(),
+                    clacks_core::bus::CallOptions::timeout(Duration::from_secs(20)),
+                )
                 .await;
             drop(client);
             reply
@@ -183,7 +187,8 @@ async fn a_silent_node_drops_out_after_the_timeout() {
     let plugins = plugin_dir();
     let config_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let config = config_dir.path().join("agent.toml");
-    std::fs::write(&config, "[presence]\nheartbeat_secs = 0.3\nnode_timeout_secs = 1.5\n").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&config, "[presence]\nheartbeat_secs = 0.3\nnode_timeout_secs = 1.5\n")
+        .unwrap_or_else(|e| panic!("{e}"));
     let watcher = observer(&domain, Duration::from_millis(1500)).await;
     let client = Client::over_bus(bus(&domain).await, domain.clone(), Duration::from_secs(5));
     let agent = AgentProcess::spawn(&domain, "silent", plugins.path(), Some(&config));
@@ -215,13 +220,25 @@ fn bad_configuration_is_reported_with_its_location() {
     let output = Command::new(AGENT).arg("--config").arg(&config).output().unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("agent.toml") && stderr.contains("line 2") && stderr.contains("unknown field `urll`"), "{stderr}");
+    assert!(
+        stderr.contains("agent.toml") && stderr.contains("line 2") && stderr.contains("unknown field `urll`"),
+        "{stderr}"
+    );
 
-    let output = Command::new(AGENT).env_remove("CLACKS_AMQP_URL").env_remove("CLACKS_HTTP_LISTEN").arg("--config").arg("/dev/null").output().unwrap_or_else(|e| panic!("{e}"));
+    let output = Command::new(AGENT)
+        .env_remove("CLACKS_AMQP_URL")
+        .env_remove("CLACKS_HTTP_LISTEN")
+        .arg("--config")
+        .arg("/dev/null")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("nothing to serve"));
 
-    let output = Command::new(AGENT).args(["--domain", "Bad..Domain", "--http", "127.0.0.1:0", "--config", "/dev/null"]).output().unwrap_or_else(|e| panic!("{e}"));
+    let output = Command::new(AGENT)
+        .args(["--domain", "Bad..Domain", "--http", "127.0.0.1:0", "--config", "/dev/null"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("invalid domain"));
 }

@@ -86,7 +86,8 @@ impl Client {
             .connect_timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| ClientError::Connect(format!("cannot set up HTTP: {e}")))?;
-        let client = Client { transport: Transport::Http { http, url: url.to_owned() }, timeout, next_id: AtomicU64::new(1) };
+        let client =
+            Client { transport: Transport::Http { http, url: url.to_owned() }, timeout, next_id: AtomicU64::new(1) };
         match client.call("login", Params::Positional(vec![user.into(), password.into()])).await {
             Ok(_) => Ok(client),
             Err(ClientError::Rpc(e)) if e.symbolic() == ErrorCode::LOGIN_FAILED => Err(ClientError::Auth(e.message)),
@@ -105,7 +106,12 @@ impl Client {
     }
 
     /// Calls `method`, giving up after `timeout`.
-    pub async fn call_with_timeout(&self, method: &str, params: Params, timeout: Duration) -> Result<Value, ClientError> {
+    pub async fn call_with_timeout(
+        &self,
+        method: &str,
+        params: Params,
+        timeout: Duration,
+    ) -> Result<Value, ClientError> {
         self.call_routed(method, params, timeout, None).await
     }
 
@@ -115,7 +121,13 @@ impl Client {
         self.call_routed(method, params, self.timeout, Some(node)).await
     }
 
-    async fn call_routed(&self, method: &str, params: Params, timeout: Duration, node: Option<&str>) -> Result<Value, ClientError> {
+    async fn call_routed(
+        &self,
+        method: &str,
+        params: Params,
+        timeout: Duration,
+        node: Option<&str>,
+    ) -> Result<Value, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let request = Request::new(method, params, Value::from(id));
         match &self.transport {
@@ -152,13 +164,16 @@ impl Client {
                         }
                     })?;
                 let status = response.status();
-                let body = response.bytes().await.map_err(|e| ClientError::Connect(format!("reading the reply: {e}")))?;
+                let body =
+                    response.bytes().await.map_err(|e| ClientError::Connect(format!("reading the reply: {e}")))?;
                 match decode_response(&body) {
                     Ok(r) => r.into_result().map_err(ClientError::Rpc),
                     Err(_) if status == reqwest::StatusCode::UNAUTHORIZED => {
                         Err(ClientError::Auth("not logged in or session expired".into()))
                     }
-                    Err(_) => Err(ClientError::Connect(format!("{url} answered HTTP {status} without a JSON-RPC body"))),
+                    Err(_) => {
+                        Err(ClientError::Connect(format!("{url} answered HTTP {status} without a JSON-RPC body")))
+                    }
                 }
             }
         }

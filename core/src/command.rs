@@ -156,11 +156,8 @@ pub struct CommandSpec {
 impl CommandSpec {
     /// `name(a: string, b?: integer)` for help and hints.
     pub fn signature(&self) -> String {
-        let params: Vec<String> = self
-            .params
-            .iter()
-            .map(|p| format!("{}{}: {}", p.name, if p.optional { "?" } else { "" }, p.ty))
-            .collect();
+        let params: Vec<String> =
+            self.params.iter().map(|p| format!("{}{}: {}", p.name, if p.optional { "?" } else { "" }, p.ty)).collect();
         format!("{}({})", self.name, params.join(", "))
     }
 
@@ -461,6 +458,6 @@ mod tests {
         assert_eq!(wire_name("ping"), "ping");
         assert_eq!(spec().signature(), "setLimit(name: string, limit?: integer)");
         assert_eq!(<Option<Vec<String>> as WireType>::TYPE, ValueType::Array);
-        assert!(<Option<u8> as WireType>::OPTIONAL);
+        const { assert!(<Option<u8> as WireType>::OPTIONAL) };
     }
 }

@@ -241,7 +241,13 @@ impl Dispatcher {
         }
     }
 
-    async fn forward(&self, spec: &CommandSpec, node: &str, params: Params, origin: &Origin) -> Result<Value, RpcError> {
+    async fn forward(
+        &self,
+        spec: &CommandSpec,
+        node: &str,
+        params: Params,
+        origin: &Origin,
+    ) -> Result<Value, RpcError> {
         let queue = self.config.domain.node_queue(&spec.target, node);
         debug!(method = %spec.name, %node, "forwarding");
         let request = Request::new(spec.name.clone(), params, Value::from(1));
@@ -250,7 +256,12 @@ impl Dispatcher {
         decode_response(&reply)?.into_result()
     }
 
-    async fn forward_to_least_loaded(&self, spec: &CommandSpec, params: Params, origin: &Origin) -> Result<Value, RpcError> {
+    async fn forward_to_least_loaded(
+        &self,
+        spec: &CommandSpec,
+        params: Params,
+        origin: &Origin,
+    ) -> Result<Value, RpcError> {
         let providers: Vec<String> =
             self.registry.providers(&spec.name).into_iter().filter(|p| *p != self.config.node).collect();
         let mut last_error = None;
@@ -275,7 +286,14 @@ impl Dispatcher {
         nodes
     }
 
-    async fn run_on(&self, spec: &CommandSpec, local: Option<&Command>, node: &str, params: Params, origin: &Origin) -> Result<Value, RpcError> {
+    async fn run_on(
+        &self,
+        spec: &CommandSpec,
+        local: Option<&Command>,
+        node: &str,
+        params: Params,
+        origin: &Origin,
+    ) -> Result<Value, RpcError> {
         match local {
             Some(command) if node == self.config.node => {
                 let args = spec.bind_arguments(params)?;
@@ -285,7 +303,13 @@ impl Dispatcher {
         }
     }
 
-    async fn first_result(&self, spec: &CommandSpec, local: Option<Command>, params: Params, origin: &Origin) -> Result<Value, RpcError> {
+    async fn first_result(
+        &self,
+        spec: &CommandSpec,
+        local: Option<Command>,
+        params: Params,
+        origin: &Origin,
+    ) -> Result<Value, RpcError> {
         spec.bind_arguments(params.clone())?;
         let mut errors = Map::new();
         let mut last = None;
@@ -299,16 +323,26 @@ impl Dispatcher {
             }
         }
         let Some(last) = last else {
-            return Err(RpcError::new(ErrorCode::COMMAND_NOT_DEFINED, format!("no live node provides '{}'", spec.name)));
+            return Err(RpcError::new(
+                ErrorCode::COMMAND_NOT_DEFINED,
+                format!("no live node provides '{}'", spec.name),
+            ));
         };
         Err(RpcError::new(last.symbolic(), format!("every provider of '{}' failed; last: {}", spec.name, last.message))
             .with_details(json!({ "errors": errors })))
     }
 
-    async fn cumulative(&self, spec: &CommandSpec, local: Option<Command>, params: Params, origin: &Origin) -> Result<Value, RpcError> {
+    async fn cumulative(
+        &self,
+        spec: &CommandSpec,
+        local: Option<Command>,
+        params: Params,
+        origin: &Origin,
+    ) -> Result<Value, RpcError> {
         spec.bind_arguments(params.clone())?;
         let nodes = self.fan_out_order(spec, local.is_some());
-        let outcomes = join_all(nodes.iter().map(|node| self.run_on(spec, local.as_ref(), node, params.clone(), origin))).await;
+        let outcomes =
+            join_all(nodes.iter().map(|node| self.run_on(spec, local.as_ref(), node, params.clone(), origin))).await;
         let mut results = Map::new();
         let mut errors = Map::new();
         for (node, outcome) in nodes.into_iter().zip(outcomes) {

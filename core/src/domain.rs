@@ -185,7 +185,9 @@ mod tests {
     fn domains() {
         check(
             "org.clacks",
-            expect![[r#"ok org.clacks.command.core | org.clacks.event | Some(Private { target: "core", node: "n1" }) | Some(Shared { target: "core" })"#]],
+            expect![[
+                r#"ok org.clacks.command.core | org.clacks.event | Some(Private { target: "core", node: "n1" }) | Some(Shared { target: "core" })"#
+            ]],
         );
         check("", expect!["invalid domain '': it is empty"]);
         check("org..clacks", expect!["invalid domain 'org..clacks': it has an empty label"]);

@@ -225,7 +225,11 @@ impl Registry {
             for spec in &info.methods {
                 table
                     .entry(spec.name.clone())
-                    .or_insert_with(|| MethodInfo { signature: spec.signature(), spec: spec.clone(), providers: Vec::new() })
+                    .or_insert_with(|| MethodInfo {
+                        signature: spec.signature(),
+                        spec: spec.clone(),
+                        providers: Vec::new(),
+                    })
                     .providers
                     .push(id.clone());
             }

@@ -284,6 +284,9 @@ pub fn decode_request_body(body: &[u8]) -> Incoming {
 }
 
 /// Decodes one request object.
+// The error is the complete response to send back, built once here; boxing it would
+// only move the allocation.
+#[allow(clippy::result_large_err)]
 pub fn decode_request_value(value: Value) -> Result<Request, Response> {
     let Value::Object(mut obj) = value else {
         return Err(invalid(Value::Null, "a request must be a JSON object"));
@@ -348,34 +351,43 @@ mod tests {
             r#"{"jsonrpc":"2.0","method":"echo","params":["x"],"id":1}"#,
             expect![[r#"{"jsonrpc":"2.0","method":"echo","params":["x"],"id":1}"#]],
         );
-        check(
-            r#"{"jsonrpc":"2.0","method":"ping"}"#,
-            expect![[r#"{"jsonrpc":"2.0","method":"ping"}"#]],
-        );
+        check(r#"{"jsonrpc":"2.0","method":"ping"}"#, expect![[r#"{"jsonrpc":"2.0","method":"ping"}"#]]);
         check(
             "{not json",
-            expect![[r#"{"jsonrpc":"2.0","error":{"code":-32700,"message":"request is not valid JSON: key must be a string at line 1 column 2","data":{"code":"PARSE_ERROR"}},"id":null}"#]],
+            expect![[
+                r#"{"jsonrpc":"2.0","error":{"code":-32700,"message":"request is not valid JSON: key must be a string at line 1 column 2","data":{"code":"PARSE_ERROR"}},"id":null}"#
+            ]],
         );
         check(
             r#"{"jsonrpc":"2.0","params":[],"id":"a"}"#,
-            expect![[r#"{"jsonrpc":"2.0","error":{"code":-32600,"message":"missing 'method'","data":{"code":"INVALID_REQUEST"}},"id":"a"}"#]],
+            expect![[
+                r#"{"jsonrpc":"2.0","error":{"code":-32600,"message":"missing 'method'","data":{"code":"INVALID_REQUEST"}},"id":"a"}"#
+            ]],
         );
         check(
             r#"{"jsonrpc":"2.0","method":"echo","params":3,"id":2}"#,
-            expect![[r#"{"jsonrpc":"2.0","error":{"code":-32600,"message":"'params' must be an array or an object","data":{"code":"INVALID_REQUEST"}},"id":2}"#]],
+            expect![[
+                r#"{"jsonrpc":"2.0","error":{"code":-32600,"message":"'params' must be an array or an object","data":{"code":"INVALID_REQUEST"}},"id":2}"#
+            ]],
         );
         check(
             r#"{"method":"echo","id":2}"#,
-            expect![[r#"{"jsonrpc":"2.0","error":{"code":-32600,"message":"missing 'jsonrpc': \"2.0\"","data":{"code":"INVALID_REQUEST"}},"id":2}"#]],
+            expect![[
+                r#"{"jsonrpc":"2.0","error":{"code":-32600,"message":"missing 'jsonrpc': \"2.0\"","data":{"code":"INVALID_REQUEST"}},"id":2}"#
+            ]],
         );
         check(
             "[]",
-            expect![[r#"{"jsonrpc":"2.0","error":{"code":-32600,"message":"empty batch","data":{"code":"INVALID_REQUEST"}},"id":null}"#]],
+            expect![[
+                r#"{"jsonrpc":"2.0","error":{"code":-32600,"message":"empty batch","data":{"code":"INVALID_REQUEST"}},"id":null}"#
+            ]],
         );
         check(r#"[{"jsonrpc":"2.0","method":"a","id":1}, 5]"#, expect!["batch of 2"]);
         check(
             "42",
-            expect![[r#"{"jsonrpc":"2.0","error":{"code":-32600,"message":"a request must be a JSON object","data":{"code":"INVALID_REQUEST"}},"id":null}"#]],
+            expect![[
+                r#"{"jsonrpc":"2.0","error":{"code":-32600,"message":"a request must be a JSON object","data":{"code":"INVALID_REQUEST"}},"id":null}"#
+            ]],
         );
     }
 

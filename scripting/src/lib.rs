@@ -171,7 +171,10 @@ mod tests {
 
     #[test]
     fn summaries() {
-        assert_eq!(doc_summary(&["/// Adds two numbers.\n/// Really.\n///\n/// Details."]), "Adds two numbers. Really.");
+        assert_eq!(
+            doc_summary(&["/// Adds two numbers.\n/// Really.\n///\n/// Details."]),
+            "Adds two numbers. Really."
+        );
         assert_eq!(doc_summary(&["/** Block\n * doc */"]), "Block doc");
     }
 }

@@ -25,7 +25,11 @@ pub(crate) const EXIT_CONNECTION: u8 = 3;
 ///
 /// Without --url it runs an embedded domain in this process (no broker needed).
 #[derive(Parser, Debug)]
-#[command(name = "clacks", version, after_help = "Exit codes: 0 ok, 1 the call failed, 2 usage error, 3 connection or authentication failure.")]
+#[command(
+    name = "clacks",
+    version,
+    after_help = "Exit codes: 0 ok, 1 the call failed, 2 usage error, 3 connection or authentication failure."
+)]
 pub(crate) struct Cli {
     /// Domain to connect to: amqp[s]://host[:port]/vhost or http[s]://host:port/rpc.
     #[arg(long, env = "CLACKS_URL", global = true)]
@@ -91,7 +95,8 @@ fn usage_error(message: impl std::fmt::Display) -> u8 {
 
 fn resolve_target(cli: &Cli) -> Result<Target, String> {
     let config = ShellConfig::load()?;
-    let domain_name = cli.domain.clone().or(config.domain).unwrap_or_else(|| clacks_core::domain::DEFAULT_DOMAIN.to_owned());
+    let domain_name =
+        cli.domain.clone().or(config.domain).unwrap_or_else(|| clacks_core::domain::DEFAULT_DOMAIN.to_owned());
     let domain = Domain::new(&domain_name).map_err(|e| e.to_string())?;
     let timeout = cli.timeout.or(config.timeout_secs).unwrap_or(30.0);
     if !(timeout.is_finite() && timeout > 0.0) {

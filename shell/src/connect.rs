@@ -52,7 +52,8 @@ pub(crate) async fn connect(target: &Target) -> Result<Session, ClientError> {
         }
         Some(url) if url.starts_with("amqp://") || url.starts_with("amqps://") => {
             let url = with_credentials(url, &target.user, target.password.as_deref());
-            let settings = AmqpSettings { connection_name: format!("clacks shell {}", target.user), ..AmqpSettings::default() };
+            let settings =
+                AmqpSettings { connection_name: format!("clacks shell {}", target.user), ..AmqpSettings::default() };
             let bus = AmqpBus::connect(&url, target.domain.clone(), settings).await.map_err(|e| {
                 let text = e.to_string();
                 if text.contains("ACCESS_REFUSED") || text.to_ascii_lowercase().contains("auth") {
@@ -61,7 +62,10 @@ pub(crate) async fn connect(target: &Target) -> Result<Session, ClientError> {
                     ClientError::Connect(text)
                 }
             })?;
-            Ok(Session { client: Client::over_bus(Bus::Amqp(bus), target.domain.clone(), target.timeout), embedded: None })
+            Ok(Session {
+                client: Client::over_bus(Bus::Amqp(bus), target.domain.clone(), target.timeout),
+                embedded: None,
+            })
         }
         Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
             let Some(password) = target.password.as_deref() else {
@@ -72,7 +76,9 @@ pub(crate) async fn connect(target: &Target) -> Result<Session, ClientError> {
             let client = Client::connect_http(url, &target.user, password, target.timeout).await?;
             Ok(Session { client, embedded: None })
         }
-        Some(url) => Err(ClientError::Connect(format!("unsupported URL '{url}': use amqp://, amqps://, http:// or https://"))),
+        Some(url) => {
+            Err(ClientError::Connect(format!("unsupported URL '{url}': use amqp://, amqps://, http:// or https://")))
+        }
     }
 }
 

@@ -14,7 +14,8 @@ use expect_test::{Expect, expect};
 /// Runs `clacks ARGS…` with a clean environment and shows exit code, stdout, stderr.
 fn run(args: &[&str], env: &[(&str, &str)]) -> String {
     let mut command = Command::new(env!("CARGO_BIN_EXE_clacks"));
-    for var in ["CLACKS_URL", "CLACKS_DOMAIN", "CLACKS_USER", "CLACKS_PASSWORD", "CLACKS_TIMEOUT", "CLACKS_PLUGINS_DIR"] {
+    for var in ["CLACKS_URL", "CLACKS_DOMAIN", "CLACKS_USER", "CLACKS_PASSWORD", "CLACKS_TIMEOUT", "CLACKS_PLUGINS_DIR"]
+    {
         command.env_remove(var);
     }
     command.env("CLACKS_SHELL_CONFIG", "/nonexistent/shell.toml").env("USER", "ada");
@@ -37,13 +38,18 @@ fn check(args: &[&str], expect: Expect) {
 
 #[test]
 fn one_shot_calls_on_the_embedded_domain() {
-    check(&["call", "ping"], expect![[r#"
+    check(
+        &["call", "ping"],
+        expect![[r#"
         exit=0
         stdout:
         pong
         stderr:
-    "#]]);
-    check(&["call", "echo", r#"{"a":[1,2]}"#, "--output", "json"], expect![[r#"
+    "#]],
+    );
+    check(
+        &["call", "echo", r#"{"a":[1,2]}"#, "--output", "json"],
+        expect![[r#"
         exit=0
         stdout:
         {
@@ -53,61 +59,89 @@ fn one_shot_calls_on_the_embedded_domain() {
           ]
         }
         stderr:
-    "#]]);
-    check(&["call", "--named", "echo", "value=hello world"], expect![[r#"
+    "#]],
+    );
+    check(
+        &["call", "--named", "echo", "value=hello world"],
+        expect![[r#"
         exit=0
         stdout:
         hello world
         stderr:
-    "#]]);
-    check(&["call", "getSessionUser"], expect![[r#"
+    "#]],
+    );
+    check(
+        &["call", "getSessionUser"],
+        expect![[r#"
         exit=0
         stdout:
         ada
         stderr:
-    "#]]);
-    check(&["call", "getBase", "--domain", "net.example"], expect![[r#"
+    "#]],
+    );
+    check(
+        &["call", "getBase", "--domain", "net.example"],
+        expect![[r#"
         exit=0
         stdout:
         dc=example,dc=net
         stderr:
-    "#]]);
-    check(&["call", "noSuchCommand"], expect![[r#"
+    "#]],
+    );
+    check(
+        &["call", "noSuchCommand"],
+        expect![[r#"
         exit=1
         stdout:
         stderr:
         clacks: COMMAND_NOT_DEFINED: no live node provides 'noSuchCommand'
-    "#]]);
-    check(&["call", "echo"], expect![[r#"
+    "#]],
+    );
+    check(
+        &["call", "echo"],
+        expect![[r#"
         exit=1
         stdout:
         stderr:
         clacks: INVALID_PARAMS: echo: missing argument 'value' (any)
-    "#]]);
-    check(&["call", "--named", "echo", "oops"], expect![[r#"
+    "#]],
+    );
+    check(
+        &["call", "--named", "echo", "oops"],
+        expect![[r#"
         exit=2
         stdout:
         stderr:
         clacks: with --named every argument is NAME=VALUE; 'oops' has no '='
-    "#]]);
-    check(&["call", "ping", "--domain", "Not A Domain"], expect![[r#"
+    "#]],
+    );
+    check(
+        &["call", "ping", "--domain", "Not A Domain"],
+        expect![[r#"
         exit=2
         stdout:
         stderr:
         clacks: invalid domain 'Not A Domain': labels may only hold a-z, 0-9 and '-'
-    "#]]);
-    check(&["call", "ping", "--url", "amqp://guest:guest@127.0.0.1:1/%2f"], expect![[r#"
+    "#]],
+    );
+    check(
+        &["call", "ping", "--url", "amqp://guest:guest@127.0.0.1:1/%2f"],
+        expect![[r#"
         exit=3
         stdout:
         stderr:
         clacks: cannot connect to amqp://guest@127.0.0.1:1/%2f: IO error: Connection refused (os error 111)
-    "#]]);
-    check(&["call", "ping", "--url", "ftp://x"], expect![[r#"
+    "#]],
+    );
+    check(
+        &["call", "ping", "--url", "ftp://x"],
+        expect![[r#"
         exit=3
         stdout:
         stderr:
         clacks: unsupported URL 'ftp://x': use amqp://, amqps://, http:// or https://
-    "#]]);
+    "#]],
+    );
     let usage = run(&["frobnicate"], &[]);
     assert!(usage.starts_with("exit=2\n"), "{usage}");
 }
@@ -115,7 +149,8 @@ fn one_shot_calls_on_the_embedded_domain() {
 #[test]
 fn embedded_domain_loads_rhai_plugins() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(dir.path().join("math.rhai"), "/// Add two numbers.\nfn add(a, b) { a + b }\n").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.path().join("math.rhai"), "/// Add two numbers.\nfn add(a, b) { a + b }\n")
+        .unwrap_or_else(|e| panic!("{e}"));
     let plugins = dir.path().to_string_lossy().into_owned();
     expect![[r#"
         exit=0

@@ -39,7 +39,8 @@ async fn http_login_sessions_batches_and_errors() {
     let url = amqp_url();
     let domain = unique_domain();
     let agent = start_agent(&url, fast_options(&domain, "web"), vec![Arc::new(Probe)]).await;
-    let state = HttpState::new(agent.dispatcher().clone(), Authenticator::Broker { url: url.clone() }, Duration::from_secs(60));
+    let state =
+        HttpState::new(agent.dispatcher().clone(), Authenticator::Broker { url: url.clone() }, Duration::from_secs(60));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
     let address = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
     tokio::spawn(async move { axum::serve(listener, router(state)).await });
@@ -49,9 +50,24 @@ async fn http_login_sessions_batches_and_errors() {
     endpoint.check(r#"{"jsonrpc":"2.0","method":"ping","id":1}"#, expect![[r#"401 {"jsonrpc":"2.0","error":{"code":-32008,"message":"not logged in or session expired; call login(user, password) first","data":{"code":"NOT_AUTHENTICATED"}},"id":1}"#]]).await;
     endpoint.check(r#"{"jsonrpc":"2.0","method":"login","params":["guest","wrong"],"id":2}"#, expect![[r#"401 {"jsonrpc":"2.0","error":{"code":-32011,"message":"login of user 'guest' failed","data":{"code":"LOGIN_FAILED"}},"id":2}"#]]).await;
     endpoint.check(r#"{"jsonrpc":"2.0","method":"login","params":["guest"],"id":3}"#, expect![[r#"200 {"jsonrpc":"2.0","error":{"code":-32602,"message":"login(user: string, password: string)","data":{"code":"INVALID_PARAMS"}},"id":3}"#]]).await;
-    endpoint.check(r#"{"jsonrpc":"2.0","method":"login","params":{"user":"guest","password":"guest"},"id":4}"#, expect![[r#"200 {"jsonrpc":"2.0","result":true,"id":4}"#]]).await;
-    endpoint.check(r#"{"jsonrpc":"2.0","method":"getSessionUser","id":5}"#, expect![[r#"200 {"jsonrpc":"2.0","result":"guest","id":5}"#]]).await;
-    endpoint.check(r#"{"jsonrpc":"2.0","method":"add","params":[2,3],"id":6}"#, expect![[r#"200 {"jsonrpc":"2.0","result":5,"id":6}"#]]).await;
+    endpoint
+        .check(
+            r#"{"jsonrpc":"2.0","method":"login","params":{"user":"guest","password":"guest"},"id":4}"#,
+            expect![[r#"200 {"jsonrpc":"2.0","result":true,"id":4}"#]],
+        )
+        .await;
+    endpoint
+        .check(
+            r#"{"jsonrpc":"2.0","method":"getSessionUser","id":5}"#,
+            expect![[r#"200 {"jsonrpc":"2.0","result":"guest","id":5}"#]],
+        )
+        .await;
+    endpoint
+        .check(
+            r#"{"jsonrpc":"2.0","method":"add","params":[2,3],"id":6}"#,
+            expect![[r#"200 {"jsonrpc":"2.0","result":5,"id":6}"#]],
+        )
+        .await;
     endpoint.check(
         r#"[{"jsonrpc":"2.0","method":"add","params":[1,1],"id":"x"},{"jsonrpc":"2.0","method":"nope","id":"y"},{"jsonrpc":"2.0","method":"ping"},{"jsonrpc":"2.0","method":"echo","params":{"value":[1]},"id":"z"}]"#,
         expect![[r#"200 [{"jsonrpc":"2.0","result":2,"id":"x"},{"jsonrpc":"2.0","error":{"code":-32601,"message":"no live node provides 'nope'","data":{"code":"COMMAND_NOT_DEFINED","details":{"method":"nope"}}},"id":"y"},{"jsonrpc":"2.0","result":[1],"id":"z"}]"#]],
@@ -73,7 +89,12 @@ async fn http_login_sessions_batches_and_errors() {
     let get = endpoint.http.get(&endpoint.url).send().await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(get.status().as_u16(), 405);
 
-    endpoint.check(r#"{"jsonrpc":"2.0","method":"logout","id":10}"#, expect![[r#"200 {"jsonrpc":"2.0","result":true,"id":10}"#]]).await;
+    endpoint
+        .check(
+            r#"{"jsonrpc":"2.0","method":"logout","id":10}"#,
+            expect![[r#"200 {"jsonrpc":"2.0","result":true,"id":10}"#]],
+        )
+        .await;
     endpoint.check(r#"{"jsonrpc":"2.0","method":"ping","id":11}"#, expect![[r#"401 {"jsonrpc":"2.0","error":{"code":-32008,"message":"not logged in or session expired; call login(user, password) first","data":{"code":"NOT_AUTHENTICATED"}},"id":11}"#]]).await;
     // A batch may log in first and call after.
     endpoint.check(
@@ -87,7 +108,8 @@ async fn http_login_sessions_batches_and_errors() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(client.call("ping", clacks_core::rpc::Params::None).await.ok(), Some(serde_json::json!("pong")));
-    let refused = clacks_core::client::Client::connect_http(&endpoint.url, "guest", "nope", Duration::from_secs(5)).await;
+    let refused =
+        clacks_core::client::Client::connect_http(&endpoint.url, "guest", "nope", Duration::from_secs(5)).await;
     assert!(matches!(refused, Err(clacks_core::client::ClientError::Auth(_))), "{refused:?}");
     agent.stop().await;
 }

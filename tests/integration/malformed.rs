@@ -36,7 +36,8 @@ impl RawCaller {
     }
 
     async fn send(&mut self, body: &[u8], with_user: bool) -> String {
-        let mut properties = BasicProperties::default().with_reply_to("amq.rabbitmq.reply-to".into()).with_correlation_id("c1".into());
+        let mut properties =
+            BasicProperties::default().with_reply_to("amq.rabbitmq.reply-to".into()).with_correlation_id("c1".into());
         if with_user {
             properties = properties.with_user_id("guest".into());
         }

@@ -22,14 +22,20 @@ async fn time_to_recover(caller: &Client, what: &str) -> Duration {
         let call_started = Instant::now();
         let outcome = caller.call_with_timeout("whereAmI", Params::None, CALL_TIMEOUT).await;
         let took = call_started.elapsed();
-        assert!(took <= CALL_TIMEOUT + DEADLINE_SLACK, "{what}: a call took {took:?}, past its {CALL_TIMEOUT:?} deadline");
+        assert!(
+            took <= CALL_TIMEOUT + DEADLINE_SLACK,
+            "{what}: a call took {took:?}, past its {CALL_TIMEOUT:?} deadline"
+        );
         match outcome {
             Ok(node) => {
                 assert_eq!(node, json!("r1"));
                 return started.elapsed();
             }
             Err(e) => {
-                assert!(started.elapsed() < Duration::from_secs(10), "{what}: not recovered after 10 s; last error {e}");
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "{what}: not recovered after 10 s; last error {e}"
+                );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -52,7 +58,8 @@ async fn agents_and_callers_recover_from_cuts_and_restarts() {
         let c = caller.clone();
         async move {
             let started = Instant::now();
-            let result = c.call_with_timeout("nap", Params::Positional(vec![json!(1000)]), Duration::from_secs(4)).await;
+            let result =
+                c.call_with_timeout("nap", Params::Positional(vec![json!(1000)]), Duration::from_secs(4)).await;
             (result, started.elapsed(), caller)
         }
     });

@@ -66,16 +66,18 @@ async fn each_call_reaches_the_agent_that_has_the_command() {
     assert_eq!(methods["whereElse"]["providers"], json!(["beta"]));
     assert_eq!(methods["ping"]["providers"].as_array().map(Vec::len), Some(2));
     assert_eq!(methods["add"]["signature"], json!("add(a: integer, b: integer)"));
-    let only_beta = caller
-        .call("getMethods", args(&[json!(domain.node_queue("core", "beta"))]))
-        .await
-        .unwrap_or_default();
+    let only_beta =
+        caller.call("getMethods", args(&[json!(domain.node_queue("core", "beta"))])).await.unwrap_or_default();
     assert!(only_beta.get("whereAmI").is_none() && only_beta.get("whereElse").is_some(), "{only_beta}");
 
     // A queue nobody consumes fails at once instead of waiting out the deadline.
     let started = std::time::Instant::now();
     let missing = bus
-        .call(&domain.command_queue("nobody"), b"{}".to_vec(), clacks_core::bus::CallOptions::timeout(Duration::from_secs(5)))
+        .call(
+            &domain.command_queue("nobody"),
+            b"{}".to_vec(),
+            clacks_core::bus::CallOptions::timeout(Duration::from_secs(5)),
+        )
         .await;
     assert!(matches!(missing, Err(clacks_core::bus::BusError::NoProvider(_))), "{missing:?}");
     assert!(started.elapsed() < Duration::from_secs(2));
@@ -119,7 +121,11 @@ async fn three_agents_share_the_load_evenly() {
     for node in ["n1", "n2", "n3"] {
         let n = counts.get(node).copied().unwrap_or(0);
         let deviation = (n as f64 - even as f64).abs() / even as f64;
-        assert!(deviation <= 0.15, "{node} served {n} of {CALLS} calls ({:.1} % off even): {counts:?}", deviation * 100.0);
+        assert!(
+            deviation <= 0.15,
+            "{node} served {n} of {CALLS} calls ({:.1} % off even): {counts:?}",
+            deviation * 100.0
+        );
     }
     for agent in agents {
         agent.stop().await;
@@ -177,13 +183,21 @@ async fn call_types_deadlines_and_command_failures() {
     assert_eq!(code_of(&caller.call("shutdown", Params::None).await), "COMMAND_INVALID_QUEUE");
     // getSessionUser reports the broker-validated identity.
     assert_eq!(caller.call("getSessionUser", Params::None).await.ok(), Some(json!("guest")));
-    assert_eq!(caller.call("getBase", Params::None).await.ok(), Some(json!(clacks_agent::config::base_from_domain(domain.as_str()))));
+    assert_eq!(
+        caller.call("getBase", Params::None).await.ok(),
+        Some(json!(clacks_agent::config::base_from_domain(domain.as_str())))
+    );
 
     // shutdown on a node's private queue stops that node; it leaves the domain at once.
     assert_eq!(caller.call_on_node("bad1", "shutdown", Params::None).await.ok(), Some(json!(true)));
-    tokio::time::timeout(Duration::from_secs(2), bad.shutdown_requested()).await.unwrap_or_else(|_| panic!("no shutdown"));
+    tokio::time::timeout(Duration::from_secs(2), bad.shutdown_requested())
+        .await
+        .unwrap_or_else(|_| panic!("no shutdown"));
     bad.stop().await;
-    wait_for("bad1 to leave", Duration::from_secs(1), || async { !node_ids(&caller).await.contains(&"bad1".to_owned()) }).await;
+    wait_for("bad1 to leave", Duration::from_secs(1), || async {
+        !node_ids(&caller).await.contains(&"bad1".to_owned())
+    })
+    .await;
     good.stop().await;
     bystander.stop().await;
 }

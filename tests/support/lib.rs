@@ -68,7 +68,11 @@ impl Probe {
     /// Succeeds only on nodes whose id starts with "good".
     #[command(call_type = "first_result")]
     fn find_good(&self, ctx: &CallContext) -> CommandResult<String> {
-        if ctx.node.starts_with("good") { Ok(ctx.node.clone()) } else { Err(CommandError::failed(format!("{} is not good", ctx.node))) }
+        if ctx.node.starts_with("good") {
+            Ok(ctx.node.clone())
+        } else {
+            Err(CommandError::failed(format!("{} is not good", ctx.node)))
+        }
     }
 
     /// The caller as the command sees it.

@@ -1,7 +1,7 @@
 //! Attribute macros that turn a Rust `impl` block into a Clacks plugin — the Rust
 //! spelling of the original's `Plugin` class and `@Command` decorator.
 //!
-//! ```ignore
+//! ```text
 //! #[clacks_core::plugin(target = "core")]
 //! impl Greeter {
 //!     /// Say hello to someone.
@@ -76,13 +76,11 @@ fn expand_plugin(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStr
 
 fn parse_target(attr: TokenStream2) -> syn::Result<String> {
     let metas = Punctuated::<Meta, Token![,]>::parse_terminated.parse2(attr.clone())?;
-    for meta in &metas {
-        if let Meta::NameValue(nv) = meta
-            && nv.path.is_ident("target")
-        {
-            return string_value(&nv.value);
-        }
-        return Err(syn::Error::new(meta.span(), "expected `target = \"…\"`"));
+    if let Some(meta) = metas.first() {
+        return match meta {
+            Meta::NameValue(nv) if nv.path.is_ident("target") && metas.len() == 1 => string_value(&nv.value),
+            _ => Err(syn::Error::new(meta.span(), "expected only `target = \"…\"`")),
+        };
     }
     Err(syn::Error::new(attr.span(), "#[plugin] needs `target = \"…\"`, the plugin's command queue"))
 }

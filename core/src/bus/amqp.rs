@@ -267,7 +267,12 @@ impl AmqpBus {
         }
     }
 
-    pub(crate) async fn serve(&self, queue: &str, options: ServeOptions, handler: RequestHandler) -> Result<(), BusError> {
+    pub(crate) async fn serve(
+        &self,
+        queue: &str,
+        options: ServeOptions,
+        handler: RequestHandler,
+    ) -> Result<(), BusError> {
         let mut topology = self.inner.topology.lock().await;
         if topology.serving_stopped {
             return Err(BusError::Closed);
@@ -277,10 +282,10 @@ impl AmqpBus {
         if let Some(live) = live {
             // Declared now on the live connection; the supervisor replays it after any
             // reconnection because it is in the topology.
-            if let Err(e) = start_consumer(&self.inner, &live, &served).await {
-                if live.connection.status().connected() {
-                    return Err(e);
-                }
+            if let Err(e) = start_consumer(&self.inner, &live, &served).await
+                && live.connection.status().connected()
+            {
+                return Err(e);
             }
         }
         topology.served.push(served);
@@ -311,12 +316,11 @@ impl AmqpBus {
         let subscription = Subscription { types: types.to_vec(), sender };
         let mut topology = self.inner.topology.lock().await;
         let live = self.inner.live.borrow().clone();
-        if let Some(live) = live {
-            if let Err(e) = start_subscription(&self.inner, &live, &subscription).await {
-                if live.connection.status().connected() {
-                    return Err(e);
-                }
-            }
+        if let Some(live) = live
+            && let Err(e) = start_subscription(&self.inner, &live, &subscription).await
+            && live.connection.status().connected()
+        {
+            return Err(e);
         }
         topology.subscriptions.push(subscription);
         Ok(rx)
@@ -374,7 +378,8 @@ fn lapin_err(e: lapin::Error) -> BusError {
 /// concurrent `serve`/`subscribe` is either replayed here or declared after.
 async fn establish(inner: &Arc<Inner>) -> Result<Arc<Live>, BusError> {
     let connect_error = |e: lapin::Error| BusError::Connect { url: inner.display_url.clone(), reason: e.to_string() };
-    let properties = ConnectionProperties::default().with_connection_name(inner.settings.connection_name.as_str().into());
+    let properties =
+        ConnectionProperties::default().with_connection_name(inner.settings.connection_name.as_str().into());
     let connect = Connection::connect_uri(inner.uri.clone(), properties);
     let connection = match tokio::time::timeout(inner.settings.connect_timeout, connect).await {
         Ok(result) => result.map_err(connect_error)?,
@@ -488,10 +493,7 @@ async fn start_reply_pump(inner: &Arc<Inner>, live: &Arc<Live>) -> Result<(), Bu
 
 async fn start_consumer(inner: &Arc<Inner>, live: &Arc<Live>, served: &Served) -> Result<(), BusError> {
     let channel = live.connection.create_channel().await.map_err(lapin_err)?;
-    channel
-        .basic_qos(served.options.prefetch.max(1), BasicQosOptions::default())
-        .await
-        .map_err(lapin_err)?;
+    channel.basic_qos(served.options.prefetch.max(1), BasicQosOptions::default()).await.map_err(lapin_err)?;
     let mut arguments = FieldTable::default();
     let declare = if served.options.private {
         QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() }
@@ -549,7 +551,13 @@ async fn start_consumer(inner: &Arc<Inner>, live: &Arc<Live>, served: &Served) -
     Ok(())
 }
 
-async fn serve_one(inner: &Inner, publish: &Channel, queue: &str, handler: RequestHandler, delivery: lapin::message::Delivery) {
+async fn serve_one(
+    inner: &Inner,
+    publish: &Channel,
+    queue: &str,
+    handler: RequestHandler,
+    delivery: lapin::message::Delivery,
+) {
     let props = &delivery.properties;
     let deadline = props
         .expiration()
@@ -577,7 +585,9 @@ async fn serve_one(inner: &Inner, publish: &Channel, queue: &str, handler: Reque
         if let Some(id) = correlation_id {
             properties = properties.with_correlation_id(id);
         }
-        if let Err(e) = publish.basic_publish("".into(), reply_to, BasicPublishOptions::default(), &reply, properties).await {
+        if let Err(e) =
+            publish.basic_publish("".into(), reply_to, BasicPublishOptions::default(), &reply, properties).await
+        {
             // Without a sent reply the request stays unacknowledged and the broker
             // hands it to another agent once this channel is gone.
             warn!(error = %e, "could not send a reply; leaving the request for redelivery");
@@ -638,8 +648,11 @@ async fn start_subscription(inner: &Arc<Inner>, live: &Arc<Live>, subscription: 
             if !types.iter().any(|t| super::type_matches(t, &event_type)) {
                 continue;
             }
-            let event =
-                EventMessage { event_type, user: delivery.properties.user_id().as_ref().map(ShortString::to_string), body: delivery.data };
+            let event = EventMessage {
+                event_type,
+                user: delivery.properties.user_id().as_ref().map(ShortString::to_string),
+                body: delivery.data,
+            };
             if sender.send(event).await.is_err() {
                 // The subscriber went away; its queue goes with this channel.
                 return;

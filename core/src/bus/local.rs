@@ -109,7 +109,12 @@ impl LocalBus {
         }
     }
 
-    pub(crate) async fn serve(&self, queue: &str, options: ServeOptions, handler: RequestHandler) -> Result<(), BusError> {
+    pub(crate) async fn serve(
+        &self,
+        queue: &str,
+        options: ServeOptions,
+        handler: RequestHandler,
+    ) -> Result<(), BusError> {
         let (tx, mut rx) = mpsc::channel::<Delivery>(options.prefetch.max(1) as usize);
         {
             let mut queues = self.queues().lock().unwrap_or_else(PoisonError::into_inner);

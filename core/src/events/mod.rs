@@ -120,9 +120,7 @@ pub fn parse_xml(xml: &[u8]) -> Result<XmlNode, EventError> {
                         "apos" => '\'',
                         "quot" => '"',
                         other => {
-                            return Err(EventError::Malformed(format!(
-                                "undeclared entity &{other};"
-                            )));
+                            return Err(EventError::Malformed(format!("undeclared entity &{other};")));
                         }
                     },
                 };
@@ -164,7 +162,9 @@ pub fn open_envelope(xml: &[u8]) -> Result<XmlNode, EventError> {
 
 /// Writes `<Event xmlns="…"><Type>…</Type></Event>` around a body.
 pub fn envelope(event_type: &str, body: &str) -> String {
-    format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Event xmlns=\"{EVENT_NAMESPACE}\"><{event_type}>{body}</{event_type}></Event>")
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Event xmlns=\"{EVENT_NAMESPACE}\"><{event_type}>{body}</{event_type}></Event>"
+    )
 }
 
 /// Escapes text for element content.

@@ -128,8 +128,7 @@ fn event_type_name(path: &Path) -> Option<String> {
 }
 
 fn envelope_schema(types: &[&String]) -> String {
-    let includes: String =
-        types.iter().map(|t| format!("  <xs:include schemaLocation=\"{t}.xsd\"/>\n")).collect();
+    let includes: String = types.iter().map(|t| format!("  <xs:include schemaLocation=\"{t}.xsd\"/>\n")).collect();
     let choices: String = types.iter().map(|t| format!("        <xs:element ref=\"{t}\"/>\n")).collect();
     format!(
         r#"<?xml version="1.0" encoding="UTF-8"?>
@@ -184,7 +183,8 @@ fn build_context(sources: &BTreeMap<String, String>) -> Result<SchemaValidationC
         let text: Vec<String> = errors
             .iter()
             .map(|e| {
-                let file = e.filename.as_deref().map(|f| Path::new(f).file_name().map(|n| n.to_string_lossy().into_owned()));
+                let file =
+                    e.filename.as_deref().map(|f| Path::new(f).file_name().map(|n| n.to_string_lossy().into_owned()));
                 format!(
                     "{}{}: {}",
                     file.flatten().unwrap_or_default(),
@@ -204,9 +204,9 @@ fn validate_one(parser: &Parser, ctx: &mut SchemaValidationContext, xml: &[u8]) 
         return Err(EventError::Malformed("document type declarations are not allowed in events".into()));
     }
     let options = ParserOptions { recover: false, no_net: true, ..ParserOptions::default() };
-    let (doc, _) = parser.parse_string_with_diagnostics(xml, options).map_err(|failure| {
-        EventError::Malformed(format!("{failure:?}"))
-    })?;
+    let (doc, _) = parser
+        .parse_string_with_diagnostics(xml, options)
+        .map_err(|failure| EventError::Malformed(format!("{failure:?}")))?;
     ctx.validate_document(&doc).map_err(|errors| {
         EventError::Invalid(
             errors
@@ -245,7 +245,9 @@ mod tests {
         let status = PresenceEvent::Status { id: "n1".into(), load: 1.5, workers: 2 }.to_xml();
         assert_eq!(block_on(validator.validate(status.as_bytes())), Ok("NodeStatus".to_owned()));
 
-        let wrong = format!("<Event xmlns=\"{EVENT_NAMESPACE}\"><NodeStatus><Id>n1</Id><Load>x</Load><Workers>1</Workers></NodeStatus></Event>");
+        let wrong = format!(
+            "<Event xmlns=\"{EVENT_NAMESPACE}\"><NodeStatus><Id>n1</Id><Load>x</Load><Workers>1</Workers></NodeStatus></Event>"
+        );
         let Err(EventError::Invalid(v)) = block_on(validator.validate(wrong.as_bytes())) else { panic!("accepted") };
         assert!(v[0].message.contains("Load"), "{v:?}");
 
