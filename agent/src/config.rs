@@ -262,6 +262,14 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_is_valid() {
+        let text = include_str!("../../docs/agent.toml");
+        let config = AgentConfig::parse(text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config, AgentConfig::default());
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
     fn base_dn() {
         assert_eq!(base_from_domain("org.clacks"), "dc=clacks,dc=org");
     }

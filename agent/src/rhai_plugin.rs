@@ -151,4 +151,26 @@ mod tests {
         let out = (commands[0].handler)(ctx, vec![json!({"a": 1}), json!(1)]).await;
         assert!(out.is_err());
     }
+
+    #[tokio::test]
+    async fn the_shipped_example_plugins_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/plugins");
+        let (commands, problems) = load_dir(&dir, &Limits::default());
+        assert!(problems.is_empty(), "{problems:?}");
+        let mut names: Vec<&str> = commands.iter().map(|c| c.spec.name.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["busy", "greet", "total"]);
+        let ctx = clacks_core::command::CallContext {
+            user: Some("u".into()),
+            queue: "q".into(),
+            node: "n".into(),
+            deadline: tokio::time::Instant::now() + std::time::Duration::from_secs(5),
+        };
+        let total = commands.iter().find(|c| c.spec.name == "total").map(|c| c.handler.clone());
+        let out = match total {
+            Some(handler) => handler(ctx, vec![json!([1, 2.5, 3])]).await,
+            None => panic!("no total command"),
+        };
+        assert_eq!(out, Ok(json!(6.5)));
+    }
 }
