@@ -85,6 +85,14 @@ pub enum AgentError {
     /// Two plugins export the same command.
     #[error(transparent)]
     Duplicate(#[from] clacks_core::registry::DuplicateCommand),
+    /// Another running agent already uses this node id in the domain.
+    #[error("node id '{node}' is already in use in domain {domain}; give this agent another --node")]
+    NodeIdInUse {
+        /// The node id.
+        node: String,
+        /// The domain.
+        domain: String,
+    },
     /// A name is not valid.
     #[error(transparent)]
     Name(#[from] clacks_core::domain::NameError),
@@ -178,19 +186,42 @@ impl Agent {
                 Box::pin(async move { dispatcher.handle_message(message).await })
             })
         };
-        let opts = &agent.inner.options;
-        for target in agent.inner.registry.local_targets() {
-            let shared = ServeOptions { private: false, prefetch: opts.prefetch };
-            agent.inner.bus.serve(&opts.domain.command_queue(&target), shared, handler.clone()).await?;
-            let private = ServeOptions { private: true, prefetch: opts.prefetch };
-            agent.inner.bus.serve(&opts.domain.node_queue(&target, &opts.node), private, handler.clone()).await?;
+        if let Err(e) = agent.consume_queues(handler).await {
+            // Leave nothing behind: a half-started agent must not take requests.
+            agent.inner.stopped.cancel();
+            agent.inner.bus.stop_serving().await;
+            agent.inner.bus.close().await;
+            return Err(e);
         }
 
+        let opts = &agent.inner.options;
         agent.publish(PresenceEvent::Announce { id: opts.node.clone() }).await;
         agent.publish_capabilities().await;
         tokio::spawn(agent.clone().heartbeat_loop());
         info!(node = %opts.node, domain = %opts.domain, targets = ?agent.inner.registry.local_targets(), "agent started");
         Ok(agent)
+    }
+
+    /// Consumes the private queue of every target (first, so a node id already in use
+    /// is found before any shared queue is taken), then the shared ones.
+    async fn consume_queues(&self, handler: RequestHandler) -> Result<(), AgentError> {
+        let opts = &self.inner.options;
+        let targets = self.inner.registry.local_targets();
+        for target in &targets {
+            let private = ServeOptions { private: true, prefetch: opts.prefetch };
+            let queue = opts.domain.node_queue(target, &opts.node);
+            self.inner.bus.serve(&queue, private, handler.clone()).await.map_err(|e| match e {
+                BusError::Refused(reason) if reason.contains("RESOURCE_LOCKED") || reason.contains("exclusive use") => {
+                    AgentError::NodeIdInUse { node: opts.node.clone(), domain: opts.domain.to_string() }
+                }
+                other => AgentError::Bus(other),
+            })?;
+        }
+        for target in &targets {
+            let shared = ServeOptions { private: false, prefetch: opts.prefetch };
+            self.inner.bus.serve(&opts.domain.command_queue(target), shared, handler.clone()).await?;
+        }
+        Ok(())
     }
 
     /// The dispatcher, shared with the HTTP endpoint.

@@ -38,7 +38,7 @@ struct Cli {
     #[arg(long, env = "CLACKS_PLUGINS_DIR")]
     plugins: Option<PathBuf>,
     /// Log filter (error, warn, info, debug, trace or a tracing directive).
-    #[arg(long, env = "CLACKS_LOG", default_value = "info")]
+    #[arg(long, env = "CLACKS_LOG", default_value = "info,lapin=off")]
     log: String,
     #[command(subcommand)]
     command: Option<Command>,
@@ -54,12 +54,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match clacks_agent::process::prepare(&cli.log, "info") {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("clacks-agent: cannot start the runtime: {e}");

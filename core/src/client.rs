@@ -194,12 +194,8 @@ impl Client {
 
     /// Ends the session (HTTP logout; the bus connection closes when dropped).
     pub async fn close(&self) {
-        match &self.transport {
-            Transport::Http { .. } => {
-                let _ = self.call_with_timeout("logout", Params::None, Duration::from_secs(2)).await;
-            }
-            Transport::Bus { bus: Bus::Amqp(_), .. } => {}
-            Transport::Bus { .. } => {}
+        if let Transport::Http { .. } = &self.transport {
+            let _ = self.call_with_timeout("logout", Params::None, Duration::from_secs(2)).await;
         }
     }
 }

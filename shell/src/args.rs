@@ -50,7 +50,7 @@ pub(crate) struct Cli {
     #[arg(long, env = "CLACKS_PLUGINS_DIR", global = true)]
     pub(crate) plugins: Option<PathBuf>,
     /// Log filter for diagnostics on stderr.
-    #[arg(long, env = "CLACKS_LOG", default_value = "warn", global = true)]
+    #[arg(long, env = "CLACKS_LOG", default_value = "warn,lapin=off", global = true)]
     pub(crate) log: String,
     #[command(subcommand)]
     pub(crate) command: Command,

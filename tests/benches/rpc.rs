@@ -128,15 +128,7 @@ impl BareAmqp {
         });
         let caller = Connection::connect(url, ConnectionProperties::default()).await.unwrap_or_else(|e| panic!("{e}"));
         let channel = caller.create_channel().await.unwrap_or_else(|e| panic!("{e}"));
-        let mut replies = channel
-            .basic_consume(
-                "amq.rabbitmq.reply-to".into(),
-                "".into(),
-                BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let mut replies = clacks_tests::direct_reply_consumer(&channel).await;
         let pending: Arc<Mutex<HashMap<String, oneshot::Sender<Vec<u8>>>>> = Arc::default();
         let routes = pending.clone();
         tokio::spawn(async move {

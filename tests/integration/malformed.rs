@@ -6,8 +6,7 @@ use std::time::Duration;
 use clacks_tests::{Probe, amqp_url, fast_options, start_agent, unique_domain};
 use expect_test::{Expect, expect};
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 
 struct RawCaller {
@@ -22,15 +21,7 @@ impl RawCaller {
             .await
             .unwrap_or_else(|e| panic!("RabbitMQ not reachable: {e}"));
         let channel = connection.create_channel().await.unwrap_or_else(|e| panic!("{e}"));
-        let replies = channel
-            .basic_consume(
-                "amq.rabbitmq.reply-to".into(),
-                "".into(),
-                BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let replies = clacks_tests::direct_reply_consumer(&channel).await;
         std::mem::forget(connection);
         RawCaller { channel, replies, queue }
     }

@@ -28,6 +28,18 @@ async fn each_call_reaches_the_agent_that_has_the_command() {
     let alpha = start_agent(&url, fast_options(&domain, "alpha"), vec![Arc::new(Probe)]).await;
     let beta = start_agent(&url, fast_options(&domain, "beta"), vec![Arc::new(Other)]).await;
     let caller = client(&url, &domain, Duration::from_secs(5)).await;
+
+    // A second agent with a node id already in use is refused clearly and leaves nothing behind.
+    let duplicate_bus = clacks_tests::amqp_bus(&url, &domain, "duplicate").await;
+    let duplicate = clacks_agent::Agent::start(fast_options(&domain, "alpha"), duplicate_bus, vec![]).await;
+    match duplicate {
+        Err(e) => assert_eq!(
+            e.to_string(),
+            format!("node id 'alpha' is already in use in domain {domain}; give this agent another --node")
+        ),
+        Ok(_) => panic!("a duplicate node id was accepted"),
+    }
+
     wait_for("both agents to know each other", Duration::from_secs(5), || async {
         alpha.registry().knows_node("beta") && beta.registry().knows_node("alpha")
     })

@@ -147,6 +147,20 @@ where
     }
 }
 
+/// Consumes RabbitMQ's direct reply-to pseudo-queue on `channel`, as a bare caller
+/// must before publishing requests whose `reply_to` is `amq.rabbitmq.reply-to`.
+pub async fn direct_reply_consumer(channel: &lapin::Channel) -> lapin::Consumer {
+    channel
+        .basic_consume(
+            "amq.rabbitmq.reply-to".into(),
+            "".into(),
+            lapin::options::BasicConsumeOptions { no_ack: true, ..lapin::options::BasicConsumeOptions::default() },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("cannot consume direct reply-to: {e}"))
+}
+
 /// The node ids `getNodes` reports through `client`.
 pub async fn node_ids(client: &Client) -> Vec<String> {
     match client.call("getNodes", clacks_core::rpc::Params::None).await {

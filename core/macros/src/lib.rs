@@ -134,11 +134,16 @@ fn parse_command_options(attr: &syn::Attribute, other_attrs: &[syn::Attribute]) 
 fn expand_command(target: &str, method: &syn::ImplItemFn, options: CommandOptions) -> syn::Result<TokenStream2> {
     let method_ident = &method.sig.ident;
     let rust_name = method_ident.to_string();
-    let name = options.name.unwrap_or_else(|| wire_name(&rust_name));
+    // Wire names are computed by `clacks_core::command::wire_name`, the one rule also
+    // used for `.rhai` plugins, unless the command names itself.
+    let name_expr = match &options.name {
+        Some(name) => quote!(::std::string::String::from(#name)),
+        None => quote!(::clacks_core::command::wire_name(#rust_name)),
+    };
     let Some(help) = options.help else {
         return Err(syn::Error::new(
             method.sig.ident.span(),
-            format!("command `{name}` needs help text: add a doc comment or help = \"…\""),
+            format!("command `{rust_name}` needs help text: add a doc comment or help = \"…\""),
         ));
     };
     let call_type = match options.call_type.as_str() {
@@ -159,6 +164,7 @@ fn expand_command(target: &str, method: &syn::ImplItemFn, options: CommandOption
 
     let mut params = Vec::new();
     let mut decodes = Vec::new();
+    let mut param_idx = 0usize;
     let mut call_args = Vec::new();
     for (idx, input) in method.sig.inputs.iter().skip(1).enumerate() {
         let FnArg::Typed(pat_type) = input else { continue };
@@ -174,18 +180,19 @@ fn expand_command(target: &str, method: &syn::ImplItemFn, options: CommandOption
         let Pat::Ident(pat_ident) = &*pat_type.pat else {
             return Err(syn::Error::new(pat_type.pat.span(), "command parameters must be plain names"));
         };
-        let param_name = wire_name(&pat_ident.ident.to_string());
+        let param_name = pat_ident.ident.to_string();
         let var = format_ident!("__arg{idx}");
+        param_idx += 1;
         params.push(quote! {
             ::clacks_core::command::Param {
-                name: ::std::string::String::from(#param_name),
+                name: ::clacks_core::command::wire_name(#param_name),
                 ty: <#ty as ::clacks_core::command::WireType>::TYPE,
                 optional: <#ty as ::clacks_core::command::WireType>::OPTIONAL,
             }
         });
         decodes.push(quote! {
             let #var: #ty = ::clacks_core::command::decode_argument(
-                #name, #param_name, __args.next().unwrap_or(::serde_json::Value::Null))?;
+                &__labels[0], &__labels[#param_idx], __args.next().unwrap_or(::serde_json::Value::Null))?;
         });
         call_args.push(quote!(#var));
     }
@@ -199,18 +206,24 @@ fn expand_command(target: &str, method: &syn::ImplItemFn, options: CommandOption
 
     Ok(quote! {{
         let __plugin = ::std::sync::Arc::clone(&self);
+        let __spec = ::clacks_core::command::CommandSpec {
+            name: #name_expr,
+            target: ::std::string::String::from(#target),
+            params: ::std::vec![ #(#params),* ],
+            help: ::std::string::String::from(#help),
+            needs_user: #needs_user,
+            needs_queue: #needs_queue,
+            call_type: #call_type,
+        };
+        // The command name, then each parameter name, for argument error messages.
+        let __labels: ::std::sync::Arc<[::std::string::String]> = ::std::iter::once(__spec.name.clone())
+            .chain(__spec.params.iter().map(|p| p.name.clone()))
+            .collect();
         ::clacks_core::command::Command {
-            spec: ::clacks_core::command::CommandSpec {
-                name: ::std::string::String::from(#name),
-                target: ::std::string::String::from(#target),
-                params: ::std::vec![ #(#params),* ],
-                help: ::std::string::String::from(#help),
-                needs_user: #needs_user,
-                needs_queue: #needs_queue,
-                call_type: #call_type,
-            },
+            spec: __spec,
             handler: ::std::sync::Arc::new(move |__ctx: ::clacks_core::command::CallContext, __values: ::std::vec::Vec<::serde_json::Value>| {
                 let __this = ::std::sync::Arc::clone(&__plugin);
+                let __labels = ::std::sync::Arc::clone(&__labels);
                 ::std::boxed::Box::pin(async move {
                     let mut __args = __values.into_iter();
                     #(#decodes)*
@@ -227,22 +240,4 @@ fn is_call_context(ty: &Type) -> bool {
         other => other,
     };
     matches!(ty, Type::Path(p) if p.path.segments.last().is_some_and(|s| s.ident == "CallContext"))
-}
-
-// Kept in sync with `clacks_core::command::wire_name`, which the agent uses for
-// `.rhai` plugins; a proc-macro crate cannot depend on the crate it serves.
-fn wire_name(rust_name: &str) -> String {
-    let mut out = String::with_capacity(rust_name.len());
-    let mut upper = false;
-    for c in rust_name.trim_start_matches('_').chars() {
-        if c == '_' {
-            upper = true;
-        } else if upper {
-            out.extend(c.to_uppercase());
-            upper = false;
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }

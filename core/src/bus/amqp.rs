@@ -387,7 +387,9 @@ async fn establish(inner: &Arc<Inner>) -> Result<Arc<Live>, BusError> {
             return Err(BusError::Connect { url: inner.display_url.clone(), reason: "connection timed out".into() });
         }
     };
-    let topology = inner.topology.lock().await;
+    let mut topology = inner.topology.lock().await;
+    // Subscribers that went away are forgotten rather than replayed forever.
+    topology.subscriptions.retain(|s| !s.sender.is_closed());
     let rpc = connection.create_channel().await.map_err(lapin_err)?;
     rpc.confirm_select(ConfirmSelectOptions::default()).await.map_err(lapin_err)?;
     let publish = connection.create_channel().await.map_err(lapin_err)?;
@@ -405,7 +407,7 @@ async fn establish(inner: &Arc<Inner>) -> Result<Arc<Live>, BusError> {
     for served in &topology.served {
         start_consumer(inner, &live, served).await?;
     }
-    for subscription in topology.subscriptions.iter().filter(|s| !s.sender.is_closed()) {
+    for subscription in &topology.subscriptions {
         start_subscription(inner, &live, subscription).await?;
     }
     Ok(live)
