@@ -192,6 +192,18 @@ impl Client {
         Ok(methods)
     }
 
+    /// Receives events of the given types, when the client is on a bus (over HTTP there
+    /// is no event stream: `None`).
+    pub async fn subscribe(
+        &self,
+        types: &[String],
+    ) -> Option<Result<tokio::sync::mpsc::Receiver<crate::bus::EventMessage>, BusError>> {
+        match &self.transport {
+            Transport::Bus { bus, .. } => Some(bus.subscribe(types).await),
+            Transport::Http { .. } => None,
+        }
+    }
+
     /// Ends the session (HTTP logout; the bus connection closes when dropped).
     pub async fn close(&self) {
         if let Transport::Http { .. } = &self.transport {

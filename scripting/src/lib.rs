@@ -1,12 +1,18 @@
-//! The Rhai side of Clacks: a sandboxed engine and the conversion between Rhai values
-//! and the JSON values commands exchange.
+//! The Rhai side of Clacks: a sandboxed engine, the conversion between Rhai values and
+//! the JSON values commands exchange, remote commands as Rhai functions ([`bindings`])
+//! and the helpers an admin's script needs ([`helpers`]: files, CSV, JSON, progress).
 //!
 //! Agents use it to run `.rhai` plugins; the shell builds its REPL on the same engine
 //! settings, so a script behaves the same wherever it runs. Scripts are synchronous, so
-//! callers run them on blocking threads; a per-thread deadline lets a call's deadline
-//! stop a runaway script.
+//! callers run them on blocking threads; a per-thread deadline and cancellation flag
+//! let a call's deadline or the user's Ctrl-C stop a running script.
 
-use std::cell::Cell;
+pub mod bindings;
+pub mod helpers;
+
+use std::cell::{Cell, RefCell};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use rhai::{Dynamic, Engine};
@@ -41,6 +47,27 @@ impl Default for Limits {
 
 thread_local! {
     static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+    static CANCEL: RefCell<Option<Arc<AtomicBool>>> = const { RefCell::new(None) };
+}
+
+/// Whether the run on this thread was cancelled (Ctrl-C) or passed its deadline.
+pub fn interrupted() -> Option<&'static str> {
+    if CANCEL.with(|c| c.borrow().as_ref().is_some_and(|flag| flag.load(Ordering::Relaxed))) {
+        return Some("interrupted");
+    }
+    match DEADLINE.with(Cell::get) {
+        Some(deadline) if Instant::now() >= deadline => Some("deadline exceeded"),
+        _ => None,
+    }
+}
+
+/// Runs `f` with a cancellation flag: scripts evaluated inside on this thread stop
+/// (with an "interrupted" error) soon after the flag is set.
+pub fn with_cancellation<T>(flag: &Arc<AtomicBool>, f: impl FnOnce() -> T) -> T {
+    let previous = CANCEL.with(|c| c.replace(Some(flag.clone())));
+    let out = f();
+    CANCEL.with(|c| *c.borrow_mut() = previous);
+    out
 }
 
 /// An engine with the limits applied and deadline enforcement wired in.
@@ -62,10 +89,7 @@ pub fn sandboxed_engine(limits: &Limits) -> Engine {
         if ops % 1024 != 0 {
             return None;
         }
-        DEADLINE.with(|d| match d.get() {
-            Some(deadline) if Instant::now() >= deadline => Some(Dynamic::from("deadline exceeded")),
-            _ => None,
-        })
+        interrupted().map(Dynamic::from)
     });
     engine
 }
@@ -78,8 +102,8 @@ fn sleep_ms(ms: i64) -> Result<(), Box<rhai::EvalAltResult>> {
         if now >= until {
             return Ok(());
         }
-        if DEADLINE.with(|d| d.get()).is_some_and(|deadline| now >= deadline) {
-            return Err("deadline exceeded during sleep".into());
+        if let Some(why) = interrupted() {
+            return Err(format!("{why} during sleep").into());
         }
         std::thread::sleep((until - now).min(std::time::Duration::from_millis(20)));
     }

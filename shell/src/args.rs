@@ -1,16 +1,23 @@
-//! The command line: global connection flags and the one-shot `call` subcommand.
+//! The command line: connection flags, and the modes — the interactive shell (no
+//! arguments, on a terminal), `-c CODE`, `run FILE [ARGS…]`, a script on stdin, and the
+//! one-shot `call`.
 
+use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clacks_core::client::ClientError;
 use clacks_core::domain::Domain;
 use clacks_core::rpc::Params;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use serde_json::{Map, Value};
 
+use crate::catalog::{self, Catalog};
 use crate::config::ShellConfig;
 use crate::connect::{Target, connect, login_name};
+use crate::render::{Format, render};
+use crate::runner::{Runner, RunnerSetup};
 
 /// Exit code: success.
 pub(crate) const EXIT_OK: u8 = 0;
@@ -20,15 +27,18 @@ pub(crate) const EXIT_FAILED: u8 = 1;
 pub(crate) const EXIT_USAGE: u8 = 2;
 /// Exit code: connection or authentication failure.
 pub(crate) const EXIT_CONNECTION: u8 = 3;
+/// Exit code: interrupted with Ctrl-C.
+pub(crate) const EXIT_INTERRUPTED: u8 = 130;
 
-/// The Clacks shell: call commands of a Clacks domain.
+/// The Clacks shell: an interactive Rhai shell over a Clacks domain, a script runner and
+/// a one-shot command line.
 ///
 /// Without --url it runs an embedded domain in this process (no broker needed).
 #[derive(Parser, Debug)]
 #[command(
     name = "clacks",
     version,
-    after_help = "Exit codes: 0 ok, 1 the call failed, 2 usage error, 3 connection or authentication failure."
+    after_help = "Exit codes: 0 ok, 1 the call or script failed, 2 usage error, 3 connection or authentication failure, 130 interrupted."
 )]
 pub(crate) struct Cli {
     /// Domain to connect to: amqp[s]://host[:port]/vhost or http[s]://host:port/rpc.
@@ -40,7 +50,7 @@ pub(crate) struct Cli {
     /// User name, default the login name.
     #[arg(long, short = 'u', env = "CLACKS_USER", global = true)]
     pub(crate) user: Option<String>,
-    /// Password (prefer CLACKS_PASSWORD: flags show up in process lists).
+    /// Password (prefer CLACKS_PASSWORD or the prompt: flags show up in process lists).
     #[arg(long, env = "CLACKS_PASSWORD", hide_env_values = true, global = true)]
     pub(crate) password: Option<String>,
     /// Call deadline in seconds, default 30.
@@ -49,11 +59,17 @@ pub(crate) struct Cli {
     /// Folder of .rhai plugins loaded by the embedded domain.
     #[arg(long, env = "CLACKS_PLUGINS_DIR", global = true)]
     pub(crate) plugins: Option<PathBuf>,
+    /// How results are printed (default: table on a terminal, JSON otherwise; plain for call).
+    #[arg(long, short = 'o', value_enum, global = true)]
+    pub(crate) output: Option<Format>,
     /// Log filter for diagnostics on stderr.
     #[arg(long, env = "CLACKS_LOG", default_value = "warn,lapin=off", global = true)]
     pub(crate) log: String,
+    /// Run these statements (separated by ';') and print the last value.
+    #[arg(short = 'c', value_name = "CODE")]
+    pub(crate) code: Option<String>,
     #[command(subcommand)]
-    pub(crate) command: Command,
+    pub(crate) command: Option<Command>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -73,19 +89,17 @@ pub(crate) enum Command {
         /// Send to this node's private queue instead of letting the domain choose.
         #[arg(long)]
         node: Option<String>,
-        /// Output format.
-        #[arg(long, short = 'o', value_enum, default_value_t = Output::Plain)]
-        output: Output,
     },
-}
-
-/// How results are printed.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub(crate) enum Output {
-    /// Strings as they are, everything else as indented JSON.
-    Plain,
-    /// Always JSON, one document.
-    Json,
+    /// Run a .rhai script; its arguments are in the array ARGS.
+    ///
+    /// Scripts can start with `#!/usr/bin/env -S clacks run` and be executed directly.
+    Run {
+        /// The script.
+        file: PathBuf,
+        /// Arguments for the script.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn usage_error(message: impl std::fmt::Display) -> u8 {
@@ -93,22 +107,23 @@ fn usage_error(message: impl std::fmt::Display) -> u8 {
     EXIT_USAGE
 }
 
-fn resolve_target(cli: &Cli) -> Result<Target, String> {
-    let config = ShellConfig::load()?;
+fn resolve_target(cli: &Cli, config: &ShellConfig) -> Result<Target, String> {
     let domain_name =
-        cli.domain.clone().or(config.domain).unwrap_or_else(|| clacks_core::domain::DEFAULT_DOMAIN.to_owned());
+        cli.domain.clone().or(config.domain.clone()).unwrap_or_else(|| clacks_core::domain::DEFAULT_DOMAIN.to_owned());
     let domain = Domain::new(&domain_name).map_err(|e| e.to_string())?;
     let timeout = cli.timeout.or(config.timeout_secs).unwrap_or(30.0);
     if !(timeout.is_finite() && timeout > 0.0) {
         return Err(format!("--timeout must be a positive number of seconds, not {timeout}"));
     }
+    let explicit_user = cli.user.clone().or(config.user.clone());
     Ok(Target {
-        url: cli.url.clone().or(config.url),
+        url: cli.url.clone().or(config.url.clone()),
         domain,
-        user: cli.user.clone().or(config.user).unwrap_or_else(login_name),
+        user_given: explicit_user.is_some(),
+        user: explicit_user.unwrap_or_else(login_name),
         password: cli.password.clone(),
         timeout: Duration::from_secs_f64(timeout),
-        plugins: cli.plugins.clone().or(config.plugins),
+        plugins: cli.plugins.clone().or(config.plugins.clone()),
     })
 }
 
@@ -134,56 +149,169 @@ fn build_params(args: &[String], named: bool) -> Result<Params, String> {
     Ok(Params::Named(map))
 }
 
-pub(crate) async fn run(cli: Cli) -> u8 {
-    let target = match resolve_target(&cli) {
+/// What to run once connected.
+enum Mode {
+    Call { method: String, params: Params, node: Option<String> },
+    Code { code: String, args: Vec<String>, script: Option<PathBuf> },
+    Interactive,
+}
+
+fn read_script(path: &PathBuf) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    // A shebang line is for the kernel, not for Rhai.
+    Ok(match text.strip_prefix("#!") {
+        Some(rest) => format!("//{rest}"),
+        None => text,
+    })
+}
+
+pub(crate) fn run(cli: Cli, handle: tokio::runtime::Handle) -> u8 {
+    let config = match ShellConfig::load() {
+        Ok(c) => c,
+        Err(e) => return usage_error(e),
+    };
+    let mut target = match resolve_target(&cli, &config) {
         Ok(t) => t,
         Err(e) => return usage_error(e),
     };
-    match cli.command {
-        Command::Call { method, args, named, node, output } => {
-            let params = match build_params(&args, named) {
-                Ok(p) => p,
-                Err(e) => return usage_error(e),
-            };
-            let session = match connect(&target).await {
-                Ok(s) => s,
-                Err(e) => return report(&e),
-            };
-            let outcome = match &node {
-                Some(node) => session.client.call_on_node(node, &method, params).await,
-                None => session.client.call(&method, params).await,
-            };
-            session.close().await;
+    let stdin_is_terminal = std::io::stdin().is_terminal();
+    if cli.command.is_some() && cli.code.is_some() {
+        return usage_error("-c CODE cannot be combined with a subcommand");
+    }
+    let mode = match (&cli.command, &cli.code) {
+        (Some(Command::Call { method, args, named, node }), _) => match build_params(args, *named) {
+            Ok(params) => Mode::Call { method: method.clone(), params, node: node.clone() },
+            Err(e) => return usage_error(e),
+        },
+        (Some(Command::Run { file, args }), _) => match read_script(file) {
+            Ok(code) => Mode::Code { code, args: args.clone(), script: Some(file.clone()) },
+            Err(e) => return usage_error(e),
+        },
+        (None, Some(code)) => Mode::Code { code: code.clone(), args: Vec::new(), script: None },
+        (None, None) if stdin_is_terminal => Mode::Interactive,
+        (None, None) => {
+            let mut code = String::new();
+            if let Err(e) = std::io::stdin().read_to_string(&mut code) {
+                return usage_error(format!("cannot read the script from stdin: {e}"));
+            }
+            Mode::Code { code, args: Vec::new(), script: None }
+        }
+    };
+    let interactive = matches!(mode, Mode::Interactive);
+    if stdin_is_terminal {
+        crate::connect::ask_credentials(&mut target, interactive);
+    }
+    let session = match handle.block_on(connect(&target)) {
+        Ok(s) => s,
+        Err(e) => return report(&e),
+    };
+    let client = session.client.clone();
+    let code = match mode {
+        Mode::Call { method, params, node } => {
+            let outcome = handle.block_on(async {
+                match &node {
+                    Some(node) => client.call_on_node(node, &method, params).await,
+                    None => client.call(&method, params).await,
+                }
+            });
             match outcome {
                 Ok(value) => {
-                    print_value(&value, output);
+                    print_value(&value, cli.output.unwrap_or(Format::Plain));
                     EXIT_OK
                 }
                 Err(e) => report(&e),
             }
         }
+        Mode::Code { code, args, script } => {
+            let format = cli.output.unwrap_or_else(default_format);
+            let mut runner = match start_runner(&handle, &client, &config, script.as_ref(), false) {
+                Ok(r) => r,
+                Err(e) => return report(&e),
+            };
+            runner.set_variable("ARGS", args.into_iter().map(rhai::Dynamic::from).collect::<rhai::Array>().into());
+            if let Some(script) = &script {
+                runner.set_variable("SCRIPT", script.display().to_string().into());
+            }
+            let _guard = crate::install_interrupt(&handle, runner.interrupt.clone());
+            match runner.run(&code) {
+                Ok(value) if value.is_unit() => EXIT_OK,
+                Ok(value) => {
+                    match clacks_scripting::to_json(&value) {
+                        Ok(json) => print_value(&json, format),
+                        Err(_) => println!("{value}"),
+                    }
+                    EXIT_OK
+                }
+                Err(e) => {
+                    crate::print_error(&e.line, false);
+                    if e.interrupted { EXIT_INTERRUPTED } else { EXIT_FAILED }
+                }
+            }
+        }
+        Mode::Interactive => {
+            let mut runner = match start_runner(&handle, &client, &config, None, true) {
+                Ok(r) => r,
+                Err(e) => return report(&e),
+            };
+            let _guard = crate::install_interrupt(&handle, runner.interrupt.clone());
+            let color = crate::color_enabled();
+            let name = format!("{}@{}", target.user, target.domain);
+            let catalog = runner_catalog(&runner);
+            crate::repl::run(&mut runner, catalog, &name, color, cli.output.unwrap_or(Format::Table));
+            EXIT_OK
+        }
+    };
+    handle.block_on(session.close());
+    code
+}
+
+fn runner_catalog(runner: &Runner) -> Arc<Catalog> {
+    runner.catalog()
+}
+
+fn default_format() -> Format {
+    if std::io::stdout().is_terminal() { Format::Table } else { Format::Json }
+}
+
+fn start_runner(
+    handle: &tokio::runtime::Handle,
+    client: &Arc<clacks_core::client::Client>,
+    config: &ShellConfig,
+    script: Option<&PathBuf>,
+    interactive: bool,
+) -> Result<Runner, ClientError> {
+    let catalog = Arc::new(Catalog::default());
+    handle.block_on(catalog::refresh(client, &catalog))?;
+    let _enter = handle.enter();
+    catalog::watch(client.clone(), catalog.clone());
+    let mut script_paths = config.script_paths();
+    if let Some(dir) = script.and_then(|s| s.parent()) {
+        script_paths.insert(0, if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir.to_owned() });
     }
+    Ok(Runner::new(RunnerSetup {
+        handle: handle.clone(),
+        client: client.clone(),
+        catalog,
+        limits: config.limits(),
+        script_paths,
+        interactive,
+    }))
 }
 
 fn report(error: &ClientError) -> u8 {
+    eprintln!("clacks: {error}");
     match error {
-        ClientError::Rpc(e) => {
-            eprintln!("clacks: {e}");
-            EXIT_FAILED
-        }
-        ClientError::Connect(e) | ClientError::Auth(e) => {
-            eprintln!("clacks: {e}");
-            EXIT_CONNECTION
-        }
+        ClientError::Rpc(_) => EXIT_FAILED,
+        ClientError::Connect(_) | ClientError::Auth(_) => EXIT_CONNECTION,
     }
 }
 
-fn print_value(value: &Value, output: Output) {
-    let text = match (output, value) {
-        (Output::Plain, Value::String(s)) => s.clone(),
-        (Output::Plain, Value::Null) => return,
-        _ => serde_json::to_string_pretty(value).unwrap_or_default(),
-    };
+fn print_value(value: &Value, format: Format) {
+    let width = if format == Format::Table { crate::terminal_width() } else { None };
+    let text = render(value, format, width);
+    if text.is_empty() {
+        return;
+    }
     // A closed stdout (`| head`) is not an error worth a panic.
     use std::io::Write;
     let _ = writeln!(std::io::stdout().lock(), "{text}");

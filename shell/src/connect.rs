@@ -13,6 +13,8 @@ pub(crate) struct Target {
     pub(crate) url: Option<String>,
     pub(crate) domain: Domain,
     pub(crate) user: String,
+    /// The user came from a flag, the environment or the config (no need to ask).
+    pub(crate) user_given: bool,
     pub(crate) password: Option<String>,
     pub(crate) timeout: Duration,
     pub(crate) plugins: Option<std::path::PathBuf>,
@@ -20,7 +22,7 @@ pub(crate) struct Target {
 
 /// A live connection plus whatever keeps it alive (the embedded agent).
 pub(crate) struct Session {
-    pub(crate) client: Client,
+    pub(crate) client: std::sync::Arc<Client>,
     embedded: Option<clacks_agent::embedded::Embedded>,
 }
 
@@ -33,9 +35,54 @@ impl Session {
     }
 }
 
+/// Whether connecting to `url` needs a password we do not have yet.
+fn needs_password(url: &str) -> bool {
+    let Some((scheme, rest)) = url.split_once("://") else { return false };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let has_password = authority.split_once('@').is_some_and(|(userinfo, _)| userinfo.contains(':'));
+    matches!(scheme, "amqp" | "amqps" | "http" | "https") && !has_password
+}
+
+/// On a terminal, asks for what the transport needs: the user (interactive shell only,
+/// default the login name) and a hidden password.
+pub(crate) fn ask_credentials(target: &mut Target, interactive: bool) {
+    let Some(url) = target.url.as_deref() else { return };
+    if target.password.is_some() || !needs_password(url) {
+        return;
+    }
+    if interactive && !target.user_given {
+        eprint!("Username [{}]: ", target.user);
+        let mut answer = String::new();
+        if std::io::stdin().read_line(&mut answer).is_ok() && !answer.trim().is_empty() {
+            target.user = answer.trim().to_owned();
+        }
+    }
+    if let Ok(password) = rpassword::prompt_password(format!("Password for {}: ", target.user)) {
+        target.password = Some(password);
+    }
+}
+
 /// The login name of the user running the shell.
 pub(crate) fn login_name() -> String {
-    std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "admin".to_owned())
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(passwd_name)
+        .unwrap_or_else(|| "admin".to_owned())
+}
+
+/// The account name of this process's user from /etc/passwd, for when neither USER nor
+/// LOGNAME is set (cron, containers).
+fn passwd_name() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let uid = status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().next()?.to_owned();
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        (fields.nth(1)? == uid).then(|| name.to_owned())
+    })
 }
 
 pub(crate) async fn connect(target: &Target) -> Result<Session, ClientError> {
@@ -48,7 +95,7 @@ pub(crate) async fn connect(target: &Target) -> Result<Session, ClientError> {
                 .await
                 .map_err(|e| ClientError::Connect(format!("cannot start the embedded domain: {e}")))?;
             let client = Client::over_bus(embedded.caller_bus.clone(), target.domain.clone(), target.timeout);
-            Ok(Session { client, embedded: Some(embedded) })
+            Ok(Session { client: std::sync::Arc::new(client), embedded: Some(embedded) })
         }
         Some(url) if url.starts_with("amqp://") || url.starts_with("amqps://") => {
             let url = with_credentials(url, &target.user, target.password.as_deref());
@@ -63,7 +110,7 @@ pub(crate) async fn connect(target: &Target) -> Result<Session, ClientError> {
                 }
             })?;
             Ok(Session {
-                client: Client::over_bus(Bus::Amqp(bus), target.domain.clone(), target.timeout),
+                client: std::sync::Arc::new(Client::over_bus(Bus::Amqp(bus), target.domain.clone(), target.timeout)),
                 embedded: None,
             })
         }
@@ -74,7 +121,7 @@ pub(crate) async fn connect(target: &Target) -> Result<Session, ClientError> {
                 )));
             };
             let client = Client::connect_http(url, &target.user, password, target.timeout).await?;
-            Ok(Session { client, embedded: None })
+            Ok(Session { client: std::sync::Arc::new(client), embedded: None })
         }
         Some(url) => {
             Err(ClientError::Connect(format!("unsupported URL '{url}': use amqp://, amqps://, http:// or https://")))
@@ -106,6 +153,14 @@ fn encode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::with_credentials;
+
+    #[test]
+    fn which_urls_need_a_password() {
+        assert!(super::needs_password("amqp://h/%2f"));
+        assert!(super::needs_password("amqps://ada@h/%2f"));
+        assert!(!super::needs_password("amqp://ada:pw@h/%2f"));
+        assert!(super::needs_password("http://h:8080/rpc"));
+    }
 
     #[test]
     fn credentials_go_into_bare_urls_only() {

@@ -1,0 +1,139 @@
+//! The shell's local copy of the domain's commands: filled from `getMethods`, kept
+//! current by watching presence events, read by completion, hints, help and the Rhai
+//! bindings — so a TAB never waits for the network.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use clacks_core::client::Client;
+use clacks_core::command::CommandSpec;
+use clacks_core::rpc::Params;
+use serde_json::Value;
+
+/// One command as the shell knows it.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Entry {
+    pub(crate) spec: CommandSpec,
+    pub(crate) providers: Vec<String>,
+}
+
+/// The command catalogue; its generation changes whenever the command set does.
+#[derive(Default)]
+pub(crate) struct Catalog {
+    entries: RwLock<BTreeMap<String, Entry>>,
+    generation: AtomicU64,
+}
+
+impl Catalog {
+    /// Replaces the content with a `getMethods` result; returns whether the set of
+    /// commands (or their descriptions) changed.
+    pub(crate) fn load(&self, methods: &Value) -> bool {
+        let Some(table) = methods.as_object() else { return false };
+        let fresh: BTreeMap<String, Entry> = table
+            .iter()
+            .filter_map(|(name, info)| {
+                let spec: CommandSpec = serde_json::from_value(info.clone()).ok()?;
+                let providers = info
+                    .get("providers")
+                    .and_then(Value::as_array)
+                    .map(|p| p.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+                    .unwrap_or_default();
+                Some((name.clone(), Entry { spec, providers }))
+            })
+            .collect();
+        let mut entries = self.entries.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let changed = entries.len() != fresh.len()
+            || entries.iter().zip(fresh.iter()).any(|(a, b)| a.0 != b.0 || a.1.spec != b.1.spec);
+        *entries = fresh;
+        if changed {
+            self.generation.fetch_add(1, Ordering::Relaxed);
+        }
+        changed
+    }
+
+    /// Bumps when the command set changes.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// One command.
+    pub(crate) fn get(&self, name: &str) -> Option<Entry> {
+        self.read().get(name).cloned()
+    }
+
+    /// Every command description.
+    pub(crate) fn specs(&self) -> Vec<CommandSpec> {
+        self.read().values().map(|e| e.spec.clone()).collect()
+    }
+
+    /// Every entry, sorted by name.
+    pub(crate) fn entries(&self) -> Vec<Entry> {
+        self.read().values().cloned().collect()
+    }
+
+    /// Command names starting with `prefix`, sorted.
+    pub(crate) fn names_with_prefix(&self, prefix: &str) -> Vec<String> {
+        self.read()
+            .range(prefix.to_owned()..)
+            .take_while(|(name, _)| name.starts_with(prefix))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Whether `name` is a known command.
+    pub(crate) fn contains(&self, name: &str) -> bool {
+        self.read().contains_key(name)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Entry>> {
+        self.entries.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Fetches the command table now.
+pub(crate) async fn refresh(client: &Client, catalog: &Catalog) -> Result<bool, clacks_core::client::ClientError> {
+    let methods = client.call("getMethods", Params::None).await?;
+    Ok(catalog.load(&methods))
+}
+
+/// Keeps `catalog` current: refreshes after presence events (agents coming, going,
+/// changing their commands) and every half minute for nodes that timed out silently.
+pub(crate) fn watch(client: Arc<Client>, catalog: Arc<Catalog>) {
+    tokio::spawn(async move {
+        let types: Vec<String> = ["NodeCapabilities", "NodeLeave"].map(String::from).to_vec();
+        let mut events = match client.subscribe(&types).await {
+            Some(Ok(rx)) => Some(rx),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "cannot watch the domain's commands; refreshing periodically");
+                None
+            }
+            None => None,
+        };
+        let mut periodic = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            let event_seen = match events.as_mut() {
+                Some(rx) => tokio::select! {
+                    e = rx.recv() => match e { Some(_) => true, None => { events = None; false } },
+                    _ = periodic.tick() => false,
+                },
+                None => {
+                    periodic.tick().await;
+                    false
+                }
+            };
+            if event_seen {
+                // Capabilities arrive from every node at once after an announce: wait
+                // for the burst to settle, then ask once.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if let Some(rx) = events.as_mut() {
+                    while rx.try_recv().is_ok() {}
+                }
+            }
+            if let Err(e) = refresh(&client, &catalog).await {
+                tracing::debug!(error = %e, "command refresh failed");
+            }
+        }
+    });
+}

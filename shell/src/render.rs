@@ -1,0 +1,317 @@
+//! How results look: tables for arrays of maps and maps of maps, key/value tables for
+//! maps, plain text for scalars, or JSON/YAML on request.
+
+use std::fmt::Write as _;
+
+use comfy_table::{ContentArrangement, Table, presets};
+use serde_json::{Map, Value};
+
+/// An output format (`:format` in the REPL, `--output` on the command line).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Format {
+    /// Tables for structured values, plain scalars.
+    Table,
+    /// Indented JSON.
+    Json,
+    /// YAML.
+    Yaml,
+    /// Strings as they are, everything else as indented JSON.
+    Plain,
+}
+
+impl Format {
+    pub(crate) fn parse(name: &str) -> Option<Format> {
+        match name {
+            "table" => Some(Format::Table),
+            "json" => Some(Format::Json),
+            "yaml" => Some(Format::Yaml),
+            "plain" => Some(Format::Plain),
+            _ => None,
+        }
+    }
+}
+
+/// Renders a value; `width` is the terminal width when drawing for a terminal.
+pub(crate) fn render(value: &Value, format: Format, width: Option<u16>) -> String {
+    match format {
+        Format::Json => serde_json::to_string_pretty(value).unwrap_or_default(),
+        Format::Yaml => yaml(value),
+        Format::Plain => match value {
+            Value::String(s) => s.clone(),
+            Value::Null => String::new(),
+            other => serde_json::to_string_pretty(other).unwrap_or_default(),
+        },
+        Format::Table => table(value, width),
+    }
+}
+
+fn cell(value: &Value) -> String {
+    match value {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        Value::Array(items) if items.iter().all(|v| !v.is_object() && !v.is_array()) => {
+            items.iter().map(cell).collect::<Vec<_>>().join(", ")
+        }
+        other @ (Value::Array(_) | Value::Object(_)) => other.to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn new_table(width: Option<u16>) -> Table {
+    let mut table = Table::new();
+    table.load_style(presets::UTF8_FULL_CONDENSED);
+    match width {
+        Some(width) => {
+            table.set_content_arrangement(ContentArrangement::Dynamic);
+            table.set_width(width);
+        }
+        None => {
+            table.force_no_tty();
+        }
+    }
+    table
+}
+
+/// Columns that identify a row come first, whatever order the map has.
+const IDENTITY_COLUMNS: &[&str] = &["name", "node", "id", "uid", "cn", "dn", "type"];
+
+/// Column names: the union of the rows' keys, identity columns first, then in order of
+/// first appearance.
+fn columns<'a>(rows: impl Iterator<Item = &'a Map<String, Value>>) -> Vec<String> {
+    let mut columns: Vec<String> = Vec::new();
+    for row in rows {
+        for key in row.keys() {
+            if !columns.contains(key) {
+                columns.push(key.clone());
+            }
+        }
+    }
+    columns.sort_by_key(|c| IDENTITY_COLUMNS.iter().position(|i| i == c).unwrap_or(IDENTITY_COLUMNS.len()));
+    columns
+}
+
+fn row_count(n: usize) -> String {
+    if n == 1 { "(1 row)".to_owned() } else { format!("({n} rows)") }
+}
+
+fn table(value: &Value, width: Option<u16>) -> String {
+    match value {
+        Value::Null => String::new(),
+        Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_object) => {
+            let rows: Vec<&Map<String, Value>> = items.iter().filter_map(Value::as_object).collect();
+            let columns = columns(rows.iter().copied());
+            let mut table = new_table(width);
+            table.set_header(columns.clone());
+            for row in rows {
+                table.add_row(columns.iter().map(|c| row.get(c).map(cell).unwrap_or_default()));
+            }
+            format!("{table}\n{}", row_count(items.len()))
+        }
+        Value::Array(items) => items.iter().map(cell).collect::<Vec<_>>().join("\n"),
+        Value::Object(map) if !map.is_empty() && map.values().all(Value::is_object) => {
+            // A map of records (getMethods): one row per key.
+            let rows: Vec<&Map<String, Value>> = map.values().filter_map(Value::as_object).collect();
+            let inner = columns(rows.iter().copied());
+            let mut table = new_table(width);
+            let mut header = vec![String::new()];
+            header.extend(inner.iter().cloned());
+            table.set_header(header);
+            for (key, row) in map.keys().zip(rows) {
+                let mut cells = vec![key.clone()];
+                cells.extend(inner.iter().map(|c| row.get(c).map(cell).unwrap_or_default()));
+                table.add_row(cells);
+            }
+            format!("{table}\n{}", row_count(map.len()))
+        }
+        Value::Object(map) => {
+            let mut table = new_table(width);
+            for (key, v) in map {
+                table.add_row(vec![key.clone(), cell(v)]);
+            }
+            table.to_string()
+        }
+        scalar => cell(scalar),
+    }
+}
+
+/// YAML for JSON values; strings are quoted whenever YAML could read them otherwise.
+pub(crate) fn yaml(value: &Value) -> String {
+    let mut out = String::new();
+    write_yaml(&mut out, value, 0, false);
+    out.trim_end().to_owned()
+}
+
+fn yaml_scalar(value: &Value) -> String {
+    match value {
+        Value::Null => "null".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => {
+            let plain = !s.is_empty()
+                && s.chars().all(|c| c.is_ascii_alphanumeric() || " _-./@".contains(c))
+                && !s.starts_with([' ', '-', '.', '@'])
+                && !s.ends_with(' ')
+                && s.parse::<f64>().is_err()
+                && !matches!(
+                    s.to_ascii_lowercase().as_str(),
+                    "true" | "false" | "null" | "yes" | "no" | "on" | "off" | "~"
+                );
+            if plain { s.clone() } else { Value::String(s.clone()).to_string() }
+        }
+        Value::Array(a) if a.is_empty() => "[]".into(),
+        Value::Object(o) if o.is_empty() => "{}".into(),
+        _ => String::new(),
+    }
+}
+
+fn is_scalar(value: &Value) -> bool {
+    match value {
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        _ => true,
+    }
+}
+
+fn write_yaml(out: &mut String, value: &Value, indent: usize, in_list: bool) {
+    let pad = " ".repeat(indent);
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            for (idx, (key, v)) in map.iter().enumerate() {
+                // The first key of a list item shares the "- " line.
+                let lead = if in_list && idx == 0 { String::new() } else { pad.clone() };
+                let key = yaml_scalar(&Value::String(key.clone()));
+                if is_scalar(v) {
+                    let _ = writeln!(out, "{lead}{key}: {}", yaml_scalar(v));
+                } else {
+                    let _ = writeln!(out, "{lead}{key}:");
+                    write_yaml(out, v, indent + 2, false);
+                }
+            }
+        }
+        Value::Array(items) if !items.is_empty() => {
+            for item in items {
+                if is_scalar(item) {
+                    let _ = writeln!(out, "{pad}- {}", yaml_scalar(item));
+                } else {
+                    out.push_str(&pad);
+                    out.push_str("- ");
+                    write_yaml(out, item, indent + 2, true);
+                }
+            }
+        }
+        scalar => {
+            let _ = writeln!(out, "{pad}{}", yaml_scalar(scalar));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use expect_test::{Expect, expect};
+    use serde_json::json;
+
+    #[track_caller]
+    fn check(value: Value, format: Format, expect: Expect) {
+        expect.assert_eq(&render(&value, format, None));
+    }
+
+    fn nodes() -> Value {
+        json!([
+            {"node": "alpha", "load": 0.25, "workers": 1, "self": true},
+            {"node": "beta", "load": 1.5, "workers": 0, "self": false, "tags": ["a", "b"]}
+        ])
+    }
+
+    #[test]
+    fn tables() {
+        check(
+            nodes(),
+            Format::Table,
+            expect![[r#"
+            ┌───────┬──────┬───────┬─────────┬──────┐
+            │ node  ┆ load ┆ self  ┆ workers ┆ tags │
+            ╞═══════╪══════╪═══════╪═════════╪══════╡
+            │ alpha ┆ 0.25 ┆ true  ┆ 1       ┆      │
+            │ beta  ┆ 1.5  ┆ false ┆ 0       ┆ a, b │
+            └───────┴──────┴───────┴─────────┴──────┘
+            (2 rows)"#]],
+        );
+        check(
+            json!({"base": "dc=clacks,dc=org", "nodes": 2, "nested": {"a": [1]}}),
+            Format::Table,
+            expect![[r#"
+            ┌────────┬──────────────────┐
+            │ base   ┆ dc=clacks,dc=org │
+            │ nested ┆ {"a":[1]}        │
+            │ nodes  ┆ 2                │
+            └────────┴──────────────────┘"#]],
+        );
+        check(
+            json!({"ping": {"target": "core", "help": "Answer"}, "echo": {"target": "core"}}),
+            Format::Table,
+            expect![[r#"
+            ┌──────┬────────┬────────┐
+            │      ┆ target ┆ help   │
+            ╞══════╪════════╪════════╡
+            │ echo ┆ core   ┆        │
+            │ ping ┆ core   ┆ Answer │
+            └──────┴────────┴────────┘
+            (2 rows)"#]],
+        );
+        check(json!("pong"), Format::Table, expect!["pong"]);
+        check(
+            json!([1, "two"]),
+            Format::Table,
+            expect![[r#"
+            1
+            two"#]],
+        );
+    }
+
+    #[test]
+    fn fitted_to_the_terminal_width() {
+        let wide = json!([{"name": "x", "help": "a long help text that will not fit into a narrow terminal at all"}]);
+        let text = render(&wide, Format::Table, Some(40));
+        assert!(text.lines().all(|l| l.chars().count() <= 40), "{text}");
+    }
+
+    #[test]
+    fn json_and_yaml() {
+        check(
+            nodes(),
+            Format::Yaml,
+            expect![[r#"
+            - load: 0.25
+              node: alpha
+              self: true
+              workers: 1
+            - load: 1.5
+              node: beta
+              self: false
+              tags:
+                - a
+                - b
+              workers: 0"#]],
+        );
+        check(
+            json!({"s": "yes", "n": "12", "e": "", "m": {}, "t": "plain text"}),
+            Format::Yaml,
+            expect![[r#"
+            e: ""
+            m: {}
+            n: "12"
+            s: "yes"
+            t: plain text"#]],
+        );
+        check(
+            json!({"a": 1}),
+            Format::Json,
+            expect![[r#"
+            {
+              "a": 1
+            }"#]],
+        );
+        check(json!("text"), Format::Plain, expect!["text"]);
+    }
+}

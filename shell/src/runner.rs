@@ -1,0 +1,444 @@
+//! Running Rhai for the shell: the engine with the domain's commands bound as
+//! functions, a scope and script-defined functions that persist between REPL inputs,
+//! Ctrl-C cancellation, a spinner for slow calls, and the shell's own functions
+//! (`help`, `tail`, `next_events`).
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use clacks_core::client::{Client, ClientError};
+use clacks_core::rpc::Params;
+use clacks_scripting::bindings::{RemoteCaller, RemoteError, as_remote_error, register_commands};
+use clacks_scripting::{Limits, from_json, sandboxed_engine, to_json, with_cancellation};
+use rhai::module_resolvers::{FileModuleResolver, ModuleResolversCollection};
+use rhai::{AST, Dynamic, Engine, EvalAltResult, Map, Scope};
+use serde_json::Value;
+use tokio::runtime::Handle;
+use tokio::sync::Notify;
+
+use crate::catalog::Catalog;
+use crate::render::{Format, render};
+
+/// Ctrl-C while a call or script runs: the flag stops Rhai, the notification wakes a
+/// call that is waiting on the network.
+#[derive(Clone, Default)]
+pub(crate) struct Interrupt {
+    pub(crate) flag: Arc<AtomicBool>,
+    pub(crate) notify: Arc<Notify>,
+}
+
+impl Interrupt {
+    pub(crate) fn trigger(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    pub(crate) fn reset(&self) {
+        self.flag.store(false, Ordering::SeqCst);
+    }
+
+    pub(crate) fn is_set(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+}
+
+/// Why a run failed.
+#[derive(Debug, Clone)]
+pub(crate) struct RunError {
+    /// The one line shown.
+    pub(crate) line: String,
+    /// Everything else (`:details`).
+    pub(crate) details: Option<String>,
+    /// Ctrl-C.
+    pub(crate) interrupted: bool,
+}
+
+/// Makes remote calls for scripts: blocks the script thread on the runtime, gives up on
+/// Ctrl-C, and shows a spinner once a call takes more than a second (interactive only).
+struct ShellCaller {
+    handle: Handle,
+    client: Arc<Client>,
+    interrupt: Interrupt,
+    spinner: bool,
+}
+
+impl RemoteCaller for ShellCaller {
+    fn call(&self, method: &str, params: Params) -> Result<Value, RemoteError> {
+        if self.interrupt.is_set() {
+            return Err(interrupted_error());
+        }
+        self.handle.block_on(async {
+            let call = self.client.call(method, params);
+            tokio::pin!(call);
+            let notified = self.interrupt.notify.notified();
+            tokio::pin!(notified);
+            let slow = tokio::time::sleep(Duration::from_secs(1));
+            tokio::pin!(slow);
+            let mut spinner: Option<indicatif::ProgressBar> = None;
+            let outcome = loop {
+                tokio::select! {
+                    result = &mut call => break result.map_err(to_remote_error),
+                    _ = &mut notified => break Err(interrupted_error()),
+                    _ = &mut slow, if self.spinner && spinner.is_none() => {
+                        let bar = indicatif::ProgressBar::new_spinner();
+                        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                        bar.set_message(format!("{method}… (Ctrl-C cancels)"));
+                        bar.enable_steady_tick(Duration::from_millis(100));
+                        spinner = Some(bar);
+                    }
+                }
+            };
+            if let Some(bar) = spinner {
+                bar.finish_and_clear();
+            }
+            outcome
+        })
+    }
+}
+
+fn interrupted_error() -> RemoteError {
+    RemoteError { code: "INTERRUPTED".into(), message: "cancelled with Ctrl-C".into(), details: None }
+}
+
+fn to_remote_error(e: ClientError) -> RemoteError {
+    match e {
+        ClientError::Rpc(rpc) => RemoteError {
+            code: rpc.symbolic().to_string(),
+            message: rpc.message.clone(),
+            details: rpc.data.and_then(|d| d.details),
+        },
+        other => RemoteError { code: other.code().to_string(), message: other.to_string(), details: None },
+    }
+}
+
+/// The shell's scripting state.
+pub(crate) struct Runner {
+    handle: Handle,
+    client: Arc<Client>,
+    catalog: Arc<Catalog>,
+    pub(crate) interrupt: Interrupt,
+    limits: Limits,
+    script_paths: Vec<PathBuf>,
+    interactive: bool,
+    engine: Engine,
+    engine_generation: u64,
+    scope: Scope<'static>,
+    functions: AST,
+    /// Scope variables as JSON after the last run, for completion.
+    pub(crate) variables: Arc<RwLock<BTreeMap<String, Value>>>,
+}
+
+/// What a runner is built from.
+pub(crate) struct RunnerSetup {
+    pub(crate) handle: Handle,
+    pub(crate) client: Arc<Client>,
+    pub(crate) catalog: Arc<Catalog>,
+    pub(crate) limits: Limits,
+    pub(crate) script_paths: Vec<PathBuf>,
+    pub(crate) interactive: bool,
+}
+
+impl Runner {
+    pub(crate) fn new(setup: RunnerSetup) -> Runner {
+        let mut runner = Runner {
+            handle: setup.handle,
+            client: setup.client,
+            catalog: setup.catalog,
+            interrupt: Interrupt::default(),
+            limits: setup.limits,
+            script_paths: setup.script_paths,
+            interactive: setup.interactive,
+            engine: Engine::new_raw(),
+            engine_generation: u64::MAX,
+            scope: Scope::new(),
+            functions: AST::empty(),
+            variables: Arc::default(),
+        };
+        runner.rebuild_engine();
+        runner
+    }
+
+    /// The command catalogue the runner binds.
+    pub(crate) fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.clone()
+    }
+
+    /// Puts a variable into the scope (script arguments).
+    pub(crate) fn set_variable(&mut self, name: &str, value: Dynamic) {
+        self.scope.set_or_push(name.to_owned(), value);
+    }
+
+    fn rebuild_engine(&mut self) {
+        let mut engine = sandboxed_engine(&self.limits);
+        clacks_scripting::helpers::register(&mut engine);
+        let caller = Arc::new(ShellCaller {
+            handle: self.handle.clone(),
+            client: self.client.clone(),
+            interrupt: self.interrupt.clone(),
+            spinner: self.interactive && std::io::stderr().is_terminal(),
+        });
+        register_commands(&mut engine, &self.catalog.specs(), caller);
+        register_shell_functions(&mut engine, self);
+        let mut resolvers = ModuleResolversCollection::new();
+        for path in &self.script_paths {
+            resolvers.push(FileModuleResolver::new_with_path(path));
+        }
+        engine.set_module_resolver(resolvers);
+        engine.on_print(|text| {
+            use std::io::Write;
+            let _ = writeln!(std::io::stdout().lock(), "{text}");
+        });
+        engine.on_debug(|text, source, pos| match source {
+            Some(source) => eprintln!("{source} {pos}: {text}"),
+            None => eprintln!("{pos}: {text}"),
+        });
+        self.engine = engine;
+        self.engine_generation = self.catalog.generation();
+    }
+
+    /// Runs a piece of code; functions it defines stay available to later runs.
+    pub(crate) fn run(&mut self, code: &str) -> Result<Dynamic, RunError> {
+        if self.catalog.generation() != self.engine_generation {
+            self.rebuild_engine();
+        }
+        self.interrupt.reset();
+        let ast = self.engine.compile_with_scope(&self.scope, code).map_err(|e| RunError {
+            line: format!("SYNTAX_ERROR: {e}"),
+            details: None,
+            interrupted: false,
+        })?;
+        self.functions = self.functions.merge(&ast.clone_functions_only());
+        let program = self.functions.merge(&ast);
+        let flag = self.interrupt.flag.clone();
+        let result = with_cancellation(&flag, || self.engine.eval_ast_with_scope::<Dynamic>(&mut self.scope, &program));
+        self.snapshot_variables();
+        result.map_err(|e| self.describe(&e))
+    }
+
+    fn snapshot_variables(&self) {
+        let snapshot: BTreeMap<String, Value> = self
+            .scope
+            .iter_raw()
+            .filter_map(|(name, _, value)| Some((name.to_owned(), to_json(value).ok()?)))
+            .collect();
+        if let Ok(mut vars) = self.variables.write() {
+            *vars = snapshot;
+        }
+    }
+
+    fn describe(&self, error: &EvalAltResult) -> RunError {
+        let interrupted = self.interrupt.is_set();
+        if let Some(remote) = as_remote_error(error) {
+            let details = remote.details.as_ref().map(|d| serde_json::to_string_pretty(d).unwrap_or_default());
+            return RunError { line: format!("{}: {}", remote.code, remote.message), details, interrupted };
+        }
+        if interrupted {
+            return RunError { line: "INTERRUPTED: cancelled with Ctrl-C".into(), details: None, interrupted };
+        }
+        let position = error.position();
+        let at = if position.is_none() { String::new() } else { format!(" ({position})") };
+        let mut text = error.to_string();
+        // Rhai appends the position itself to some messages; keep one.
+        if let Some(stripped) = text.strip_suffix(&format!(" ({position})")) {
+            text = stripped.to_owned();
+        }
+        RunError { line: format!("SCRIPT_ERROR: {text}{at}"), details: Some(format!("{error:?}")), interrupted }
+    }
+
+    /// Reloads the command catalogue now (`:refresh`).
+    pub(crate) fn refresh_catalog(&mut self) {
+        let (client, catalog) = (self.client.clone(), self.catalog.clone());
+        if let Err(e) = self.handle.block_on(crate::catalog::refresh(&client, &catalog)) {
+            eprintln!("clacks: cannot reload the commands: {e}");
+        }
+    }
+
+    /// The text of `help()` or `help(name)`.
+    pub(crate) fn help_text(&self, name: Option<&str>) -> String {
+        help_text(&self.catalog, name)
+    }
+}
+
+/// Help for the domain's commands: grouped by target, or one command in full.
+pub(crate) fn help_text(catalog: &Catalog, name: Option<&str>) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    match name {
+        Some(name) => match catalog.get(name) {
+            None => {
+                let _ = write!(out, "no command '{name}' in this domain (help() lists them)");
+            }
+            Some(entry) => {
+                let spec = &entry.spec;
+                let _ = writeln!(out, "{}", spec.signature());
+                let _ = writeln!(out, "    {}", spec.help);
+                let _ = writeln!(out);
+                for p in &spec.params {
+                    let _ = writeln!(out, "    {:<16} {}{}", p.name, p.ty, if p.optional { " (optional)" } else { "" });
+                }
+                if !spec.params.is_empty() {
+                    let _ = writeln!(out);
+                }
+                let _ = writeln!(out, "    target:    {}", spec.target);
+                let _ = writeln!(out, "    call type: {}", spec.call_type.as_str());
+                if spec.needs_user || spec.needs_queue {
+                    let flags: Vec<&str> = [(spec.needs_user, "needs user"), (spec.needs_queue, "needs its own queue")]
+                        .iter()
+                        .filter(|(on, _)| *on)
+                        .map(|(_, f)| *f)
+                        .collect();
+                    let _ = writeln!(out, "    flags:     {}", flags.join(", "));
+                }
+                let _ = write!(out, "    nodes:     {}", entry.providers.join(", "));
+            }
+        },
+        None => {
+            let mut by_target: BTreeMap<String, Vec<crate::catalog::Entry>> = BTreeMap::new();
+            for entry in catalog.entries() {
+                by_target.entry(entry.spec.target.clone()).or_default().push(entry);
+            }
+            for (target, entries) in by_target {
+                let _ = writeln!(out, "{}", target.to_uppercase());
+                let _ = writeln!(out, "{}", "=".repeat(target.len()));
+                for entry in entries {
+                    let _ = writeln!(out, "  {:<40} {}", entry.spec.signature(), entry.spec.help);
+                }
+                let _ = writeln!(out);
+            }
+            out.push_str("help(\"name\") or ?name shows one command; :help lists the shell's own commands.");
+        }
+    }
+    out
+}
+
+fn register_shell_functions(engine: &mut Engine, runner: &Runner) {
+    let catalog = runner.catalog.clone();
+    engine.register_fn("help", move || {
+        println!("{}", help_text(&catalog, None));
+    });
+    let catalog = runner.catalog.clone();
+    engine.register_fn("help", move |name: &str| {
+        println!("{}", help_text(&catalog, Some(name)));
+    });
+
+    // Events: `next_events(types, #{count, timeout})` collects, `tail(types, …)` prints.
+    let (handle, client, interrupt) = (runner.handle.clone(), runner.client.clone(), runner.interrupt.clone());
+    engine.register_fn("next_events", move |types: Dynamic, options: Map| -> Result<rhai::Array, Box<EvalAltResult>> {
+        let mut out = rhai::Array::new();
+        collect_events(&handle, &client, &interrupt, types, &options, |event| out.push(from_json(&event)))?;
+        Ok(out)
+    });
+    let (handle, client, interrupt) = (runner.handle.clone(), runner.client.clone(), runner.interrupt.clone());
+    engine.register_fn("tail", move |types: Dynamic, options: Map| -> Result<i64, Box<EvalAltResult>> {
+        let mut printed = 0;
+        collect_events(&handle, &client, &interrupt, types, &options, |event| {
+            println!("{}", render(&event, Format::Plain, None).replace('\n', " "));
+            printed += 1;
+        })?;
+        Ok(printed)
+    });
+    let (handle, client, interrupt) = (runner.handle.clone(), runner.client.clone(), runner.interrupt.clone());
+    engine.register_fn("tail", move |types: Dynamic| -> Result<i64, Box<EvalAltResult>> {
+        let mut printed = 0;
+        collect_events(&handle, &client, &interrupt, types, &Map::new(), |event| {
+            println!("{}", serde_json::to_string(&event).unwrap_or_default());
+            printed += 1;
+        })?;
+        Ok(printed)
+    });
+}
+
+/// Subscribes to `types` and hands each event (as JSON) to `each`, until `count`
+/// events arrived, `timeout` seconds passed, or Ctrl-C.
+fn collect_events(
+    handle: &Handle,
+    client: &Client,
+    interrupt: &Interrupt,
+    types: Dynamic,
+    options: &Map,
+    mut each: impl FnMut(Value),
+) -> Result<(), Box<EvalAltResult>> {
+    let types: Vec<String> = match types.clone().try_cast::<rhai::Array>() {
+        Some(list) => list.into_iter().map(|t| t.to_string()).collect(),
+        None => vec![types.to_string()],
+    };
+    let count = options.get("count").and_then(|c| c.as_int().ok()).map(|c| c.max(0) as usize);
+    let timeout = options
+        .get("timeout")
+        .and_then(|t| t.as_float().ok().or_else(|| t.as_int().ok().map(|i| i as f64)))
+        .map(|secs| Duration::from_secs_f64(secs.max(0.0)));
+    handle.block_on(async {
+        let mut events = match client.subscribe(&types).await {
+            Some(Ok(rx)) => rx,
+            Some(Err(e)) => return Err(format!("cannot subscribe: {e}").into()),
+            None => return Err("events need a bus connection (amqp:// or the embedded domain), not HTTP".into()),
+        };
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let mut seen = 0;
+        loop {
+            if count.is_some_and(|c| seen >= c) {
+                return Ok(());
+            }
+            let next = async {
+                match deadline {
+                    Some(d) => tokio::time::timeout_at(d, events.recv()).await.ok().flatten(),
+                    None => events.recv().await,
+                }
+            };
+            tokio::select! {
+                event = next => match event {
+                    Some(message) => {
+                        seen += 1;
+                        each(event_json(&message.event_type, &message.body));
+                    }
+                    None => return Ok(()),
+                },
+                _ = interrupt.notify.notified() => return Ok(()),
+            }
+        }
+    })
+}
+
+/// An event as JSON: `{"type": T, …fields}`, repeated elements as arrays.
+pub(crate) fn event_json(event_type: &str, body: &[u8]) -> Value {
+    match clacks_core::events::open_envelope(body) {
+        Ok(node) => {
+            let mut fields = match xml_to_json(&node) {
+                Value::Object(map) => map,
+                other => {
+                    let mut map = serde_json::Map::new();
+                    map.insert("value".into(), other);
+                    map
+                }
+            };
+            fields.insert("type".into(), Value::String(event_type.to_owned()));
+            Value::Object(fields)
+        }
+        Err(e) => serde_json::json!({"type": event_type, "error": e.to_string()}),
+    }
+}
+
+fn xml_to_json(node: &clacks_core::events::XmlNode) -> Value {
+    if node.children.is_empty() {
+        return Value::String(node.text.clone());
+    }
+    let mut map = serde_json::Map::new();
+    for child in &node.children {
+        let value = xml_to_json(child);
+        match map.get_mut(&child.name) {
+            Some(Value::Array(items)) => items.push(value),
+            Some(existing) => {
+                let first = existing.take();
+                *existing = Value::Array(vec![first, value]);
+            }
+            None => {
+                map.insert(child.name.clone(), value);
+            }
+        }
+    }
+    Value::Object(map)
+}
