@@ -44,7 +44,13 @@ async fn http_login_sessions_batches_and_errors() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
     let address = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
     tokio::spawn(async move { axum::serve(listener, router(state)).await });
-    let http = reqwest::Client::builder().cookie_store(true).build().unwrap_or_else(|e| panic!("{e}"));
+    // No connection reuse: the server closes the connection it refused a 5 MiB body on,
+    // and a pooled client could hand that dead connection to the next request.
+    let http = reqwest::Client::builder()
+        .cookie_store(true)
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
     let endpoint = Endpoint { url: format!("http://{address}/rpc"), http };
 
     endpoint.check(r#"{"jsonrpc":"2.0","method":"ping","id":1}"#, expect![[r#"401 {"jsonrpc":"2.0","error":{"code":-32008,"message":"not logged in or session expired; call login(user, password) first","data":{"code":"NOT_AUTHENTICATED"}},"id":1}"#]]).await;

@@ -282,9 +282,10 @@ impl AmqpBus {
         if let Some(live) = live {
             // Declared now on the live connection; the supervisor replays it after any
             // reconnection because it is in the topology.
-            if let Err(e) = start_consumer(&self.inner, &live, &served).await
-                && live.connection.status().connected()
-            {
+            let outcome = start_consumer(&self.inner, &live, &served).await;
+            // A refusal (the queue is someone else's) is the caller's to handle; a lost
+            // connection is ours: the supervisor replays the queue on reconnection.
+            if let Err(e @ BusError::Refused(_)) = outcome {
                 return Err(e);
             }
         }
@@ -370,8 +371,15 @@ fn fail_pending(inner: &Inner, reason: &str) {
     }
 }
 
+/// A channel-level ("soft") protocol error is a refusal of what was asked; anything
+/// else means the connection is gone.
 fn lapin_err(e: lapin::Error) -> BusError {
-    BusError::Refused(e.to_string())
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) if matches!(amqp.kind(), lapin::protocol::AMQPErrorKind::Soft(_)) => {
+            BusError::Refused(e.to_string())
+        }
+        _ => BusError::ConnectionLost(e.to_string()),
+    }
 }
 
 /// Connects and declares the whole topology; the topology lock is held throughout so a
@@ -451,7 +459,10 @@ async fn wait_for_failure(inner: &Inner, live: &Live) -> String {
             _ = inner.shutdown.cancelled() => return "shutting down".into(),
             _ = live.failed.cancelled() => return "a consumer stopped".into(),
             event = events.next() => match event {
-                Some(lapin::Event::Error(e)) => return e.to_string(),
+                // Channel errors (a refused declaration) are reported here too; only a
+                // dead connection ends this one.
+                Some(lapin::Event::Error(e)) if !live.connection.status().connected() => return e.to_string(),
+                Some(lapin::Event::Error(e)) => debug!(error = %e, "channel error on a live connection"),
                 Some(_) => {}
                 None => return "connection closed".into(),
             },
