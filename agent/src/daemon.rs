@@ -252,6 +252,11 @@ impl Agent {
     /// Stops gracefully: NodeLeave, no new requests, in-flight requests finish (up to
     /// the RPC timeout), connection closed.
     pub async fn stop(&self) {
+        self.stop_within(self.inner.options.rpc_timeout).await;
+    }
+
+    /// Like [`Agent::stop`], waiting at most `grace` for calls in flight.
+    pub async fn stop_within(&self, grace: std::time::Duration) {
         if self.inner.stopped.is_cancelled() {
             return;
         }
@@ -260,8 +265,8 @@ impl Agent {
         info!(%node, in_flight = self.inner.dispatcher.in_flight(), "stopping");
         self.publish(PresenceEvent::Leave { id: node.clone() }).await;
         self.inner.bus.stop_serving().await;
-        if tokio::time::timeout(self.inner.options.rpc_timeout, self.inner.bus.drain()).await.is_err() {
-            warn!("calls still running after the RPC timeout; stopping anyway");
+        if tokio::time::timeout(grace, self.inner.bus.drain()).await.is_err() {
+            warn!(?grace, "calls still running after the grace period; stopping anyway");
         }
         self.inner.dispatcher.begin_stopping();
         self.inner.bus.close().await;

@@ -27,7 +27,10 @@ pub async fn start(user: &str, options: AgentOptions, plugins: Vec<Arc<dyn Plugi
     Ok(Embedded { agent, caller_bus: Bus::Local(bus.view(user)) })
 }
 
-/// Default options of the embedded agent.
+/// Default options of the embedded agent. Heartbeats are cheap in-process, so they
+/// come every 2 s: event tails in a first session show something quickly.
 pub fn default_options(domain: Domain) -> AgentOptions {
-    AgentOptions::new(domain, "embedded")
+    let mut options = AgentOptions::new(domain, "embedded");
+    options.heartbeat = std::time::Duration::from_secs(2);
+    options
 }

@@ -159,10 +159,8 @@ enum Mode {
 fn read_script(path: &PathBuf) -> Result<String, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     // A shebang line is for the kernel, not for Rhai.
-    Ok(match text.strip_prefix("#!") {
-        Some(rest) => format!("//{rest}"),
-        None => text,
-    })
+    // Commenting it out keeps line numbers in error messages right.
+    Ok(if text.starts_with("#!") { format!("//{text}") } else { text })
 }
 
 pub(crate) fn run(cli: Cli, handle: tokio::runtime::Handle) -> u8 {

@@ -29,8 +29,10 @@ pub(crate) struct Session {
 impl Session {
     pub(crate) async fn close(self) {
         self.client.close().await;
+        // Nobody is left to receive what the embedded domain still computes (a call
+        // abandoned with Ctrl-C), so its calls get a moment, not the full deadline.
         if let Some(embedded) = self.embedded {
-            embedded.agent.stop().await;
+            embedded.agent.stop_within(std::time::Duration::from_millis(500)).await;
         }
     }
 }

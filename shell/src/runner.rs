@@ -325,6 +325,27 @@ fn register_shell_functions(engine: &mut Engine, runner: &Runner) {
         println!("{}", help_text(&catalog, Some(name)));
     });
 
+    // `show(value)`: print a value as the REPL would, as a table.
+    engine.register_fn("show", |value: Dynamic| -> Result<(), Box<EvalAltResult>> {
+        let json = to_json(&value).map_err(|e| e.to_string())?;
+        println!("{}", render(&json, Format::Table, crate::terminal_width()));
+        Ok(())
+    });
+
+    // `rpc_on(node, method, args)`: one node's private queue, for fan-out scripts.
+    let (handle, client) = (runner.handle.clone(), runner.client.clone());
+    engine.register_fn(
+        "rpc_on",
+        move |node: &str, method: &str, args: rhai::Array| -> Result<Dynamic, Box<EvalAltResult>> {
+            let params = args.iter().map(to_json).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+            let params = if params.is_empty() { Params::None } else { Params::Positional(params) };
+            match handle.block_on(client.call_on_node(node, method, params)) {
+                Ok(value) => Ok(from_json(&value)),
+                Err(e) => Err(clacks_scripting::bindings::remote_error(to_remote_error(e))),
+            }
+        },
+    );
+
     // Events: `next_events(types, #{count, timeout})` collects, `tail(types, …)` prints.
     let (handle, client, interrupt) = (runner.handle.clone(), runner.client.clone(), runner.interrupt.clone());
     engine.register_fn("next_events", move |types: Dynamic, options: Map| -> Result<rhai::Array, Box<EvalAltResult>> {
@@ -336,7 +357,7 @@ fn register_shell_functions(engine: &mut Engine, runner: &Runner) {
     engine.register_fn("tail", move |types: Dynamic, options: Map| -> Result<i64, Box<EvalAltResult>> {
         let mut printed = 0;
         collect_events(&handle, &client, &interrupt, types, &options, |event| {
-            println!("{}", render(&event, Format::Plain, None).replace('\n', " "));
+            print_event_line(&event);
             printed += 1;
         })?;
         Ok(printed)
@@ -345,11 +366,18 @@ fn register_shell_functions(engine: &mut Engine, runner: &Runner) {
     engine.register_fn("tail", move |types: Dynamic| -> Result<i64, Box<EvalAltResult>> {
         let mut printed = 0;
         collect_events(&handle, &client, &interrupt, types, &Map::new(), |event| {
-            println!("{}", serde_json::to_string(&event).unwrap_or_default());
+            print_event_line(&event);
             printed += 1;
         })?;
         Ok(printed)
     });
+}
+
+/// One event on one line: its type, then its fields as compact JSON.
+fn print_event_line(event: &Value) {
+    let mut fields = event.clone();
+    let event_type = fields.as_object_mut().and_then(|m| m.remove("type")).and_then(|t| t.as_str().map(str::to_owned));
+    println!("{} {}", event_type.unwrap_or_default(), fields);
 }
 
 /// Subscribes to `types` and hands each event (as JSON) to `each`, until `count`

@@ -13,7 +13,11 @@ use expect_test::{Expect, expect};
 
 /// Runs `clacks ARGS…` with a clean environment and shows exit code, stdout, stderr.
 fn run(args: &[&str], env: &[(&str, &str)]) -> String {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_clacks"));
+    run_with_input(Command::new(env!("CARGO_BIN_EXE_clacks")), args, env, "")
+}
+
+/// Like [`run`], for any program (a script with a shebang), feeding `stdin`.
+fn run_with_input(mut command: Command, args: &[&str], env: &[(&str, &str)], stdin: &str) -> String {
     for var in ["CLACKS_URL", "CLACKS_DOMAIN", "CLACKS_USER", "CLACKS_PASSWORD", "CLACKS_TIMEOUT", "CLACKS_PLUGINS_DIR"]
     {
         command.env_remove(var);
@@ -22,7 +26,17 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> String {
     for (k, v) in env {
         command.env(k, v);
     }
-    let output = command.args(args).output().unwrap_or_else(|e| panic!("cannot run clacks: {e}"));
+    command
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    if let Some(mut input) = child.stdin.take() {
+        use std::io::Write;
+        let _ = input.write_all(stdin.as_bytes());
+    }
+    let output = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
     format!(
         "exit={}\nstdout:\n{}stderr:\n{}",
         output.status.code().unwrap_or(-1),
@@ -194,4 +208,214 @@ async fn calls_a_real_domain_over_amqp() {
     assert!(out.2.starts_with("exit=1\n") && out.2.contains("COMMAND_INVALID_QUEUE"), "{}", out.2);
     assert!(out.3.starts_with("exit=0\n") && out.3.contains("\"node\": \"n1\""), "{}", out.3);
     agent.stop().await;
+}
+
+#[test]
+fn scripts_from_flags_files_stdin_and_shebangs() {
+    check(
+        &["-c", "let x = 2; x * 21"],
+        expect![[r#"
+        exit=0
+        stdout:
+        42
+        stderr:
+    "#]],
+    );
+    check(
+        &["-c", "getBase()", "-o", "yaml"],
+        expect![[r#"
+        exit=0
+        stdout:
+        "dc=clacks,dc=org"
+        stderr:
+    "#]],
+    );
+    check(
+        &["-c", "nope()"],
+        expect![[r#"
+        exit=1
+        stdout:
+        stderr:
+        error: SCRIPT_ERROR: Function not found: nope () (line 1, position 1)
+    "#]],
+    );
+    check(
+        &["-c", "echo()"],
+        expect![[r#"
+        exit=1
+        stdout:
+        stderr:
+        error: INVALID_PARAMS: echo: missing argument 'value' (any)
+    "#]],
+    );
+    check(
+        &["-c", "let = 1"],
+        expect![[r#"
+        exit=1
+        stdout:
+        stderr:
+        error: SYNTAX_ERROR: Expecting name of a variable (line 1, position 5)
+    "#]],
+    );
+    check(
+        &["-c", "ping()", "call", "ping"],
+        expect![[r#"
+        exit=2
+        stdout:
+        stderr:
+        clacks: -c CODE cannot be combined with a subcommand
+    "#]],
+    );
+    expect![[r#"
+        exit=0
+        stdout:
+        pong
+        [1, 2]
+        stderr:
+    "#]]
+    .assert_eq(&run_with_input(
+        Command::new(env!("CARGO_BIN_EXE_clacks")),
+        &[],
+        &[],
+        "print(ping());\nprint([1, 2]);\n",
+    ));
+
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let script = dir.path().join("args.rhai");
+    std::fs::write(
+        &script,
+        "#!/usr/bin/env -S clacks run\nprint(`${ARGS.len()} ${ARGS} ${SCRIPT.len() > 0}`);\nlet x = 1\nx +\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let script_path = script.to_string_lossy().into_owned();
+    // A syntax error names the right line although the shebang was commented out.
+    let shown = run(&["run", &script_path, "a", "--flag"], &[]);
+    assert!(shown.starts_with("exit=1\n") && shown.contains("(line 4,"), "{shown}");
+    std::fs::write(&script, "#!/usr/bin/env -S clacks run\nprint(`${ARGS.len()} ${ARGS}`);\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    check(
+        &["run", &script_path, "a", "--flag"],
+        expect![[r#"
+        exit=0
+        stdout:
+        2 ["a", "--flag"]
+        stderr:
+    "#]],
+    );
+    check(
+        &["run", "/nonexistent/x.rhai"],
+        expect![[r#"
+        exit=2
+        stdout:
+        stderr:
+        clacks: cannot read /nonexistent/x.rhai: No such file or directory (os error 2)
+    "#]],
+    );
+
+    // Executable with a shebang, clacks found on PATH.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap_or_else(|e| panic!("{e}"));
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_clacks"))
+        .parent()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let path = format!("{bin_dir}:{}", std::env::var("PATH").unwrap_or_default());
+    expect![[r#"
+        exit=0
+        stdout:
+        1 ["x"]
+        stderr:
+    "#]]
+    .assert_eq(&run_with_input(Command::new(&script), &["x"], &[("PATH", &path)], ""));
+}
+
+/// Runs one of the shipped example scripts from the repository's scripts/ folder.
+fn example(name: &str, args: &[&str]) -> String {
+    let scripts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts");
+    let path = scripts.join(name).to_string_lossy().into_owned();
+    let mut all = vec!["run", path.as_str()];
+    all.extend_from_slice(args);
+    run(&all, &[])
+}
+
+/// Load figures and timings differ run to run; the shape must not.
+fn redact_numbers(text: &str) -> String {
+    let mut out = String::new();
+    let mut in_number = false;
+    for c in text.chars() {
+        if c.is_ascii_digit() || (in_number && c == '.') {
+            if !in_number {
+                out.push('N');
+            }
+            in_number = true;
+        } else {
+            in_number = false;
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[test]
+fn the_example_scripts_run_against_the_embedded_domain() {
+    expect![[r#"
+        exit=N
+        stdout:
+        ┌──────────┬──────┬─────────┬─────────┐
+        │ node     ┆ load ┆ methods ┆ workers │
+        ╞══════════╪══════╪═════════╪═════════╡
+        │ embedded ┆ N  ┆ N       ┆ N       │
+        └──────────┴──────┴─────────┴─────────┘
+        (N row)
+        N node(s)
+        stderr:
+    "#]]
+    .assert_eq(&redact_numbers(&example("nodes.rhai", &[])));
+
+    expect![[r#"
+        exit=0
+        stdout:
+        ┌──────────┬────────┬────────┐
+        │ node     ┆ result ┆ status │
+        ╞══════════╪════════╪════════╡
+        │ embedded ┆ pong   ┆ ok     │
+        └──────────┴────────┴────────┘
+        (1 row)
+        1 ok, 0 failed
+        stderr:
+    "#]]
+    .assert_eq(&example("fanout.rhai", &[]));
+    let failing_fanout = example("fanout.rhai", &["noSuchCommand"]);
+    assert!(
+        failing_fanout.contains("0 ok, 1 failed") && failing_fanout.contains("COMMAND_NOT_DEFINED"),
+        "{failing_fanout}"
+    );
+
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let csv = dir.path().join("users.csv");
+    std::fs::write(&csv, "uid,name\nada,Ada Lovelace\nalan,\"Turing, Alan\"\n").unwrap_or_else(|e| panic!("{e}"));
+    let csv = csv.to_string_lossy().into_owned();
+    let imported = example("import_csv.rhai", &[&csv]);
+    assert!(imported.starts_with("exit=0\n") && imported.contains("imported 2 of 2 rows"), "{imported}");
+    let refused = example("import_csv.rhai", &[&csv, "noSuchCommand"]);
+    assert!(refused.contains("imported 0 of 2 rows") && refused.contains("│ COMMAND_NOT_DEFINED"), "{refused}");
+    let usage = example("import_csv.rhai", &[]);
+    assert!(usage.starts_with("exit=1\n") && usage.contains("usage: import_csv.rhai FILE.csv"), "{usage}");
+
+    let out = dir.path().join("domain.json");
+    let out_path = out.to_string_lossy().into_owned();
+    let exported = example("export_json.rhai", &[&out_path]);
+    assert!(exported.contains("exported 7 commands of 1 node(s)"), "{exported}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap_or_default()).unwrap_or_default();
+    assert_eq!(json["nodes"], serde_json::json!(["embedded"]));
+    assert_eq!(json["exported_by"], serde_json::json!("ada"));
+    assert_eq!(json["commands"].as_array().map(Vec::len), Some(7));
+
+    // The embedded agent's heartbeat comes every 2 s.
+    let tail = example("tail_events.rhai", &["NodeStatus", "1", "10"]);
+    assert!(
+        tail.starts_with("exit=0\n") && tail.contains("NodeStatus {\"Id\":\"embedded\"") && tail.contains("1 event(s)"),
+        "{tail}"
+    );
 }

@@ -1,0 +1,203 @@
+//! The interactive shell driven through a real pseudo-terminal, as an admin types:
+//! TAB completion of remote commands and properties, help, multi-line input, Ctrl-C
+//! during a slow call, formats, errors, Ctrl-D — and, against the real RabbitMQ, a
+//! command appearing when a second agent starts.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clacks_agent::{Agent, AgentOptions};
+use clacks_core::bus::Bus;
+use clacks_core::bus::amqp::{AmqpBus, AmqpSettings};
+use clacks_core::testing::{amqp_url, unique_domain};
+use rexpect::session::PtySession;
+
+const PROMPT: &str = "ada@";
+
+fn shell(args: &[&str], home: &std::path::Path) -> PtySession {
+    // rexpect's pty has no size; a terminal of 0 columns is no terminal an admin uses.
+    let mut command = Command::new("sh");
+    command.args(["-c", "stty cols 120 rows 40 && exec \"$0\" \"$@\"", env!("CARGO_BIN_EXE_clacks")]);
+    for var in ["CLACKS_URL", "CLACKS_DOMAIN", "CLACKS_USER", "CLACKS_PASSWORD", "CLACKS_PLUGINS_DIR"] {
+        command.env_remove(var);
+    }
+    command
+        .args(args)
+        .env("USER", "ada")
+        .env("HOME", home)
+        .env("XDG_STATE_HOME", home.join("state"))
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env("CLACKS_SHELL_CONFIG", home.join("shell.toml"))
+        .env("NO_COLOR", "1")
+        .env("TERM", "xterm");
+    rexpect::session::spawn_command(command, Some(15_000))
+        .unwrap_or_else(|e| panic!("cannot start clacks in a pty: {e}"))
+}
+
+/// Types `text` (rexpect buffers until flushed).
+fn type_keys(session: &mut PtySession, text: &str) {
+    session.send(text).unwrap_or_default();
+    session.flush().unwrap_or_default();
+}
+
+#[track_caller]
+fn expect(session: &mut PtySession, text: &str) -> String {
+    session.exp_string(text).unwrap_or_else(|e| panic!("expected {text:?}: {e}"))
+}
+
+fn plugins() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        dir.path().join("work.rhai"),
+        "/// Sleep for ms milliseconds.\nfn slow(ms) { sleep(ms); \"done\" }\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    dir
+}
+
+#[test]
+fn an_admin_session_on_the_embedded_domain() {
+    let home = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let plugins = plugins();
+    let mut s = shell(&["--plugins", &plugins.path().to_string_lossy()], home.path());
+    expect(&mut s, "Clacks shell on ada@org.clacks");
+    expect(&mut s, "ada@org.clacks> ");
+
+    // A prefix and TAB completes a remote command (and opens its parenthesis).
+    type_keys(&mut s, "getN\t");
+    type_keys(&mut s, ")\r");
+    expect(&mut s, "getNodes()");
+    // rexpect reads bytes as Latin-1, so only ASCII is matched; the table is checked by
+    // the snapshot tests of the renderer.
+    expect(&mut s, " embedded ");
+    expect(&mut s, "(1 row)");
+    expect(&mut s, PROMPT);
+
+    // Properties of a value in scope complete too.
+    s.send_line("let n = getNodes()[0];").unwrap_or_default();
+    expect(&mut s, PROMPT);
+    type_keys(&mut s, "n.wor\t");
+    type_keys(&mut s, "\r");
+    expect(&mut s, "n.workers");
+    expect(&mut s, PROMPT);
+
+    // Help, grouped by target, and for one command.
+    s.send_line("help()").unwrap_or_default();
+    expect(&mut s, "CORE");
+    expect(&mut s, "getMethods(queue?: string, locale?: string)");
+    expect(&mut s, "WORK");
+    expect(&mut s, "slow(ms: any)");
+    expect(&mut s, PROMPT);
+    s.send_line("?echo").unwrap_or_default();
+    expect(&mut s, "echo(value: any)");
+    expect(&mut s, "nodes:     embedded");
+    expect(&mut s, PROMPT);
+
+    // Multi-line input while a brace is open; functions persist.
+    s.send_line("fn twice(x) {").unwrap_or_default();
+    s.send_line("  x * 2").unwrap_or_default();
+    s.send_line("}").unwrap_or_default();
+    expect(&mut s, PROMPT);
+    s.send_line("twice(21)").unwrap_or_default();
+    expect(&mut s, "42");
+    expect(&mut s, PROMPT);
+
+    // Ctrl-C cancels a slow call and returns to the prompt; the session goes on.
+    s.send_line("slow(20000)").unwrap_or_default();
+    std::thread::sleep(Duration::from_millis(700));
+    s.send_control('c').unwrap_or_default();
+    expect(&mut s, "error: INTERRUPTED: cancelled with Ctrl-C");
+    expect(&mut s, PROMPT);
+    s.send_line("ping()").unwrap_or_default();
+    expect(&mut s, "pong");
+    expect(&mut s, PROMPT);
+
+    // Errors are one line with their symbolic code; :details has the rest.
+    s.send_line("echo()").unwrap_or_default();
+    expect(&mut s, "error: INVALID_PARAMS: echo: missing argument 'value' (any)");
+    expect(&mut s, PROMPT);
+    s.send_line("nope()").unwrap_or_default();
+    expect(&mut s, "error: SCRIPT_ERROR: Function not found: nope");
+    expect(&mut s, PROMPT);
+
+    // Formats.
+    s.send_line(":format json").unwrap_or_default();
+    expect(&mut s, "output format: json");
+    expect(&mut s, PROMPT);
+    s.send_line("#{a: [1, 2]}").unwrap_or_default();
+    expect(&mut s, "\"a\": [");
+    expect(&mut s, PROMPT);
+    s.send_line(":format yaml").unwrap_or_default();
+    expect(&mut s, PROMPT);
+    s.send_line("#{a: [1, 2]}").unwrap_or_default();
+    expect(&mut s, "a:\r\n  - 1\r\n  - 2");
+    expect(&mut s, PROMPT);
+
+    // Ctrl-D logs out.
+    s.send_control('d').unwrap_or_default();
+    expect(&mut s, "Closing session.");
+    s.exp_eof().unwrap_or_else(|e| panic!("the shell did not exit: {e}"));
+
+    // History was kept for the next session.
+    let history = std::fs::read_to_string(home.path().join("state/clacks/history")).unwrap_or_default();
+    assert!(history.contains("twice(21)"), "{history}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_appears_when_an_agent_with_it_starts() {
+    let url = amqp_url();
+    let domain = unique_domain();
+    let connect = || async {
+        match AmqpBus::connect(&url, domain.clone(), AmqpSettings::default()).await {
+            Ok(bus) => Bus::Amqp(bus),
+            Err(e) => panic!("RabbitMQ is required and not reachable ({e}); set CLACKS_TEST_AMQP_URL"),
+        }
+    };
+    let mut first = AgentOptions::new(domain.clone(), "first");
+    first.heartbeat = Duration::from_millis(300);
+    let first = Agent::start(first, connect().await, Vec::<Arc<dyn clacks_core::command::Plugin>>::new())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let home = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let domain_name = domain.as_str().to_owned();
+    let url_for_shell = url.clone();
+    let home_path = home.path().to_owned();
+    let mut s = tokio::task::spawn_blocking(move || {
+        let mut s = shell(&["--url", &url_for_shell, "--domain", &domain_name], &home_path);
+        expect(&mut s, "> ");
+        // Nothing called "gree…" exists yet.
+        s.send_line("gree").unwrap_or_default();
+        expect(&mut s, "Variable not found: gree");
+        expect(&mut s, "> ");
+        s
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    // A second agent brings a plugin with `greet`.
+    let plugins = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(plugins.path().join("hello.rhai"), "/// Greet someone.\nfn greet(name) { `Hello, ${name}` }\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut second = AgentOptions::new(domain.clone(), "second");
+    second.plugins_dir = Some(plugins.path().to_owned());
+    let second = Agent::start(second, connect().await, Vec::new()).await.unwrap_or_else(|e| panic!("{e}"));
+
+    let s = tokio::task::spawn_blocking(move || {
+        // The shell refreshes on the NodeCapabilities event; give it a moment.
+        std::thread::sleep(Duration::from_millis(1000));
+        type_keys(&mut s, "gree\t");
+        type_keys(&mut s, "\"Ada\")\r");
+        expect(&mut s, "Hello, Ada");
+        expect(&mut s, "> ");
+        s.send_control('d').unwrap_or_default();
+        expect(&mut s, "Closing session.");
+        s
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    drop(s);
+    second.stop().await;
+    first.stop().await;
+}
