@@ -338,7 +338,8 @@ fn example(name: &str, args: &[&str]) -> String {
     run(&all, &[])
 }
 
-/// Load figures and timings differ run to run; the shape must not.
+/// Load figures and timings differ run to run (and so does the padding around them);
+/// the shape must not.
 fn redact_numbers(text: &str) -> String {
     let mut out = String::new();
     let mut in_number = false;
@@ -350,7 +351,9 @@ fn redact_numbers(text: &str) -> String {
             in_number = true;
         } else {
             in_number = false;
-            out.push(c);
+            if !(c == ' ' && out.ends_with(' ')) {
+                out.push(c);
+            }
         }
     }
     out
@@ -358,19 +361,13 @@ fn redact_numbers(text: &str) -> String {
 
 #[test]
 fn the_example_scripts_run_against_the_embedded_domain() {
-    expect![[r#"
-        exit=N
-        stdout:
-        ┌──────────┬──────┬─────────┬─────────┐
-        │ node     ┆ load ┆ methods ┆ workers │
-        ╞══════════╪══════╪═════════╪═════════╡
-        │ embedded ┆ N  ┆ N       ┆ N       │
-        └──────────┴──────┴─────────┴─────────┘
-        (N row)
-        N node(s)
-        stderr:
-    "#]]
-    .assert_eq(&redact_numbers(&example("nodes.rhai", &[])));
+    // Load figures change column widths run to run: check the shape line by line.
+    let nodes = redact_numbers(&example("nodes.rhai", &[]));
+    let lines: Vec<&str> = nodes.lines().collect();
+    assert_eq!(lines[..2], ["exit=N", "stdout:"], "{nodes}");
+    assert_eq!(lines[3], "│ node ┆ load ┆ methods ┆ workers │", "{nodes}");
+    assert_eq!(lines[5], "│ embedded ┆ N ┆ N ┆ N │", "{nodes}");
+    assert_eq!(lines[7..], ["(N row)", "N node(s)", "stderr:"], "{nodes}");
 
     expect![[r#"
         exit=0
