@@ -14,14 +14,14 @@ use serde_json::Value;
 
 /// One command as the shell knows it.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) struct Entry {
-    pub(crate) spec: CommandSpec,
-    pub(crate) providers: Vec<String>,
+pub struct Entry {
+    pub spec: CommandSpec,
+    pub providers: Vec<String>,
 }
 
 /// The command catalogue; its generation changes whenever the command set does.
 #[derive(Default)]
-pub(crate) struct Catalog {
+pub struct Catalog {
     entries: RwLock<BTreeMap<String, Entry>>,
     generation: AtomicU64,
 }
@@ -29,7 +29,7 @@ pub(crate) struct Catalog {
 impl Catalog {
     /// Replaces the content with a `getMethods` result; returns whether the set of
     /// commands (or their descriptions) changed.
-    pub(crate) fn load(&self, methods: &Value) -> bool {
+    pub fn load(&self, methods: &Value) -> bool {
         let Some(table) = methods.as_object() else { return false };
         let fresh: BTreeMap<String, Entry> = table
             .iter()
@@ -93,7 +93,7 @@ impl Catalog {
 }
 
 /// Fetches the command table now.
-pub(crate) async fn refresh(client: &Client, catalog: &Catalog) -> Result<bool, clacks_core::client::ClientError> {
+pub async fn refresh(client: &Client, catalog: &Catalog) -> Result<bool, clacks_core::client::ClientError> {
     let methods = client.call("getMethods", Params::None).await?;
     Ok(catalog.load(&methods))
 }

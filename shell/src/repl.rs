@@ -91,7 +91,7 @@ impl ShellHelper {
 
 /// Completions for `line` with the cursor at `pos`: where the replaced word starts and
 /// the candidates. Pure, so it can be tested and measured without a terminal.
-pub(crate) fn complete(
+pub fn complete(
     catalog: &Catalog,
     variables: &BTreeMap<String, Value>,
     line: &str,
@@ -115,12 +115,31 @@ pub(crate) fn complete(
         candidates.sort();
         return (word_start, candidates);
     }
-    let mut candidates: Vec<String> = catalog.names_with_prefix(word);
-    candidates.extend(KEYWORDS.iter().filter(|k| k.starts_with(word)).map(|k| (*k).to_owned()));
-    candidates.extend(variables.keys().filter(|v| v.starts_with(word)).cloned());
-    candidates.sort();
-    candidates.dedup();
-    (word_start, candidates)
+    // The catalogue comes sorted and may hold thousands of names; the few keywords and
+    // variables are sorted on their own and merged in, so a TAB stays linear.
+    let commands = catalog.names_with_prefix(word);
+    let mut others: Vec<String> = KEYWORDS.iter().filter(|k| k.starts_with(word)).map(|k| (*k).to_owned()).collect();
+    others.extend(variables.keys().filter(|v| v.starts_with(word)).cloned());
+    others.sort();
+    (word_start, merge_sorted(commands, others))
+}
+
+fn merge_sorted(a: Vec<String>, b: Vec<String>) -> Vec<String> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
+    loop {
+        let next = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if x <= y => a.next(),
+            (Some(_), Some(_)) | (None, Some(_)) => b.next(),
+            (Some(_), None) => a.next(),
+            (None, None) => return out,
+        };
+        if let Some(item) = next
+            && out.last() != Some(&item)
+        {
+            out.push(item);
+        }
+    }
 }
 
 /// Follows `a.b[0].c` through the variables snapshot.

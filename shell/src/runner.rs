@@ -26,7 +26,7 @@ use crate::render::{Format, render};
 /// Ctrl-C while a call or script runs: the flag stops Rhai, the notification wakes a
 /// call that is waiting on the network.
 #[derive(Clone, Default)]
-pub(crate) struct Interrupt {
+pub struct Interrupt {
     pub(crate) flag: Arc<AtomicBool>,
     pub(crate) notify: Arc<Notify>,
 }
@@ -48,13 +48,13 @@ impl Interrupt {
 
 /// Why a run failed.
 #[derive(Debug, Clone)]
-pub(crate) struct RunError {
+pub struct RunError {
     /// The one line shown.
-    pub(crate) line: String,
+    pub line: String,
     /// Everything else (`:details`).
-    pub(crate) details: Option<String>,
+    pub details: Option<String>,
     /// Ctrl-C.
-    pub(crate) interrupted: bool,
+    pub interrupted: bool,
 }
 
 /// Makes remote calls for scripts: blocks the script thread on the runtime, gives up on
@@ -116,7 +116,7 @@ fn to_remote_error(e: ClientError) -> RemoteError {
 }
 
 /// The shell's scripting state.
-pub(crate) struct Runner {
+pub struct Runner {
     handle: Handle,
     client: Arc<Client>,
     catalog: Arc<Catalog>,
@@ -133,17 +133,17 @@ pub(crate) struct Runner {
 }
 
 /// What a runner is built from.
-pub(crate) struct RunnerSetup {
-    pub(crate) handle: Handle,
-    pub(crate) client: Arc<Client>,
-    pub(crate) catalog: Arc<Catalog>,
-    pub(crate) limits: Limits,
-    pub(crate) script_paths: Vec<PathBuf>,
-    pub(crate) interactive: bool,
+pub struct RunnerSetup {
+    pub handle: Handle,
+    pub client: Arc<Client>,
+    pub catalog: Arc<Catalog>,
+    pub limits: Limits,
+    pub script_paths: Vec<PathBuf>,
+    pub interactive: bool,
 }
 
 impl Runner {
-    pub(crate) fn new(setup: RunnerSetup) -> Runner {
+    pub fn new(setup: RunnerSetup) -> Runner {
         let mut runner = Runner {
             handle: setup.handle,
             client: setup.client,
@@ -201,7 +201,7 @@ impl Runner {
     }
 
     /// Runs a piece of code; functions it defines stay available to later runs.
-    pub(crate) fn run(&mut self, code: &str) -> Result<Dynamic, RunError> {
+    pub fn run(&mut self, code: &str) -> Result<Dynamic, RunError> {
         if self.catalog.generation() != self.engine_generation {
             self.rebuild_engine();
         }
