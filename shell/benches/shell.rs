@@ -45,7 +45,7 @@ fn time_to_prompt(mut make: impl FnMut() -> Command, prompt: &str, quit: &str, r
         samples.push(started.elapsed());
         let _ = pty.write_all(quit.as_bytes());
         let _ = pty.flush();
-        let _ = process.set_kill_timeout(Some(2_000));
+        process.set_kill_timeout(Some(2_000));
         let _ = process.exit();
     }
     median(samples)

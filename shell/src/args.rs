@@ -222,10 +222,7 @@ pub(crate) fn run(cli: Cli, handle: tokio::runtime::Handle) -> u8 {
         }
         Mode::Code { code, args, script } => {
             let format = cli.output.unwrap_or_else(default_format);
-            let mut runner = match start_runner(&handle, &client, &config, script.as_ref(), false) {
-                Ok(r) => r,
-                Err(e) => return report(&e),
-            };
+            let mut runner = start_runner(&handle, &client, &config, script.as_ref(), false);
             runner.set_variable("ARGS", args.into_iter().map(rhai::Dynamic::from).collect::<rhai::Array>().into());
             if let Some(script) = &script {
                 runner.set_variable("SCRIPT", script.display().to_string().into());
@@ -247,10 +244,7 @@ pub(crate) fn run(cli: Cli, handle: tokio::runtime::Handle) -> u8 {
             }
         }
         Mode::Interactive => {
-            let mut runner = match start_runner(&handle, &client, &config, None, true) {
-                Ok(r) => r,
-                Err(e) => return report(&e),
-            };
+            let mut runner = start_runner(&handle, &client, &config, None, true);
             let _guard = crate::install_interrupt(&handle, runner.interrupt.clone());
             let color = crate::color_enabled();
             let name = format!("{}@{}", target.user, target.domain);
@@ -277,23 +271,27 @@ fn start_runner(
     config: &ShellConfig,
     script: Option<&PathBuf>,
     interactive: bool,
-) -> Result<Runner, ClientError> {
+) -> Runner {
     let catalog = Arc::new(Catalog::default());
-    handle.block_on(catalog::refresh(client, &catalog))?;
+    // A domain whose agents are not up yet is still a domain: start anyway; commands
+    // appear as agents announce themselves.
+    if let Err(e) = handle.block_on(catalog::refresh(client, &catalog)) {
+        eprintln!("clacks: warning: no command list yet ({e}); commands appear as agents join");
+    }
     let _enter = handle.enter();
     catalog::watch(client.clone(), catalog.clone());
     let mut script_paths = config.script_paths();
     if let Some(dir) = script.and_then(|s| s.parent()) {
         script_paths.insert(0, if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir.to_owned() });
     }
-    Ok(Runner::new(RunnerSetup {
+    Runner::new(RunnerSetup {
         handle: handle.clone(),
         client: client.clone(),
         catalog,
         limits: config.limits(),
         script_paths,
         interactive,
-    }))
+    })
 }
 
 fn report(error: &ClientError) -> u8 {

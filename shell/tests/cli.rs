@@ -416,3 +416,16 @@ fn the_example_scripts_run_against_the_embedded_domain() {
         "{tail}"
     );
 }
+
+#[test]
+fn script_limits_come_from_the_configuration() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let config = dir.path().join("shell.toml");
+    std::fs::write(&config, "[limits]\nmax_operations = 5000\n").unwrap_or_else(|e| panic!("{e}"));
+    let config = config.to_string_lossy().into_owned();
+    let shown = run(&["-c", "let x = 0; loop { x += 1; }"], &[("CLACKS_SHELL_CONFIG", &config)]);
+    assert!(shown.starts_with("exit=1\n") && shown.contains("Too many operations"), "{shown}");
+    std::fs::write(dir.path().join("shell.toml"), "[limits]\nmax_operationz = 1\n").unwrap_or_else(|e| panic!("{e}"));
+    let shown = run(&["-c", "1"], &[("CLACKS_SHELL_CONFIG", &config)]);
+    assert!(shown.starts_with("exit=2\n") && shown.contains("unknown field `max_operationz`"), "{shown}");
+}

@@ -94,12 +94,30 @@ fn an_admin_session_on_the_embedded_domain() {
     expect(&mut s, "nodes:     embedded");
     expect(&mut s, PROMPT);
 
+    // Inside a string literal TAB completes file paths.
+    std::fs::write(home.path().join("users.csv"), "uid\nada\n").unwrap_or_else(|e| panic!("{e}"));
+    let partial = format!("read_csv(\"{}/use", home.path().display());
+    type_keys(&mut s, &partial);
+    type_keys(&mut s, "\t");
+    type_keys(&mut s, "\").len()\r");
+    expect(&mut s, "/users.csv");
+    expect(&mut s, "\r\n1\r\n");
+    expect(&mut s, PROMPT);
+
     // Multi-line input while a brace is open; functions persist.
     s.send_line("fn twice(x) {").unwrap_or_default();
     s.send_line("  x * 2").unwrap_or_default();
     s.send_line("}").unwrap_or_default();
     expect(&mut s, PROMPT);
     s.send_line("twice(21)").unwrap_or_default();
+    expect(&mut s, "42");
+    expect(&mut s, PROMPT);
+
+    // Ctrl-R searches the history.
+    s.send_control('r').unwrap_or_default();
+    type_keys(&mut s, "twic");
+    expect(&mut s, "twice(21)");
+    type_keys(&mut s, "\r");
     expect(&mut s, "42");
     expect(&mut s, PROMPT);
 
@@ -144,6 +162,18 @@ fn an_admin_session_on_the_embedded_domain() {
     assert!(history.contains("twice(21)"), "{history}");
 }
 
+/// `amqp://user:pw@host/vhost` → (`amqp://host/vhost`, user, pw).
+fn split_credentials(url: &str) -> (String, String, String) {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("amqp", url));
+    match rest.split_once('@') {
+        Some((userinfo, host)) => {
+            let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+            (format!("{scheme}://{host}"), user.to_owned(), password.to_owned())
+        }
+        None => (url.to_owned(), "guest".to_owned(), "guest".to_owned()),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_appears_when_an_agent_with_it_starts() {
     let url = amqp_url();
@@ -165,7 +195,14 @@ async fn a_command_appears_when_an_agent_with_it_starts() {
     let url_for_shell = url.clone();
     let home_path = home.path().to_owned();
     let mut s = tokio::task::spawn_blocking(move || {
-        let mut s = shell(&["--url", &url_for_shell, "--domain", &domain_name], &home_path);
+        // The URL without credentials: the shell asks for them, the password hidden.
+        let (bare_url, user, password) = split_credentials(&url_for_shell);
+        let mut s = shell(&["--url", &bare_url, "--domain", &domain_name], &home_path);
+        expect(&mut s, "Username [ada]: ");
+        s.send_line(&user).unwrap_or_default();
+        expect(&mut s, &format!("Password for {user}: "));
+        s.send_line(&password).unwrap_or_default();
+        expect(&mut s, &format!("Clacks shell on {user}@"));
         expect(&mut s, "> ");
         // Nothing called "gree…" exists yet.
         s.send_line("gree").unwrap_or_default();
@@ -184,12 +221,23 @@ async fn a_command_appears_when_an_agent_with_it_starts() {
     second.plugins_dir = Some(plugins.path().to_owned());
     let second = Agent::start(second, connect().await, Vec::new()).await.unwrap_or_else(|e| panic!("{e}"));
 
-    let s = tokio::task::spawn_blocking(move || {
+    let mut s = tokio::task::spawn_blocking(move || {
         // The shell refreshes on the NodeCapabilities event; give it a moment.
         std::thread::sleep(Duration::from_millis(1000));
         type_keys(&mut s, "gree\t");
         type_keys(&mut s, "\"Ada\")\r");
         expect(&mut s, "Hello, Ada");
+        expect(&mut s, "> ");
+        // When that agent leaves, its command leaves the shell too.
+        s
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    second.stop().await;
+    let s = tokio::task::spawn_blocking(move || {
+        std::thread::sleep(Duration::from_millis(1000));
+        s.send_line("greet(\"Ada\")").unwrap_or_default();
+        expect(&mut s, "Function not found: greet");
         expect(&mut s, "> ");
         s.send_control('d').unwrap_or_default();
         expect(&mut s, "Closing session.");
@@ -198,6 +246,5 @@ async fn a_command_appears_when_an_agent_with_it_starts() {
     .await
     .unwrap_or_else(|e| panic!("{e}"));
     drop(s);
-    second.stop().await;
     first.stop().await;
 }
