@@ -1,6 +1,7 @@
 //! The built-in commands every agent provides on target `core`: discovery
 //! (`getMethods`, `getNodes`), identity (`getBase`, `getSessionUser`), liveness
-//! (`ping`, `echo`) and `shutdown`.
+//! (`ping`, `echo`), events (`sendEvent`, `getEventTypes`, `reloadEventSchemas`) and
+//! `shutdown`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ pub struct CorePlugin {
     pub(crate) base: String,
     pub(crate) registry: Arc<Registry>,
     pub(crate) shutdown: CancellationToken,
+    pub(crate) events: clacks_core::events::EventPublisher,
 }
 
 #[clacks_core::plugin(target = "core")]
@@ -85,6 +87,49 @@ impl CorePlugin {
     #[command]
     fn ping(&self) -> CommandResult<&'static str> {
         Ok("pong")
+    }
+
+    /// Validate an event and publish it: an XML document, or a map with `type` and the event's fields.
+    #[command(needs_user)]
+    async fn send_event(&self, ctx: &CallContext, event: Value) -> CommandResult<String> {
+        let published = match &event {
+            Value::String(xml) => self.events.publish(xml.as_bytes()).await,
+            Value::Object(fields) => {
+                let mut fields = fields.clone();
+                let Some(Value::String(event_type)) = fields.remove("type") else {
+                    return Err(CommandError::new(
+                        ErrorCode::INVALID_PARAMS,
+                        "an event map needs \"type\": the event type",
+                    ));
+                };
+                self.events.publish_fields(&event_type, &fields).await
+            }
+            _ => {
+                return Err(CommandError::new(
+                    ErrorCode::INVALID_PARAMS,
+                    "event must be an XML string or a map with \"type\"",
+                ));
+            }
+        };
+        match published {
+            Ok(event_type) => {
+                tracing::debug!(user = ?ctx.user, %event_type, "event published");
+                Ok(event_type)
+            }
+            Err(e) => Err(CommandError::from(e.to_rpc_error())),
+        }
+    }
+
+    /// The event types this node validates.
+    #[command]
+    fn get_event_types(&self) -> CommandResult<Vec<String>> {
+        Ok(self.events.validator().types())
+    }
+
+    /// Read the event schema folders again on every node, so new XSD files become event types.
+    #[command(call_type = "cumulative")]
+    async fn reload_event_schemas(&self) -> CommandResult<Vec<String>> {
+        self.events.validator().reload().await.map_err(|e| CommandError::from(e.to_rpc_error()))
     }
 
     /// Return the value unchanged.

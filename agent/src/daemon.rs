@@ -14,7 +14,7 @@ use clacks_core::bus::{Bus, BusError, RequestHandler, ServeOptions};
 use clacks_core::command::{Command, Plugin};
 use clacks_core::dispatch::{DispatchConfig, Dispatcher};
 use clacks_core::domain::Domain;
-use clacks_core::events::{EventError, EventValidator, PresenceEvent};
+use clacks_core::events::{EventError, EventPublisher, EventValidator, PresenceEvent};
 use clacks_core::registry::Registry;
 use clacks_scripting::Limits;
 use tokio::time::Instant;
@@ -104,6 +104,7 @@ struct Inner {
     registry: Arc<Registry>,
     dispatcher: Arc<Dispatcher>,
     validator: EventValidator,
+    events: EventPublisher,
     shutdown_requested: CancellationToken,
     stopped: CancellationToken,
 }
@@ -129,11 +130,13 @@ impl Agent {
         let registry = Registry::new(options.node.clone());
         let shutdown_requested = CancellationToken::new();
 
+        let events = EventPublisher::new(bus.clone(), validator.clone());
         let core = Arc::new(CorePlugin {
             domain: options.domain.clone(),
             base: options.base.clone(),
             registry: registry.clone(),
             shutdown: shutdown_requested.clone(),
+            events: events.clone(),
         });
         let mut commands: Vec<Command> = core.commands();
         for plugin in plugins {
@@ -171,6 +174,7 @@ impl Agent {
                 registry,
                 dispatcher,
                 validator,
+                events,
                 shutdown_requested,
                 stopped: CancellationToken::new(),
             }),
@@ -274,16 +278,16 @@ impl Agent {
     }
 
     async fn publish(&self, event: PresenceEvent) {
-        let xml = event.to_xml();
-        // Our own events must pass our own schema; one that does not is a bug, and
-        // publishing it would only make every other node drop it.
-        if let Err(e) = self.inner.validator.validate(xml.as_bytes()).await {
-            warn!(error = %e, event = event.event_type(), "not publishing an invalid presence event");
-            return;
-        }
-        if let Err(e) = self.inner.bus.publish_event(event.event_type(), xml.into_bytes()).await {
+        // Our own events pass our own schema like anyone's; one that does not is a bug,
+        // and publishing it would only make every other node drop it.
+        if let Err(e) = self.inner.events.publish(event.to_xml().as_bytes()).await {
             warn!(error = %e, event = event.event_type(), "presence event not published");
         }
+    }
+
+    /// The publisher plugins use: validates, then publishes on this agent's bus.
+    pub fn events(&self) -> &EventPublisher {
+        &self.inner.events
     }
 
     async fn publish_capabilities(&self) {

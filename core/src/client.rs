@@ -192,15 +192,29 @@ impl Client {
         Ok(methods)
     }
 
-    /// Receives events of the given types, when the client is on a bus (over HTTP there
-    /// is no event stream: `None`).
+    /// Receives events whose type matches one of `types` (`*` for all, `Client*` for a
+    /// prefix) and, when given, the XPath `filter`. A bad filter is refused here, before
+    /// anything is subscribed. Over HTTP there is no event stream (use `GET /events`).
     pub async fn subscribe(
         &self,
         types: &[String],
-    ) -> Option<Result<tokio::sync::mpsc::Receiver<crate::bus::EventMessage>, BusError>> {
+        filter: Option<&str>,
+    ) -> Result<tokio::sync::mpsc::Receiver<crate::bus::EventMessage>, ClientError> {
+        let filter = filter
+            .map(crate::events::Filter::parse)
+            .transpose()
+            .map_err(|e| ClientError::Rpc(RpcError::new(ErrorCode::custom("EVENT_FILTER_INVALID"), e.to_string())))?;
         match &self.transport {
-            Transport::Bus { bus, .. } => Some(bus.subscribe(types).await),
-            Transport::Http { .. } => None,
+            Transport::Bus { bus, .. } => {
+                let events = bus.subscribe(types).await?;
+                Ok(match filter {
+                    Some(filter) => crate::events::filter::filtered(events, filter),
+                    None => events,
+                })
+            }
+            Transport::Http { url, .. } => Err(ClientError::Connect(format!(
+                "{url} is an HTTP endpoint: events need amqp:// or the embedded domain (or GET /events)"
+            ))),
         }
     }
 

@@ -103,13 +103,13 @@ pub async fn refresh(client: &Client, catalog: &Catalog) -> Result<bool, clacks_
 pub(crate) fn watch(client: Arc<Client>, catalog: Arc<Catalog>) {
     tokio::spawn(async move {
         let types: Vec<String> = ["NodeCapabilities", "NodeLeave"].map(String::from).to_vec();
-        let mut events = match client.subscribe(&types).await {
-            Some(Ok(rx)) => Some(rx),
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "cannot watch the domain's commands; refreshing periodically");
+        // Over HTTP there is no event stream; the periodic refresh is all there is.
+        let mut events = match client.subscribe(&types, None).await {
+            Ok(rx) => Some(rx),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot watch the domain's commands; refreshing periodically");
                 None
             }
-            None => None,
         };
         let mut periodic = tokio::time::interval(Duration::from_secs(30));
         loop {

@@ -301,6 +301,19 @@ pub(crate) fn run(runner: &mut Runner, catalog: Arc<Catalog>, prompt_name: &str,
         }
     };
     editor.set_helper(Some(ShellHelper::new(catalog.clone(), runner.variables.clone(), color)));
+    // Background tails print through rustyline so their lines land above the prompt.
+    match editor.create_external_printer() {
+        Ok(printer) => {
+            let printer = std::sync::Mutex::new(printer);
+            runner.set_line_sink(Arc::new(move |line: String| {
+                use rustyline::ExternalPrinter as _;
+                if let Ok(mut printer) = printer.lock() {
+                    let _ = printer.print(format!("{line}\n"));
+                }
+            }));
+        }
+        Err(e) => tracing::debug!(error = %e, "no external printer; tail() will block"),
+    }
     let history = history_path();
     if let Some(path) = &history {
         let _ = editor.load_history(path);

@@ -130,6 +130,9 @@ pub struct Runner {
     functions: AST,
     /// Scope variables as JSON after the last run, for completion.
     pub(crate) variables: Arc<RwLock<BTreeMap<String, Value>>>,
+    /// Where background tails print (the REPL sets it).
+    line_sink: Option<LineSink>,
+    tails: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 /// What a runner is built from.
@@ -157,9 +160,17 @@ impl Runner {
             scope: Scope::new(),
             functions: AST::empty(),
             variables: Arc::default(),
+            line_sink: None,
+            tails: Arc::default(),
         };
         runner.rebuild_engine();
         runner
+    }
+
+    /// Lets `tail` run in the background, printing through `sink`.
+    pub(crate) fn set_line_sink(&mut self, sink: LineSink) {
+        self.line_sink = Some(sink);
+        self.rebuild_engine();
     }
 
     /// The command catalogue the runner binds.
@@ -346,89 +357,222 @@ fn register_shell_functions(engine: &mut Engine, runner: &Runner) {
         },
     );
 
-    // Events: `next_events(types, #{count, timeout})` collects, `tail(types, …)` prints.
-    let (handle, client, interrupt) = (runner.handle.clone(), runner.client.clone(), runner.interrupt.clone());
-    engine.register_fn("next_events", move |types: Dynamic, options: Map| -> Result<rhai::Array, Box<EvalAltResult>> {
+    register_event_functions(engine, runner);
+}
+
+/// Where background tails print: the REPL's external printer, so lines land above the
+/// prompt instead of through it.
+pub type LineSink = Arc<dyn Fn(String) + Send + Sync>;
+
+/// How an event-taking function was called: types, optional filter, options map.
+struct EventQuery {
+    types: Vec<String>,
+    filter: Option<String>,
+    count: Option<usize>,
+    timeout: Option<Duration>,
+}
+
+impl EventQuery {
+    fn new(types: Dynamic, filter: Option<String>, options: &Map) -> EventQuery {
+        let types = match types.clone().try_cast::<rhai::Array>() {
+            Some(list) => list.into_iter().map(|t| t.to_string()).collect(),
+            None => vec![types.to_string()],
+        };
+        let filter = filter.filter(|f| !f.trim().is_empty());
+        let count = options.get("count").and_then(|c| c.as_int().ok()).map(|c| c.max(0) as usize);
+        let timeout = options
+            .get("timeout")
+            .and_then(|t| t.as_float().ok().or_else(|| t.as_int().ok().map(|i| i as f64)))
+            .map(|secs| Duration::from_secs_f64(secs.max(0.0)));
+        EventQuery { types, filter, count, timeout }
+    }
+}
+
+fn register_event_functions(engine: &mut Engine, runner: &Runner) {
+    let ctx = EventContext {
+        handle: runner.handle.clone(),
+        client: runner.client.clone(),
+        interrupt: runner.interrupt.clone(),
+        sink: runner.line_sink.clone(),
+        tails: runner.tails.clone(),
+    };
+
+    // next_events(types[, filter], #{count, timeout}) -> array of events
+    let c = ctx.clone();
+    engine.register_fn("next_events", move |types: Dynamic, options: Map| {
+        c.collect(EventQuery::new(types, None, &options))
+    });
+    let c = ctx.clone();
+    engine.register_fn("next_events", move |types: Dynamic, filter: &str, options: Map| {
+        c.collect(EventQuery::new(types, Some(filter.to_owned()), &options))
+    });
+
+    // tail(types[, filter][, #{count, timeout}]): prints events; in the REPL it runs in
+    // the background (untail() stops it), in scripts it blocks.
+    let c = ctx.clone();
+    engine.register_fn("tail", move |types: Dynamic| c.tail(EventQuery::new(types, None, &Map::new())));
+    let c = ctx.clone();
+    engine.register_fn("tail", move |types: Dynamic, filter: &str| {
+        c.tail(EventQuery::new(types, Some(filter.to_owned()), &Map::new()))
+    });
+    let c = ctx.clone();
+    engine.register_fn("tail", move |types: Dynamic, options: Map| c.tail(EventQuery::new(types, None, &options)));
+    let c = ctx.clone();
+    engine.register_fn("tail", move |types: Dynamic, filter: &str, options: Map| {
+        c.tail(EventQuery::new(types, Some(filter.to_owned()), &options))
+    });
+    let c = ctx.clone();
+    engine.register_fn("untail", move || c.untail());
+
+    // subscribe(types, filter, |event| …[, #{count, timeout}]): calls the closure for
+    // each event until the count, the timeout or Ctrl-C.
+    let c = ctx.clone();
+    engine.register_fn(
+        "subscribe",
+        move |call: rhai::NativeCallContext, types: Dynamic, filter: &str, callback: rhai::FnPtr| {
+            c.subscribe(&call, EventQuery::new(types, Some(filter.to_owned()), &Map::new()), &callback)
+        },
+    );
+    let c = ctx.clone();
+    engine.register_fn(
+        "subscribe",
+        move |call: rhai::NativeCallContext, types: Dynamic, filter: &str, callback: rhai::FnPtr, options: Map| {
+            c.subscribe(&call, EventQuery::new(types, Some(filter.to_owned()), &options), &callback)
+        },
+    );
+
+    // send_event(type, #{fields}): the agent builds, validates and publishes it.
+    let c = ctx;
+    engine.register_fn("send_event", move |event_type: &str, fields: Map| -> Result<Dynamic, Box<EvalAltResult>> {
+        let mut event = serde_json::Map::new();
+        event.insert("type".into(), Value::String(event_type.to_owned()));
+        for (k, v) in fields {
+            event.insert(k.to_string(), to_json(&v).map_err(|e| e.to_string())?);
+        }
+        match c.handle.block_on(c.client.call("sendEvent", Params::Positional(vec![Value::Object(event)]))) {
+            Ok(v) => Ok(from_json(&v)),
+            Err(e) => Err(clacks_scripting::bindings::remote_error(to_remote_error(e))),
+        }
+    });
+}
+
+#[derive(Clone)]
+struct EventContext {
+    handle: Handle,
+    client: Arc<Client>,
+    interrupt: Interrupt,
+    sink: Option<LineSink>,
+    tails: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl EventContext {
+    async fn open(
+        &self,
+        query: &EventQuery,
+    ) -> Result<tokio::sync::mpsc::Receiver<clacks_core::bus::EventMessage>, Box<EvalAltResult>> {
+        self.client
+            .subscribe(&query.types, query.filter.as_deref())
+            .await
+            .map_err(|e| clacks_scripting::bindings::remote_error(to_remote_error(e)))
+    }
+
+    fn collect(&self, query: EventQuery) -> Result<rhai::Array, Box<EvalAltResult>> {
         let mut out = rhai::Array::new();
-        collect_events(&handle, &client, &interrupt, types, &options, |event| out.push(from_json(&event)))?;
+        self.each(&query, |event| {
+            out.push(from_json(&event));
+            Ok(())
+        })?;
         Ok(out)
-    });
-    let (handle, client, interrupt) = (runner.handle.clone(), runner.client.clone(), runner.interrupt.clone());
-    engine.register_fn("tail", move |types: Dynamic, options: Map| -> Result<i64, Box<EvalAltResult>> {
-        let mut printed = 0;
-        collect_events(&handle, &client, &interrupt, types, &options, |event| {
-            print_event_line(&event);
+    }
+
+    fn tail(&self, query: EventQuery) -> Result<Dynamic, Box<EvalAltResult>> {
+        if let Some(sink) = self.sink.clone() {
+            let mut events = self.handle.block_on(self.open(&query))?;
+            let described = format!(
+                "{}{}",
+                query.types.join(","),
+                query.filter.as_ref().map(|f| format!(" where {f}")).unwrap_or_default()
+            );
+            let task = self.handle.spawn(async move {
+                while let Some(message) = events.recv().await {
+                    sink(event_line(&event_json(&message.event_type, &message.body)));
+                }
+            });
+            if let Ok(mut tails) = self.tails.lock() {
+                tails.push(task);
+            }
+            println!("tailing {described} in the background; untail() stops");
+            return Ok(Dynamic::UNIT);
+        }
+        let mut printed = 0_i64;
+        self.each(&query, |event| {
+            println!("{}", event_line(&event));
             printed += 1;
+            Ok(())
         })?;
-        Ok(printed)
-    });
-    let (handle, client, interrupt) = (runner.handle.clone(), runner.client.clone(), runner.interrupt.clone());
-    engine.register_fn("tail", move |types: Dynamic| -> Result<i64, Box<EvalAltResult>> {
-        let mut printed = 0;
-        collect_events(&handle, &client, &interrupt, types, &Map::new(), |event| {
-            print_event_line(&event);
-            printed += 1;
+        Ok(printed.into())
+    }
+
+    fn untail(&self) -> i64 {
+        let tails: Vec<_> = self.tails.lock().map(|mut t| t.drain(..).collect()).unwrap_or_default();
+        for task in &tails {
+            task.abort();
+        }
+        tails.len() as i64
+    }
+
+    fn subscribe(
+        &self,
+        call: &rhai::NativeCallContext,
+        query: EventQuery,
+        callback: &rhai::FnPtr,
+    ) -> Result<i64, Box<EvalAltResult>> {
+        let mut calls = 0_i64;
+        self.each(&query, |event| {
+            calls += 1;
+            callback.call_within_context::<Dynamic>(call, (from_json(&event),)).map(|_| ())
         })?;
-        Ok(printed)
-    });
+        Ok(calls)
+    }
+
+    /// Hands each matching event (as JSON) to `each`, until `count` events arrived,
+    /// `timeout` passed, or Ctrl-C.
+    fn each(
+        &self,
+        query: &EventQuery,
+        mut each: impl FnMut(Value) -> Result<(), Box<EvalAltResult>>,
+    ) -> Result<(), Box<EvalAltResult>> {
+        let mut events = self.handle.block_on(self.open(query))?;
+        let deadline = query.timeout.map(|t| tokio::time::Instant::now() + t);
+        let mut seen = 0;
+        loop {
+            if query.count.is_some_and(|c| seen >= c) || self.interrupt.is_set() {
+                return Ok(());
+            }
+            let next = self.handle.block_on(async {
+                let next = async {
+                    match deadline {
+                        Some(d) => tokio::time::timeout_at(d, events.recv()).await.ok().flatten(),
+                        None => events.recv().await,
+                    }
+                };
+                tokio::select! {
+                    event = next => event,
+                    _ = self.interrupt.notify.notified() => None,
+                }
+            });
+            let Some(message) = next else { return Ok(()) };
+            seen += 1;
+            each(event_json(&message.event_type, &message.body))?;
+        }
+    }
 }
 
 /// One event on one line: its type, then its fields as compact JSON.
-fn print_event_line(event: &Value) {
+fn event_line(event: &Value) -> String {
     let mut fields = event.clone();
     let event_type = fields.as_object_mut().and_then(|m| m.remove("type")).and_then(|t| t.as_str().map(str::to_owned));
-    println!("{} {}", event_type.unwrap_or_default(), fields);
-}
-
-/// Subscribes to `types` and hands each event (as JSON) to `each`, until `count`
-/// events arrived, `timeout` seconds passed, or Ctrl-C.
-fn collect_events(
-    handle: &Handle,
-    client: &Client,
-    interrupt: &Interrupt,
-    types: Dynamic,
-    options: &Map,
-    mut each: impl FnMut(Value),
-) -> Result<(), Box<EvalAltResult>> {
-    let types: Vec<String> = match types.clone().try_cast::<rhai::Array>() {
-        Some(list) => list.into_iter().map(|t| t.to_string()).collect(),
-        None => vec![types.to_string()],
-    };
-    let count = options.get("count").and_then(|c| c.as_int().ok()).map(|c| c.max(0) as usize);
-    let timeout = options
-        .get("timeout")
-        .and_then(|t| t.as_float().ok().or_else(|| t.as_int().ok().map(|i| i as f64)))
-        .map(|secs| Duration::from_secs_f64(secs.max(0.0)));
-    handle.block_on(async {
-        let mut events = match client.subscribe(&types).await {
-            Some(Ok(rx)) => rx,
-            Some(Err(e)) => return Err(format!("cannot subscribe: {e}").into()),
-            None => return Err("events need a bus connection (amqp:// or the embedded domain), not HTTP".into()),
-        };
-        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-        let mut seen = 0;
-        loop {
-            if count.is_some_and(|c| seen >= c) {
-                return Ok(());
-            }
-            let next = async {
-                match deadline {
-                    Some(d) => tokio::time::timeout_at(d, events.recv()).await.ok().flatten(),
-                    None => events.recv().await,
-                }
-            };
-            tokio::select! {
-                event = next => match event {
-                    Some(message) => {
-                        seen += 1;
-                        each(event_json(&message.event_type, &message.body));
-                    }
-                    None => return Ok(()),
-                },
-                _ = interrupt.notify.notified() => return Ok(()),
-            }
-        }
-    })
+    format!("{} {}", event_type.unwrap_or_default(), fields)
 }
 
 /// An event as JSON: `{"type": T, …fields}`, repeated elements as arrays.

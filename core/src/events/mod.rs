@@ -5,6 +5,9 @@
 //! element named after its type; it travels on the topic exchange `D.event` with the
 //! type as routing key.
 
+pub mod fields;
+pub mod filter;
+pub mod publish;
 pub mod schema;
 
 use std::fmt::Write as _;
@@ -14,6 +17,8 @@ use quick_xml::events::Event as XmlEvent;
 
 use crate::command::{CallType, CommandSpec, Param, ValueType};
 
+pub use filter::Filter;
+pub use publish::EventPublisher;
 pub use schema::{EventValidator, Violation};
 
 /// The namespace of the event envelope and of every shipped event type.
@@ -40,18 +45,45 @@ pub enum EventError {
     /// The validator thread is gone.
     #[error("the event validator has stopped")]
     ValidatorStopped,
+    /// Valid, but the bus did not take it.
+    #[error("event not published: {0}")]
+    Publish(String),
+}
+
+impl EventError {
+    /// The symbolic code a caller sees.
+    pub fn code(&self) -> crate::rpc::ErrorCode {
+        use crate::rpc::ErrorCode;
+        match self {
+            EventError::Malformed(_) => ErrorCode::custom("EVENT_MALFORMED"),
+            EventError::Invalid(_) => ErrorCode::custom("EVENT_INVALID"),
+            EventError::TooLarge(_) => ErrorCode::MESSAGE_TOO_LARGE,
+            EventError::Publish(_) => ErrorCode::CONNECTION_LOST,
+            EventError::Schema(_) | EventError::ValidatorStopped => ErrorCode::INTERNAL_ERROR,
+        }
+    }
+
+    /// As a JSON-RPC error; violations go into `details.violations`.
+    pub fn to_rpc_error(&self) -> crate::rpc::RpcError {
+        let error = crate::rpc::RpcError::new(self.code(), self.to_string());
+        match self {
+            EventError::Invalid(violations) => error.with_details(serde_json::json!({ "violations": violations })),
+            _ => error,
+        }
+    }
 }
 
 fn violations_text(v: &[Violation]) -> String {
     v.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
 }
 
-/// A parsed XML element: local name, text and child elements. Enough to read events;
-/// attributes are not used by the shipped event types.
+/// A parsed XML element: local name, attributes, text and child elements.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct XmlNode {
     /// Local name, without prefix.
     pub name: String,
+    /// Attributes by local name, in document order.
+    pub attributes: Vec<(String, String)>,
     /// Concatenated text content (entities resolved), trimmed.
     pub text: String,
     /// Child elements in document order.
@@ -67,6 +99,11 @@ impl XmlNode {
     /// All child elements with this name.
     pub fn children_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a XmlNode> + 'a {
         self.children.iter().filter(move |c| c.name == name)
+    }
+
+    /// An attribute's value.
+    pub fn attribute(&self, name: &str) -> Option<&str> {
+        self.attributes.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
     /// The text of a required child element.
@@ -90,11 +127,11 @@ pub fn parse_xml(xml: &[u8]) -> Result<XmlNode, EventError> {
         match reader.read_event().map_err(malformed)? {
             XmlEvent::Start(start) => {
                 let name = start.local_name().as_ref().to_owned();
-                stack.push(XmlNode { name, ..XmlNode::default() });
+                stack.push(XmlNode { name, attributes: attributes(&start)?, ..XmlNode::default() });
             }
             XmlEvent::Empty(start) => {
                 let name = start.local_name().as_ref().to_owned();
-                let node = XmlNode { name, ..XmlNode::default() };
+                let node = XmlNode { name, attributes: attributes(&start)?, ..XmlNode::default() };
                 match stack.last_mut() {
                     Some(parent) => parent.children.push(node),
                     None => return Ok(node),
@@ -145,6 +182,19 @@ pub fn parse_xml(xml: &[u8]) -> Result<XmlNode, EventError> {
             _ => {}
         }
     }
+}
+
+fn attributes(start: &quick_xml::events::BytesStart<'_>) -> Result<Vec<(String, String)>, EventError> {
+    start
+        .attributes()
+        .map(|attr| {
+            let attr = attr.map_err(|e| EventError::Malformed(e.to_string()))?;
+            let value = attr
+                .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                .map_err(|e| EventError::Malformed(e.to_string()))?;
+            Ok((attr.key.local_name().as_ref().to_owned(), value.into_owned()))
+        })
+        .collect()
 }
 
 /// Splits an envelope into its type and body element.

@@ -7,7 +7,7 @@
 //! for a type wins. They are assembled into one envelope schema in which `<Event>` is a
 //! choice over all known types.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -16,14 +16,27 @@ use libxml::parser::{Parser, ParserOptions};
 use libxml::schemas::{SchemaParserContext, SchemaValidationContext};
 use tokio::sync::oneshot;
 
+use super::fields::{ElementOrder, event_xml, orders_from_sources};
 use super::{EVENT_NAMESPACE, EventError, MAX_EVENT_BYTES};
 
 /// The event types shipped with Clacks, compiled in so a bare binary can validate.
 const BUILTIN_SCHEMAS: &[(&str, &str)] = &[
+    ("BackendChange", include_str!("../../../schemas/events/BackendChange.xsd")),
+    ("Call", include_str!("../../../schemas/events/Call.xsd")),
+    ("ClientAnnounce", include_str!("../../../schemas/events/ClientAnnounce.xsd")),
+    ("ClientLeave", include_str!("../../../schemas/events/ClientLeave.xsd")),
+    ("ClientPing", include_str!("../../../schemas/events/ClientPing.xsd")),
+    ("ClientPoll", include_str!("../../../schemas/events/ClientPoll.xsd")),
+    ("ClientSignature", include_str!("../../../schemas/events/ClientSignature.xsd")),
+    ("Inventory", include_str!("../../../schemas/events/Inventory.xsd")),
     ("NodeAnnounce", include_str!("../../../schemas/events/NodeAnnounce.xsd")),
     ("NodeCapabilities", include_str!("../../../schemas/events/NodeCapabilities.xsd")),
     ("NodeLeave", include_str!("../../../schemas/events/NodeLeave.xsd")),
     ("NodeStatus", include_str!("../../../schemas/events/NodeStatus.xsd")),
+    ("Notification", include_str!("../../../schemas/events/Notification.xsd")),
+    ("ObjectChanged", include_str!("../../../schemas/events/ObjectChanged.xsd")),
+    ("SchedulerUpdate", include_str!("../../../schemas/events/SchedulerUpdate.xsd")),
+    ("UserSession", include_str!("../../../schemas/events/UserSession.xsd")),
 ];
 
 /// One schema violation: where and why.
@@ -31,6 +44,8 @@ const BUILTIN_SCHEMAS: &[(&str, &str)] = &[
 pub struct Violation {
     /// Line in the event document, when libxml2 knows it.
     pub line: Option<i32>,
+    /// The element concerned, when the message names one.
+    pub element: Option<String>,
     /// libxml2's message, e.g. "Element 'Load': 'x' is not a valid value of the atomic type 'xs:double'."
     pub message: String,
 }
@@ -44,9 +59,16 @@ impl fmt::Display for Violation {
     }
 }
 
-struct Job {
-    xml: Vec<u8>,
-    reply: oneshot::Sender<Result<String, EventError>>,
+enum Job {
+    Validate {
+        xml: Vec<u8>,
+        reply: oneshot::Sender<Result<String, EventError>>,
+    },
+    /// Swap in a new schema set; the old one stays if the new one does not compile.
+    Reload {
+        sources: BTreeMap<String, String>,
+        reply: oneshot::Sender<Result<(), EventError>>,
+    },
 }
 
 /// Handle to the validator thread. Cloning is cheap; the thread ends when the last
@@ -54,7 +76,9 @@ struct Job {
 #[derive(Clone)]
 pub struct EventValidator {
     jobs: mpsc::Sender<Job>,
-    types: std::sync::Arc<Vec<String>>,
+    orders: std::sync::Arc<std::sync::RwLock<HashMap<String, ElementOrder>>>,
+    types: std::sync::Arc<std::sync::RwLock<Vec<String>>>,
+    extra_dirs: std::sync::Arc<Vec<PathBuf>>,
 }
 
 impl fmt::Debug for EventValidator {
@@ -68,6 +92,7 @@ impl EventValidator {
     pub fn start(extra_dirs: &[PathBuf]) -> Result<EventValidator, EventError> {
         let sources = collect_sources(extra_dirs)?;
         let types: Vec<String> = sources.keys().cloned().collect();
+        let orders = orders_from_sources(&sources);
         let (jobs, job_rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), EventError>>();
         std::thread::Builder::new()
@@ -75,12 +100,42 @@ impl EventValidator {
             .spawn(move || validator_thread(sources, job_rx, ready_tx))
             .map_err(|e| EventError::Schema(format!("cannot start the validator thread: {e}")))?;
         ready_rx.recv().map_err(|_| EventError::ValidatorStopped)??;
-        Ok(EventValidator { jobs, types: std::sync::Arc::new(types) })
+        Ok(EventValidator {
+            jobs,
+            orders: std::sync::Arc::new(std::sync::RwLock::new(orders)),
+            types: std::sync::Arc::new(std::sync::RwLock::new(types)),
+            extra_dirs: std::sync::Arc::new(extra_dirs.to_vec()),
+        })
     }
 
     /// The known event types, sorted.
-    pub fn types(&self) -> &[String] {
-        &self.types
+    pub fn types(&self) -> Vec<String> {
+        self.types.read().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// Reads the schema folders again: types dropped in since the start become valid.
+    /// A set that does not compile is refused and the running one stays.
+    pub async fn reload(&self) -> Result<Vec<String>, EventError> {
+        let sources = collect_sources(&self.extra_dirs)?;
+        let types: Vec<String> = sources.keys().cloned().collect();
+        let orders = orders_from_sources(&sources);
+        let (reply, rx) = oneshot::channel();
+        self.jobs.send(Job::Reload { sources, reply }).map_err(|_| EventError::ValidatorStopped)?;
+        rx.await.map_err(|_| EventError::ValidatorStopped)??;
+        if let Ok(mut current) = self.types.write() {
+            *current = types.clone();
+        }
+        if let Ok(mut current) = self.orders.write() {
+            *current = orders;
+        }
+        Ok(types)
+    }
+
+    /// The XML of an event of `event_type` with `fields`, in the schema's element order
+    /// (not yet validated).
+    pub fn build(&self, event_type: &str, fields: &serde_json::Map<String, serde_json::Value>) -> String {
+        let orders = self.orders.read();
+        event_xml(event_type, fields, orders.as_ref().ok().and_then(|o| o.get(event_type)))
     }
 
     /// Validates an event document; returns its type.
@@ -89,7 +144,7 @@ impl EventValidator {
             return Err(EventError::TooLarge(xml.len()));
         }
         let (reply, rx) = oneshot::channel();
-        self.jobs.send(Job { xml: xml.to_vec(), reply }).map_err(|_| EventError::ValidatorStopped)?;
+        self.jobs.send(Job::Validate { xml: xml.to_vec(), reply }).map_err(|_| EventError::ValidatorStopped)?;
         rx.await.map_err(|_| EventError::ValidatorStopped)?
     }
 }
@@ -162,7 +217,14 @@ fn validator_thread(
     };
     let parser = Parser::default();
     while let Ok(job) = jobs.recv() {
-        let _ = job.reply.send(validate_one(&parser, &mut ctx, &job.xml));
+        match job {
+            Job::Validate { xml, reply } => {
+                let _ = reply.send(validate_one(&parser, &mut ctx, &xml));
+            }
+            Job::Reload { sources, reply } => {
+                let _ = reply.send(build_context(&sources).map(|fresh| ctx = fresh));
+            }
+        }
     }
 }
 
@@ -211,9 +273,9 @@ fn validate_one(parser: &Parser, ctx: &mut SchemaValidationContext, xml: &[u8]) 
         EventError::Invalid(
             errors
                 .into_iter()
-                .map(|e| Violation {
-                    line: e.line,
-                    message: e.message.unwrap_or_else(|| "unknown violation".into()).trim().to_owned(),
+                .map(|e| {
+                    let message = e.message.unwrap_or_else(|| "unknown violation".into()).trim().to_owned();
+                    Violation { line: e.line, element: element_of(&message), message }
                 })
                 .collect(),
         )
@@ -223,6 +285,13 @@ fn validate_one(parser: &Parser, ctx: &mut SchemaValidationContext, xml: &[u8]) 
         .first()
         .map(|child| child.get_name())
         .ok_or_else(|| EventError::Malformed("<Event> has no child element".into()))
+}
+
+/// libxml2 starts schema messages with `Element '{namespace}Name': …`.
+fn element_of(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("Element '")?;
+    let name = &rest[..rest.find('\'')?];
+    Some(name.rsplit('}').next().unwrap_or(name).to_owned())
 }
 
 fn contains_doctype(xml: &[u8]) -> bool {
@@ -241,7 +310,8 @@ mod tests {
     #[test]
     fn validates_presence_and_rejects_bad_events() {
         let validator = EventValidator::start(&[]).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(validator.types(), ["NodeAnnounce", "NodeCapabilities", "NodeLeave", "NodeStatus"]);
+        assert!(validator.types().iter().any(|t| t == "Call"), "{:?}", validator.types());
+        assert_eq!(validator.types().len(), 16);
         let status = PresenceEvent::Status { id: "n1".into(), load: 1.5, workers: 2 }.to_xml();
         assert_eq!(block_on(validator.validate(status.as_bytes())), Ok("NodeStatus".to_owned()));
 
@@ -250,6 +320,8 @@ mod tests {
         );
         let Err(EventError::Invalid(v)) = block_on(validator.validate(wrong.as_bytes())) else { panic!("accepted") };
         assert!(v[0].message.contains("Load"), "{v:?}");
+        assert_eq!(v[0].element.as_deref(), Some("Load"));
+        assert_eq!(v[0].line, Some(1));
 
         let unknown = format!("<Event xmlns=\"{EVENT_NAMESPACE}\"><Nope/></Event>");
         assert!(matches!(block_on(validator.validate(unknown.as_bytes())), Err(EventError::Invalid(_))));
@@ -258,5 +330,27 @@ mod tests {
         assert!(matches!(block_on(validator.validate(b"<Event>")), Err(EventError::Malformed(_))));
         let bomb = b"<!DOCTYPE l [<!ENTITY a \"aaaa\">]><Event/>";
         assert!(matches!(block_on(validator.validate(bomb)), Err(EventError::Malformed(_))));
+    }
+
+    #[test]
+    fn a_dropped_in_schema_is_valid_after_a_reload() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let validator = EventValidator::start(&[dir.path().to_owned()]).unwrap_or_else(|e| panic!("{e}"));
+        let event = format!("<Event xmlns=\"{EVENT_NAMESPACE}\"><Backup><Host>h1</Host></Backup></Event>");
+        assert!(block_on(validator.validate(event.as_bytes())).is_err());
+        let xsd = format!(
+            r#"<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema" targetNamespace="{EVENT_NAMESPACE}" xmlns="{EVENT_NAMESPACE}" elementFormDefault="qualified">
+                 <xs:element name="Backup"><xs:complexType><xs:sequence><xs:element name="Host" type="xs:string"/></xs:sequence></xs:complexType></xs:element>
+               </xs:schema>"#
+        );
+        std::fs::write(dir.path().join("Backup.xsd"), &xsd).unwrap_or_else(|e| panic!("{e}"));
+        let types = block_on(validator.reload()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(types.contains(&"Backup".to_owned()));
+        assert_eq!(block_on(validator.validate(event.as_bytes())), Ok("Backup".to_owned()));
+
+        // A broken schema is refused and the running set stays.
+        std::fs::write(dir.path().join("Broken.xsd"), "<xs:schema").unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(block_on(validator.reload()), Err(EventError::Schema(_))));
+        assert_eq!(block_on(validator.validate(event.as_bytes())), Ok("Backup".to_owned()));
     }
 }
