@@ -216,18 +216,23 @@ impl Runner {
         if self.catalog.generation() != self.engine_generation {
             self.rebuild_engine();
         }
-        self.interrupt.reset();
-        let ast = self.engine.compile_with_scope(&self.scope, code).map_err(|e| RunError {
-            line: format!("SYNTAX_ERROR: {e}"),
-            details: None,
-            interrupted: false,
-        })?;
+        // The flag is cleared after a run, not before: a Ctrl-C typed between Enter and
+        // the start of the run must still cancel it.
+        let ast = match self.engine.compile_with_scope(&self.scope, code) {
+            Ok(ast) => ast,
+            Err(e) => {
+                self.interrupt.reset();
+                return Err(RunError { line: format!("SYNTAX_ERROR: {e}"), details: None, interrupted: false });
+            }
+        };
         self.functions = self.functions.merge(&ast.clone_functions_only());
         let program = self.functions.merge(&ast);
         let flag = self.interrupt.flag.clone();
         let result = with_cancellation(&flag, || self.engine.eval_ast_with_scope::<Dynamic>(&mut self.scope, &program));
         self.snapshot_variables();
-        result.map_err(|e| self.describe(&e))
+        let result = result.map_err(|e| self.describe(&e));
+        self.interrupt.reset();
+        result
     }
 
     fn snapshot_variables(&self) {
