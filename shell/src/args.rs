@@ -90,6 +90,11 @@ pub(crate) enum Command {
         #[arg(long)]
         node: Option<String>,
     },
+    /// Events: `clacks events tail TYPES…` prints them one per line for scripts and pipes.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
     /// Run a .rhai script; its arguments are in the array ARGS.
     ///
     /// Scripts can start with `#!/usr/bin/env -S clacks run` and be executed directly.
@@ -100,6 +105,38 @@ pub(crate) enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum EventsCommand {
+    /// Print events as they arrive, one per line, until COUNT events, TIMEOUT seconds
+    /// or Ctrl-C.
+    Tail {
+        /// Event types: names, prefixes with `*` (Client*), or `*` for all.
+        #[arg(default_value = "*")]
+        types: Vec<String>,
+        /// XPath 3.1 predicate over the event, e.g. "/Event/Call[Callee = '100']".
+        #[arg(long)]
+        filter: Option<String>,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<usize>,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        timeout: Option<f64>,
+        /// Line format.
+        #[arg(long, value_enum, default_value_t = EventFormat::Json)]
+        format: EventFormat,
+    },
+}
+
+/// How `events tail` prints each event.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub(crate) enum EventFormat {
+    /// `{"type": …, fields…}` on one line.
+    Json,
+    /// The event document on one line.
+    Xml,
 }
 
 fn usage_error(message: impl std::fmt::Display) -> u8 {
@@ -152,6 +189,7 @@ fn build_params(args: &[String], named: bool) -> Result<Params, String> {
 /// What to run once connected.
 enum Mode {
     Call { method: String, params: Params, node: Option<String> },
+    Tail { types: Vec<String>, filter: Option<String>, count: Option<usize>, timeout: Option<f64>, format: EventFormat },
     Code { code: String, args: Vec<String>, script: Option<PathBuf> },
     Interactive,
 }
@@ -181,6 +219,15 @@ pub(crate) fn run(cli: Cli, handle: tokio::runtime::Handle) -> u8 {
             Ok(params) => Mode::Call { method: method.clone(), params, node: node.clone() },
             Err(e) => return usage_error(e),
         },
+        (Some(Command::Events { command: EventsCommand::Tail { types, filter, count, timeout, format } }), _) => {
+            Mode::Tail {
+                types: types.clone(),
+                filter: filter.clone(),
+                count: *count,
+                timeout: *timeout,
+                format: *format,
+            }
+        }
         (Some(Command::Run { file, args }), _) => match read_script(file) {
             Ok(code) => Mode::Code { code, args: args.clone(), script: Some(file.clone()) },
             Err(e) => return usage_error(e),
@@ -220,6 +267,11 @@ pub(crate) fn run(cli: Cli, handle: tokio::runtime::Handle) -> u8 {
                 Err(e) => report(&e),
             }
         }
+        Mode::Tail { types, filter, count, timeout, format } => {
+            let runner = crate::runner::Interrupt::default();
+            let _guard = crate::install_interrupt(&handle, runner.clone());
+            handle.block_on(tail_events(&client, &types, filter.as_deref(), count, timeout, format, &runner))
+        }
         Mode::Code { code, args, script } => {
             let format = cli.output.unwrap_or_else(default_format);
             let mut runner = start_runner(&handle, &client, &config, script.as_ref(), false);
@@ -255,6 +307,47 @@ pub(crate) fn run(cli: Cli, handle: tokio::runtime::Handle) -> u8 {
     };
     handle.block_on(session.close());
     code
+}
+
+async fn tail_events(
+    client: &clacks_core::client::Client,
+    types: &[String],
+    filter: Option<&str>,
+    count: Option<usize>,
+    timeout: Option<f64>,
+    format: EventFormat,
+    interrupt: &crate::runner::Interrupt,
+) -> u8 {
+    use std::io::Write;
+    let mut events = match client.subscribe(types, filter).await {
+        Ok(rx) => rx,
+        Err(e) => return report(&e),
+    };
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + Duration::from_secs_f64(t.max(0.0)));
+    let mut seen = 0;
+    while count.is_none_or(|c| seen < c) {
+        let next = async {
+            match deadline {
+                Some(d) => tokio::time::timeout_at(d, events.recv()).await.ok().flatten(),
+                None => events.recv().await,
+            }
+        };
+        let message = tokio::select! {
+            m = next => match m { Some(m) => m, None => break },
+            _ = interrupt.notify.notified() => break,
+        };
+        seen += 1;
+        let line = match format {
+            EventFormat::Json => crate::runner::event_json(&message.event_type, &message.body).to_string(),
+            EventFormat::Xml => String::from_utf8_lossy(&message.body).replace(['\n', '\r'], " "),
+        };
+        let mut out = std::io::stdout().lock();
+        // A closed pipe (`| head`) ends the tail quietly.
+        if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+            break;
+        }
+    }
+    EXIT_OK
 }
 
 fn runner_catalog(runner: &Runner) -> Arc<Catalog> {

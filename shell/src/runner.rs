@@ -581,7 +581,7 @@ fn event_line(event: &Value) -> String {
 }
 
 /// An event as JSON: `{"type": T, …fields}`, repeated elements as arrays.
-pub(crate) fn event_json(event_type: &str, body: &[u8]) -> Value {
+pub fn event_json(event_type: &str, body: &[u8]) -> Value {
     match clacks_core::events::open_envelope(body) {
         Ok(node) => {
             let mut fields = match xml_to_json(&node) {

@@ -1,0 +1,128 @@
+//! Events on the real broker: validated publishing with per-violation errors, filtered
+//! subscriptions, and hostile input that must be refused while publisher and
+//! subscribers keep running.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clacks_core::client::ClientError;
+use clacks_core::events::{EVENT_NAMESPACE, envelope};
+use clacks_core::rpc::Params;
+use clacks_tests::{Probe, amqp_url, client, fast_options, start_agent, unique_domain};
+use serde_json::{Value, json};
+
+fn call_event(kind: &str, callee: &str) -> String {
+    envelope(
+        "Call",
+        &format!(
+            "<Type>{kind}</Type><Id>c-{callee}</Id><Caller>200</Caller><Callee>{callee}</Callee><Started>2026-11-22T10:00:00Z</Started>"
+        ),
+    )
+}
+
+async fn next(rx: &mut tokio::sync::mpsc::Receiver<clacks_core::bus::EventMessage>) -> Option<String> {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .ok()
+        .flatten()
+        .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+}
+
+fn refusal(result: Result<Value, ClientError>) -> (String, Value) {
+    match result {
+        Err(ClientError::Rpc(e)) => (e.symbolic().to_string(), e.data.and_then(|d| d.details).unwrap_or(Value::Null)),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validated_publishing_filtered_subscriptions_and_hostile_input() {
+    let url = amqp_url();
+    let domain = unique_domain();
+    let agent = start_agent(&url, fast_options(&domain, "ev"), vec![Arc::new(Probe)]).await;
+    let caller = client(&url, &domain, Duration::from_secs(5)).await;
+
+    // A filter that does not parse is refused at subscribe time.
+    let bad = caller.subscribe(&["Call".to_owned()], Some("/Event/Call[")).await;
+    assert!(matches!(&bad, Err(ClientError::Rpc(e)) if e.symbolic().as_str() == "EVENT_FILTER_INVALID"), "{bad:?}");
+
+    let mut all_calls = caller.subscribe(&["Call".to_owned()], None).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut for_100 = caller
+        .subscribe(&["Call".to_owned()], Some("/Event/Call[Callee = '100']"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut original_form = caller
+        .subscribe(&["*".to_owned()], Some("declare namespace f='http://clacks.org/ns/events'; let $e := ./f:Event return $e/f:Call/f:Type = 'missed'"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let send = |xml: String| caller.call("sendEvent", Params::Positional(vec![json!(xml)]));
+    assert_eq!(send(call_event("incoming", "101")).await.ok(), Some(json!("Call")));
+    assert_eq!(send(call_event("missed", "100")).await.ok(), Some(json!("Call")));
+    // The map form is put into schema order by the agent.
+    let from_fields = caller
+        .call(
+            "sendEvent",
+            Params::Positional(vec![json!({"type": "Call", "Callee": "100", "Caller": "300", "Id": "c3", "Type": "ended", "Started": "2026-11-22T10:05:00Z", "Duration": 42})]),
+        )
+        .await;
+    assert_eq!(from_fields.ok(), Some(json!("Call")));
+
+    for callee in ["101", "100", "100"] {
+        let event = next(&mut all_calls).await.unwrap_or_else(|| panic!("no event for {callee}"));
+        assert!(event.contains(&format!("<Callee>{callee}</Callee>")), "{event}");
+    }
+    for kind in ["missed", "ended"] {
+        let event = next(&mut for_100).await.unwrap_or_else(|| panic!("filtered subscriber missed a {kind} call"));
+        assert!(event.contains(&format!("<Type>{kind}</Type>")), "{event}");
+    }
+    let missed = next(&mut original_form).await.unwrap_or_default();
+    assert!(missed.contains("<Type>missed</Type>"), "{missed}");
+
+    // Invalid events: each refused with a clear error, none published.
+    let (code, details) = refusal(send(call_event("lost", "100")).await);
+    assert_eq!(code, "EVENT_INVALID");
+    assert_eq!(details["violations"][0]["element"], json!("Type"));
+    assert_eq!(details["violations"][0]["line"], json!(1));
+    let hostile = [
+        ("malformed", "<Event xmlns=\"http://clacks.org/ns/events\"><Call>".to_owned(), "EVENT_MALFORMED"),
+        ("not XML", "hello".to_owned(), "EVENT_MALFORMED"),
+        (
+            "entity expansion",
+            format!(
+                "<?xml version=\"1.0\"?><!DOCTYPE l [<!ENTITY a \"aaaaaaaaaa\"><!ENTITY b \"&a;&a;&a;&a;&a;&a;&a;&a;\">]><Event xmlns=\"{EVENT_NAMESPACE}\"><ClientPing><Id>&b;</Id></ClientPing></Event>"
+            ),
+            "EVENT_MALFORMED",
+        ),
+        (
+            "external entity",
+            format!(
+                "<!DOCTYPE x [<!ENTITY e SYSTEM \"file:///etc/passwd\">]><Event xmlns=\"{EVENT_NAMESPACE}\"><ClientPing><Id>&e;</Id></ClientPing></Event>"
+            ),
+            "EVENT_MALFORMED",
+        ),
+        (
+            "wrong namespace",
+            "<Event xmlns=\"urn:other\"><ClientPing><Id>x</Id></ClientPing></Event>".to_owned(),
+            "EVENT_INVALID",
+        ),
+        ("unknown type", envelope("Nonsense", "<Id>x</Id>"), "EVENT_INVALID"),
+        (
+            "oversized",
+            envelope("ClientPing", &format!("<Id>{}</Id>", "x".repeat(1024 * 1024 + 1))),
+            "MESSAGE_TOO_LARGE",
+        ),
+    ];
+    for (what, xml, expected) in hostile {
+        let (code, _) = refusal(send(xml).await);
+        assert_eq!(code, expected, "{what}");
+    }
+    let unexpected = tokio::time::timeout(Duration::from_millis(500), all_calls.recv()).await;
+    assert!(unexpected.is_err(), "an invalid event was published: {unexpected:?}");
+
+    // Publisher and subscribers keep working.
+    assert_eq!(send(call_event("missed", "100")).await.ok(), Some(json!("Call")));
+    assert!(next(&mut for_100).await.is_some());
+    assert_eq!(caller.call("ping", Params::None).await.ok(), Some(json!("pong")));
+    agent.stop().await;
+}
