@@ -1,6 +1,10 @@
 //! JSON-RPC over HTTP: `POST /rpc`, single or batch, served by the same dispatcher as
 //! the AMQP queues.
 //!
+//! `GET /events?types=A,B*&filter=XPATH` streams matching events to a logged-in session
+//! as Server-Sent Events (`event:` = type, `data:` = the event as one-line JSON), for
+//! programs that cannot speak AMQP.
+//!
 //! `login(user, password)` opens a session and sets the `clacks_session` cookie
 //! (HttpOnly, SameSite=Strict); `logout()` ends it. Any other call without a live
 //! session is answered with HTTP 401 and a `NOT_AUTHENTICATED` error. JSON-RPC errors
@@ -34,6 +38,7 @@ struct Session {
 /// Shared state of the endpoint.
 pub struct HttpState {
     dispatcher: Arc<Dispatcher>,
+    events: Option<clacks_core::bus::Bus>,
     authenticator: Authenticator,
     sessions: Mutex<HashMap<String, Session>>,
     idle: Duration,
@@ -44,7 +49,18 @@ impl HttpState {
     /// State for an endpoint over `dispatcher`.
     pub fn new(dispatcher: Arc<Dispatcher>, authenticator: Authenticator, idle: Duration) -> Arc<HttpState> {
         let max_body = dispatcher.config().max_request_bytes;
-        Arc::new(HttpState { dispatcher, authenticator, sessions: Mutex::default(), idle, max_body })
+        Arc::new(HttpState { dispatcher, events: None, authenticator, sessions: Mutex::default(), idle, max_body })
+    }
+
+    /// State that also serves `GET /events` from `bus`.
+    pub fn with_events(
+        dispatcher: Arc<Dispatcher>,
+        authenticator: Authenticator,
+        idle: Duration,
+        bus: clacks_core::bus::Bus,
+    ) -> Arc<HttpState> {
+        let max_body = dispatcher.config().max_request_bytes;
+        Arc::new(HttpState { dispatcher, events: Some(bus), authenticator, sessions: Mutex::default(), idle, max_body })
     }
 
     fn session_user(&self, id: Option<&str>) -> Option<String> {
@@ -73,7 +89,7 @@ impl HttpState {
 
 /// The router serving `/rpc`.
 pub fn router(state: Arc<HttpState>) -> Router {
-    Router::new().route("/rpc", post(rpc)).with_state(state)
+    Router::new().route("/rpc", post(rpc)).route("/events", axum::routing::get(events)).with_state(state)
 }
 
 fn session_cookie(headers: &HeaderMap) -> Option<String> {
@@ -203,6 +219,80 @@ async fn login(
         }
         Err(reason) => Err(RpcError::new(ErrorCode::INTERNAL_ERROR, reason)),
     }
+}
+
+#[derive(serde::Deserialize)]
+struct EventQuery {
+    types: Option<String>,
+    filter: Option<String>,
+}
+
+async fn events(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<EventQuery>,
+) -> HttpResponse {
+    let refuse =
+        |status: StatusCode, error: RpcError| json_reply(status, Response::error(Value::Null, error).to_bytes(), None);
+    if state.session_user(session_cookie(&headers).as_deref()).is_none() {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            RpcError::new(ErrorCode::NOT_AUTHENTICATED, "log in with POST /rpc login(user, password) first"),
+        );
+    }
+    let Some(bus) = &state.events else {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            RpcError::new(ErrorCode::NO_PROVIDER, "this endpoint serves no events"),
+        );
+    };
+    let types: Vec<String> = query
+        .types
+        .as_deref()
+        .unwrap_or("*")
+        .split(',')
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .collect();
+    let filter = match query.filter.as_deref().filter(|f| !f.trim().is_empty()).map(clacks_core::events::Filter::parse)
+    {
+        None => None,
+        Some(Ok(filter)) => Some(filter),
+        Some(Err(e)) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                RpcError::new(ErrorCode::custom("EVENT_FILTER_INVALID"), e.to_string()),
+            );
+        }
+    };
+    let subscribed = match bus.subscribe(&types).await {
+        Ok(rx) => rx,
+        Err(e) => return refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_rpc_error()),
+    };
+    let events = match filter {
+        Some(filter) => clacks_core::events::filter::filtered(subscribed, filter),
+        None => subscribed,
+    };
+    let stream = futures_util::stream::unfold(events, |mut events| async move {
+        let message = events.recv().await?;
+        let data = event_as_json(&message.event_type, &message.body).to_string();
+        let event = axum::response::sse::Event::default().event(message.event_type).data(data);
+        Some((Ok::<_, std::convert::Infallible>(event), events))
+    });
+    axum::response::sse::Sse::new(stream).keep_alive(axum::response::sse::KeepAlive::default()).into_response()
+}
+
+/// An event as one JSON object: `{"type": T, …fields}`.
+fn event_as_json(event_type: &str, body: &[u8]) -> Value {
+    let mut fields = match clacks_core::events::open_envelope(body) {
+        Ok(node) => match clacks_core::events::xml_to_json(&node) {
+            Value::Object(map) => map,
+            other => serde_json::Map::from_iter([("value".to_owned(), other)]),
+        },
+        Err(e) => serde_json::Map::from_iter([("error".to_owned(), Value::String(e.to_string()))]),
+    };
+    fields.insert("type".into(), Value::String(event_type.to_owned()));
+    Value::Object(fields)
 }
 
 fn cookie_headers(cookie: Option<String>) -> HeaderMap {

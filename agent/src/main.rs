@@ -149,10 +149,11 @@ async fn run(cli: Cli) -> Result<()> {
             (_, Some(url)) => Authenticator::Broker { url: url.clone() },
             (Some(_), None) => bail!("http.auth = \"broker\" needs a broker URL"),
         };
-        let state = clacks_agent::http::HttpState::new(
+        let state = clacks_agent::http::HttpState::with_events(
             agent.dispatcher().clone(),
             authenticator,
             secs(config.http.session_idle_secs as f64),
+            agent.bus().clone(),
         );
         let listener =
             tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;

@@ -584,7 +584,7 @@ fn event_line(event: &Value) -> String {
 pub fn event_json(event_type: &str, body: &[u8]) -> Value {
     match clacks_core::events::open_envelope(body) {
         Ok(node) => {
-            let mut fields = match xml_to_json(&node) {
+            let mut fields = match clacks_core::events::xml_to_json(&node) {
                 Value::Object(map) => map,
                 other => {
                     let mut map = serde_json::Map::new();
@@ -597,25 +597,4 @@ pub fn event_json(event_type: &str, body: &[u8]) -> Value {
         }
         Err(e) => serde_json::json!({"type": event_type, "error": e.to_string()}),
     }
-}
-
-fn xml_to_json(node: &clacks_core::events::XmlNode) -> Value {
-    if node.children.is_empty() {
-        return Value::String(node.text.clone());
-    }
-    let mut map = serde_json::Map::new();
-    for child in &node.children {
-        let value = xml_to_json(child);
-        match map.get_mut(&child.name) {
-            Some(Value::Array(items)) => items.push(value),
-            Some(existing) => {
-                let first = existing.take();
-                *existing = Value::Array(vec![first, value]);
-            }
-            None => {
-                map.insert(child.name.clone(), value);
-            }
-        }
-    }
-    Value::Object(map)
 }

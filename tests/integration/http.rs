@@ -39,8 +39,12 @@ async fn http_login_sessions_batches_and_errors() {
     let url = amqp_url();
     let domain = unique_domain();
     let agent = start_agent(&url, fast_options(&domain, "web"), vec![Arc::new(Probe)]).await;
-    let state =
-        HttpState::new(agent.dispatcher().clone(), Authenticator::Broker { url: url.clone() }, Duration::from_secs(60));
+    let state = HttpState::with_events(
+        agent.dispatcher().clone(),
+        Authenticator::Broker { url: url.clone() },
+        Duration::from_secs(60),
+        agent.bus().clone(),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
     let address = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
     tokio::spawn(async move { axum::serve(listener, router(state)).await });
@@ -108,6 +112,45 @@ async fn http_login_sessions_batches_and_errors() {
         expect![[r#"200 [{"jsonrpc":"2.0","result":true,"id":1},{"jsonrpc":"2.0","result":"pong","id":2}]"#]],
     )
     .await;
+
+    // Server-Sent Events for a logged-in session, filtered like any subscription.
+    let events_url = endpoint.url.replace("/rpc", "/events");
+    let anonymous = reqwest::Client::new().get(&events_url).send().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(anonymous.status().as_u16(), 401);
+    let bad_filter = endpoint
+        .http
+        .get(format!("{events_url}?types=Call&filter=%2FEvent%5B"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(bad_filter.status().as_u16(), 400);
+    assert!(bad_filter.text().await.unwrap_or_default().contains("EVENT_FILTER_INVALID"));
+    let mut stream = endpoint
+        .http
+        .get(format!("{events_url}?types=Call&filter=%2FEvent%2FCall%5BCallee%20%3D%20%27100%27%5D"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(stream.status().as_u16(), 200);
+    assert_eq!(stream.headers().get("content-type").and_then(|v| v.to_str().ok()), Some("text/event-stream"));
+    for callee in ["101", "100"] {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","method":"sendEvent","params":[{{"type":"Call","Type":"missed","Id":"x{callee}","Caller":"200","Callee":"{callee}","Started":"2026-11-22T10:00:00Z"}}],"id":1}}"#
+        );
+        let (status, text) = endpoint.post(&body).await;
+        assert_eq!((status, text.as_str()), (200, r#"{"jsonrpc":"2.0","result":"Call","id":1}"#));
+    }
+    let mut received = String::new();
+    while !received.contains("\n\n") {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), stream.chunk()).await;
+        match chunk {
+            Ok(Ok(Some(bytes))) => received.push_str(&String::from_utf8_lossy(&bytes)),
+            other => panic!("no event on the stream: {other:?} after {received:?}"),
+        }
+    }
+    assert!(received.starts_with("event: Call\ndata: {"), "{received}");
+    assert!(received.contains(r#""Callee":"100""#) && !received.contains(r#""Callee":"101""#), "{received}");
+    drop(stream);
 
     // The client library over HTTP.
     let client = clacks_core::client::Client::connect_http(&endpoint.url, "guest", "guest", Duration::from_secs(5))

@@ -210,6 +210,30 @@ pub fn open_envelope(xml: &[u8]) -> Result<XmlNode, EventError> {
     }
 }
 
+/// An element as JSON: text for leaves, an object for elements with children, arrays
+/// for repeated child names.
+pub fn xml_to_json(node: &XmlNode) -> serde_json::Value {
+    use serde_json::Value;
+    if node.children.is_empty() {
+        return Value::String(node.text.clone());
+    }
+    let mut map = serde_json::Map::new();
+    for child in &node.children {
+        let value = xml_to_json(child);
+        match map.get_mut(&child.name) {
+            Some(Value::Array(items)) => items.push(value),
+            Some(existing) => {
+                let first = existing.take();
+                *existing = Value::Array(vec![first, value]);
+            }
+            None => {
+                map.insert(child.name.clone(), value);
+            }
+        }
+    }
+    Value::Object(map)
+}
+
 /// Writes `<Event xmlns="…"><Type>…</Type></Event>` around a body.
 pub fn envelope(event_type: &str, body: &str) -> String {
     format!(
