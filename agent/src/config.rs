@@ -70,6 +70,8 @@ pub struct HttpSection {
 pub struct PluginsSection {
     /// Folder of `.rhai` plugins.
     pub dir: Option<PathBuf>,
+    /// Shipped optional plugins to enable: `telephony`, `statistics`.
+    pub enable: Vec<String>,
 }
 
 /// `[schemas]`.

@@ -51,6 +51,8 @@ pub struct AgentOptions {
     pub trusted_forwarders: Vec<String>,
     /// Limits for `.rhai` plugin runs.
     pub script_limits: Limits,
+    /// Shipped optional plugins to enable: `telephony`, `statistics`.
+    pub enable: Vec<String>,
 }
 
 impl AgentOptions {
@@ -69,6 +71,7 @@ impl AgentOptions {
             schema_dirs: Vec::new(),
             trusted_forwarders: Vec::new(),
             script_limits: Limits::default(),
+            enable: Vec::new(),
         }
     }
 }
@@ -93,6 +96,9 @@ pub enum AgentError {
         /// The domain.
         domain: String,
     },
+    /// `enable` names a plugin that is not shipped.
+    #[error("unknown plugin '{0}' in plugins.enable (shipped: telephony, statistics)")]
+    UnknownPlugin(String),
     /// A name is not valid.
     #[error(transparent)]
     Name(#[from] clacks_core::domain::NameError),
@@ -139,6 +145,19 @@ impl Agent {
             events: events.clone(),
         });
         let mut commands: Vec<Command> = core.commands();
+        for name in &options.enable {
+            match name.as_str() {
+                "telephony" => {
+                    commands.extend(
+                        Arc::new(crate::plugins::telephony::TelephonyPlugin { events: events.clone() }).commands(),
+                    );
+                }
+                "statistics" => {
+                    commands.extend(crate::plugins::statistics::StatisticsPlugin::start(&bus).await?.commands())
+                }
+                other => return Err(AgentError::UnknownPlugin(other.to_owned())),
+            }
+        }
         for plugin in plugins {
             commands.extend(plugin.commands());
         }

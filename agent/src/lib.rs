@@ -14,6 +14,7 @@ pub mod core_plugin;
 pub mod daemon;
 pub mod embedded;
 pub mod http;
+pub mod plugins;
 pub mod process;
 pub mod rhai_plugin;
 

@@ -122,6 +122,7 @@ async fn run(cli: Cli) -> Result<()> {
     options.heartbeat = secs(config.presence.heartbeat_secs);
     options.node_timeout = secs(config.presence.node_timeout_secs);
     options.plugins_dir = config.plugins.dir.clone();
+    options.enable = config.plugins.enable.clone();
     options.schema_dirs = config.schemas.dirs.clone();
     options.trusted_forwarders = config.amqp.trusted_forwarders.clone();
 

@@ -126,3 +126,67 @@ async fn validated_publishing_filtered_subscriptions_and_hostile_input() {
     assert_eq!(caller.call("ping", Params::None).await.ok(), Some(json!("pong")));
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telephony_and_statistics_meet_only_through_events() {
+    let url = amqp_url();
+    let domain = unique_domain();
+    let mut bridge = fast_options(&domain, "pbx-bridge");
+    bridge.enable = vec!["telephony".into()];
+    let mut stats = fast_options(&domain, "stats");
+    stats.enable = vec!["statistics".into()];
+    let bridge = start_agent(&url, bridge, vec![]).await;
+    let stats = start_agent(&url, stats, vec![]).await;
+    let caller = client(&url, &domain, Duration::from_secs(5)).await;
+    clacks_tests::wait_for("both plugins to be routable", Duration::from_secs(5), || async {
+        [&bridge, &stats].iter().all(|a| {
+            !a.registry().providers("callStatistics").is_empty()
+                && !a.registry().providers("importCallRecords").is_empty()
+        })
+    })
+    .await;
+
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let records = dir.path().join("cdr.log");
+    std::fs::write(
+        &records,
+        "# type id caller callee started [duration]\n\
+         incoming c1 200 100 2026-11-22T10:01:00Z\n\
+         ended c1 200 100 2026-11-22T10:01:00Z 65\n\
+         incoming c2 201 100 2026-11-22T10:20:00Z\n\
+         missed c2 201 100 2026-11-22T10:20:00Z\n\
+         missed c3 202 101 2026-11-22T11:00:00Z\n\
+         lost c4 202 101 2026-11-22T11:00:00Z\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let imported = caller
+        .call("importCallRecords", Params::Positional(vec![json!(records.to_string_lossy())]))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(imported["published"], json!(5));
+    assert_eq!(imported["rejected"][0]["line"], json!(7));
+
+    let expected = json!([
+        {"extension": "100", "hour": "2026-11-22T10", "calls": 2, "missed": 1, "missed_ratio": 0.5},
+        {"extension": "101", "hour": "2026-11-22T11", "calls": 1, "missed": 1, "missed_ratio": 1.0},
+    ]);
+    let mut table = Value::Null;
+    for _ in 0..50 {
+        table = caller.call("callStatistics", Params::None).await.unwrap_or_default();
+        if table == expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(table, expected);
+    assert_eq!(
+        caller
+            .call("callRecord", Params::Positional(vec![json!("missed c9 1 2")]))
+            .await
+            .err()
+            .map(|e| e.code().to_string()),
+        Some("INVALID_PARAMS".to_owned())
+    );
+    bridge.stop().await;
+    stats.stop().await;
+}
