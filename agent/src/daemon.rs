@@ -132,7 +132,12 @@ impl Agent {
     /// configured folder and `plugins`.
     pub async fn start(options: AgentOptions, bus: Bus, plugins: Vec<Arc<dyn Plugin>>) -> Result<Agent, AgentError> {
         clacks_core::domain::check_node_id(&options.node)?;
-        let validator = EventValidator::start(&options.schema_dirs)?;
+        // Plugins bring their own event types in `<plugins>/events/*.xsd`.
+        let mut schema_dirs = options.schema_dirs.clone();
+        if let Some(dir) = options.plugins_dir.as_ref().map(|d| d.join("events")).filter(|d| d.is_dir()) {
+            schema_dirs.push(dir);
+        }
+        let validator = EventValidator::start(&schema_dirs)?;
         let registry = Registry::new(options.node.clone());
         let shutdown_requested = CancellationToken::new();
 

@@ -429,3 +429,44 @@ fn script_limits_come_from_the_configuration() {
     let shown = run(&["-c", "1"], &[("CLACKS_SHELL_CONFIG", &config)]);
     assert!(shown.starts_with("exit=2\n") && shown.contains("unknown field `max_operationz`"), "{shown}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_statistics_from_the_shell_against_the_real_broker() {
+    let url = amqp_url();
+    let domain = unique_domain();
+    let connect = || async {
+        match AmqpBus::connect(&url, domain.clone(), AmqpSettings::default()).await {
+            Ok(bus) => Bus::Amqp(bus),
+            Err(e) => panic!("RabbitMQ is required and not reachable ({e}); set CLACKS_TEST_AMQP_URL"),
+        }
+    };
+    let mut options = AgentOptions::new(domain.clone(), "pbx");
+    options.enable = vec!["telephony".into(), "statistics".into()];
+    let agent = Agent::start(options, connect().await, Vec::new()).await.unwrap_or_else(|e| panic!("{e}"));
+
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let records = dir.path().join("cdr.log");
+    std::fs::write(
+        &records,
+        "incoming a1 200 100 2026-11-22T09:10:00Z\nmissed a1 200 100 2026-11-22T09:10:00Z\nended a2 201 100 2026-11-22T09:30:00Z 30\nbogus line\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/call_stats.rhai");
+    let (script, records) = (script.to_string_lossy().into_owned(), records.to_string_lossy().into_owned());
+    let domain_name = domain.as_str().to_owned();
+    let (shown, tail) = tokio::task::spawn_blocking(move || {
+        let env = [("CLACKS_URL", url.as_str()), ("CLACKS_DOMAIN", domain_name.as_str())];
+        let shown = run(&["run", &script, &records], &env);
+        let tail = run(&["events", "tail", "Call", "--filter", "/Event/Call[Type = 'missed']", "--timeout", "1"], &env);
+        (shown, tail)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(shown.starts_with("exit=0\n"), "{shown}");
+    assert!(shown.contains("published 3 call event(s), 1 record(s) rejected"), "{shown}");
+    assert!(shown.contains("line 4: expected TYPE ID CALLER CALLEE STARTED [DURATION]"), "{shown}");
+    assert!(shown.contains("│ 2     ┆ 100       ┆ 2026-11-22T09 ┆ 1      ┆ 50.0     │"), "{shown}");
+    // Nothing was sent while the tail listened: it ends at its timeout with no output.
+    assert_eq!(tail, "exit=0\nstdout:\nstderr:\n");
+    agent.stop().await;
+}

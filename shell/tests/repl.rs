@@ -131,6 +131,18 @@ fn an_admin_session_on_the_embedded_domain() {
     expect(&mut s, "pong");
     expect(&mut s, PROMPT);
 
+    // A tail runs in the background; its lines appear above the prompt, which keeps
+    // working.
+    s.send_line("tail(\"NodeStatus\")").unwrap_or_default();
+    expect(&mut s, "tailing NodeStatus in the background; untail() stops");
+    expect(&mut s, "NodeStatus {\"Id\":\"embedded\"");
+    expect(&mut s, PROMPT);
+    s.send_line("ping()").unwrap_or_default();
+    expect(&mut s, "pong");
+    s.send_line("untail()").unwrap_or_default();
+    expect(&mut s, "\r\n1\r\n");
+    expect(&mut s, PROMPT);
+
     // Errors are one line with their symbolic code; :details has the rest.
     s.send_line("echo()").unwrap_or_default();
     expect(&mut s, "error: INVALID_PARAMS: echo: missing argument 'value' (any)");
