@@ -17,7 +17,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 
 fn call(i: usize) -> Vec<u8> {
-    let callee = if i % 2 == 0 { "100" } else { "101" };
+    let callee = if i.is_multiple_of(2) { "100" } else { "101" };
     envelope(
         "Call",
         &format!("<Type>missed</Type><Id>c{i}</Id><Caller>200</Caller><Callee>{callee}</Callee><Started>2026-11-22T10:00:00Z</Started>"),

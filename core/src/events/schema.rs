@@ -216,7 +216,7 @@ fn validator_thread(
         }
     };
     let parser = Parser::default();
-    while let Ok(job) = jobs.recv() {
+    while let Some(job) = next_job(&jobs) {
         match job {
             Job::Validate { xml, reply } => {
                 let _ = reply.send(validate_one(&parser, &mut ctx, &xml));
@@ -224,6 +224,21 @@ fn validator_thread(
             Job::Reload { sources, reply } => {
                 let _ = reply.send(build_context(&sources).map(|fresh| ctx = fresh));
             }
+        }
+    }
+}
+
+/// Waits for the next job. Events come in bursts, and waking a parked thread costs more
+/// than validating an event, so after each job the thread keeps looking for a short
+/// while before it parks.
+fn next_job(jobs: &mpsc::Receiver<Job>) -> Option<Job> {
+    let spin_until = std::time::Instant::now() + std::time::Duration::from_micros(200);
+    loop {
+        match jobs.try_recv() {
+            Ok(job) => return Some(job),
+            Err(mpsc::TryRecvError::Disconnected) => return None,
+            Err(mpsc::TryRecvError::Empty) if std::time::Instant::now() < spin_until => std::thread::yield_now(),
+            Err(mpsc::TryRecvError::Empty) => return jobs.recv().ok(),
         }
     }
 }
