@@ -470,3 +470,36 @@ async fn call_statistics_from_the_shell_against_the_real_broker() {
     assert_eq!(tail, "exit=0\nstdout:\nstderr:\n");
     agent.stop().await;
 }
+
+#[test]
+fn events_from_the_embedded_shell() {
+    let refused = run(&["-c", r#"send_event("Call", #{Type: "lost", Id: "c1"})"#], &[]);
+    assert!(
+        refused.starts_with("exit=1\n") && refused.contains("error: EVENT_INVALID: invalid event: line 1:"),
+        "{refused}"
+    );
+    check(
+        &[
+            "-c",
+            r#"let element = ""; try { send_event("Call", #{Type: "lost"}) } catch (e) { element = e.details.violations[0].element } element"#,
+        ],
+        expect![[r#"
+            exit=0
+            stdout:
+            "Type"
+            stderr:
+        "#]],
+    );
+    // Published events reach a filtered subscription in the same session.
+    let seen = run(&["-c", r#"send_event("Notification", #{Target: "*", Body: "hello"}); "sent""#], &[]);
+    assert!(seen.contains("\"sent\""), "{seen}");
+    check(
+        &["events", "tail", "Call", "--filter", "/Event/Call[", "--count", "1"],
+        expect![[r#"
+        exit=1
+        stdout:
+        stderr:
+        clacks: EVENT_FILTER_INVALID: invalid event filter: XPST0003 Parse error at character 13 of '/Event/Call['
+    "#]],
+    );
+}

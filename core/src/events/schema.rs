@@ -113,6 +113,16 @@ impl EventValidator {
         self.types.read().map(|t| t.clone()).unwrap_or_default()
     }
 
+    /// Validates from a thread outside the async runtime (fuzzing, scripts).
+    pub fn validate_blocking(&self, xml: &[u8]) -> Result<String, EventError> {
+        if xml.len() > MAX_EVENT_BYTES {
+            return Err(EventError::TooLarge(xml.len()));
+        }
+        let (reply, rx) = oneshot::channel();
+        self.jobs.send(Job::Validate { xml: xml.to_vec(), reply }).map_err(|_| EventError::ValidatorStopped)?;
+        rx.blocking_recv().map_err(|_| EventError::ValidatorStopped)?
+    }
+
     /// Reads the schema folders again: types dropped in since the start become valid.
     /// A set that does not compile is refused and the running one stays.
     pub async fn reload(&self) -> Result<Vec<String>, EventError> {

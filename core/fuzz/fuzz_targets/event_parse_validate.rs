@@ -1,0 +1,36 @@
+//! Fuzz target for everything an untrusted event goes through: XSD validation on the
+//! libxml2 thread, the envelope and presence-event readers, and (for documents that
+//! parse) a subscription filter. Any panic or crash is a bug; errors are expected.
+//!
+//! Run: `RUSTC_BOOTSTRAP=1 cargo fuzz run event_parse_validate` in core/fuzz.
+
+#![no_main]
+
+use std::sync::OnceLock;
+
+use clacks_core::events::filter::CompiledFilter;
+use clacks_core::events::{EventValidator, Filter, PresenceEvent, open_envelope};
+use libfuzzer_sys::fuzz_target;
+
+fn validator() -> &'static EventValidator {
+    static VALIDATOR: OnceLock<EventValidator> = OnceLock::new();
+    VALIDATOR.get_or_init(|| EventValidator::start(&[]).unwrap_or_else(|e| panic!("schemas: {e}")))
+}
+
+thread_local! {
+    // Compiled filters are not Send; libFuzzer drives the target from one thread.
+    static FILTER: CompiledFilter = Filter::parse("/Event/Call[Callee = '100'] or //e:Id = 'x'")
+        .and_then(|f| f.compile())
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+fuzz_target!(|data: &[u8]| {
+    let _ = validator().validate_blocking(data);
+    let _ = open_envelope(data);
+    let _ = PresenceEvent::from_xml(data);
+    if std::str::from_utf8(data).is_ok() {
+        FILTER.with(|filter| {
+            let _ = filter.matches(data);
+        });
+    }
+});
