@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use clacks_agent::{Agent, AgentOptions};
 use clacks_core::bus::Bus;
-use clacks_core::bus::amqp::{AmqpBus, AmqpSettings};
 use clacks_core::client::Client;
 use clacks_core::domain::Domain;
 use clacks_core::rpc::Params;
@@ -64,10 +63,7 @@ impl Drop for AgentProcess {
 }
 
 async fn bus(domain: &Domain) -> Bus {
-    match AmqpBus::connect(&amqp_url(), domain.clone(), AmqpSettings::default()).await {
-        Ok(bus) => Bus::Amqp(bus),
-        Err(e) => panic!("RabbitMQ is required and not reachable ({e}); set CLACKS_TEST_AMQP_URL"),
-    }
+    clacks_core::testing::amqp_bus(domain).await
 }
 
 fn plugin_dir() -> tempfile::TempDir {

@@ -6,8 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clacks_agent::{Agent, AgentOptions};
-use clacks_core::bus::Bus;
-use clacks_core::bus::amqp::{AmqpBus, AmqpSettings};
 use clacks_core::testing::{amqp_url, unique_domain};
 use expect_test::{Expect, expect};
 
@@ -181,10 +179,7 @@ fn embedded_domain_loads_rhai_plugins() {
 async fn calls_a_real_domain_over_amqp() {
     let url = amqp_url();
     let domain = unique_domain();
-    let bus = match AmqpBus::connect(&url, domain.clone(), AmqpSettings::default()).await {
-        Ok(bus) => Bus::Amqp(bus),
-        Err(e) => panic!("RabbitMQ is required and not reachable ({e}); set CLACKS_TEST_AMQP_URL"),
-    };
+    let bus = clacks_core::testing::amqp_bus(&domain).await;
     let mut options = AgentOptions::new(domain.clone(), "n1");
     options.heartbeat = Duration::from_millis(300);
     let agent = Agent::start(options, bus, Vec::<Arc<dyn clacks_core::command::Plugin>>::new())
@@ -434,15 +429,11 @@ fn script_limits_come_from_the_configuration() {
 async fn call_statistics_from_the_shell_against_the_real_broker() {
     let url = amqp_url();
     let domain = unique_domain();
-    let connect = || async {
-        match AmqpBus::connect(&url, domain.clone(), AmqpSettings::default()).await {
-            Ok(bus) => Bus::Amqp(bus),
-            Err(e) => panic!("RabbitMQ is required and not reachable ({e}); set CLACKS_TEST_AMQP_URL"),
-        }
-    };
     let mut options = AgentOptions::new(domain.clone(), "pbx");
     options.enable = vec!["telephony".into(), "statistics".into()];
-    let agent = Agent::start(options, connect().await, Vec::new()).await.unwrap_or_else(|e| panic!("{e}"));
+    let agent = Agent::start(options, clacks_core::testing::amqp_bus(&domain).await, Vec::new())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
 
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let records = dir.path().join("cdr.log");

@@ -8,8 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clacks_agent::{Agent, AgentOptions};
-use clacks_core::bus::Bus;
-use clacks_core::bus::amqp::{AmqpBus, AmqpSettings};
 use clacks_core::testing::{amqp_url, unique_domain};
 use rexpect::session::PtySession;
 
@@ -190,17 +188,15 @@ fn split_credentials(url: &str) -> (String, String, String) {
 async fn a_command_appears_when_an_agent_with_it_starts() {
     let url = amqp_url();
     let domain = unique_domain();
-    let connect = || async {
-        match AmqpBus::connect(&url, domain.clone(), AmqpSettings::default()).await {
-            Ok(bus) => Bus::Amqp(bus),
-            Err(e) => panic!("RabbitMQ is required and not reachable ({e}); set CLACKS_TEST_AMQP_URL"),
-        }
-    };
     let mut first = AgentOptions::new(domain.clone(), "first");
     first.heartbeat = Duration::from_millis(300);
-    let first = Agent::start(first, connect().await, Vec::<Arc<dyn clacks_core::command::Plugin>>::new())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let first = Agent::start(
+        first,
+        clacks_core::testing::amqp_bus(&domain).await,
+        Vec::<Arc<dyn clacks_core::command::Plugin>>::new(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
 
     let home = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let domain_name = domain.as_str().to_owned();
@@ -231,7 +227,9 @@ async fn a_command_appears_when_an_agent_with_it_starts() {
         .unwrap_or_else(|e| panic!("{e}"));
     let mut second = AgentOptions::new(domain.clone(), "second");
     second.plugins_dir = Some(plugins.path().to_owned());
-    let second = Agent::start(second, connect().await, Vec::new()).await.unwrap_or_else(|e| panic!("{e}"));
+    let second = Agent::start(second, clacks_core::testing::amqp_bus(&domain).await, Vec::new())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
 
     let mut s = tokio::task::spawn_blocking(move || {
         // The shell refreshes on the NodeCapabilities event; give it a moment.
