@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use futures_util::future::join_all;
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
@@ -225,17 +226,22 @@ impl Dispatcher {
             deadline: origin.deadline,
         };
         let _guard = InFlight::enter(&self.in_flight);
-        // A task of its own isolates a panicking command from the agent.
-        let task = tokio::spawn((command.handler)(context, args));
-        let abort = task.abort_handle();
-        match tokio::time::timeout_at(origin.deadline, task).await {
+        // A panicking command is caught here and becomes an error for its caller alone;
+        // catching in place costs less than a task of its own per call.
+        let run = std::panic::AssertUnwindSafe((command.handler)(context, args)).catch_unwind();
+        match tokio::time::timeout_at(origin.deadline, run).await {
             Ok(Ok(result)) => result.map_err(RpcError::from),
-            Ok(Err(join_error)) => {
-                warn!(command = %spec.name, error = %join_error, "command panicked");
+            Ok(Err(panic)) => {
+                let reason = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                warn!(command = %spec.name, %reason, "command panicked");
                 Err(RpcError::new(ErrorCode::INTERNAL_ERROR, format!("'{}' failed unexpectedly", spec.name)))
             }
+            // Dropping the future on the timeout cancels the command.
             Err(_) => {
-                abort.abort();
                 Err(RpcError::new(ErrorCode::TIMEOUT, format!("'{}' did not finish within the deadline", spec.name)))
             }
         }
