@@ -87,7 +87,17 @@ impl HttpState {
     }
 }
 
-/// The router serving `/rpc`.
+/// Serves the endpoint on `listener` until `shutdown` resolves; requests in progress
+/// then finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<HttpState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}
+
+/// The router serving `/rpc` and `/events`.
 pub fn router(state: Arc<HttpState>) -> Router {
     Router::new().route("/rpc", post(rpc)).route("/events", axum::routing::get(events)).with_state(state)
 }

@@ -161,9 +161,7 @@ async fn run(cli: Cli) -> Result<()> {
         info!(address = %listener.local_addr()?, "serving JSON-RPC on /rpc");
         let stop = http_stop.clone();
         http_task = Some(tokio::spawn(async move {
-            axum::serve(listener, clacks_agent::http::router(state))
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
+            clacks_agent::http::serve(listener, state, async move { stop.cancelled().await }).await
         }));
     }
 

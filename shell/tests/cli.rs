@@ -494,3 +494,48 @@ fn events_from_the_embedded_shell() {
     "#]],
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_over_http_json_rpc() {
+    let url = amqp_url();
+    let domain = unique_domain();
+    let agent = Agent::start(
+        AgentOptions::new(domain.clone(), "web"),
+        clacks_core::testing::amqp_bus(&domain).await,
+        Vec::new(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let state = clacks_agent::http::HttpState::new(
+        agent.dispatcher().clone(),
+        clacks_agent::auth::Authenticator::Broker { url: url.clone() },
+        Duration::from_secs(60),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+    let address = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let server = tokio::spawn(async move {
+        let _ = clacks_agent::http::serve(listener, state, std::future::pending()).await;
+    });
+    let (user, password) = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(u, p)| (u.to_owned(), p.to_owned()))
+        .unwrap_or(("guest".into(), "guest".into()));
+    let endpoint = format!("http://{address}/rpc");
+    let expected = format!("exit=0\nstdout:\n\"{user} pong\"\nstderr:\n");
+    let (ok, refused) = tokio::task::spawn_blocking(move || {
+        let ok = run(
+            &["-c", "`${getSessionUser()} ${ping()}`", "-u", &user],
+            &[("CLACKS_URL", &endpoint), ("CLACKS_PASSWORD", &password)],
+        );
+        let refused = run(&["call", "ping", "-u", &user], &[("CLACKS_URL", &endpoint), ("CLACKS_PASSWORD", "wrong")]);
+        (ok, refused)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ok, expected);
+    assert!(refused.starts_with("exit=3\n") && refused.contains("login of user"), "{refused}");
+    server.abort();
+    agent.stop().await;
+}
