@@ -268,9 +268,9 @@ pub(crate) fn run(cli: Cli, handle: tokio::runtime::Handle) -> u8 {
             }
         }
         Mode::Tail { types, filter, count, timeout, format } => {
-            let runner = crate::runner::Interrupt::default();
-            let _guard = crate::install_interrupt(&handle, runner.clone());
-            handle.block_on(tail_events(&client, &types, filter.as_deref(), count, timeout, format, &runner))
+            let interrupt = crate::runner::Interrupt::default();
+            let _guard = crate::install_interrupt(&handle, interrupt.clone());
+            handle.block_on(tail_events(&client, &types, filter.as_deref(), count, timeout, format, &interrupt))
         }
         Mode::Code { code, args, script } => {
             let format = cli.output.unwrap_or_else(default_format);
@@ -300,7 +300,7 @@ pub(crate) fn run(cli: Cli, handle: tokio::runtime::Handle) -> u8 {
             let _guard = crate::install_interrupt(&handle, runner.interrupt.clone());
             let color = crate::color_enabled();
             let name = format!("{}@{}", target.user, target.domain);
-            let catalog = runner_catalog(&runner);
+            let catalog = runner.catalog();
             crate::repl::run(&mut runner, catalog, &name, color, cli.output.unwrap_or(Format::Table));
             EXIT_OK
         }
@@ -348,10 +348,6 @@ async fn tail_events(
         }
     }
     EXIT_OK
-}
-
-fn runner_catalog(runner: &Runner) -> Arc<Catalog> {
-    runner.catalog()
 }
 
 fn default_format() -> Format {
