@@ -275,34 +275,17 @@ async fn events(
             );
         }
     };
-    let subscribed = match bus.subscribe(&types).await {
+    let events = match clacks_core::events::filter::subscribe(bus, &types, filter).await {
         Ok(rx) => rx,
         Err(e) => return refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_rpc_error()),
     };
-    let events = match filter {
-        Some(filter) => clacks_core::events::filter::filtered(subscribed, filter),
-        None => subscribed,
-    };
     let stream = futures_util::stream::unfold(events, |mut events| async move {
         let message = events.recv().await?;
-        let data = event_as_json(&message.event_type, &message.body).to_string();
+        let data = clacks_core::events::event_json(&message.event_type, &message.body).to_string();
         let event = axum::response::sse::Event::default().event(message.event_type).data(data);
         Some((Ok::<_, std::convert::Infallible>(event), events))
     });
     axum::response::sse::Sse::new(stream).keep_alive(axum::response::sse::KeepAlive::default()).into_response()
-}
-
-/// An event as one JSON object: `{"type": T, …fields}`.
-fn event_as_json(event_type: &str, body: &[u8]) -> Value {
-    let mut fields = match clacks_core::events::open_envelope(body) {
-        Ok(node) => match clacks_core::events::xml_to_json(&node) {
-            Value::Object(map) => map,
-            other => serde_json::Map::from_iter([("value".to_owned(), other)]),
-        },
-        Err(e) => serde_json::Map::from_iter([("error".to_owned(), Value::String(e.to_string()))]),
-    };
-    fields.insert("type".into(), Value::String(event_type.to_owned()));
-    Value::Object(fields)
 }
 
 fn cookie_headers(cookie: Option<String>) -> HeaderMap {

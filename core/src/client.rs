@@ -205,13 +205,7 @@ impl Client {
             .transpose()
             .map_err(|e| ClientError::Rpc(RpcError::new(ErrorCode::custom("EVENT_FILTER_INVALID"), e.to_string())))?;
         match &self.transport {
-            Transport::Bus { bus, .. } => {
-                let events = bus.subscribe(types).await?;
-                Ok(match filter {
-                    Some(filter) => crate::events::filter::filtered(events, filter),
-                    None => events,
-                })
-            }
+            Transport::Bus { bus, .. } => Ok(crate::events::filter::subscribe(bus, types, filter).await?),
             Transport::Http { url, .. } => Err(ClientError::Connect(format!(
                 "{url} is an HTTP endpoint: events need amqp:// or the embedded domain (or GET /events)"
             ))),

@@ -319,26 +319,15 @@ async fn tail_events(
     interrupt: &crate::runner::Interrupt,
 ) -> u8 {
     use std::io::Write;
-    let mut events = match client.subscribe(types, filter).await {
+    let events = match client.subscribe(types, filter).await {
         Ok(rx) => rx,
         Err(e) => return report(&e),
     };
-    let deadline = timeout.map(|t| tokio::time::Instant::now() + Duration::from_secs_f64(t.max(0.0)));
-    let mut seen = 0;
-    while count.is_none_or(|c| seen < c) {
-        let next = async {
-            match deadline {
-                Some(d) => tokio::time::timeout_at(d, events.recv()).await.ok().flatten(),
-                None => events.recv().await,
-            }
-        };
-        let message = tokio::select! {
-            m = next => match m { Some(m) => m, None => break },
-            _ = interrupt.notify.notified() => break,
-        };
-        seen += 1;
+    let timeout = timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
+    let mut events = crate::runner::BoundedEvents::new(events, count, timeout);
+    while let Some(message) = events.next(interrupt).await {
         let line = match format {
-            EventFormat::Json => crate::runner::event_json(&message.event_type, &message.body).to_string(),
+            EventFormat::Json => clacks_core::events::event_json(&message.event_type, &message.body).to_string(),
             EventFormat::Xml => String::from_utf8_lossy(&message.body).replace(['\n', '\r'], " "),
         };
         let mut out = std::io::stdout().lock();

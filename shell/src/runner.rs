@@ -131,7 +131,7 @@ pub struct Runner {
     /// Scope variables as JSON after the last run, for completion.
     pub(crate) variables: Arc<RwLock<BTreeMap<String, Value>>>,
     /// Where background tails print (the REPL sets it).
-    line_sink: Option<LineSink>,
+    line_sink: Arc<std::sync::Mutex<Option<LineSink>>>,
     tails: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
@@ -160,7 +160,7 @@ impl Runner {
             scope: Scope::new(),
             functions: AST::empty(),
             variables: Arc::default(),
-            line_sink: None,
+            line_sink: Arc::default(),
             tails: Arc::default(),
         };
         runner.rebuild_engine();
@@ -169,8 +169,10 @@ impl Runner {
 
     /// Lets `tail` run in the background, printing through `sink`.
     pub(crate) fn set_line_sink(&mut self, sink: LineSink) {
-        self.line_sink = Some(sink);
-        self.rebuild_engine();
+        // Shared with the bound functions, so no engine rebuild is needed.
+        if let Ok(mut slot) = self.line_sink.lock() {
+            *slot = Some(sink);
+        }
     }
 
     /// The command catalogue the runner binds.
@@ -466,7 +468,7 @@ struct EventContext {
     handle: Handle,
     client: Arc<Client>,
     interrupt: Interrupt,
-    sink: Option<LineSink>,
+    sink: Arc<std::sync::Mutex<Option<LineSink>>>,
     tails: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
@@ -491,7 +493,8 @@ impl EventContext {
     }
 
     fn tail(&self, query: EventQuery) -> Result<Dynamic, Box<EvalAltResult>> {
-        if let Some(sink) = self.sink.clone() {
+        let sink = self.sink.lock().ok().and_then(|slot| slot.clone());
+        if let Some(sink) = sink {
             let mut events = self.handle.block_on(self.open(&query))?;
             let described = format!(
                 "{}{}",
@@ -500,7 +503,7 @@ impl EventContext {
             );
             let task = self.handle.spawn(async move {
                 while let Some(message) = events.recv().await {
-                    sink(event_line(&event_json(&message.event_type, &message.body)));
+                    sink(event_line(&clacks_core::events::event_json(&message.event_type, &message.body)));
                 }
             });
             if let Ok(mut tails) = self.tails.lock() {
@@ -547,29 +550,53 @@ impl EventContext {
         query: &EventQuery,
         mut each: impl FnMut(Value) -> Result<(), Box<EvalAltResult>>,
     ) -> Result<(), Box<EvalAltResult>> {
-        let mut events = self.handle.block_on(self.open(query))?;
-        let deadline = query.timeout.map(|t| tokio::time::Instant::now() + t);
-        let mut seen = 0;
-        loop {
-            if query.count.is_some_and(|c| seen >= c) || self.interrupt.is_set() {
-                return Ok(());
-            }
-            let next = self.handle.block_on(async {
-                let next = async {
-                    match deadline {
-                        Some(d) => tokio::time::timeout_at(d, events.recv()).await.ok().flatten(),
-                        None => events.recv().await,
-                    }
-                };
-                tokio::select! {
-                    event = next => event,
-                    _ = self.interrupt.notify.notified() => None,
-                }
-            });
-            let Some(message) = next else { return Ok(()) };
-            seen += 1;
-            each(event_json(&message.event_type, &message.body))?;
+        let events = self.handle.block_on(self.open(query))?;
+        let mut events = BoundedEvents::new(events, query.count, query.timeout);
+        while let Some(message) = self.handle.block_on(events.next(&self.interrupt)) {
+            each(clacks_core::events::event_json(&message.event_type, &message.body))?;
         }
+        Ok(())
+    }
+}
+
+/// A subscription that ends after a number of events, at a deadline or on Ctrl-C —
+/// where every tail and collection of events stops.
+pub(crate) struct BoundedEvents {
+    events: tokio::sync::mpsc::Receiver<clacks_core::bus::EventMessage>,
+    deadline: Option<tokio::time::Instant>,
+    remaining: Option<usize>,
+}
+
+impl BoundedEvents {
+    pub(crate) fn new(
+        events: tokio::sync::mpsc::Receiver<clacks_core::bus::EventMessage>,
+        count: Option<usize>,
+        timeout: Option<Duration>,
+    ) -> BoundedEvents {
+        BoundedEvents { events, deadline: timeout.map(|t| tokio::time::Instant::now() + t), remaining: count }
+    }
+
+    /// The next event, or `None` once the subscription is over.
+    pub(crate) async fn next(&mut self, interrupt: &Interrupt) -> Option<clacks_core::bus::EventMessage> {
+        if self.remaining == Some(0) || interrupt.is_set() {
+            return None;
+        }
+        let deadline = self.deadline;
+        let events = &mut self.events;
+        let recv = async move {
+            match deadline {
+                Some(d) => tokio::time::timeout_at(d, events.recv()).await.ok().flatten(),
+                None => events.recv().await,
+            }
+        };
+        let message = tokio::select! {
+            message = recv => message,
+            _ = interrupt.notify.notified() => None,
+        }?;
+        if let Some(remaining) = &mut self.remaining {
+            *remaining -= 1;
+        }
+        Some(message)
     }
 }
 
@@ -578,23 +605,4 @@ fn event_line(event: &Value) -> String {
     let mut fields = event.clone();
     let event_type = fields.as_object_mut().and_then(|m| m.remove("type")).and_then(|t| t.as_str().map(str::to_owned));
     format!("{} {}", event_type.unwrap_or_default(), fields)
-}
-
-/// An event as JSON: `{"type": T, …fields}`, repeated elements as arrays.
-pub fn event_json(event_type: &str, body: &[u8]) -> Value {
-    match clacks_core::events::open_envelope(body) {
-        Ok(node) => {
-            let mut fields = match clacks_core::events::xml_to_json(&node) {
-                Value::Object(map) => map,
-                other => {
-                    let mut map = serde_json::Map::new();
-                    map.insert("value".into(), other);
-                    map
-                }
-            };
-            fields.insert("type".into(), Value::String(event_type.to_owned()));
-            Value::Object(fields)
-        }
-        Err(e) => serde_json::json!({"type": event_type, "error": e.to_string()}),
-    }
 }

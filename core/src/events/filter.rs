@@ -129,6 +129,20 @@ impl CompiledFilter {
     }
 }
 
+/// Subscribes to `types` on `bus`, narrowed by `filter` when there is one: the one way
+/// every subscriber (client, SSE endpoint) gets its events.
+pub async fn subscribe(
+    bus: &crate::bus::Bus,
+    types: &[String],
+    filter: Option<Filter>,
+) -> Result<mpsc::Receiver<EventMessage>, crate::bus::BusError> {
+    let events = bus.subscribe(types).await?;
+    Ok(match filter {
+        Some(filter) => filtered(events, filter),
+        None => events,
+    })
+}
+
 /// Passes on only the events `filter` matches, evaluating on a thread of its own. The
 /// thread ends when either side goes away.
 pub fn filtered(mut events: mpsc::Receiver<EventMessage>, filter: Filter) -> mpsc::Receiver<EventMessage> {

@@ -234,6 +234,21 @@ pub fn xml_to_json(node: &XmlNode) -> serde_json::Value {
     Value::Object(map)
 }
 
+/// An event as one JSON object, `{"type": T, …fields}` — how the shell, `events tail` and
+/// `GET /events` show events. A body that cannot be read keeps its type and says why.
+pub fn event_json(event_type: &str, body: &[u8]) -> serde_json::Value {
+    use serde_json::Value;
+    let mut fields = match open_envelope(body) {
+        Ok(node) => match xml_to_json(&node) {
+            Value::Object(map) => map,
+            other => serde_json::Map::from_iter([("value".to_owned(), other)]),
+        },
+        Err(e) => serde_json::Map::from_iter([("error".to_owned(), Value::String(e.to_string()))]),
+    };
+    fields.insert("type".into(), Value::String(event_type.to_owned()));
+    Value::Object(fields)
+}
+
 /// Writes `<Event xmlns="…"><Type>…</Type></Event>` around a body.
 pub fn envelope(event_type: &str, body: &str) -> String {
     format!(

@@ -115,12 +115,7 @@ impl EventValidator {
 
     /// Validates from a thread outside the async runtime (fuzzing, scripts).
     pub fn validate_blocking(&self, xml: &[u8]) -> Result<String, EventError> {
-        if xml.len() > MAX_EVENT_BYTES {
-            return Err(EventError::TooLarge(xml.len()));
-        }
-        let (reply, rx) = oneshot::channel();
-        self.jobs.send(Job::Validate { xml: xml.to_vec(), reply }).map_err(|_| EventError::ValidatorStopped)?;
-        rx.blocking_recv().map_err(|_| EventError::ValidatorStopped)?
+        self.submit(xml)?.blocking_recv().map_err(|_| EventError::ValidatorStopped)?
     }
 
     /// Reads the schema folders again: types dropped in since the start become valid.
@@ -150,12 +145,16 @@ impl EventValidator {
 
     /// Validates an event document; returns its type.
     pub async fn validate(&self, xml: &[u8]) -> Result<String, EventError> {
+        self.submit(xml)?.await.map_err(|_| EventError::ValidatorStopped)?
+    }
+
+    fn submit(&self, xml: &[u8]) -> Result<oneshot::Receiver<Result<String, EventError>>, EventError> {
         if xml.len() > MAX_EVENT_BYTES {
             return Err(EventError::TooLarge(xml.len()));
         }
         let (reply, rx) = oneshot::channel();
         self.jobs.send(Job::Validate { xml: xml.to_vec(), reply }).map_err(|_| EventError::ValidatorStopped)?;
-        rx.await.map_err(|_| EventError::ValidatorStopped)?
+        Ok(rx)
     }
 }
 
