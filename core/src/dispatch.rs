@@ -173,12 +173,26 @@ impl Dispatcher {
             return Err(RpcError::new(ErrorCode::METHOD_FORBIDDEN, format!("'{method}' is not callable remotely")));
         }
         let local = self.registry.local_command(method);
-        let Some(spec) = local.as_ref().map(|c| c.spec.clone()).or_else(|| self.registry.find_spec(method)) else {
-            return Err(RpcError::new(ErrorCode::COMMAND_NOT_DEFINED, format!("no live node provides '{method}'"))
-                .with_details(json!({ "method": method })));
+        // A local command lends its own description; only remote ones are looked up.
+        let remote_spec;
+        let spec = match &local {
+            Some(command) => &command.spec,
+            None => match self.registry.find_spec(method) {
+                Some(found) => {
+                    remote_spec = found;
+                    &remote_spec
+                }
+                None => {
+                    return Err(RpcError::new(
+                        ErrorCode::COMMAND_NOT_DEFINED,
+                        format!("no live node provides '{method}'"),
+                    )
+                    .with_details(json!({ "method": method })));
+                }
+            },
         };
         if origin.pinned {
-            let Some(command) = local else {
+            let Some(command) = local.clone() else {
                 return Err(RpcError::new(
                     ErrorCode::COMMAND_NOT_DEFINED,
                     format!("node {} does not provide '{method}'", self.config.node),
@@ -188,7 +202,7 @@ impl Dispatcher {
             return self.execute_local(command, args, origin).await;
         }
         match spec.call_type {
-            CallType::Normal => match local {
+            CallType::Normal => match local.clone() {
                 Some(command) => {
                     let args = spec.bind_arguments(params)?;
                     self.execute_local(command, args, origin).await
@@ -196,15 +210,15 @@ impl Dispatcher {
                 None => {
                     // Check arguments here too, so a bad call fails before travelling.
                     spec.bind_arguments(params.clone())?;
-                    self.forward_to_least_loaded(&spec, params, origin).await
+                    self.forward_to_least_loaded(spec, params, origin).await
                 }
             },
-            CallType::FirstResult => self.first_result(&spec, local, params, origin).await,
-            CallType::Cumulative => self.cumulative(&spec, local, params, origin).await,
+            CallType::FirstResult => self.first_result(spec, local.as_ref(), params, origin).await,
+            CallType::Cumulative => self.cumulative(spec, local.as_ref(), params, origin).await,
         }
     }
 
-    async fn execute_local(&self, command: Command, args: Vec<Value>, origin: &Origin) -> Result<Value, RpcError> {
+    async fn execute_local(&self, command: Arc<Command>, args: Vec<Value>, origin: &Origin) -> Result<Value, RpcError> {
         let spec = &command.spec;
         if spec.needs_user && origin.user.is_none() {
             return Err(RpcError::new(ErrorCode::COMMAND_NO_USERNAME, format!("'{}' needs a user", spec.name)));
@@ -295,7 +309,7 @@ impl Dispatcher {
     async fn run_on(
         &self,
         spec: &CommandSpec,
-        local: Option<&Command>,
+        local: Option<&Arc<Command>>,
         node: &str,
         params: Params,
         origin: &Origin,
@@ -312,7 +326,7 @@ impl Dispatcher {
     async fn first_result(
         &self,
         spec: &CommandSpec,
-        local: Option<Command>,
+        local: Option<&Arc<Command>>,
         params: Params,
         origin: &Origin,
     ) -> Result<Value, RpcError> {
@@ -320,7 +334,7 @@ impl Dispatcher {
         let mut errors = Map::new();
         let mut last = None;
         for node in self.fan_out_order(spec, local.is_some()) {
-            match self.run_on(spec, local.as_ref(), &node, params.clone(), origin).await {
+            match self.run_on(spec, local, &node, params.clone(), origin).await {
                 Ok(value) => return Ok(value),
                 Err(e) => {
                     errors.insert(node, error_summary(&e));
@@ -341,14 +355,13 @@ impl Dispatcher {
     async fn cumulative(
         &self,
         spec: &CommandSpec,
-        local: Option<Command>,
+        local: Option<&Arc<Command>>,
         params: Params,
         origin: &Origin,
     ) -> Result<Value, RpcError> {
         spec.bind_arguments(params.clone())?;
         let nodes = self.fan_out_order(spec, local.is_some());
-        let outcomes =
-            join_all(nodes.iter().map(|node| self.run_on(spec, local.as_ref(), node, params.clone(), origin))).await;
+        let outcomes = join_all(nodes.iter().map(|node| self.run_on(spec, local, node, params.clone(), origin))).await;
         let mut results = Map::new();
         let mut errors = Map::new();
         for (node, outcome) in nodes.into_iter().zip(outcomes) {

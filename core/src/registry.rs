@@ -62,7 +62,8 @@ pub struct MethodInfo {
 /// The registry of one node.
 pub struct Registry {
     node: String,
-    local: RwLock<HashMap<String, Command>>,
+    // Arc: the dispatcher takes a command per call without copying its description.
+    local: RwLock<HashMap<String, Arc<Command>>>,
     nodes: RwLock<HashMap<String, NodeInfo>>,
 }
 
@@ -110,7 +111,7 @@ impl Registry {
                 }
             }
             for cmd in commands {
-                local.insert(cmd.spec.name.clone(), cmd);
+                local.insert(cmd.spec.name.clone(), Arc::new(cmd));
             }
         }
         let specs = self.local_specs();
@@ -119,7 +120,7 @@ impl Registry {
     }
 
     /// A local command by name.
-    pub fn local_command(&self, name: &str) -> Option<Command> {
+    pub fn local_command(&self, name: &str) -> Option<Arc<Command>> {
         read(&self.local).get(name).cloned()
     }
 
