@@ -5,11 +5,9 @@
 //! truth. `users`: argon2 hashes from `agent.toml`, for an agent without a broker.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use argon2::password_hash::PasswordVerifier;
 use argon2::password_hash::phc::PasswordHash;
-use lapin::uri::AMQPUri;
 
 /// How passwords are checked.
 #[derive(Clone, Debug)]
@@ -37,29 +35,11 @@ impl Authenticator {
                     PasswordHash::new(stored).map_err(|e| format!("the stored hash of '{user}' is malformed: {e}"))?;
                 Ok(argon2::Argon2::default().verify_password(password.as_bytes(), &hash).is_ok())
             }
-            Authenticator::Broker { url } => {
-                let mut uri: AMQPUri = url.parse().map_err(|e: String| format!("broker URL: {e}"))?;
-                uri.authority.userinfo.username = user.to_owned();
-                uri.authority.userinfo.password = password.to_owned();
-                uri.query.connection_timeout = Some(5000);
-                let connect = lapin::Connection::connect_uri(uri, lapin::ConnectionProperties::default());
-                match tokio::time::timeout(Duration::from_secs(6), connect).await {
-                    Ok(Ok(connection)) => {
-                        let _ = connection.close(200, "login check".into()).await;
-                        Ok(true)
-                    }
-                    Ok(Err(e)) if is_auth_failure(&e) => Ok(false),
-                    Ok(Err(e)) => Err(format!("cannot check the password with the broker: {e}")),
-                    Err(_) => Err("cannot check the password: the broker did not answer".into()),
-                }
-            }
+            Authenticator::Broker { url } => clacks_core::bus::amqp::check_login(url, user, password)
+                .await
+                .map_err(|e| format!("cannot check the password with the broker: {e}")),
         }
     }
-}
-
-fn is_auth_failure(e: &lapin::Error) -> bool {
-    let text = e.to_string().to_ascii_lowercase();
-    text.contains("access_refused") || text.contains("auth") || text.contains("login")
 }
 
 /// An argon2 PHC hash of `password`, for `[http.users]`.

@@ -45,6 +45,7 @@ impl From<BusError> for ClientError {
     fn from(e: BusError) -> ClientError {
         match e {
             BusError::Connect { .. } => ClientError::Connect(e.to_string()),
+            BusError::AccessRefused { .. } => ClientError::Auth(e.to_string()),
             other => ClientError::Rpc(other.to_rpc_error()),
         }
     }

@@ -103,14 +103,7 @@ pub(crate) async fn connect(target: &Target) -> Result<Session, ClientError> {
             let url = with_credentials(url, &target.user, target.password.as_deref());
             let settings =
                 AmqpSettings { connection_name: format!("clacks shell {}", target.user), ..AmqpSettings::default() };
-            let bus = AmqpBus::connect(&url, target.domain.clone(), settings).await.map_err(|e| {
-                let text = e.to_string();
-                if text.contains("ACCESS_REFUSED") || text.to_ascii_lowercase().contains("auth") {
-                    ClientError::Auth(format!("login of user '{}' refused by the broker", target.user))
-                } else {
-                    ClientError::Connect(text)
-                }
-            })?;
+            let bus = AmqpBus::connect(&url, target.domain.clone(), settings).await?;
             Ok(Session {
                 client: std::sync::Arc::new(Client::over_bus(Bus::Amqp(bus), target.domain.clone(), target.timeout)),
                 embedded: None,

@@ -371,6 +371,34 @@ fn fail_pending(inner: &Inner, reason: &str) {
     }
 }
 
+/// Whether the broker refused the login (wrong user or password), as opposed to being
+/// unreachable.
+fn is_access_refused(e: &lapin::Error) -> bool {
+    e.to_string().contains("ACCESS_REFUSED")
+}
+
+/// Checks `user` and `password` by opening a connection to the broker at `url` with them
+/// (`Ok(false)`: refused). The broker, and whatever it authenticates against, stays the
+/// one judge of passwords.
+pub async fn check_login(url: &str, user: &str, password: &str) -> Result<bool, BusError> {
+    let display_url = redact_url(url);
+    let mut uri: AMQPUri =
+        url.parse().map_err(|e: String| BusError::Connect { url: display_url.clone(), reason: e })?;
+    uri.authority.userinfo.username = user.to_owned();
+    uri.authority.userinfo.password = password.to_owned();
+    uri.query.connection_timeout = Some(5000);
+    let connect = Connection::connect_uri(uri, ConnectionProperties::default());
+    match tokio::time::timeout(Duration::from_secs(6), connect).await {
+        Ok(Ok(connection)) => {
+            let _ = connection.close(200, "login check".into()).await;
+            Ok(true)
+        }
+        Ok(Err(e)) if is_access_refused(&e) => Ok(false),
+        Ok(Err(e)) => Err(BusError::Connect { url: display_url, reason: e.to_string() }),
+        Err(_) => Err(BusError::Connect { url: display_url, reason: "the broker did not answer".into() }),
+    }
+}
+
 /// A channel-level ("soft") protocol error is a refusal of what was asked; anything
 /// else means the connection is gone.
 fn lapin_err(e: lapin::Error) -> BusError {
@@ -385,7 +413,13 @@ fn lapin_err(e: lapin::Error) -> BusError {
 /// Connects and declares the whole topology; the topology lock is held throughout so a
 /// concurrent `serve`/`subscribe` is either replayed here or declared after.
 async fn establish(inner: &Arc<Inner>) -> Result<Arc<Live>, BusError> {
-    let connect_error = |e: lapin::Error| BusError::Connect { url: inner.display_url.clone(), reason: e.to_string() };
+    let connect_error = |e: lapin::Error| {
+        if is_access_refused(&e) {
+            BusError::AccessRefused { url: inner.display_url.clone(), user: inner.user.clone() }
+        } else {
+            BusError::Connect { url: inner.display_url.clone(), reason: e.to_string() }
+        }
+    };
     let properties =
         ConnectionProperties::default().with_connection_name(inner.settings.connection_name.as_str().into());
     let connect = Connection::connect_uri(inner.uri.clone(), properties);

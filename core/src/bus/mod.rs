@@ -91,6 +91,14 @@ pub enum BusError {
         /// What went wrong.
         reason: String,
     },
+    /// The broker refused the credentials.
+    #[error("login of user '{user}' refused by {url}")]
+    AccessRefused {
+        /// The broker URL without credentials.
+        url: String,
+        /// The user that was refused.
+        user: String,
+    },
     /// Nobody consumes the queue.
     #[error("no agent serves {0}")]
     NoProvider(String),
@@ -113,6 +121,7 @@ impl BusError {
     pub fn to_rpc_error(&self) -> RpcError {
         let code = match self {
             BusError::Connect { .. } | BusError::ConnectionLost(_) | BusError::Closed => ErrorCode::CONNECTION_LOST,
+            BusError::AccessRefused { .. } => ErrorCode::LOGIN_FAILED,
             BusError::NoProvider(_) => ErrorCode::NO_PROVIDER,
             BusError::Timeout(_) => ErrorCode::TIMEOUT,
             BusError::Refused(_) => ErrorCode::INTERNAL_ERROR,
