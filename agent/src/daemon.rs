@@ -109,7 +109,6 @@ struct Inner {
     bus: Bus,
     registry: Arc<Registry>,
     dispatcher: Arc<Dispatcher>,
-    validator: EventValidator,
     events: EventPublisher,
     shutdown_requested: CancellationToken,
     stopped: CancellationToken,
@@ -197,7 +196,6 @@ impl Agent {
                 bus,
                 registry,
                 dispatcher,
-                validator,
                 events,
                 shutdown_requested,
                 stopped: CancellationToken::new(),
@@ -349,7 +347,7 @@ impl Agent {
                 _ = self.inner.stopped.cancelled() => return,
                 m = events.recv() => match m { Some(m) => m, None => return },
             };
-            if let Err(e) = self.inner.validator.validate(&message.body).await {
+            if let Err(e) = self.inner.events.validator().validate(&message.body).await {
                 warn!(error = %e, sender = ?message.user, "dropping an invalid presence event");
                 continue;
             }

@@ -96,11 +96,6 @@ impl Client {
         }
     }
 
-    /// The default deadline of a call.
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
     /// Calls `method` with the default deadline.
     pub async fn call(&self, method: &str, params: Params) -> Result<Value, ClientError> {
         self.call_with_timeout(method, params, self.timeout).await

@@ -193,11 +193,6 @@ impl AmqpBus {
         &self.inner.user
     }
 
-    /// Whether a connection is up right now.
-    pub fn is_connected(&self) -> bool {
-        self.inner.live.borrow().is_some()
-    }
-
     async fn live_until(&self, deadline: Instant) -> Result<Arc<Live>, BusError> {
         let mut rx = self.inner.live.subscribe();
         let wait = rx.wait_for(|l| l.is_some());

@@ -80,11 +80,6 @@ impl Filter {
         Ok(filter)
     }
 
-    /// The expression as given.
-    pub fn source(&self) -> &str {
-        &self.source
-    }
-
     /// Compiles the filter for use on the current thread.
     pub fn compile(&self) -> Result<CompiledFilter, FilterError> {
         let mut builder = StaticContextBuilder::default();
