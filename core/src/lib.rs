@@ -22,6 +22,7 @@ pub mod command;
 pub mod dispatch;
 pub mod domain;
 pub mod events;
+pub mod objects;
 pub mod registry;
 pub mod rpc;
 pub mod testing;

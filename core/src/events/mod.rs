@@ -88,6 +88,8 @@ pub struct XmlNode {
     pub text: String,
     /// Child elements in document order.
     pub children: Vec<XmlNode>,
+    /// 1-based line of the start tag, for diagnostics that point into the document.
+    pub line: u32,
 }
 
 impl XmlNode {
@@ -123,15 +125,20 @@ pub fn parse_xml(xml: &[u8]) -> Result<XmlNode, EventError> {
     let mut reader = Reader::from_str(text);
     let mut stack: Vec<XmlNode> = Vec::new();
     let malformed = |e: quick_xml::Error| EventError::Malformed(e.to_string());
+    // Lines are counted incrementally: each event's start is where the previous one ended.
+    let (mut line, mut counted_to) = (1u32, 0usize);
     loop {
+        let at = usize::try_from(reader.buffer_position()).unwrap_or(usize::MAX).min(text.len());
+        line += text.as_bytes()[counted_to.min(at)..at].iter().filter(|b| **b == b'\n').count() as u32;
+        counted_to = at;
         match reader.read_event().map_err(malformed)? {
             XmlEvent::Start(start) => {
                 let name = start.local_name().as_ref().to_owned();
-                stack.push(XmlNode { name, attributes: attributes(&start)?, ..XmlNode::default() });
+                stack.push(XmlNode { name, attributes: attributes(&start)?, line, ..XmlNode::default() });
             }
             XmlEvent::Empty(start) => {
                 let name = start.local_name().as_ref().to_owned();
-                let node = XmlNode { name, attributes: attributes(&start)?, ..XmlNode::default() };
+                let node = XmlNode { name, attributes: attributes(&start)?, line, ..XmlNode::default() };
                 match stack.last_mut() {
                     Some(parent) => parent.children.push(node),
                     None => return Ok(node),
@@ -166,7 +173,7 @@ pub fn parse_xml(xml: &[u8]) -> Result<XmlNode, EventError> {
                 }
             }
             XmlEvent::DocType(_) => {
-                return Err(EventError::Malformed("document type declarations are not allowed in events".into()));
+                return Err(EventError::Malformed("document type declarations are not allowed".into()));
             }
             XmlEvent::End(_) => {
                 let Some(mut node) = stack.pop() else {

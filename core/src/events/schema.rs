@@ -1,7 +1,8 @@
-//! XSD validation of events with libxml2.
+//! XSD validation of events (and of other documents, such as object descriptions) with
+//! libxml2.
 //!
-//! libxml2 is not thread-safe, so one dedicated thread owns the parsed schema and the
-//! validation context; everyone else talks to it through [`EventValidator`], a cheap
+//! libxml2 is not thread-safe, so one dedicated thread owns the parsed schemas and the
+//! validation contexts; everyone else talks to it through [`EventValidator`], a cheap
 //! cloneable handle. The schema set is the shipped types (compiled into the binary from
 //! `schemas/events/`) plus every `*.xsd` in the configured extra folders; the first file
 //! for a type wins. They are assembled into one envelope schema in which `<Event>` is a
@@ -63,6 +64,12 @@ enum Job {
     Validate {
         xml: Vec<u8>,
         reply: oneshot::Sender<Result<String, EventError>>,
+    },
+    /// Validate any document against a given XSD (compiled once per distinct text).
+    ValidateDocument {
+        schema: std::sync::Arc<str>,
+        xml: Vec<u8>,
+        reply: oneshot::Sender<Result<(), EventError>>,
     },
     /// Swap in a new schema set; the old one stays if the new one does not compile.
     Reload {
@@ -148,6 +155,17 @@ impl EventValidator {
         self.submit(xml)?.await.map_err(|_| EventError::ValidatorStopped)?
     }
 
+    /// Validates a document that is not an event (an object description, say) against
+    /// the XSD text `schema`, on the same libxml2 thread. Violations come back as
+    /// [`EventError::Invalid`] with their lines; DOCTYPEs are refused as for events.
+    pub fn validate_document_blocking(&self, schema: &std::sync::Arc<str>, xml: &[u8]) -> Result<(), EventError> {
+        let (reply, rx) = oneshot::channel();
+        self.jobs
+            .send(Job::ValidateDocument { schema: schema.clone(), xml: xml.to_vec(), reply })
+            .map_err(|_| EventError::ValidatorStopped)?;
+        rx.blocking_recv().map_err(|_| EventError::ValidatorStopped)?
+    }
+
     fn submit(&self, xml: &[u8]) -> Result<oneshot::Receiver<Result<String, EventError>>, EventError> {
         if xml.len() > MAX_EVENT_BYTES {
             return Err(EventError::TooLarge(xml.len()));
@@ -225,10 +243,22 @@ fn validator_thread(
         }
     };
     let parser = Parser::default();
+    // Other documents' schemas, by their text; there are few (object descriptions).
+    let mut others: HashMap<std::sync::Arc<str>, SchemaValidationContext> = HashMap::new();
     while let Some(job) = next_job(&jobs) {
         match job {
             Job::Validate { xml, reply } => {
                 let _ = reply.send(validate_one(&parser, &mut ctx, &xml));
+            }
+            Job::ValidateDocument { schema, xml, reply } => {
+                let result = match others.entry(schema) {
+                    std::collections::hash_map::Entry::Occupied(entry) => Ok(entry.into_mut()),
+                    std::collections::hash_map::Entry::Vacant(entry) => {
+                        compile_schema_text(entry.key()).map(|compiled| entry.insert(compiled))
+                    }
+                }
+                .and_then(|compiled| check_document(&parser, compiled, &xml).map(|_| ()));
+                let _ = reply.send(result);
             }
             Job::Reload { sources, reply } => {
                 let _ = reply.send(build_context(&sources).map(|fresh| ctx = fresh));
@@ -284,10 +314,38 @@ fn build_context(sources: &BTreeMap<String, String>) -> Result<SchemaValidationC
 }
 
 fn validate_one(parser: &Parser, ctx: &mut SchemaValidationContext, xml: &[u8]) -> Result<String, EventError> {
+    let doc = check_document(parser, ctx, xml)?;
+    let root = doc.get_root_element().ok_or_else(|| EventError::Malformed("empty document".into()))?;
+    root.get_child_elements()
+        .first()
+        .map(|child| child.get_name())
+        .ok_or_else(|| EventError::Malformed("<Event> has no child element".into()))
+}
+
+/// Compiles a standalone XSD given as text (it may not include other files).
+fn compile_schema_text(text: &str) -> Result<SchemaValidationContext, EventError> {
+    let mut parser_ctx = SchemaParserContext::from_buffer(text.as_bytes());
+    SchemaValidationContext::from_parser(&mut parser_ctx).map_err(|errors| {
+        let text: Vec<String> = errors
+            .iter()
+            .map(|e| {
+                let line = e.line.map(|l| format!("line {l}: ")).unwrap_or_default();
+                format!("{line}{}", e.message.as_deref().unwrap_or("unknown error").trim())
+            })
+            .collect();
+        EventError::Schema(text.join("; "))
+    })
+}
+
+fn check_document(
+    parser: &Parser,
+    ctx: &mut SchemaValidationContext,
+    xml: &[u8],
+) -> Result<libxml::tree::Document, EventError> {
     // Reject document type declarations outright: events never need them, and they are
     // how entity-expansion and external-entity attacks start.
     if contains_doctype(xml) {
-        return Err(EventError::Malformed("document type declarations are not allowed in events".into()));
+        return Err(EventError::Malformed("document type declarations are not allowed".into()));
     }
     let options = ParserOptions { recover: false, no_net: true, ..ParserOptions::default() };
     let (doc, _) = parser
@@ -304,11 +362,7 @@ fn validate_one(parser: &Parser, ctx: &mut SchemaValidationContext, xml: &[u8]) 
                 .collect(),
         )
     })?;
-    let root = doc.get_root_element().ok_or_else(|| EventError::Malformed("empty document".into()))?;
-    root.get_child_elements()
-        .first()
-        .map(|child| child.get_name())
-        .ok_or_else(|| EventError::Malformed("<Event> has no child element".into()))
+    Ok(doc)
 }
 
 /// libxml2 starts schema messages with `Element '{namespace}Name': …`.

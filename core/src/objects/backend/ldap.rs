@@ -1,0 +1,381 @@
+//! The LDAP backend (ldap3): a small pool of bound connections to one directory.
+//!
+//! Entries are identified by `entryUUID`; object types by their object classes. Values
+//! are text except for attributes whose backend type is `Binary`, which travel base64
+//! encoded above this layer. Every operation has the configured deadline; a connection
+//! that fails is dropped and reopened on next use.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use base64::Engine as _;
+use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, Mod, Scope, SearchEntry};
+use tokio::sync::Mutex;
+
+use super::{BackendError, Entry};
+
+/// How to reach and bind to the directory.
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LdapSettings {
+    /// `ldap://host:port` or `ldaps://host:port`.
+    pub url: String,
+    /// The naming context objects live under, e.g. `dc=example,dc=org`.
+    pub base: String,
+    #[serde(default)]
+    pub bind_dn: Option<String>,
+    #[serde(default)]
+    pub bind_password: Option<String>,
+    /// Upgrade `ldap://` with StartTLS.
+    #[serde(default)]
+    pub starttls: bool,
+    /// PEM file with the CA that signed the directory's certificate (default: system roots).
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    #[serde(default = "default_pool")]
+    pub pool_size: usize,
+    /// Seconds each operation may take.
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+    /// First number the id pool hands out for uidNumber/gidNumber.
+    #[serde(default = "default_id_start")]
+    pub id_start: i64,
+}
+
+fn default_pool() -> usize {
+    4
+}
+fn default_timeout() -> u64 {
+    10
+}
+fn default_id_start() -> i64 {
+    10000
+}
+
+/// Operational attributes every read asks for.
+const META: [&str; 4] = ["objectClass", "entryUUID", "modifyTimestamp", "createTimestamp"];
+
+pub struct LdapBackend {
+    settings: LdapSettings,
+    timeout: Duration,
+    slots: Vec<Mutex<Option<Ldap>>>,
+    next: AtomicUsize,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for LdapBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LdapBackend").field("url", &self.settings.url).field("base", &self.settings.base).finish()
+    }
+}
+
+fn ldap_error(e: LdapError) -> BackendError {
+    match e {
+        LdapError::LdapResult { result } => {
+            let text = if result.text.is_empty() { String::new() } else { format!(": {}", result.text) };
+            BackendError::Refused { code: result.rc, message: format!("LDAP result {}{text}", result.rc) }
+        }
+        LdapError::Timeout { .. } => BackendError::Unavailable("the directory did not answer in time".into()),
+        other => BackendError::Unavailable(format!("directory: {other}")),
+    }
+}
+
+impl LdapBackend {
+    /// Checks the settings and opens one connection, so a wrong URL or password is
+    /// reported at start rather than at first use.
+    pub async fn connect(settings: LdapSettings) -> Result<LdapBackend, BackendError> {
+        let tls = match &settings.ca_file {
+            Some(path) => Some(Arc::new(client_config(path)?)),
+            None => None,
+        };
+        let backend = LdapBackend {
+            timeout: Duration::from_secs(settings.timeout_secs.max(1)),
+            slots: (0..settings.pool_size.max(1)).map(|_| Mutex::new(None)).collect(),
+            next: AtomicUsize::new(0),
+            tls,
+            settings,
+        };
+        backend.handle().await?;
+        Ok(backend)
+    }
+
+    pub fn base(&self) -> &str {
+        &self.settings.base
+    }
+
+    async fn open(&self) -> Result<Ldap, BackendError> {
+        let mut conn = LdapConnSettings::new().set_conn_timeout(self.timeout).set_starttls(self.settings.starttls);
+        if let Some(config) = &self.tls {
+            conn = conn.set_config(config.clone());
+        }
+        let (driver, mut ldap) = LdapConnAsync::with_settings(conn, &self.settings.url).await.map_err(ldap_error)?;
+        tokio::spawn(async move {
+            if let Err(e) = driver.drive().await {
+                tracing::debug!("directory connection ended: {e}");
+            }
+        });
+        if let Some(dn) = &self.settings.bind_dn {
+            ldap.with_timeout(self.timeout)
+                .simple_bind(dn, self.settings.bind_password.as_deref().unwrap_or_default())
+                .await
+                .map_err(ldap_error)?
+                .success()
+                .map_err(|e| BackendError::Unavailable(format!("cannot bind to the directory as {dn}: {e}")))?;
+        }
+        Ok(ldap)
+    }
+
+    /// A handle from the pool, opening the connection if needed.
+    async fn handle(&self) -> Result<Ldap, BackendError> {
+        let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
+        let mut guard = slot.lock().await;
+        if let Some(ldap) = guard.as_mut()
+            && !ldap.is_closed()
+        {
+            return Ok(ldap.clone());
+        }
+        let ldap = self.open().await?;
+        *guard = Some(ldap.clone());
+        Ok(ldap)
+    }
+
+    async fn run<T, F, Fut>(&self, op: F) -> Result<T, BackendError>
+    where
+        F: Fn(Ldap) -> Fut,
+        Fut: std::future::Future<Output = Result<T, LdapError>>,
+    {
+        let mut ldap = self.handle().await?;
+        ldap.with_timeout(self.timeout);
+        op(ldap).await.map_err(ldap_error)
+    }
+
+    async fn search(&self, base: &str, scope: Scope, filter: &str, attrs: Vec<String>) -> Result<Vec<SearchEntry>, BackendError> {
+        let result = self
+            .run(|mut ldap| {
+                let attrs = attrs.clone();
+                async move { ldap.search(base, scope, filter, attrs).await }
+            })
+            .await?;
+        match result.success() {
+            Ok((entries, _)) => Ok(entries.into_iter().map(SearchEntry::construct).collect()),
+            Err(LdapError::LdapResult { result }) if result.rc == 32 => Ok(Vec::new()), // noSuchObject
+            Err(e) => Err(ldap_error(e)),
+        }
+    }
+
+    fn entry(found: &SearchEntry) -> Entry {
+        let first = |name: &str| found.attrs.get(name).and_then(|v| v.first()).cloned();
+        Entry {
+            uuid: first("entryUUID").unwrap_or_default(),
+            dn: found.dn.clone(),
+            markers: found.attrs.get("objectClass").cloned().unwrap_or_default(),
+            modified: first("modifyTimestamp").or_else(|| first("createTimestamp")),
+        }
+    }
+
+    /// The entry at `dn`, if any.
+    pub async fn entry_by_dn(&self, dn: &str) -> Result<Option<Entry>, BackendError> {
+        let found = self.search(dn, Scope::Base, "(objectClass=*)", META.map(str::to_owned).to_vec()).await?;
+        Ok(found.first().map(LdapBackend::entry))
+    }
+
+    /// The entry with this entryUUID, searched below the base.
+    pub async fn entry_by_uuid(&self, uuid: &str) -> Result<Option<Entry>, BackendError> {
+        let filter = format!("(entryUUID={})", ldap3::ldap_escape(uuid));
+        let found = self.search(&self.settings.base, Scope::Subtree, &filter, META.map(str::to_owned).to_vec()).await?;
+        Ok(found.first().map(LdapBackend::entry))
+    }
+
+    /// Reads `attrs` of `dn`; binary ones (`binary` holds their names) come base64 encoded.
+    pub async fn load(&self, dn: &str, attrs: &[String], binary: &HashSet<String>) -> Result<HashMap<String, Vec<String>>, BackendError> {
+        let found = self.search(dn, Scope::Base, "(objectClass=*)", attrs.to_vec()).await?;
+        let Some(entry) = found.into_iter().next() else {
+            return Err(BackendError::NotFound(dn.to_owned()));
+        };
+        let mut out = HashMap::new();
+        for name in attrs {
+            // The server spells attribute names its own way; match case-insensitively.
+            let text = entry.attrs.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
+            let bin = entry.bin_attrs.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
+            let values = match (text, bin) {
+                (Some(values), _) if binary.contains(name) => {
+                    values.iter().map(|v| base64::engine::general_purpose::STANDARD.encode(v)).collect()
+                }
+                (Some(values), _) => values,
+                (None, Some(values)) => values.iter().map(|v| base64::engine::general_purpose::STANDARD.encode(v)).collect(),
+                (None, None) => continue,
+            };
+            out.insert(name.clone(), values);
+        }
+        Ok(out)
+    }
+
+    fn bytes(name: &str, value: &str, binary: &HashSet<String>) -> Result<Vec<u8>, BackendError> {
+        if binary.contains(name) {
+            base64::engine::general_purpose::STANDARD
+                .decode(value)
+                .map_err(|e| BackendError::Invalid(format!("{name}: not base64: {e}")))
+        } else {
+            Ok(value.as_bytes().to_vec())
+        }
+    }
+
+    /// Adds an entry; returns its entryUUID.
+    pub async fn create(
+        &self,
+        dn: &str,
+        object_classes: &[String],
+        attrs: &[(String, Vec<String>)],
+        binary: &HashSet<String>,
+    ) -> Result<String, BackendError> {
+        let mut add: Vec<(Vec<u8>, HashSet<Vec<u8>>)> =
+            vec![(b"objectClass".to_vec(), object_classes.iter().map(|c| c.as_bytes().to_vec()).collect())];
+        for (name, values) in attrs.iter().filter(|(_, v)| !v.is_empty()) {
+            let set = values.iter().map(|v| LdapBackend::bytes(name, v, binary)).collect::<Result<_, _>>()?;
+            add.push((name.as_bytes().to_vec(), set));
+        }
+        self.run(|mut ldap| {
+            let add = add.clone();
+            async move { ldap.add(dn, add).await?.success() }
+        })
+        .await?;
+        self.entry_by_dn(dn)
+            .await?
+            .map(|e| e.uuid)
+            .ok_or_else(|| BackendError::Unavailable(format!("{dn} vanished right after it was added")))
+    }
+
+    /// Replaces attributes (an empty list deletes), adds and removes object classes.
+    pub async fn modify(
+        &self,
+        dn: &str,
+        changes: &[(String, Vec<String>)],
+        add_classes: &[String],
+        remove_classes: &[String],
+        binary: &HashSet<String>,
+    ) -> Result<(), BackendError> {
+        let mut mods: Vec<Mod<Vec<u8>>> = Vec::new();
+        if !add_classes.is_empty() {
+            mods.push(Mod::Add(b"objectClass".to_vec(), add_classes.iter().map(|c| c.as_bytes().to_vec()).collect()));
+        }
+        for (name, values) in changes {
+            let set = values.iter().map(|v| LdapBackend::bytes(name, v, binary)).collect::<Result<_, _>>()?;
+            mods.push(Mod::Replace(name.as_bytes().to_vec(), set));
+        }
+        if !remove_classes.is_empty() {
+            mods.push(Mod::Delete(b"objectClass".to_vec(), remove_classes.iter().map(|c| c.as_bytes().to_vec()).collect()));
+        }
+        if mods.is_empty() {
+            return Ok(());
+        }
+        self.run(|mut ldap| {
+            let mods = mods.clone();
+            async move { ldap.modify(dn, mods).await?.success() }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Renames and/or moves; returns the new DN.
+    pub async fn rename(&self, dn: &str, new_rdn: &str, new_parent: Option<&str>) -> Result<String, BackendError> {
+        self.run(|mut ldap| async move { ldap.modifydn(dn, new_rdn, true, new_parent).await?.success() }).await?;
+        let parent = match new_parent {
+            Some(p) => p.to_owned(),
+            None => super::parent_dn(dn).to_owned(),
+        };
+        Ok(format!("{new_rdn},{parent}"))
+    }
+
+    pub async fn delete(&self, dn: &str) -> Result<(), BackendError> {
+        self.run(|mut ldap| async move { ldap.delete(dn).await?.success() }).await?;
+        Ok(())
+    }
+
+    /// DNs one level below `dn`.
+    pub async fn children(&self, dn: &str) -> Result<Vec<String>, BackendError> {
+        Ok(self.search(dn, Scope::OneLevel, "(objectClass=*)", vec!["1.1".to_owned()]).await?.into_iter().map(|e| e.dn).collect())
+    }
+
+    /// Every entry below `base` (inclusive) with its object classes, for the index scan.
+    pub async fn subtree(&self, base: &str) -> Result<Vec<Entry>, BackendError> {
+        Ok(self
+            .search(base, Scope::Subtree, "(objectClass=*)", META.map(str::to_owned).to_vec())
+            .await?
+            .iter()
+            .map(LdapBackend::entry)
+            .collect())
+    }
+
+    /// Entries below the base changed after `since` (generalized time), for polling.
+    pub async fn changed_since(&self, since: &str) -> Result<Vec<Entry>, BackendError> {
+        let filter = format!("(modifyTimestamp>={})", ldap3::ldap_escape(since));
+        Ok(self
+            .search(&self.settings.base, Scope::Subtree, &filter, META.map(str::to_owned).to_vec())
+            .await?
+            .iter()
+            .map(LdapBackend::entry)
+            .collect())
+    }
+
+    /// Hands out the next number for `attr` from the pool entry `cn=clacks-idpool,<base>`.
+    /// The increment deletes the old value and adds the new one in one modify, which the
+    /// server refuses when someone else got there first; then it tries again.
+    pub async fn next_id(&self, attr: &str) -> Result<i64, BackendError> {
+        let pool = format!("cn=clacks-idpool,{}", self.settings.base);
+        for _ in 0..20 {
+            let current = self.load(&pool, &[attr.to_owned()], &HashSet::new()).await;
+            let current = match current {
+                Ok(values) => values.get(attr).and_then(|v| v.first()).and_then(|v| v.parse::<i64>().ok()),
+                Err(BackendError::NotFound(_)) => {
+                    let start = self.settings.id_start.to_string();
+                    let attrs = vec![
+                        ("cn".to_owned(), vec!["clacks-idpool".to_owned()]),
+                        (attr.to_owned(), vec![start]),
+                    ];
+                    let classes = ["device".to_owned(), "extensibleObject".to_owned()];
+                    match self.create(&pool, &classes, &attrs, &HashSet::new()).await {
+                        Ok(_) | Err(BackendError::Refused { code: 68, .. }) => continue, // 68: already exists
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(e) => return Err(e),
+            };
+            let Some(current) = current else {
+                let start = self.settings.id_start.to_string();
+                self.modify(&pool, &[(attr.to_owned(), vec![start])], &[], &[], &HashSet::new()).await?;
+                continue;
+            };
+            let mods = vec![
+                Mod::Delete(attr.as_bytes().to_vec(), HashSet::from([current.to_string().into_bytes()])),
+                Mod::Add(attr.as_bytes().to_vec(), HashSet::from([(current + 1).to_string().into_bytes()])),
+            ];
+            let outcome = self
+                .run(|mut ldap| {
+                    let mods = mods.clone();
+                    let pool = pool.clone();
+                    async move { ldap.modify(&pool, mods).await?.success() }
+                })
+                .await;
+            match outcome {
+                Ok(_) => return Ok(current),
+                Err(BackendError::Refused { code: 16, .. }) => continue, // noSuchAttributeValue: lost the race
+                Err(e) => return Err(e),
+            }
+        }
+        Err(BackendError::Unavailable(format!("could not take a number for {attr} from the id pool")))
+    }
+}
+
+fn client_config(ca_file: &std::path::Path) -> Result<rustls::ClientConfig, BackendError> {
+    let pem = std::fs::read(ca_file)
+        .map_err(|e| BackendError::Invalid(format!("cannot read the directory CA {}: {e}", ca_file.display())))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
+        let cert: rustls::pki_types::CertificateDer<'static> =
+            cert.map_err(|e| BackendError::Invalid(format!("{}: {e}", ca_file.display())))?;
+        roots.add(cert).map_err(|e| BackendError::Invalid(format!("{}: {e}", ca_file.display())))?;
+    }
+    Ok(rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth())
+}

@@ -1,0 +1,94 @@
+//! Where object data lives: LDAP, SQL (PostgreSQL or SQLite), and the helpers they share.
+//!
+//! A backend knows entries and attribute values, not descriptions: the object store
+//! decides which attributes go where and converts values; backends move text.
+
+pub mod ldap;
+pub mod sql;
+
+/// An entry as a primary backend knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub uuid: String,
+    pub dn: String,
+    /// LDAP: the object classes. SQL: the object types (base first).
+    pub markers: Vec<String>,
+    /// Last change, as the backend writes it (generalized time or RFC 3339).
+    pub modified: Option<String>,
+}
+
+/// A backend failure.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// The server cannot be reached or did not answer in time.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The server refused the operation (LDAP result code / SQL error).
+    #[error("{message}")]
+    Refused { code: u32, message: String },
+    #[error("no entry {0}")]
+    NotFound(String),
+    /// The data cannot be written as given.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The parent of `dn` (`""` for a top entry). Escaped commas (`\,`) are respected.
+pub fn parent_dn(dn: &str) -> &str {
+    split_rdn(dn).1
+}
+
+/// Splits `dn` into its first RDN and the rest.
+pub fn split_rdn(dn: &str) -> (&str, &str) {
+    let bytes = dn.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => i += 2,
+            b',' => return (&dn[..i], dn[i + 1..].trim_start()),
+            _ => i += 1,
+        }
+    }
+    (dn, "")
+}
+
+/// Escapes a value for use in an RDN (RFC 4514).
+pub fn escape_rdn_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for (i, c) in value.chars().enumerate() {
+        let edge = (i == 0 && (c == ' ' || c == '#')) || (i + 1 == value.chars().count() && c == ' ');
+        if edge || matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';' | '=') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A DN in the form used for comparisons: attribute names lowercased, spaces after
+/// commas dropped. Values keep their case (LDAP compares most of them case-insensitively,
+/// so the store lowercases the whole key where it needs a lookup key).
+pub fn dn_key(dn: &str) -> String {
+    let mut parts = Vec::new();
+    let mut rest = dn.trim();
+    while !rest.is_empty() {
+        let (rdn, tail) = split_rdn(rest);
+        parts.push(rdn.trim().to_lowercase());
+        rest = tail;
+    }
+    parts.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_split_and_escape() {
+        assert_eq!(split_rdn("cn=a\\,b,ou=people,dc=x"), ("cn=a\\,b", "ou=people,dc=x"));
+        assert_eq!(parent_dn("dc=x"), "");
+        assert_eq!(escape_rdn_value("Smith, John"), "Smith\\, John");
+        assert_eq!(escape_rdn_value(" lead"), "\\ lead");
+        assert_eq!(dn_key("CN=Ada, OU=People,dc=X"), "cn=ada,ou=people,dc=x");
+    }
+}

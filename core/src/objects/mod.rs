@@ -1,0 +1,14 @@
+//! The object abstraction: typed objects (User, Group, Device, …) described in XML and
+//! mapped onto LDAP and SQL backends.
+//!
+//! [`description`] reads and checks the descriptions; [`values`] and [`filters`] give
+//! attributes their types, transformations and validators; [`backend`] moves data to
+//! and from LDAP and SQL; [`index`] keeps every object searchable; [`store`] ties them
+//! together into open, change, commit, move and remove.
+
+pub mod backend;
+pub mod description;
+pub mod filters;
+pub mod password;
+pub mod relation;
+pub mod values;
