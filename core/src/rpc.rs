@@ -76,6 +76,38 @@ error_codes! {
     AGENT_STOPPING = -32010,
     /// `login` was refused.
     LOGIN_FAILED = -32011,
+    /// No object with that DN or UUID (or the parent of a new one is missing).
+    OBJECT_NOT_FOUND = -32100,
+    /// The entry matches no object type, or more than one.
+    OBJECT_TYPE_MISMATCH = -32101,
+    /// An object with that DN exists already.
+    OBJECT_EXISTS = -32102,
+    /// The object has children; remove or move them, or ask for a recursive removal.
+    OBJECT_HAS_CHILDREN = -32103,
+    /// The parent's type does not allow this type below it (`<Container>`).
+    OBJECT_NOT_SUB_FOR = -32104,
+    /// Someone else changed the object since it was opened; `details.changed` names what.
+    OBJECT_CONFLICT = -32105,
+    /// The object type, attribute or method is not in the description.
+    ATTRIBUTE_NOT_FOUND = -32110,
+    /// The attribute is read-only.
+    ATTRIBUTE_READ_ONLY = -32111,
+    /// The attribute cannot change while another attribute has a blocking value.
+    ATTRIBUTE_BLOCKED = -32112,
+    /// Mandatory attributes are empty; `details.attributes` lists them.
+    ATTRIBUTE_MANDATORY = -32113,
+    /// The value has the wrong type or is not one of the allowed values.
+    ATTRIBUTE_INVALID = -32114,
+    /// A validator refused the value; `details.errors` says why.
+    ATTRIBUTE_CHECK_FAILED = -32115,
+    /// The extension cannot be added to or removed from this object now.
+    EXTENSION_REFUSED = -32120,
+    /// The object reference is unknown, closed, expired or someone else's.
+    REFERENCE_NOT_FOUND = -32130,
+    /// A backend refused the change; nothing was left half-written.
+    BACKEND_FAILED = -32140,
+    /// A backend (directory, database) cannot be reached.
+    BACKEND_UNAVAILABLE = -32141,
 }
 
 impl ErrorCode {

@@ -67,7 +67,10 @@ pub struct Call {
 pub enum FilterStep {
     Filter(Call),
     /// The first `when` whose condition holds runs its chain; else `otherwise`.
-    Choice { when: Vec<(Condition, Vec<FilterStep>)>, otherwise: Vec<FilterStep> },
+    Choice {
+        when: Vec<(Condition, Vec<FilterStep>)>,
+        otherwise: Vec<FilterStep>,
+    },
 }
 
 /// A validator tree.
@@ -358,9 +361,7 @@ fn read_objects(file: &str, root: &XmlNode) -> Result<Vec<ObjectType>, String> {
 }
 
 fn read_type(node: &XmlNode, name: &str) -> Result<Option<ValueType>, String> {
-    node.child(name)
-        .map(|c| c.text.parse::<ValueType>().map_err(|e| format!("line {}: {e}", c.line)))
-        .transpose()
+    node.child(name).map(|c| c.text.parse::<ValueType>().map_err(|e| format!("line {}: {e}", c.line))).transpose()
 }
 
 fn read_object(file: &str, node: &XmlNode) -> Result<ObjectType, String> {
@@ -430,9 +431,7 @@ fn read_object(file: &str, node: &XmlNode) -> Result<ObjectType, String> {
                     result: a
                         .child("Result")
                         .map(|r| {
-                            r.children_named("Map")
-                                .map(|m| (text_of(m, "Source"), text_of(m, "Destination")))
-                                .collect()
+                            r.children_named("Map").map(|m| (text_of(m, "Source"), text_of(m, "Destination"))).collect()
                         })
                         .unwrap_or_default(),
                 })
@@ -594,7 +593,10 @@ fn read_method(node: &XmlNode) -> Result<MethodDef, String> {
 // ----- checks across the whole set -----
 
 /// Drops every type with a problem (and, repeatedly, whatever depended on it).
-fn check_set(mut types: BTreeMap<String, ObjectType>, diagnostics: &mut Vec<Diagnostic>) -> BTreeMap<String, ObjectType> {
+fn check_set(
+    mut types: BTreeMap<String, ObjectType>,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> BTreeMap<String, ObjectType> {
     loop {
         let mut broken: Vec<(String, Diagnostic)> = Vec::new();
         for t in types.values() {
@@ -691,7 +693,9 @@ fn check_attribute(t: &ObjectType, a: &AttributeDef, all: &BTreeMap<String, Obje
             return Some(format!("unknown backend '{backend}'"));
         }
         if backend == "Relation" && t.param("Relation", &a.name).is_none() {
-            return Some("a Relation attribute needs a <Backend …>Relation</Backend> parameter naming its relation".into());
+            return Some(
+                "a Relation attribute needs a <Backend …>Relation</Backend> parameter naming its relation".into(),
+            );
         }
     }
     for chain in a.in_filter.iter().chain(&a.out_filter) {
@@ -752,20 +756,14 @@ fn check_chain(chain: &[FilterStep]) -> Option<String> {
 
 fn check_condition(condition: &Condition) -> Option<String> {
     match condition {
-        Condition::Check(call) => {
-            filters::check_condition_call(call).err().map(|e| format!("line {}: {e}", call.line))
-        }
+        Condition::Check(call) => filters::check_condition_call(call).err().map(|e| format!("line {}: {e}", call.line)),
         Condition::And(l, r) | Condition::Or(l, r) => check_condition(l).or_else(|| check_condition(r)),
         Condition::Not(inner) => check_condition(inner),
     }
 }
 
 fn requirement_cycle(t: &ObjectType, all: &BTreeMap<String, ObjectType>) -> Option<String> {
-    fn walk<'a>(
-        name: &'a str,
-        all: &'a BTreeMap<String, ObjectType>,
-        path: &mut Vec<&'a str>,
-    ) -> Option<String> {
+    fn walk<'a>(name: &'a str, all: &'a BTreeMap<String, ObjectType>, path: &mut Vec<&'a str>) -> Option<String> {
         if path.contains(&name) {
             path.push(name);
             return Some(path.join(" → "));
@@ -800,9 +798,23 @@ mod tests {
         assert_eq!(catalogue.diagnostics, vec![]);
         let names: Vec<&str> = catalogue.types().map(|t| t.name.as_str()).collect();
         for wanted in [
-            "User", "PosixUser", "ShadowUser", "PosixGroup", "GroupOfNames", "OrganizationalRole",
-            "OrganizationalUnit", "Organization", "DomainComponent", "PeopleContainer", "GroupContainer",
-            "DeviceContainer", "RoleContainer", "Device", "IpHost", "Ieee802Device", "RegisteredDevice",
+            "User",
+            "PosixUser",
+            "ShadowUser",
+            "PosixGroup",
+            "GroupOfNames",
+            "OrganizationalRole",
+            "OrganizationalUnit",
+            "Organization",
+            "DomainComponent",
+            "PeopleContainer",
+            "GroupContainer",
+            "DeviceContainer",
+            "RoleContainer",
+            "Device",
+            "IpHost",
+            "Ieee802Device",
+            "RegisteredDevice",
         ] {
             assert!(names.contains(&wanted), "{wanted} missing from {names:?}");
         }
@@ -833,7 +845,11 @@ mod tests {
         let text: Vec<String> = catalogue.diagnostics.iter().map(ToString::to_string).collect();
         assert_eq!(text.len(), 3, "{text:#?}");
         assert!(text[0].starts_with("broken.xml:4: Element '{http://clacks.org/ns/objects}Colour'"), "{}", text[0]);
-        assert!(text[1].contains("badge.xml:6: Badge: attribute 'badge': line 7: unknown filter 'Frobnicate'"), "{}", text[1]);
+        assert!(
+            text[1].contains("badge.xml:6: Badge: attribute 'badge': line 7: unknown filter 'Frobnicate'"),
+            "{}",
+            text[1]
+        );
         assert!(text[2].contains("pet.xml:2: Pet: extends unknown type 'Animal'"), "{}", text[2]);
         assert!(catalogue.get("User").is_some() && catalogue.get("Badge").is_none());
     }

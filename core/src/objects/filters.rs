@@ -221,7 +221,11 @@ async fn apply_filter(
         "ConcatString" => {
             let (piece, side) = (p(0).to_owned(), p(1).to_owned());
             map_values(props, attr, |v| {
-                Ok(Value::String(if side == "left" { format!("{piece}{}", as_str(v)) } else { format!("{}{piece}", as_str(v)) }))
+                Ok(Value::String(if side == "left" {
+                    format!("{piece}{}", as_str(v))
+                } else {
+                    format!("{}{piece}", as_str(v))
+                }))
             })?;
         }
         "JoinArray" => {
@@ -234,7 +238,13 @@ async fn apply_filter(
             if let Some(values) = props.get_mut(attr) {
                 *values = values
                     .iter()
-                    .flat_map(|v| as_str(v).split(p(0)).filter(|s| !s.is_empty()).map(|s| Value::String(s.to_owned())).collect::<Vec<_>>())
+                    .flat_map(|v| {
+                        as_str(v)
+                            .split(p(0))
+                            .filter(|s| !s.is_empty())
+                            .map(|s| Value::String(s.to_owned()))
+                            .collect::<Vec<_>>()
+                    })
                     .collect();
             }
         }
@@ -319,7 +329,8 @@ async fn apply_filter(
             if auto {
                 let field = |n: &str| props.get(n).and_then(|v| v.first()).map(as_str).unwrap_or_default();
                 let full = format!("{} {}", field("givenName"), field("sn")).trim().to_owned();
-                let gecos = format!("{full},{},{},{}", field("roomNumber"), field("telephoneNumber"), field("homePhone"));
+                let gecos =
+                    format!("{full},{},{},{}", field("roomNumber"), field("telephoneNumber"), field("homePhone"));
                 props.insert(attr.to_owned(), vec![Value::String(gecos.trim_end_matches(',').to_owned())]);
             }
         }
@@ -334,7 +345,11 @@ async fn apply_filter(
             let scheme = if p(0).is_empty() { "argon2" } else { p(0) }.to_owned();
             map_values(props, attr, |v| {
                 let clear = as_str(v);
-                if clear.starts_with('{') { Ok(Value::String(clear)) } else { super::password::hash(&clear, &scheme).map(Value::String) }
+                if clear.starts_with('{') {
+                    Ok(Value::String(clear))
+                } else {
+                    super::password::hash(&clear, &scheme).map(Value::String)
+                }
             })?;
         }
         other => return Err(format!("unknown filter '{other}'")),
@@ -414,13 +429,16 @@ async fn check_one(name: &str, params: &[String], values: &[Value], scope: &Scop
                 (n < min || n > max).then(|| format!("'{s}' must be {min} to {max} characters long, is {n}"))
             }
             "Equals" => {
-                let equal = if p(1) == "ignorecase" || p(1) == "true" { s.eq_ignore_ascii_case(p(0)) } else { s == p(0) };
+                let equal =
+                    if p(1) == "ignorecase" || p(1) == "true" { s.eq_ignore_ascii_case(p(0)) } else { s == p(0) };
                 (!equal).then(|| format!("'{s}' must equal '{}'", p(0)))
             }
             "Greater" | "Smaller" => match (number(v), p(0).parse::<f64>()) {
                 (Some(x), Ok(limit)) if name == "Greater" && x > limit => None,
                 (Some(x), Ok(limit)) if name == "Smaller" && x < limit => None,
-                (Some(_), Ok(_)) => Some(format!("{s} must be {} than {}", if name == "Greater" { "greater" } else { "smaller" }, p(0))),
+                (Some(_), Ok(_)) => {
+                    Some(format!("{s} must be {} than {}", if name == "Greater" { "greater" } else { "smaller" }, p(0)))
+                }
                 _ => Some(format!("'{s}' is not a number")),
             },
             "IsValidHostName" => (!valid_host_name(&s)).then(|| format!("'{s}' is not a valid host name")),
@@ -481,7 +499,13 @@ mod tests {
         fn dn_exists<'a>(&'a self, dn: &'a str, _: Option<&'a str>) -> BoxFuture<'a, Result<bool, String>> {
             Box::pin(async move { Ok(dn == "cn=there") })
         }
-        fn value_taken<'a>(&'a self, _: &'a str, _: &'a str, v: &'a str, _: Option<&'a str>) -> BoxFuture<'a, Result<bool, String>> {
+        fn value_taken<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+            v: &'a str,
+            _: Option<&'a str>,
+        ) -> BoxFuture<'a, Result<bool, String>> {
             Box::pin(async move { Ok(v == "taken") })
         }
     }
@@ -509,7 +533,15 @@ mod tests {
         let a = |r: Result<Props, String>| r.expect("filter")["a"].clone();
         assert_eq!(a(filter("ConcatString", &["x-", "left"], json!("1"), &[])), vec![json!("x-1")]);
         assert_eq!(a(filter("Replace", &["[aeiou]", "_"], json!("banana"), &[])), vec![json!("b_n_n_")]);
-        assert_eq!(a(filter("SetValue", &["%(givenName)s %(sn)s"], json!(""), &[("givenName", json!("Ada")), ("sn", json!("Lovelace"))])), vec![json!("Ada Lovelace")]);
+        assert_eq!(
+            a(filter(
+                "SetValue",
+                &["%(givenName)s %(sn)s"],
+                json!(""),
+                &[("givenName", json!("Ada")), ("sn", json!("Lovelace"))]
+            )),
+            vec![json!("Ada Lovelace")]
+        );
         assert_eq!(a(filter("GetNextID", &[], Value::Null, &[])), vec![json!(1001)]);
         assert_eq!(a(filter("GetNextID", &[], json!(5), &[])), vec![json!(5)]);
         assert_eq!(a(filter("DatetimeToShadowDays", &[], json!("1970-01-31"), &[])), vec![json!(30)]);

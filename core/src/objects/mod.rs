@@ -9,6 +9,10 @@
 pub mod backend;
 pub mod description;
 pub mod filters;
+pub mod index;
 pub mod password;
 pub mod relation;
+pub mod store;
 pub mod values;
+
+pub use store::{ObjectError, ObjectState, ObjectStore, StoreConfig};

@@ -86,9 +86,7 @@ impl ValueType {
             ValueType::Timestamp => parse_timestamp(text)
                 .map(|t| Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)))
                 .ok_or_else(|| format!("'{text}' is not a timestamp (RFC 3339, e.g. 2026-01-31T12:00:00Z)")),
-            ValueType::AnyType => {
-                Ok(serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned())))
-            }
+            ValueType::AnyType => Ok(serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))),
         }
     }
 

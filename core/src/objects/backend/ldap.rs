@@ -55,7 +55,15 @@ fn default_id_start() -> i64 {
 }
 
 /// Operational attributes every read asks for.
-const META: [&str; 4] = ["objectClass", "entryUUID", "modifyTimestamp", "createTimestamp"];
+const META: [&str; 5] = ["objectClass", "entryUUID", "entryCSN", "modifyTimestamp", "createTimestamp"];
+
+/// An entry with all its user attributes, keys lowercased, values as text (binary
+/// values base64 encoded).
+#[derive(Clone, Debug)]
+pub struct LoadedEntry {
+    pub entry: Entry,
+    pub attrs: HashMap<String, Vec<String>>,
+}
 
 pub struct LdapBackend {
     settings: LdapSettings,
@@ -151,7 +159,13 @@ impl LdapBackend {
         op(ldap).await.map_err(ldap_error)
     }
 
-    async fn search(&self, base: &str, scope: Scope, filter: &str, attrs: Vec<String>) -> Result<Vec<SearchEntry>, BackendError> {
+    async fn search(
+        &self,
+        base: &str,
+        scope: Scope,
+        filter: &str,
+        attrs: Vec<String>,
+    ) -> Result<Vec<SearchEntry>, BackendError> {
         let result = self
             .run(|mut ldap| {
                 let attrs = attrs.clone();
@@ -172,7 +186,50 @@ impl LdapBackend {
             dn: found.dn.clone(),
             markers: found.attrs.get("objectClass").cloned().unwrap_or_default(),
             modified: first("modifyTimestamp").or_else(|| first("createTimestamp")),
+            version: first("entryCSN"),
         }
+    }
+
+    /// Reads the entry at `dn` (or, with `by_uuid`, the one with that entryUUID) with
+    /// all its user attributes in one search.
+    pub async fn read(
+        &self,
+        target: &str,
+        by_uuid: bool,
+        binary: &HashSet<String>,
+    ) -> Result<Option<LoadedEntry>, BackendError> {
+        let mut attrs: Vec<String> = META.map(str::to_owned).to_vec();
+        attrs.push("*".to_owned());
+        let found = if by_uuid {
+            let filter = format!("(entryUUID={})", ldap3::ldap_escape(target));
+            self.search(&self.settings.base, Scope::Subtree, &filter, attrs).await?
+        } else {
+            self.search(target, Scope::Base, "(objectClass=*)", attrs).await?
+        };
+        let Some(found) = found.into_iter().next() else { return Ok(None) };
+        let entry = LdapBackend::entry(&found);
+        let mut values: HashMap<String, Vec<String>> = HashMap::new();
+        for (name, list) in &found.attrs {
+            let key = name.to_lowercase();
+            let list = if binary.contains(&key) {
+                list.iter().map(|v| base64::engine::general_purpose::STANDARD.encode(v)).collect()
+            } else {
+                list.clone()
+            };
+            values.insert(key, list);
+        }
+        for (name, list) in &found.bin_attrs {
+            values.insert(
+                name.to_lowercase(),
+                list.iter().map(|v| base64::engine::general_purpose::STANDARD.encode(v)).collect(),
+            );
+        }
+        Ok(Some(LoadedEntry { entry, attrs: values }))
+    }
+
+    /// The entry's change marker (entryCSN) now, to detect concurrent changes.
+    pub async fn version(&self, dn: &str) -> Result<Option<String>, BackendError> {
+        Ok(self.entry_by_dn(dn).await?.and_then(|e| e.version))
     }
 
     /// The entry at `dn`, if any.
@@ -189,7 +246,12 @@ impl LdapBackend {
     }
 
     /// Reads `attrs` of `dn`; binary ones (`binary` holds their names) come base64 encoded.
-    pub async fn load(&self, dn: &str, attrs: &[String], binary: &HashSet<String>) -> Result<HashMap<String, Vec<String>>, BackendError> {
+    pub async fn load(
+        &self,
+        dn: &str,
+        attrs: &[String],
+        binary: &HashSet<String>,
+    ) -> Result<HashMap<String, Vec<String>>, BackendError> {
         let found = self.search(dn, Scope::Base, "(objectClass=*)", attrs.to_vec()).await?;
         let Some(entry) = found.into_iter().next() else {
             return Err(BackendError::NotFound(dn.to_owned()));
@@ -204,7 +266,9 @@ impl LdapBackend {
                     values.iter().map(|v| base64::engine::general_purpose::STANDARD.encode(v)).collect()
                 }
                 (Some(values), _) => values,
-                (None, Some(values)) => values.iter().map(|v| base64::engine::general_purpose::STANDARD.encode(v)).collect(),
+                (None, Some(values)) => {
+                    values.iter().map(|v| base64::engine::general_purpose::STANDARD.encode(v)).collect()
+                }
                 (None, None) => continue,
             };
             out.insert(name.clone(), values);
@@ -265,7 +329,10 @@ impl LdapBackend {
             mods.push(Mod::Replace(name.as_bytes().to_vec(), set));
         }
         if !remove_classes.is_empty() {
-            mods.push(Mod::Delete(b"objectClass".to_vec(), remove_classes.iter().map(|c| c.as_bytes().to_vec()).collect()));
+            mods.push(Mod::Delete(
+                b"objectClass".to_vec(),
+                remove_classes.iter().map(|c| c.as_bytes().to_vec()).collect(),
+            ));
         }
         if mods.is_empty() {
             return Ok(());
@@ -295,7 +362,12 @@ impl LdapBackend {
 
     /// DNs one level below `dn`.
     pub async fn children(&self, dn: &str) -> Result<Vec<String>, BackendError> {
-        Ok(self.search(dn, Scope::OneLevel, "(objectClass=*)", vec!["1.1".to_owned()]).await?.into_iter().map(|e| e.dn).collect())
+        Ok(self
+            .search(dn, Scope::OneLevel, "(objectClass=*)", vec!["1.1".to_owned()])
+            .await?
+            .into_iter()
+            .map(|e| e.dn)
+            .collect())
     }
 
     /// Every entry below `base` (inclusive) with its object classes, for the index scan.
@@ -330,10 +402,8 @@ impl LdapBackend {
                 Ok(values) => values.get(attr).and_then(|v| v.first()).and_then(|v| v.parse::<i64>().ok()),
                 Err(BackendError::NotFound(_)) => {
                     let start = self.settings.id_start.to_string();
-                    let attrs = vec![
-                        ("cn".to_owned(), vec!["clacks-idpool".to_owned()]),
-                        (attr.to_owned(), vec![start]),
-                    ];
+                    let attrs =
+                        vec![("cn".to_owned(), vec!["clacks-idpool".to_owned()]), (attr.to_owned(), vec![start])];
                     let classes = ["device".to_owned(), "extensibleObject".to_owned()];
                     match self.create(&pool, &classes, &attrs, &HashSet::new()).await {
                         Ok(_) | Err(BackendError::Refused { code: 68, .. }) => continue, // 68: already exists

@@ -15,6 +15,9 @@ pub struct Entry {
     pub markers: Vec<String>,
     /// Last change, as the backend writes it (generalized time or RFC 3339).
     pub modified: Option<String>,
+    /// A marker that changes with every write (LDAP entryCSN, SQL modification time),
+    /// for detecting concurrent changes.
+    pub version: Option<String>,
 }
 
 /// A backend failure.

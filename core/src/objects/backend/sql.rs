@@ -51,7 +51,9 @@ impl Db {
         } else if url.starts_with("sqlite") {
             Dialect::Sqlite
         } else {
-            return Err(BackendError::Invalid(format!("unsupported database URL '{url}' (use postgres:// or sqlite:)")));
+            return Err(BackendError::Invalid(format!(
+                "unsupported database URL '{url}' (use postgres:// or sqlite:)"
+            )));
         };
         let url = if dialect == Dialect::Sqlite && !url.contains("mode=") && !url.contains(":memory:") {
             format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' })
@@ -103,7 +105,11 @@ pub fn quote(name: &str) -> Result<String, BackendError> {
     let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         && name.len() <= 60;
-    if valid { Ok(format!("\"{name}\"")) } else { Err(BackendError::Invalid(format!("'{name}' is not a valid SQL name"))) }
+    if valid {
+        Ok(format!("\"{name}\""))
+    } else {
+        Err(BackendError::Invalid(format!("'{name}' is not a valid SQL name")))
+    }
 }
 
 /// The table of an object type.
@@ -141,8 +147,11 @@ impl SqlBackend {
         db.execute(ENTRIES_SCHEMA.to_owned(), &[]).await?;
         db.execute("CREATE INDEX IF NOT EXISTS clacks_entries_parent ON clacks_entries (parent_key)".to_owned(), &[])
             .await?;
-        db.execute("CREATE TABLE IF NOT EXISTS clacks_idpool (attr TEXT PRIMARY KEY, next BIGINT NOT NULL)".to_owned(), &[])
-            .await?;
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS clacks_idpool (attr TEXT PRIMARY KEY, next BIGINT NOT NULL)".to_owned(),
+            &[],
+        )
+        .await?;
         Ok(SqlBackend { db, known: Mutex::new(HashMap::new()) })
     }
 
@@ -193,13 +202,18 @@ impl SqlBackend {
         };
         let sql = format!("SELECT {select} FROM {} WHERE uuid = $1", quote(&table_of(object_type))?);
         let rows = self.db.fetch(sql, &[Some(uuid)]).await?;
-        Ok(rows.first().map(|row| {
-            columns.iter().enumerate().filter_map(|(i, c)| text(row, i).map(|v| (c.clone(), v))).collect()
-        }))
+        Ok(rows
+            .first()
+            .map(|row| columns.iter().enumerate().filter_map(|(i, c)| text(row, i).map(|v| (c.clone(), v))).collect()))
     }
 
     /// Inserts or updates one object's row; `None` clears a column.
-    pub async fn write(&self, object_type: &str, uuid: &str, values: &[(String, Option<String>)]) -> Result<(), BackendError> {
+    pub async fn write(
+        &self,
+        object_type: &str,
+        uuid: &str,
+        values: &[(String, Option<String>)],
+    ) -> Result<(), BackendError> {
         let columns: Vec<String> = values.iter().map(|(c, _)| c.clone()).collect();
         self.ensure_table(object_type, &columns).await?;
         let table = quote(&table_of(object_type))?;
@@ -208,7 +222,10 @@ impl SqlBackend {
         let update = if quoted.is_empty() {
             "NOTHING".to_owned()
         } else {
-            format!("UPDATE SET {}", quoted.iter().map(|c| format!("{c} = excluded.{c}")).collect::<Vec<_>>().join(", "))
+            format!(
+                "UPDATE SET {}",
+                quoted.iter().map(|c| format!("{c} = excluded.{c}")).collect::<Vec<_>>().join(", ")
+            )
         };
         let sql = format!(
             "INSERT INTO {table} (uuid{}{}) VALUES ($1{}{}) ON CONFLICT (uuid) DO {update}",
@@ -243,6 +260,7 @@ impl SqlBackend {
             dn: text(row, 1).unwrap_or_default(),
             markers: text(row, 2).unwrap_or_default().split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
             modified: text(row, 3),
+            version: text(row, 3),
         }
     }
 
@@ -271,7 +289,11 @@ impl SqlBackend {
         let joined = types.join(",");
         let sql = "INSERT INTO clacks_entries (uuid, dn, dn_key, parent_key, types, created, modified) \
                    VALUES ($1, $2, $3, $4, $5, $6, $6)";
-        match self.db.execute(sql.into(), &[Some(&uuid), Some(dn), Some(&key), Some(&parent), Some(&joined), Some(&now)]).await {
+        match self
+            .db
+            .execute(sql.into(), &[Some(&uuid), Some(dn), Some(&key), Some(&parent), Some(&joined), Some(&now)])
+            .await
+        {
             Ok(_) => Ok(uuid),
             Err(BackendError::Refused { message, .. }) if message.to_lowercase().contains("unique") => {
                 Err(BackendError::Refused { code: 68, message: format!("{dn} already exists") })
@@ -284,7 +306,10 @@ impl SqlBackend {
     pub async fn set_types(&self, uuid: &str, types: &[String]) -> Result<(), BackendError> {
         let joined = types.join(",");
         self.db
-            .execute("UPDATE clacks_entries SET types = $1, modified = $2 WHERE uuid = $3".into(), &[Some(&joined), Some(&now()), Some(uuid)])
+            .execute(
+                "UPDATE clacks_entries SET types = $1, modified = $2 WHERE uuid = $3".into(),
+                &[Some(&joined), Some(&now()), Some(uuid)],
+            )
             .await?;
         Ok(())
     }
@@ -298,11 +323,18 @@ impl SqlBackend {
         let suffix = format!("%,{old_key}");
         let rows = self
             .db
-            .fetch("SELECT uuid, dn, dn_key FROM clacks_entries WHERE dn_key = $1 OR dn_key LIKE $2".into(), &[Some(&old_key), Some(&suffix)])
+            .fetch(
+                "SELECT uuid, dn, dn_key FROM clacks_entries WHERE dn_key = $1 OR dn_key LIKE $2".into(),
+                &[Some(&old_key), Some(&suffix)],
+            )
             .await?;
         let now = now();
         for row in rows {
-            let (uuid, dn, key) = (text(&row, 0).unwrap_or_default(), text(&row, 1).unwrap_or_default(), text(&row, 2).unwrap_or_default());
+            let (uuid, dn, key) = (
+                text(&row, 0).unwrap_or_default(),
+                text(&row, 1).unwrap_or_default(),
+                text(&row, 2).unwrap_or_default(),
+            );
             // LIKE treats `_` as a wildcard; only true descendants move.
             if key != old_key && !key.ends_with(&format!(",{old_key}")) {
                 continue;
@@ -313,11 +345,20 @@ impl SqlBackend {
             let parent = dn_key(parent_dn(&moved_dn));
             self.db
                 .execute(
-                    "UPDATE clacks_entries SET dn = $1, dn_key = $2, parent_key = $3, modified = $4 WHERE uuid = $5".into(),
+                    "UPDATE clacks_entries SET dn = $1, dn_key = $2, parent_key = $3, modified = $4 WHERE uuid = $5"
+                        .into(),
                     &[Some(&moved_dn), Some(&moved_key), Some(&parent), Some(&now), Some(&uuid)],
                 )
                 .await?;
         }
+        Ok(())
+    }
+
+    /// Marks the entry changed (its version moves on).
+    pub async fn touch(&self, uuid: &str) -> Result<(), BackendError> {
+        self.db
+            .execute("UPDATE clacks_entries SET modified = $1 WHERE uuid = $2".into(), &[Some(&now()), Some(uuid)])
+            .await?;
         Ok(())
     }
 
@@ -344,13 +385,17 @@ impl SqlBackend {
         let start_text = start.to_string();
         self.db
             .execute(
-                "INSERT INTO clacks_idpool (attr, next) VALUES ($1, CAST($2 AS BIGINT)) ON CONFLICT (attr) DO NOTHING".into(),
+                "INSERT INTO clacks_idpool (attr, next) VALUES ($1, CAST($2 AS BIGINT)) ON CONFLICT (attr) DO NOTHING"
+                    .into(),
                 &[Some(attr), Some(&start_text)],
             )
             .await?;
         let rows = self
             .db
-            .fetch("UPDATE clacks_idpool SET next = next + 1 WHERE attr = $1 RETURNING CAST(next - 1 AS TEXT)".into(), &[Some(attr)])
+            .fetch(
+                "UPDATE clacks_idpool SET next = next + 1 WHERE attr = $1 RETURNING CAST(next - 1 AS TEXT)".into(),
+                &[Some(attr)],
+            )
             .await?;
         rows.first()
             .and_then(|r| text(r, 0))
@@ -387,9 +432,15 @@ mod tests {
 
             let ou = sql.create_entry("ou=people,dc=x", &["PeopleContainer".into()]).await.expect("ou");
             sql.create_entry("uid=ada,ou=people,dc=x", &["User".into()]).await.expect("user");
-            assert!(matches!(sql.create_entry("UID=ada, ou=people,dc=x", &[]).await, Err(BackendError::Refused { code: 68, .. })));
+            assert!(matches!(
+                sql.create_entry("UID=ada, ou=people,dc=x", &[]).await,
+                Err(BackendError::Refused { code: 68, .. })
+            ));
             sql.rename_subtree("ou=people,dc=x", "ou=staff,dc=x").await.expect("move");
-            assert_eq!(sql.children("ou=staff,dc=x").await.expect("children"), vec!["uid=ada,ou=staff,dc=x".to_owned()]);
+            assert_eq!(
+                sql.children("ou=staff,dc=x").await.expect("children"),
+                vec!["uid=ada,ou=staff,dc=x".to_owned()]
+            );
             assert_eq!(sql.entry_by_uuid(&ou).await.expect("ou").map(|e| e.dn), Some("ou=staff,dc=x".into()));
             assert_eq!(sql.next_id("uidNumber", 10000).await.expect("id"), 10000);
             assert_eq!(sql.next_id("uidNumber", 10000).await.expect("id"), 10001);

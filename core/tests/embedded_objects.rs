@@ -1,0 +1,68 @@
+//! The object store on its embedded default: no directory, everything in a SQLite file.
+//! Hermetic (a temporary folder), so it runs with the unit tests.
+
+use clacks_core::events::EventValidator;
+use clacks_core::objects::index::SearchScope;
+use clacks_core::objects::store::SearchOptions;
+use clacks_core::objects::{ObjectStore, StoreConfig};
+use clacks_core::rpc::ErrorCode;
+use serde_json::json;
+
+async fn store(dir: &tempfile::TempDir) -> std::sync::Arc<ObjectStore> {
+    let validator = EventValidator::start(&[]).expect("validator");
+    let url = format!("sqlite://{}", dir.path().join("objects.db").display());
+    ObjectStore::open(&StoreConfig::default(), &url, validator).await.expect("store")
+}
+
+#[tokio::test]
+async fn a_first_session_creates_extends_searches_and_removes_users() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store(&dir).await;
+    let base = store.base().to_owned();
+
+    let mut people = store.new_object(&base, "PeopleContainer").await.expect("people");
+    store.commit(&mut people, Some("admin")).await.expect("commit people");
+    let people_dn = people.dn.clone().expect("dn");
+    assert_eq!(people_dn, format!("ou=people,{base}"));
+
+    let mut ada = store.new_object(&people_dn, "User").await.expect("new user");
+    for (name, value) in [("uid", json!("ada")), ("givenName", json!("Ada")), ("sn", json!("Lovelace"))] {
+        store.set(&mut ada, name, &value).await.expect(name);
+    }
+    store.extend(&mut ada, "PosixUser").expect("extend");
+    store.commit(&mut ada, Some("admin")).await.expect("commit ada");
+    let dn = ada.dn.clone().expect("dn");
+    assert_eq!(dn, format!("uid=ada,{people_dn}"));
+
+    let loaded = store.load(&dn).await.expect("load");
+    assert_eq!(loaded.values["cn"], vec![json!("Ada Lovelace")]);
+    assert_eq!(loaded.values["uidNumber"], vec![json!(10000)]);
+    assert_eq!(loaded.values["homeDirectory"], vec![json!("/home/ada")]);
+    assert_eq!(loaded.values["gecos"], vec![json!("Ada Lovelace")]);
+    assert!(loaded.active.contains("PosixUser"));
+
+    // Validation names the attribute and the reason.
+    let mut other = store.new_object(&people_dn, "User").await.expect("new");
+    let err = store.set(&mut other, "uid", &json!("ada")).await.expect_err("taken");
+    assert_eq!(err.code, ErrorCode::ATTRIBUTE_CHECK_FAILED);
+    assert!(err.message.contains("'uid'") && err.message.contains("already used"), "{err}");
+    let err = store.set(&mut other, "cn", &json!("x")).await.expect_err("read-only");
+    assert_eq!(err.code, ErrorCode::ATTRIBUTE_READ_ONLY);
+    store.set(&mut other, "uid", &json!("bob")).await.expect("uid");
+    let err = store.commit(&mut other, None).await.expect_err("mandatory");
+    assert_eq!(err.code, ErrorCode::ATTRIBUTE_MANDATORY);
+    assert_eq!(err.details, Some(json!({"attributes": ["givenName", "sn", "cn"]})));
+
+    let hits = store.search(&base, SearchScope::Sub, "lovelace", &SearchOptions::default()).await.expect("search");
+    assert_eq!(hits.len(), 1, "{hits:?}");
+    assert_eq!(hits[0]["title"], json!("Ada Lovelace"));
+    let found = store.find(json!({"_type": "PosixUser", "uid": "a*"}).as_object().expect("map")).await.expect("find");
+    assert_eq!(found.len(), 1);
+
+    let err = store.remove(&people_dn, false, None).await.expect_err("children");
+    assert_eq!(err.code, ErrorCode::OBJECT_HAS_CHILDREN);
+    let removed = store.remove(&people_dn, true, None).await.expect("recursive");
+    assert_eq!(removed, vec![dn.clone(), people_dn.clone()]);
+    assert_eq!(store.load(&dn).await.expect_err("gone").code, ErrorCode::OBJECT_NOT_FOUND);
+    assert!(store.search(&base, SearchScope::Sub, "lovelace", &SearchOptions::default()).await.expect("search").is_empty());
+}
