@@ -64,5 +64,7 @@ async fn a_first_session_creates_extends_searches_and_removes_users() {
     let removed = store.remove(&people_dn, true, None).await.expect("recursive");
     assert_eq!(removed, vec![dn.clone(), people_dn.clone()]);
     assert_eq!(store.load(&dn).await.expect_err("gone").code, ErrorCode::OBJECT_NOT_FOUND);
-    assert!(store.search(&base, SearchScope::Sub, "lovelace", &SearchOptions::default()).await.expect("search").is_empty());
+    assert!(
+        store.search(&base, SearchScope::Sub, "lovelace", &SearchOptions::default()).await.expect("search").is_empty()
+    );
 }

@@ -4,5 +4,6 @@
 mod events;
 mod http;
 mod malformed;
+mod objects;
 mod recovery;
 mod routing;

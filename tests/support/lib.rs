@@ -6,6 +6,7 @@
 //! by side on the shared broker never see each other's queues or events.
 
 pub mod broker;
+pub mod directory;
 
 use std::future::Future;
 use std::sync::Arc;

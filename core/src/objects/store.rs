@@ -950,7 +950,7 @@ impl ObjectStore {
         for (owner, attr) in catalogue.attributes_of(&state.base_type) {
             let part_of = types.contains(&owner.name);
             let retracted = state.retract.contains(&owner.name);
-            if !(part_of && changed.contains(&attr.name)) && !retracted {
+            if !(retracted || part_of && changed.contains(&attr.name)) {
                 continue;
             }
             let values = if retracted { Vec::new() } else { props.get(&attr.name).cloned().unwrap_or_default() };
@@ -1033,16 +1033,58 @@ impl ObjectStore {
         } else {
             let uuid = state.uuid.clone().unwrap_or_default();
             let dn = state.dn.clone().unwrap_or_default();
+            // An RDN attribute changed: the entry is renamed first, since the directory
+            // refuses to drop a naming value by modify.
+            let (rdn, _) = split_rdn(&dn);
+            let mut rdn_backend_name = None;
+            if base.fixed_rdn.is_none()
+                && let Some((rdn_attr, rdn_value)) = rdn.split_once('=')
+                && let Some((_, attr)) = catalogue
+                    .attributes_of(&state.base_type)
+                    .into_iter()
+                    .find(|(_, a)| a.backend_name.eq_ignore_ascii_case(rdn_attr))
+                && changed.contains(&attr.name)
+                && let Some(new_value) = props.get(&attr.name).and_then(|v| v.first()).map(filters::text)
+                && unescape_rdn_value(rdn_value) != new_value
+            {
+                let new_rdn = format!("{}={}", rdn_attr, escape_rdn_value(&new_value));
+                let renamed = if state.in_ldap {
+                    let ldap = self.ldap.as_ref().ok_or_else(|| not_found("directory"))?;
+                    ldap.rename(&dn, &new_rdn, None).await.map_err(|e| backend_failure(e, "the directory"))?
+                } else {
+                    let target = format!("{new_rdn},{}", parent_dn(&dn));
+                    self.sql.rename_subtree(&dn, &target).await?;
+                    target
+                };
+                rdn_backend_name = Some(attr.backend_name.clone());
+                old_dn = Some(dn.clone());
+                state.dn = Some(renamed);
+            }
+            let dn = state.dn.clone().unwrap_or_default();
+            if let Some(name) = &rdn_backend_name
+                && state.in_ldap
+            {
+                primary_changes.retain(|(n, _)| n != name);
+            }
+            // Puts the old name back when a later step fails.
+            let undo_rename = async |failure: ObjectError| -> ObjectError {
+                if let (Some(old), Some(ldap)) = (&old_dn, &self.ldap) {
+                    let (old_rdn, _) = split_rdn(old);
+                    if let Err(e) = ldap.rename(&dn, old_rdn, None).await {
+                        tracing::error!("cannot rename {dn} back to {old} after a failed commit: {e}");
+                    }
+                }
+                failure
+            };
             let added: Vec<String> = state.extend.iter().cloned().collect();
             let removed: Vec<String> = state.retract.iter().cloned().collect();
             if state.in_ldap {
                 let ldap = self.ldap.as_ref().ok_or_else(|| not_found("directory"))?;
                 let add_classes = classes_of(&mut added.iter());
                 let remove_classes = classes_of(&mut removed.iter());
-                // Attributes added together with their class must not be replaced before it exists.
-                ldap.modify(&dn, &primary_changes, &add_classes, &remove_classes, &binary)
-                    .await
-                    .map_err(|e| backend_failure(e, "the directory"))?;
+                if let Err(e) = ldap.modify(&dn, &primary_changes, &add_classes, &remove_classes, &binary).await {
+                    return Err(undo_rename(backend_failure(e, "the directory")).await);
+                }
                 if let Err(e) = self.write_sql_rows(&uuid, &sql_rows).await {
                     let restore: Vec<(String, Vec<String>)> = primary_changes
                         .iter()
@@ -1060,7 +1102,8 @@ impl ObjectStore {
                         })
                         .collect();
                     let undo = ldap.modify(&dn, &restore, &remove_classes, &add_classes, &binary).await;
-                    return Err(second_backend_failure(e, undo.err(), "the directory entry was restored"));
+                    let failure = second_backend_failure(e, undo.err(), "the directory entry was restored");
+                    return Err(undo_rename(failure).await);
                 }
             } else {
                 // Everything is in one database here; the entry's types follow the extensions.
@@ -1076,29 +1119,6 @@ impl ObjectStore {
                 self.sql.touch(&uuid).await?;
             }
 
-            // An RDN attribute changed: the entry is renamed.
-            let (rdn, _) = split_rdn(&dn);
-            if base.fixed_rdn.is_none()
-                && let Some((rdn_attr, rdn_value)) = rdn.split_once('=')
-                && let Some((_, attr)) = catalogue
-                    .attributes_of(&state.base_type)
-                    .into_iter()
-                    .find(|(_, a)| a.backend_name.eq_ignore_ascii_case(rdn_attr))
-                && changed.contains(&attr.name)
-                && let Some(new_value) = props.get(&attr.name).and_then(|v| v.first()).map(filters::text)
-                && unescape_rdn_value(rdn_value) != new_value
-            {
-                let new_rdn = format!("{}={}", rdn_attr, escape_rdn_value(&new_value));
-                let renamed = if state.in_ldap {
-                    self.ldap.as_ref().ok_or_else(|| not_found("directory"))?.rename(&dn, &new_rdn, None).await?
-                } else {
-                    let target = format!("{new_rdn},{}", parent_dn(&dn));
-                    self.sql.rename_subtree(&dn, &target).await?;
-                    target
-                };
-                old_dn = Some(dn.clone());
-                state.dn = Some(renamed);
-            }
             for name in changed {
                 if let (Some(old), Some(new)) = (
                     state.loaded.get(name).and_then(|v| v.first()).map(filters::text),

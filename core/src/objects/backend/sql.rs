@@ -91,7 +91,10 @@ impl Db {
     /// The columns a table has now (empty if it does not exist).
     pub async fn columns(&self, table: &str) -> Result<HashSet<String>, BackendError> {
         let sql = match self.dialect {
-            Dialect::Postgres => "SELECT column_name FROM information_schema.columns WHERE table_name = $1",
+            Dialect::Postgres => {
+                "SELECT CAST(column_name AS TEXT) FROM information_schema.columns \
+                 WHERE table_name = $1 AND table_schema = current_schema()"
+            }
             Dialect::Sqlite => "SELECT name FROM pragma_table_info($1)",
         };
         let rows = sqlx::query(sql).bind(table.to_owned()).fetch_all(&self.pool).await.map_err(sql_error)?;

@@ -1,0 +1,337 @@
+//! The object layer against a real slapd (a private instance per test) and the shared
+//! PostgreSQL (a schema per test): lifecycles, wiring to SQL, rollbacks, conflicts and
+//! changes made behind Clacks' back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clacks_core::events::EventValidator;
+use clacks_core::objects::{ObjectError, ObjectState, ObjectStore, StoreConfig};
+use clacks_core::rpc::ErrorCode;
+use clacks_tests::directory::{BASE, PgSchema, Slapd};
+use ldap3::{Scope, SearchEntry};
+use serde_json::{Value, json};
+
+/// A store on `slapd`, its SQL side in a PostgreSQL schema, with extra description folders.
+async fn store(slapd: &Slapd, pg: &PgSchema, dirs: Vec<std::path::PathBuf>) -> Arc<ObjectStore> {
+    let config = StoreConfig { ldap: Some(slapd.settings()), dirs, ..StoreConfig::default() };
+    let validator = EventValidator::start(&[]).expect("validator");
+    let store = ObjectStore::open(&config, &pg.url, validator).await.unwrap_or_else(|e| panic!("store: {e}"));
+    assert_eq!(store.catalogue().diagnostics, vec![], "the descriptions load cleanly");
+    store
+}
+
+async fn create(
+    store: &ObjectStore,
+    parent: &str,
+    kind: &str,
+    values: &[(&str, Value)],
+    extensions: &[&str],
+) -> ObjectState {
+    let mut state = store.new_object(parent, kind).await.unwrap_or_else(|e| panic!("new {kind}: {e}"));
+    for ext in extensions {
+        store.extend(&mut state, ext).unwrap_or_else(|e| panic!("extend {ext}: {e}"));
+    }
+    for (name, value) in values {
+        store.set(&mut state, name, value).await.unwrap_or_else(|e| panic!("set {name}: {e}"));
+    }
+    store.commit(&mut state, Some("admin")).await.unwrap_or_else(|e| panic!("commit {kind}: {e}"));
+    state
+}
+
+/// The people and groups containers under the base.
+async fn containers(store: &ObjectStore) -> (String, String) {
+    let people = create(store, BASE, "PeopleContainer", &[], &[]).await;
+    let groups = create(store, BASE, "GroupContainer", &[], &[]).await;
+    (people.dn.expect("people"), groups.dn.expect("groups"))
+}
+
+fn person(uid: &str, given: &str, sn: &str) -> Vec<(&'static str, Value)> {
+    vec![("uid", json!(uid)), ("givenName", json!(given)), ("sn", json!(sn))]
+}
+
+/// The directory's own view of an entry: `(object classes, attribute → values)`.
+async fn raw(slapd: &Slapd, dn: &str) -> Option<SearchEntry> {
+    let mut ldap = slapd.admin().await;
+    let (entries, _) = ldap.search(dn, Scope::Base, "(objectClass=*)", vec!["*"]).await.ok()?.success().ok()?;
+    entries.into_iter().next().map(SearchEntry::construct)
+}
+
+fn has_class(entry: &SearchEntry, class: &str) -> bool {
+    entry.attrs.get("objectClass").is_some_and(|c| c.iter().any(|v| v.eq_ignore_ascii_case(class)))
+}
+
+fn expect_code(result: Result<impl std::fmt::Debug, ObjectError>, code: ErrorCode) -> ObjectError {
+    match result {
+        Err(e) if e.code == code => e,
+        other => panic!("expected {code}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn user_posix_shadow_lifecycle_in_the_directory() {
+    let (slapd, pg) = (Slapd::start().await, PgSchema::create().await);
+    let store = store(&slapd, &pg, vec![]).await;
+    let (people, _) = containers(&store).await;
+
+    let ada = create(&store, &people, "User", &person("ada", "Ada", "Lovelace"), &["PosixUser"]).await;
+    let dn = ada.dn.clone().expect("dn");
+    assert_eq!(dn, format!("uid=ada,{people}"));
+    let entry = raw(&slapd, &dn).await.expect("in the directory");
+    assert!(has_class(&entry, "inetOrgPerson") && has_class(&entry, "posixAccount"));
+    assert_eq!(entry.attrs["cn"], ["Ada Lovelace"]);
+    assert_eq!(entry.attrs["uidNumber"], ["10000"]);
+    assert_eq!(entry.attrs["homeDirectory"], ["/home/ada"]);
+    assert_eq!(entry.attrs["loginShell"], ["/bin/bash"]);
+
+    // ShadowUser needs PosixUser; it is added with a date stored as a day number.
+    let mut state = store.load(&dn).await.expect("load");
+    store.extend(&mut state, "ShadowUser").expect("extend shadow");
+    store.set(&mut state, "shadowExpire", &json!("1970-02-01")).await.expect("expire");
+    store.set(&mut state, "shadowMax", &json!(90)).await.expect("max");
+    store.commit(&mut state, Some("admin")).await.expect("commit shadow");
+    let entry = raw(&slapd, &dn).await.expect("entry");
+    assert!(has_class(&entry, "shadowAccount"));
+    assert_eq!(entry.attrs["shadowExpire"], ["31"]);
+    let state = store.load(&dn).await.expect("reload");
+    assert_eq!(state.values["shadowExpire"], [json!("1970-02-01")]);
+    assert!(state.active.contains("ShadowUser") && state.active.contains("PosixUser"));
+
+    // PosixUser cannot go while ShadowUser needs it; in the right order both go.
+    let mut state = store.load(&dn).await.expect("load");
+    let err = expect_code(store.retract(&mut state, "PosixUser"), ErrorCode::EXTENSION_REFUSED);
+    assert!(err.message.contains("needed by ShadowUser"), "{err}");
+    store.retract(&mut state, "ShadowUser").expect("retract shadow");
+    store.retract(&mut state, "PosixUser").expect("retract posix");
+    store.commit(&mut state, Some("admin")).await.expect("commit retract");
+    let entry = raw(&slapd, &dn).await.expect("entry");
+    assert!(!has_class(&entry, "posixAccount") && !has_class(&entry, "shadowAccount"));
+    assert!(!entry.attrs.contains_key("uidNumber") && !entry.attrs.contains_key("shadowExpire"));
+
+    // Changing a name keeps cn in step; removing deletes the entry.
+    let mut state = store.load(&dn).await.expect("load");
+    store.set(&mut state, "givenName", &json!("Augusta Ada")).await.expect("given");
+    store.commit(&mut state, Some("admin")).await.expect("commit");
+    assert_eq!(raw(&slapd, &dn).await.expect("entry").attrs["cn"], ["Augusta Ada Lovelace"]);
+    store.remove(&dn, false, None).await.expect("remove");
+    assert!(raw(&slapd, &dn).await.is_none());
+}
+
+#[tokio::test]
+async fn checks_refuse_with_the_attribute_and_the_reason() {
+    let (slapd, pg) = (Slapd::start().await, PgSchema::create().await);
+    let store = store(&slapd, &pg, vec![]).await;
+    let (people, _) = containers(&store).await;
+    create(&store, &people, "User", &person("ada", "Ada", "Lovelace"), &[]).await;
+
+    let mut bob = store.new_object(&people, "User").await.expect("new");
+    let err = expect_code(store.set(&mut bob, "uid", &json!("Bad Name")).await, ErrorCode::ATTRIBUTE_CHECK_FAILED);
+    assert!(err.message.starts_with("'uid': 'Bad Name' does not match"), "{err}");
+    let err = expect_code(store.set(&mut bob, "uid", &json!("ada")).await, ErrorCode::ATTRIBUTE_CHECK_FAILED);
+    assert!(err.message.contains("already used by another User"), "{err}");
+    expect_code(store.set(&mut bob, "cn", &json!("Bob")).await, ErrorCode::ATTRIBUTE_READ_ONLY);
+    let err = expect_code(store.set(&mut bob, "displayName", &json!("Bobby")).await, ErrorCode::ATTRIBUTE_BLOCKED);
+    assert_eq!(err.message, "'displayName' cannot be changed while 'autoDisplayName' is true");
+    store.set(&mut bob, "autoDisplayName", &json!(false)).await.expect("unblock");
+    store.set(&mut bob, "displayName", &json!("Bobby")).await.expect("now writable");
+    let err = expect_code(store.set(&mut bob, "preferredLanguage", &json!("xx")).await, ErrorCode::ATTRIBUTE_INVALID);
+    assert!(err.message.contains("is not one of en, de"), "{err}");
+    expect_code(store.set(&mut bob, "uidNumber", &json!(5)).await, ErrorCode::ATTRIBUTE_NOT_FOUND);
+    store.set(&mut bob, "uid", &json!("bob")).await.expect("uid");
+    let err = expect_code(store.commit(&mut bob, None).await, ErrorCode::ATTRIBUTE_MANDATORY);
+    assert_eq!(err.details, Some(json!({"attributes": ["givenName", "sn", "cn"]})));
+    assert!(raw(&slapd, &format!("uid=bob,{people}")).await.is_none(), "nothing written");
+    let err = expect_code(
+        store.set(&mut bob, "manager", &json!(format!("uid=nobody,{people}"))).await,
+        ErrorCode::ATTRIBUTE_CHECK_FAILED,
+    );
+    assert!(err.message.contains("no User object with DN"), "{err}");
+    // Containers decide what may live below them.
+    let err = expect_code(store.new_object(&people, "PosixGroup").await, ErrorCode::OBJECT_NOT_SUB_FOR);
+    assert!(err.message.contains("cannot be placed below the PeopleContainer"), "{err}");
+}
+
+#[tokio::test]
+async fn renames_moves_and_removals_keep_references_right() {
+    let (slapd, pg) = (Slapd::start().await, PgSchema::create().await);
+    let store = store(&slapd, &pg, vec![]).await;
+    let (people, groups) = containers(&store).await;
+    let boss = create(&store, &people, "User", &person("boss", "Grace", "Hopper"), &["PosixUser"]).await;
+    let boss_dn = boss.dn.clone().expect("dn");
+    let mut worker_values = person("ada", "Ada", "Lovelace");
+    worker_values.push(("manager", json!(boss_dn)));
+    let worker = create(&store, &people, "User", &worker_values, &[]).await;
+    let group =
+        create(&store, &groups, "PosixGroup", &[("cn", json!("staff")), ("memberUid", json!(["boss"]))], &[]).await;
+    let names =
+        create(&store, &groups, "GroupOfNames", &[("cn", json!("leads")), ("member", json!([boss_dn]))], &[]).await;
+
+    // The relation attribute shows the group and writes back to it.
+    let mut state = store.load(&boss_dn).await.expect("load");
+    assert_eq!(state.values["groupMembership"], [json!("staff")]);
+    create(&store, &groups, "PosixGroup", &[("cn", json!("admins"))], &[]).await;
+    store.set(&mut state, "groupMembership", &json!(["staff", "admins"])).await.expect("membership");
+    store.commit(&mut state, Some("admin")).await.expect("commit membership");
+    assert_eq!(raw(&slapd, &format!("cn=admins,{groups}")).await.expect("admins").attrs["memberUid"], ["boss"]);
+    let mut wrong = store.load(&boss_dn).await.expect("load");
+    store.set(&mut wrong, "groupMembership", &json!(["nogroup"])).await.expect("set");
+    let err = expect_code(store.commit(&mut wrong, None).await, ErrorCode::ATTRIBUTE_CHECK_FAILED);
+    assert!(err.message.contains("there is no PosixGroup with cn 'nogroup'"), "{err}");
+
+    // Renaming (uid is the RDN) updates the DN references and the memberUid values.
+    let mut state = store.load(&boss_dn).await.expect("load");
+    store.set(&mut state, "uid", &json!("grace")).await.expect("uid");
+    store.commit(&mut state, Some("admin")).await.expect("rename");
+    let new_dn = format!("uid=grace,{people}");
+    assert_eq!(state.dn.as_deref(), Some(new_dn.as_str()));
+    assert!(raw(&slapd, &boss_dn).await.is_none());
+    assert_eq!(
+        raw(&slapd, &worker.dn.clone().expect("dn")).await.expect("worker").attrs["manager"],
+        std::slice::from_ref(&new_dn)
+    );
+    assert_eq!(raw(&slapd, &group.dn.clone().expect("dn")).await.expect("group").attrs["memberUid"], ["grace"]);
+    assert_eq!(
+        raw(&slapd, &names.dn.clone().expect("dn")).await.expect("names").attrs["member"],
+        std::slice::from_ref(&new_dn)
+    );
+
+    // Moving to another unit follows the same way.
+    let unit = create(&store, BASE, "OrganizationalUnit", &[("ou", json!("research"))], &[]).await;
+    let unit_people = create(&store, &unit.dn.clone().expect("dn"), "PeopleContainer", &[], &[]).await;
+    let mut state = store.load(&new_dn).await.expect("load");
+    store.move_object(&mut state, &unit_people.dn.clone().expect("dn"), Some("admin")).await.expect("move");
+    let moved = format!("uid=grace,ou=people,ou=research,{BASE}");
+    assert!(raw(&slapd, &moved).await.is_some());
+    assert_eq!(
+        raw(&slapd, &names.dn.clone().expect("dn")).await.expect("names").attrs["member"],
+        std::slice::from_ref(&moved)
+    );
+
+    // A unit with people is not removed unless asked to remove everything.
+    let unit_dn = unit.dn.clone().expect("dn");
+    let err = expect_code(store.remove(&unit_dn, false, None).await, ErrorCode::OBJECT_HAS_CHILDREN);
+    assert!(err.message.contains("has 1 object(s) below it"), "{err}");
+    let removed = store.remove(&unit_dn, true, None).await.expect("recursive");
+    assert_eq!(removed, vec![moved.clone(), unit_people.dn.clone().expect("dn"), unit_dn.clone()]);
+    assert!(raw(&slapd, &unit_dn).await.is_none());
+    // The removed user's references are gone too.
+    let worker_entry = raw(&slapd, &worker.dn.clone().expect("dn")).await.expect("worker");
+    assert!(!worker_entry.attrs.contains_key("manager"), "{worker_entry:?}");
+    let group_entry = raw(&slapd, &group.dn.clone().expect("dn")).await.expect("group");
+    assert!(!group_entry.attrs.contains_key("memberUid"), "{group_entry:?}");
+}
+
+/// The shipped User with one more attribute, stored in PostgreSQL.
+fn site_user_with_badge(dir: &std::path::Path) {
+    let shipped = include_str!("../../objects/user.xml");
+    let extended = shipped.replace(
+        "      <Attribute><Name>roomNumber</Name>",
+        "      <Attribute>\n        <Name>badgeNumber</Name>\n        <Description>Door badge</Description>\n        <Type>String</Type>\n        <Backend>SQL</Backend>\n      </Attribute>\n      <Attribute><Name>roomNumber</Name>",
+    );
+    assert_ne!(shipped, extended);
+    std::fs::write(dir.join("user.xml"), extended).expect("site user.xml");
+}
+
+#[tokio::test]
+async fn an_attribute_wired_to_postgresql_beside_the_directory() {
+    let (slapd, pg) = (Slapd::start().await, PgSchema::create().await);
+    let site = tempfile::tempdir().expect("site dir");
+    let store = store(&slapd, &pg, vec![site.path().to_owned()]).await;
+    let (people, _) = containers(&store).await;
+    let ada = create(&store, &people, "User", &person("ada", "Ada", "Lovelace"), &[]).await;
+    let dn = ada.dn.clone().expect("dn");
+
+    // Before the edit there is no such attribute; after editing and reloading there is.
+    let mut state = store.load(&dn).await.expect("load");
+    expect_code(store.set(&mut state, "badgeNumber", &json!("B-17")).await, ErrorCode::ATTRIBUTE_NOT_FOUND);
+    site_user_with_badge(site.path());
+    assert_eq!(store.reload().await.expect("reload"), vec![]);
+    let mut state = store.load(&dn).await.expect("load");
+    store.set(&mut state, "badgeNumber", &json!("B-17")).await.expect("badge");
+    store.set(&mut state, "title", &json!("Analyst")).await.expect("title");
+    store.commit(&mut state, Some("admin")).await.expect("commit");
+
+    let uuid = state.uuid.clone().expect("uuid");
+    let row: (String,) = sqlx::query_as(r#"SELECT "badgeNumber" FROM clacks_obj_user WHERE uuid = $1"#)
+        .bind(&uuid)
+        .fetch_one(&sqlx::PgPool::connect(&pg.url).await.expect("pg"))
+        .await
+        .expect("row in PostgreSQL");
+    assert_eq!(row.0, "B-17");
+    let entry = raw(&slapd, &dn).await.expect("entry");
+    assert_eq!(entry.attrs["title"], ["Analyst"]);
+    assert!(!entry.attrs.contains_key("badgeNumber"));
+    assert_eq!(store.load(&dn).await.expect("load").values["badgeNumber"], [json!("B-17")]);
+
+    // A commit the database refuses leaves nothing half-written, and says why.
+    pg.execute(r#"ALTER TABLE clacks_obj_user ADD CONSTRAINT short_badge CHECK (length("badgeNumber") < 8)"#).await;
+    let mut state = store.load(&dn).await.expect("load");
+    store.set(&mut state, "title", &json!("Director")).await.expect("title");
+    store.set(&mut state, "badgeNumber", &json!("B-1234567890")).await.expect("badge");
+    let err = expect_code(store.commit(&mut state, Some("admin")).await, ErrorCode::BACKEND_FAILED);
+    assert!(err.message.contains("short_badge") && err.message.contains("restored"), "{err}");
+    assert_eq!(raw(&slapd, &dn).await.expect("entry").attrs["title"], ["Analyst"], "directory restored");
+
+    let mut bob = store.new_object(&people, "User").await.expect("new");
+    for (name, value) in person("bob", "Bob", "Builder").into_iter().chain([("badgeNumber", json!("B-1234567890"))]) {
+        store.set(&mut bob, name, &value).await.expect(name);
+    }
+    let err = expect_code(store.commit(&mut bob, Some("admin")).await, ErrorCode::BACKEND_FAILED);
+    assert!(err.message.contains("removed again"), "{err}");
+    assert!(raw(&slapd, &format!("uid=bob,{people}")).await.is_none(), "no partial object");
+}
+
+#[tokio::test]
+async fn the_second_of_two_concurrent_commits_is_refused() {
+    let (slapd, pg) = (Slapd::start().await, PgSchema::create().await);
+    let store = store(&slapd, &pg, vec![]).await;
+    let (people, _) = containers(&store).await;
+    let dn = create(&store, &people, "User", &person("ada", "Ada", "Lovelace"), &[]).await.dn.expect("dn");
+
+    let mut first = store.load(&dn).await.expect("first");
+    let mut second = store.load(&dn).await.expect("second");
+    store.set(&mut first, "title", &json!("Engineer")).await.expect("title");
+    store.set(&mut second, "title", &json!("Poet")).await.expect("title");
+    store.commit(&mut first, Some("alice")).await.expect("first commit");
+    let err = expect_code(store.commit(&mut second, Some("bob")).await, ErrorCode::OBJECT_CONFLICT);
+    assert_eq!(err.details, Some(json!({"changed": ["title"]})));
+    assert_eq!(raw(&slapd, &dn).await.expect("entry").attrs["title"], ["Engineer"]);
+    // The first editor can go on: its state follows its own commit.
+    store.set(&mut first, "title", &json!("Lead Engineer")).await.expect("title");
+    store.commit(&mut first, Some("alice")).await.expect("second commit by the same editor");
+}
+
+#[tokio::test]
+async fn a_change_made_with_ldapmodify_reaches_the_index_and_the_bus() {
+    let (slapd, pg) = (Slapd::start().await, PgSchema::create().await);
+    let store = store(&slapd, &pg, vec![]).await;
+    let domain = clacks_core::testing::unique_domain();
+    let bus = clacks_core::testing::amqp_bus(&domain).await;
+    let validator = EventValidator::start(&[]).expect("validator");
+    store.set_publisher(clacks_core::events::publish::EventPublisher::new(bus.clone(), validator));
+    let mut events =
+        clacks_core::events::filter::subscribe(&bus, &["BackendChange".to_owned()], None).await.expect("subscribe");
+    // The agent's first scan indexes what the directory holds already (the base entry).
+    let report = store.scan("test").await.expect("scan").expect("lock taken");
+    assert_eq!((report.indexed, report.removed), (1, 0));
+
+    let (people, _) = containers(&store).await;
+    let dn = create(&store, &people, "User", &person("ada", "Ada", "Lovelace"), &[]).await.dn.expect("dn");
+    assert_eq!(store.poll_directory().await.expect("first poll"), 0, "the first poll only sets the mark");
+    // modifyTimestamp has one-second resolution; the poll looks from the second it started.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    slapd.replace(&dn, "title", &["Countess"]).await;
+    assert_eq!(store.poll_directory().await.expect("poll"), 1);
+    let found = store.find(json!({"title": "Countess"}).as_object().expect("map")).await.expect("find");
+    assert_eq!(found.iter().map(|d| d.dn.clone()).collect::<Vec<_>>(), vec![dn.clone()]);
+    let event =
+        tokio::time::timeout(Duration::from_secs(10), events.recv()).await.expect("event in time").expect("event");
+    let body = String::from_utf8_lossy(&event.body);
+    assert!(body.contains(&format!("<DN>{dn}</DN>")) && body.contains("<ChangeType>modify</ChangeType>"), "{body}");
+    // Our own commits are not reported as outside changes.
+    let mut state = store.load(&dn).await.expect("load");
+    store.set(&mut state, "title", &json!("Engineer")).await.expect("title");
+    store.commit(&mut state, Some("admin")).await.expect("commit");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(store.poll_directory().await.expect("poll"), 0);
+}

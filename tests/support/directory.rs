@@ -1,0 +1,183 @@
+//! Private directory and database instances for object tests.
+//!
+//! [`Slapd`] is Debian's slapd on a free loopback port with a temporary mdb database and
+//! the core, cosine, inetorgperson and nis schemas; it is killed when dropped.
+//! [`PgSchema`] is a schema of its own in the shared PostgreSQL (`CLACKS_TEST_POSTGRES_URL`,
+//! default `postgres://postgres@127.0.0.1:5432/test`), dropped with everything in it
+//! when the guard goes. Both fail loudly when the service is missing.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ldap3::{LdapConnAsync, Mod};
+
+pub const BASE: &str = "dc=example,dc=org";
+pub const ADMIN_DN: &str = "cn=admin,dc=example,dc=org";
+pub const ADMIN_PASSWORD: &str = "test-secret";
+
+/// A running slapd.
+pub struct Slapd {
+    pub url: String,
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Slapd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+impl Slapd {
+    /// Starts slapd with the base entry `dc=example,dc=org` (a `domain`).
+    pub async fn start() -> Slapd {
+        let binary = std::env::var("CLACKS_TEST_SLAPD").unwrap_or_else(|_| "/usr/sbin/slapd".into());
+        assert!(
+            std::path::Path::new(&binary).exists(),
+            "slapd not found at {binary}: run .ci/install-deps (Debian package slapd) or set CLACKS_TEST_SLAPD"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).expect("data dir");
+        let config = format!(
+            "include /etc/ldap/schema/core.schema\n\
+             include /etc/ldap/schema/cosine.schema\n\
+             include /etc/ldap/schema/inetorgperson.schema\n\
+             include /etc/ldap/schema/nis.schema\n\
+             modulepath /usr/lib/ldap\n\
+             moduleload back_mdb\n\
+             pidfile {dir}/slapd.pid\n\
+             database mdb\n\
+             maxsize 104857600\n\
+             suffix \"{BASE}\"\n\
+             rootdn \"{ADMIN_DN}\"\n\
+             rootpw {ADMIN_PASSWORD}\n\
+             directory {data}\n\
+             index objectClass eq\n\
+             index entryUUID eq\n\
+             index modifyTimestamp eq\n",
+            dir = dir.path().display(),
+            data = data.display()
+        );
+        let conf = dir.path().join("slapd.conf");
+        std::fs::write(&conf, config).expect("slapd.conf");
+        let port = free_port();
+        let url = format!("ldap://127.0.0.1:{port}");
+        // `-d 0` keeps slapd in the foreground, so it is this test's child and dies with it.
+        let child = Command::new(&binary)
+            .args(["-f", &conf.to_string_lossy(), "-h", &format!("{url}/"), "-d", "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
+        let slapd = Slapd { url, port, child, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok((conn, mut ldap)) = LdapConnAsync::new(&slapd.url).await {
+                tokio::spawn(conn.drive());
+                if ldap.simple_bind(ADMIN_DN, ADMIN_PASSWORD).await.is_ok_and(|r| r.rc == 0) {
+                    let base = vec![("objectClass", ["domain"].into()), ("dc", ["example"].into())];
+                    ldap.add(BASE, base).await.expect("add base").success().expect("base entry");
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "slapd did not answer on {} within 20 s", slapd.url);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        slapd
+    }
+
+    /// A bound connection as the directory's administrator, as an admin's own tools use.
+    pub async fn admin(&self) -> ldap3::Ldap {
+        let (conn, mut ldap) = LdapConnAsync::new(&self.url).await.expect("connect");
+        tokio::spawn(conn.drive());
+        ldap.simple_bind(ADMIN_DN, ADMIN_PASSWORD).await.expect("bind").success().expect("bind ok");
+        ldap
+    }
+
+    /// Replaces one attribute the way `ldapmodify` would, outside Clacks.
+    pub async fn replace(&self, dn: &str, attr: &str, values: &[&str]) {
+        let mut ldap = self.admin().await;
+        let set = values.iter().map(|v| v.to_string()).collect();
+        ldap.modify(dn, vec![Mod::Replace(attr.to_owned(), set)]).await.expect("modify").success().expect("modify ok");
+    }
+
+    /// The store settings for this directory.
+    pub fn settings(&self) -> clacks_core::objects::backend::ldap::LdapSettings {
+        clacks_core::objects::backend::ldap::LdapSettings {
+            url: self.url.clone(),
+            base: BASE.into(),
+            bind_dn: Some(ADMIN_DN.into()),
+            bind_password: Some(ADMIN_PASSWORD.into()),
+            starttls: false,
+            ca_file: None,
+            pool_size: 4,
+            timeout_secs: 10,
+            id_start: 10000,
+        }
+    }
+}
+
+/// A PostgreSQL schema of the test's own.
+pub struct PgSchema {
+    pub url: String,
+    pub name: String,
+    admin_url: String,
+}
+
+pub fn postgres_url() -> String {
+    std::env::var("CLACKS_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+impl PgSchema {
+    pub async fn create() -> PgSchema {
+        use sqlx::Connection;
+        let admin_url = postgres_url();
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
+            panic!("PostgreSQL at {admin_url} is not reachable ({e}); start it or set CLACKS_TEST_POSTGRES_URL")
+        });
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {name}")))
+            .execute(&mut conn)
+            .await
+            .expect("create schema");
+        let separator = if admin_url.contains('?') { '&' } else { '?' };
+        let url = format!("{admin_url}{separator}options=-c%20search_path%3D{name}");
+        PgSchema { url, name, admin_url }
+    }
+
+    /// Runs one statement in the schema (for a test to add a constraint, say).
+    pub async fn execute(&self, statement: &str) {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&self.url).await.expect("connect");
+        sqlx::query(sqlx::AssertSqlSafe(statement.to_owned())).execute(&mut conn).await.expect(statement);
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let (url, name) = (self.admin_url.clone(), self.name.clone());
+        // Drop runs inside the test's runtime; the cleanup gets a small runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async move {
+                use sqlx::Connection;
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&url).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {name} CASCADE")))
+                        .execute(&mut conn)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
