@@ -191,13 +191,13 @@ mod tests {
     fn user_input_is_checked_and_canonical() {
         let check = |t: ValueType, v: Value| t.accept(&v);
         assert_eq!(check(ValueType::Integer, json!("42")), Ok(json!(42)));
-        assert!(check(ValueType::Integer, json!("x")).unwrap_err().contains("not a whole number"));
+        assert!(check(ValueType::Integer, json!("x")).err().unwrap_or_default().contains("not a whole number"));
         assert_eq!(check(ValueType::Boolean, json!("yes")), Ok(json!(true)));
         assert_eq!(check(ValueType::Date, json!("2026-02-03")), Ok(json!("2026-02-03")));
         assert!(check(ValueType::Date, json!("03.02.2026")).is_err());
         assert_eq!(check(ValueType::Timestamp, json!("2026-02-03T10:00:00+01:00")), Ok(json!("2026-02-03T09:00:00Z")));
         assert_eq!(check(ValueType::String, json!(7)), Ok(json!("7")));
-        assert!(check(ValueType::String, json!([1])).unwrap_err().contains("a list"));
+        assert!(check(ValueType::String, json!([1])).err().unwrap_or_default().contains("a list"));
     }
 
     #[test]
