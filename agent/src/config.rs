@@ -32,6 +32,77 @@ pub struct AgentConfig {
     pub rpc: RpcSection,
     /// `[presence]`.
     pub presence: PresenceSection,
+    /// `[objects]`.
+    pub objects: ObjectsSection,
+}
+
+/// `[objects]`: the object store (User, Group, … over LDAP and SQL).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ObjectsSection {
+    /// Serve objects at all.
+    pub enabled: bool,
+    /// Where the default SQLite database lives; default the user's data folder
+    /// (`~/.local/share/clacks`).
+    pub data_dir: Option<PathBuf>,
+    /// SQL database for SQL-wired attributes (and all objects without a directory):
+    /// `postgres://…` or `sqlite:PATH`; default SQLite `objects.db` in `data_dir`.
+    pub sql_url: Option<String>,
+    /// Index database; default the SQL database. Agents sharing a domain share it.
+    pub index_url: Option<String>,
+    /// Extra folders of object descriptions, read after the shipped ones.
+    pub dirs: Vec<PathBuf>,
+    /// Seconds an open object may stay idle.
+    pub reference_idle_secs: i64,
+    /// Seconds between checks of the directory for changes made outside Clacks.
+    pub poll_secs: f64,
+    /// `[objects.ldap]`: the directory; none = objects live in SQL.
+    pub ldap: Option<clacks_core::objects::backend::ldap::LdapSettings>,
+}
+
+impl Default for ObjectsSection {
+    fn default() -> ObjectsSection {
+        ObjectsSection {
+            enabled: true,
+            data_dir: None,
+            sql_url: None,
+            index_url: None,
+            dirs: Vec::new(),
+            reference_idle_secs: 3600,
+            poll_secs: 10.0,
+            ldap: None,
+        }
+    }
+}
+
+impl ObjectsSection {
+    /// The agent's object options, or `None` when disabled.
+    pub fn options(&self) -> Option<crate::daemon::ObjectsOptions> {
+        if !self.enabled {
+            return None;
+        }
+        let data_dir = self.data_dir.clone().unwrap_or_else(default_data_dir);
+        Some(crate::daemon::ObjectsOptions {
+            store: clacks_core::objects::StoreConfig {
+                ldap: self.ldap.clone(),
+                sql_url: self.sql_url.clone(),
+                index_url: self.index_url.clone(),
+                base: None,
+                dirs: self.dirs.clone(),
+                reference_idle_secs: Some(self.reference_idle_secs),
+            },
+            default_sql: format!("sqlite://{}", data_dir.join("objects.db").display()),
+            poll: secs(self.poll_secs),
+            expire: Duration::from_secs(60),
+        })
+    }
+}
+
+/// The user's data folder for Clacks (`$XDG_DATA_HOME/clacks`, `~/.local/share/clacks`).
+pub fn default_data_dir() -> PathBuf {
+    directories::ProjectDirs::from("org", "clacks", "clacks")
+        .map(|d| d.data_dir().to_owned())
+        .unwrap_or_else(|| std::env::temp_dir().join("clacks"))
 }
 
 /// `[amqp]`: the broker.
@@ -114,6 +185,7 @@ impl Default for AgentConfig {
             schemas: SchemasSection::default(),
             rpc: RpcSection::default(),
             presence: PresenceSection::default(),
+            objects: ObjectsSection::default(),
         }
     }
 }
@@ -195,6 +267,10 @@ impl AgentConfig {
         positive("rpc.timeout_secs", self.rpc.timeout_secs)?;
         positive("presence.heartbeat_secs", self.presence.heartbeat_secs)?;
         positive("presence.node_timeout_secs", self.presence.node_timeout_secs)?;
+        positive("objects.poll_secs", self.objects.poll_secs)?;
+        if self.objects.reference_idle_secs <= 0 {
+            return Err(ConfigError::Invalid("objects.reference_idle_secs must be positive".into()));
+        }
         if self.presence.node_timeout_secs <= self.presence.heartbeat_secs {
             return Err(ConfigError::Invalid(
                 "presence.node_timeout_secs must be longer than presence.heartbeat_secs".into(),

@@ -21,7 +21,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use clacks_core::objects::ObjectStore;
+
 use crate::core_plugin::CorePlugin;
+use crate::objects_plugin::{DispatchRunner, ObjectsPlugin};
 use crate::rhai_plugin;
 
 /// Everything an agent needs to know, resolved from config, environment and flags.
@@ -53,6 +56,21 @@ pub struct AgentOptions {
     pub script_limits: Limits,
     /// Shipped optional plugins to enable: `telephony`, `statistics`.
     pub enable: Vec<String>,
+    /// The object store, when this agent serves objects.
+    pub objects: Option<ObjectsOptions>,
+}
+
+/// How an agent runs its object store.
+#[derive(Clone, Debug)]
+pub struct ObjectsOptions {
+    /// Backends, index and description folders.
+    pub store: clacks_core::objects::StoreConfig,
+    /// The SQL database when `store.sql_url` is unset (SQLite in the data folder).
+    pub default_sql: String,
+    /// How often the directory is checked for changes made outside Clacks.
+    pub poll: Duration,
+    /// How often idle references are expired.
+    pub expire: Duration,
 }
 
 impl AgentOptions {
@@ -72,6 +90,7 @@ impl AgentOptions {
             trusted_forwarders: Vec::new(),
             script_limits: Limits::default(),
             enable: Vec::new(),
+            objects: None,
         }
     }
 }
@@ -102,6 +121,9 @@ pub enum AgentError {
     /// A name is not valid.
     #[error(transparent)]
     Name(#[from] clacks_core::domain::NameError),
+    /// The object store could not be opened (directory or database unreachable).
+    #[error("object store: {0}")]
+    Objects(#[from] clacks_core::objects::ObjectError),
 }
 
 struct Inner {
@@ -110,6 +132,7 @@ struct Inner {
     registry: Arc<Registry>,
     dispatcher: Arc<Dispatcher>,
     events: EventPublisher,
+    objects: Option<Arc<ObjectStore>>,
     shutdown_requested: CancellationToken,
     stopped: CancellationToken,
 }
@@ -162,6 +185,19 @@ impl Agent {
                 other => return Err(AgentError::UnknownPlugin(other.to_owned())),
             }
         }
+        let objects = match &options.objects {
+            Some(config) => {
+                let mut store_config = config.store.clone();
+                if store_config.base.is_none() {
+                    store_config.base = Some(options.base.clone());
+                }
+                let store = ObjectStore::open(&store_config, &config.default_sql, validator.clone()).await?;
+                store.set_publisher(events.clone());
+                commands.extend(Arc::new(ObjectsPlugin { store: store.clone() }).commands());
+                Some(store)
+            }
+            None => None,
+        };
         for plugin in plugins {
             commands.extend(plugin.commands());
         }
@@ -190,6 +226,13 @@ impl Agent {
             registry.clone(),
             bus.clone(),
         );
+        if let Some(store) = &objects {
+            store.set_runner(Arc::new(DispatchRunner {
+                dispatcher: Arc::downgrade(&dispatcher),
+                agent_user: bus.user().to_owned(),
+                timeout: options.rpc_timeout,
+            }));
+        }
         let agent = Agent {
             inner: Arc::new(Inner {
                 options,
@@ -197,6 +240,7 @@ impl Agent {
                 registry,
                 dispatcher,
                 events,
+                objects,
                 shutdown_requested,
                 stopped: CancellationToken::new(),
             }),
@@ -224,6 +268,9 @@ impl Agent {
         agent.publish(PresenceEvent::Announce { id: opts.node.clone() }).await;
         agent.publish_capabilities().await;
         tokio::spawn(agent.clone().heartbeat_loop());
+        if agent.inner.objects.is_some() {
+            tokio::spawn(agent.clone().objects_loop());
+        }
         info!(node = %opts.node, domain = %opts.domain, targets = ?agent.inner.registry.local_targets(), "agent started");
         Ok(agent)
     }
@@ -304,6 +351,46 @@ impl Agent {
         // and publishing it would only make every other node drop it.
         if let Err(e) = self.inner.events.publish(event.to_xml().as_bytes()).await {
             warn!(error = %e, event = event.event_type(), "presence event not published");
+        }
+    }
+
+    /// The object store, when this agent serves objects.
+    pub fn objects(&self) -> Option<&Arc<ObjectStore>> {
+        self.inner.objects.as_ref()
+    }
+
+    /// Keeps the object index current: the initial scan (one agent at a time), then
+    /// polling the directory for outside changes and expiring idle references.
+    async fn objects_loop(self) {
+        let (Some(store), Some(config)) = (self.inner.objects.clone(), self.inner.options.objects.clone()) else {
+            return;
+        };
+        let holder = format!("{}:{}", self.inner.options.domain, self.inner.options.node);
+        match store.scan(&holder).await {
+            Ok(Some(report)) => info!(?report, "object index scanned"),
+            Ok(None) => info!("another agent is scanning the object index"),
+            Err(e) => warn!(error = %e, "object index scan failed"),
+        }
+        let mut poll = tokio::time::interval(config.poll);
+        let mut expire = tokio::time::interval(config.expire);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        expire.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.inner.stopped.cancelled() => return,
+                _ = poll.tick() => {
+                    if let Err(e) = store.poll_directory().await {
+                        warn!(error = %e, "polling the directory for changes failed");
+                    }
+                }
+                _ = expire.tick() => {
+                    match store.expire_references().await {
+                        Ok(0) => {}
+                        Ok(n) => debug!(expired = n, "idle object references expired"),
+                        Err(e) => warn!(error = %e, "expiring object references failed"),
+                    }
+                }
+            }
         }
     }
 

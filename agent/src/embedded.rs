@@ -1,5 +1,6 @@
 //! The embedded domain: an agent with the built-in plugins on an in-process bus, so
-//! `clacks` works on a fresh machine with no broker and no directory.
+//! `clacks` works on a fresh machine with no broker and no directory. Its objects live
+//! in SQLite in the user's data folder, so a first session can create and find users.
 
 use std::sync::Arc;
 
@@ -23,7 +24,21 @@ pub struct Embedded {
 /// of `options.plugins_dir`.
 pub async fn start(user: &str, options: AgentOptions, plugins: Vec<Arc<dyn Plugin>>) -> Result<Embedded, AgentError> {
     let bus = LocalBus::new("clacks-agent");
-    let agent = Agent::start(options, Bus::Local(bus.clone()), plugins).await?;
+    if let Some(objects) = &options.objects
+        && objects.store.sql_url.is_none()
+        && let Err(e) = std::fs::create_dir_all(crate::config::default_data_dir())
+    {
+        tracing::warn!("cannot create the data folder for objects: {e}");
+    }
+    let agent = match Agent::start(options.clone(), Bus::Local(bus.clone()), plugins.clone()).await {
+        Err(AgentError::Objects(e)) => {
+            // A session without objects beats no session: say why and go on.
+            tracing::warn!("objects are not available in this session: {e}");
+            let without = AgentOptions { objects: None, ..options };
+            Agent::start(without, Bus::Local(bus.clone()), plugins).await?
+        }
+        other => other?,
+    };
     Ok(Embedded { agent, caller_bus: Bus::Local(bus.view(user)) })
 }
 
@@ -32,5 +47,6 @@ pub async fn start(user: &str, options: AgentOptions, plugins: Vec<Arc<dyn Plugi
 pub fn default_options(domain: Domain) -> AgentOptions {
     let mut options = AgentOptions::new(domain, "embedded");
     options.heartbeat = std::time::Duration::from_secs(2);
+    options.objects = crate::config::ObjectsSection::default().options();
     options
 }

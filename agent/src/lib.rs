@@ -5,7 +5,8 @@
 //! consumes the shared and private queue of every target they export, announces itself
 //! with presence events and keeps the domain-wide registry current. [`http`] serves the
 //! same dispatcher as JSON-RPC over HTTP with cookie sessions. [`config`] reads
-//! `agent.toml`; [`embedded`] runs an agent inside another process for the shell's
+//! `agent.toml`; [`objects_plugin`] serves the object store (User, Group, … over LDAP
+//! and SQL) as commands; [`embedded`] runs an agent inside another process for the shell's
 //! broker-less default.
 
 pub mod auth;
@@ -14,6 +15,7 @@ pub mod core_plugin;
 pub mod daemon;
 pub mod embedded;
 pub mod http;
+pub mod objects_plugin;
 pub mod plugins;
 pub mod process;
 pub mod rhai_plugin;

@@ -125,6 +125,13 @@ async fn run(cli: Cli) -> Result<()> {
     options.enable = config.plugins.enable.clone();
     options.schema_dirs = config.schemas.dirs.clone();
     options.trusted_forwarders = config.amqp.trusted_forwarders.clone();
+    options.objects = config.objects.options();
+    if let Some(objects) = &options.objects
+        && objects.store.sql_url.is_none()
+    {
+        let dir = config.objects.data_dir.clone().unwrap_or_else(clacks_agent::config::default_data_dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create the data folder {}", dir.display()))?;
+    }
 
     let bus = match &config.amqp.url {
         Some(url) => {

@@ -4,6 +4,7 @@
 mod events;
 mod http;
 mod malformed;
+mod object_api;
 mod objects;
 mod recovery;
 mod routing;

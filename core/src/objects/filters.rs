@@ -554,7 +554,12 @@ mod tests {
         assert!(hashed[0].as_str().is_some_and(|h| h.starts_with("{ARGON2}$argon2id$")));
         let moved = filter("Target", &["b"], json!("v"), &[]).expect("target");
         assert_eq!((moved.get("a"), &moved["b"]), (None, &vec![json!("v")]));
-        assert!(filter("StringToDate", &["%d.%m.%Y"], json!("nope"), &[]).err().unwrap_or_default().contains("does not match"));
+        assert!(
+            filter("StringToDate", &["%d.%m.%Y"], json!("nope"), &[])
+                .err()
+                .unwrap_or_default()
+                .contains("does not match")
+        );
     }
 
     #[test]
@@ -580,7 +585,12 @@ mod tests {
     #[test]
     fn load_time_checks_name_arity_and_regex() {
         assert!(check_filter_call(&call("Nope", &[])).err().unwrap_or_default().contains("unknown filter 'Nope'"));
-        assert!(check_filter_call(&call("Replace", &["x"])).err().unwrap_or_default().contains("takes 2 parameter(s), got 1"));
+        assert!(
+            check_filter_call(&call("Replace", &["x"]))
+                .err()
+                .unwrap_or_default()
+                .contains("takes 2 parameter(s), got 1")
+        );
         assert!(check_condition_call(&call("RegEx", &["("])).err().unwrap_or_default().contains("bad regex"));
         assert_eq!(expand("%(a)s-%%-%(missing)s", &Props::from([("a".into(), vec![json!(1)])])), "1-%-");
     }

@@ -16,3 +16,13 @@ pub mod store;
 pub mod values;
 
 pub use store::{ObjectError, ObjectState, ObjectStore, StoreConfig};
+
+impl From<ObjectError> for crate::command::CommandError {
+    fn from(e: ObjectError) -> crate::command::CommandError {
+        let error = crate::command::CommandError::new(e.code, e.message);
+        match e.details {
+            Some(d) => error.with_details(d),
+            None => error,
+        }
+    }
+}

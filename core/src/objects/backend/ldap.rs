@@ -17,7 +17,7 @@ use tokio::sync::Mutex;
 use super::{BackendError, Entry};
 
 /// How to reach and bind to the directory.
-#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
+#[derive(Clone, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LdapSettings {
     /// `ldap://host:port` or `ldaps://host:port`.
@@ -42,6 +42,23 @@ pub struct LdapSettings {
     /// First number the id pool hands out for uidNumber/gidNumber.
     #[serde(default = "default_id_start")]
     pub id_start: i64,
+}
+
+// The bind password stays out of logs and `show-config`.
+impl std::fmt::Debug for LdapSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LdapSettings")
+            .field("url", &self.url)
+            .field("base", &self.base)
+            .field("bind_dn", &self.bind_dn)
+            .field("bind_password", &self.bind_password.as_ref().map(|_| "<redacted>"))
+            .field("starttls", &self.starttls)
+            .field("ca_file", &self.ca_file)
+            .field("pool_size", &self.pool_size)
+            .field("timeout_secs", &self.timeout_secs)
+            .field("id_start", &self.id_start)
+            .finish()
+    }
 }
 
 fn default_pool() -> usize {

@@ -1,0 +1,341 @@
+//! The remote object API on target `objects`: open an object (or a new one), read and
+//! set its properties, run its methods, commit; remove, search and describe objects.
+//!
+//! An open object is a reference (`ref`) that belongs to the user who opened it. Its
+//! state lives in the index database, so the next call may reach any agent of the
+//! domain sharing that database; an idle reference expires.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use clacks_core::command::{CallContext, CommandError, CommandResult};
+use clacks_core::dispatch::Dispatcher;
+use clacks_core::objects::filters::BoxFuture;
+use clacks_core::objects::index::SearchScope;
+use clacks_core::objects::store::{CommandRunner, ObjectError, SearchOptions};
+use clacks_core::objects::{ObjectState, ObjectStore};
+use clacks_core::rpc::{ErrorCode, Params};
+use serde_json::{Map, Value, json};
+
+/// The `objects` plugin.
+pub struct ObjectsPlugin {
+    pub(crate) store: Arc<ObjectStore>,
+}
+
+fn user_of(ctx: &CallContext) -> CommandResult<&str> {
+    ctx.user
+        .as_deref()
+        .ok_or_else(|| CommandError::new(ErrorCode::COMMAND_NO_USERNAME, "objects belong to a user; call as one"))
+}
+
+fn invalid(message: impl Into<String>) -> CommandError {
+    CommandError::new(ErrorCode::INVALID_PARAMS, message)
+}
+
+impl ObjectsPlugin {
+    async fn open_state(&self, target: &str, object_type: Option<&str>) -> CommandResult<ObjectState> {
+        Ok(match object_type {
+            Some(t) => self.store.new_object(target, t).await?,
+            None => self.store.load(target).await?,
+        })
+    }
+
+    /// Loads the reference, lets `change` work on it, saves it back, returns the view.
+    async fn with_reference<F>(&self, ctx: &CallContext, reference: &str, change: F) -> CommandResult<Value>
+    where
+        F: AsyncFnOnce(&ObjectStore, &mut ObjectState) -> Result<Option<Value>, ObjectError>,
+    {
+        let user = user_of(ctx)?;
+        let mut state = self.store.reference(reference, user).await?;
+        let outcome = change(&self.store, &mut state).await;
+        // Whatever happened, the reference keeps what succeeded (a failed commit keeps
+        // the pending changes, so the caller can fix one attribute and commit again).
+        self.store.save_reference(reference, user, &state).await?;
+        match outcome? {
+            Some(value) => Ok(value),
+            None => Ok(self.store.view(reference, &state)),
+        }
+    }
+}
+
+#[clacks_core::plugin(target = "objects")]
+impl ObjectsPlugin {
+    /// Open an object by DN or UUID, or, with object_type, a new object of that type to be created below the DN; returns a reference and the object's properties.
+    #[command(needs_user)]
+    async fn open_object(
+        &self,
+        ctx: &CallContext,
+        target: String,
+        object_type: Option<String>,
+    ) -> CommandResult<Value> {
+        let state = self.open_state(&target, object_type.as_deref()).await?;
+        Ok(self.store.open_reference(user_of(ctx)?, state).await?)
+    }
+
+    /// Read one property of an open object.
+    #[command(needs_user)]
+    async fn get_object_property(&self, ctx: &CallContext, reference: String, name: String) -> CommandResult<Value> {
+        let view = self.with_reference(ctx, &reference, async |_, _| Ok(None)).await?;
+        view.get("attributes").and_then(|a| a.get(&name)).cloned().ok_or_else(|| {
+            CommandError::new(ErrorCode::ATTRIBUTE_NOT_FOUND, format!("the object has no active attribute '{name}'"))
+        })
+    }
+
+    /// Set one property of an open object (checked now, written on commit); returns the stored value.
+    #[command(needs_user)]
+    async fn set_object_property(
+        &self,
+        ctx: &CallContext,
+        reference: String,
+        name: String,
+        value: Value,
+    ) -> CommandResult<Value> {
+        let view = self
+            .with_reference(ctx, &reference, async |store, state| store.set(state, &name, &value).await.map(|()| None))
+            .await?;
+        Ok(view.get("attributes").and_then(|a| a.get(&name)).cloned().unwrap_or(Value::Null))
+    }
+
+    /// Run a method of an open object: commit, extend(type), retract(type), move(parent), remove(recursive), reload, diff, close, or one its description defines.
+    #[command(needs_user)]
+    async fn dispatch_object_method(
+        &self,
+        ctx: &CallContext,
+        reference: String,
+        method: String,
+        args: Option<Vec<Value>>,
+    ) -> CommandResult<Value> {
+        let args = args.unwrap_or_default();
+        let user = user_of(ctx)?.to_owned();
+        let text_arg = |i: usize, what: &str| -> CommandResult<String> {
+            args.get(i)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| invalid(format!("{method} needs {what}")))
+        };
+        match method.as_str() {
+            "commit" => {
+                self.with_reference(ctx, &reference, async |store, state| {
+                    store.commit(state, Some(&user)).await.map(|()| None)
+                })
+                .await
+            }
+            "extend" => {
+                let ext = text_arg(0, "the extension's type")?;
+                self.with_reference(ctx, &reference, async |store, state| store.extend(state, &ext).map(|()| None))
+                    .await
+            }
+            "retract" => {
+                let ext = text_arg(0, "the extension's type")?;
+                self.with_reference(ctx, &reference, async |store, state| store.retract(state, &ext).map(|()| None))
+                    .await
+            }
+            "move" => {
+                let parent = text_arg(0, "the new parent DN")?;
+                self.with_reference(ctx, &reference, async |store, state| {
+                    store.move_object(state, &parent, Some(&user)).await.map(|()| None)
+                })
+                .await
+            }
+            "remove" => {
+                let recursive = args.first().and_then(Value::as_bool).unwrap_or(false);
+                let state = self.store.reference(&reference, &user).await?;
+                let Some(dn) = state.dn.clone() else {
+                    self.store.close_reference(&reference, &user).await?;
+                    return Ok(json!([]));
+                };
+                let removed = self.store.remove(&dn, recursive, Some(&user)).await?;
+                self.store.close_reference(&reference, &user).await?;
+                Ok(json!(removed))
+            }
+            "reload" => self.reload_object(ctx, reference).await,
+            "diff" => self.diff_object(ctx, reference).await,
+            "close" => self.close_object(ctx, reference).await.map(Value::Bool),
+            other => {
+                let other = other.to_owned();
+                self.with_reference(ctx, &reference, async |store, state| {
+                    store.call_method(state, &other, &args, Some(&user)).await.map(Some)
+                })
+                .await
+            }
+        }
+    }
+
+    /// Forget an open object (its unsaved changes are dropped).
+    #[command(needs_user)]
+    async fn close_object(&self, ctx: &CallContext, reference: String) -> CommandResult<bool> {
+        self.store.close_reference(&reference, user_of(ctx)?).await?;
+        Ok(true)
+    }
+
+    /// Read an open object again from its backends, dropping unsaved changes.
+    #[command(needs_user)]
+    async fn reload_object(&self, ctx: &CallContext, reference: String) -> CommandResult<Value> {
+        self.with_reference(ctx, &reference, async |store, state| {
+            let fresh = match &state.uuid {
+                Some(uuid) => store.load(uuid).await?,
+                None => store.new_object(&state.parent, &state.base_type).await?,
+            };
+            *state = fresh;
+            Ok(None)
+        })
+        .await
+    }
+
+    /// The unsaved changes of an open object: attributes added, removed, changed; extensions added, removed.
+    #[command(needs_user)]
+    async fn diff_object(&self, ctx: &CallContext, reference: String) -> CommandResult<Value> {
+        self.with_reference(ctx, &reference, async |store, state| Ok(Some(store.diff(state)))).await
+    }
+
+    /// Remove the object at a DN or UUID; with recursive=true also everything below it.
+    #[command(needs_user)]
+    async fn remove_object(
+        &self,
+        ctx: &CallContext,
+        target: String,
+        recursive: Option<bool>,
+    ) -> CommandResult<Vec<String>> {
+        Ok(self.store.remove(&target, recursive.unwrap_or(false), Some(user_of(ctx)?)).await?)
+    }
+
+    /// The object types: base or extension, backend, what extends them, what they contain, their methods.
+    #[command]
+    fn get_object_types(&self) -> CommandResult<Value> {
+        Ok(self.store.types_info())
+    }
+
+    /// The attributes of an object type and its extensions, with their rules.
+    #[command]
+    fn get_object_schema(&self, object_type: String) -> CommandResult<Value> {
+        Ok(self.store.schema_of(&object_type)?)
+    }
+
+    /// Problems found in the object descriptions (file, line, reason).
+    #[command]
+    fn get_object_diagnostics(&self) -> CommandResult<Value> {
+        Ok(json!(self.store.catalogue().diagnostics))
+    }
+
+    /// Read the object descriptions again on every node; returns the problems found.
+    #[command(call_type = "cumulative")]
+    async fn reload_object_descriptions(&self) -> CommandResult<Value> {
+        Ok(json!(self.store.reload().await?))
+    }
+
+    /// Keyword search below base (default: the tree's root) with scope BASE, ONE, SUB or CHILDREN; options: category, fallback, limit.
+    #[command]
+    async fn search(
+        &self,
+        query: String,
+        base: Option<String>,
+        scope: Option<String>,
+        options: Option<Map<String, Value>>,
+    ) -> CommandResult<Vec<Value>> {
+        let scope: SearchScope = scope.as_deref().unwrap_or("SUB").parse().map_err(invalid)?;
+        let options: SearchOptions = serde_json::from_value(Value::Object(options.unwrap_or_default()))
+            .map_err(|e| invalid(format!("search options: {e}")))?;
+        let base = base.unwrap_or_else(|| self.store.base().to_owned());
+        Ok(self.store.search(&base, scope, &query, &options).await?)
+    }
+
+    /// Objects matching every condition: attribute: value (or list; * as wildcard), _type, _base, dn.
+    #[command]
+    async fn find(&self, conditions: Map<String, Value>) -> CommandResult<Vec<Value>> {
+        let docs = self.store.find(&conditions).await?;
+        Ok(docs
+            .into_iter()
+            .map(|d| json!({"dn": d.dn, "uuid": d.uuid, "type": d.object_type, "extensions": d.extensions, "attributes": d.values}))
+            .collect())
+    }
+
+    /// Lock a user's password (a '!' after the hash scheme), so logins fail until unlocked.
+    #[command(needs_user)]
+    async fn lock_account(&self, ctx: &CallContext, dn: String) -> CommandResult<bool> {
+        self.set_lock(ctx, &dn, true).await
+    }
+
+    /// Unlock a user's password.
+    #[command(needs_user)]
+    async fn unlock_account(&self, ctx: &CallContext, dn: String) -> CommandResult<bool> {
+        self.set_lock(ctx, &dn, false).await
+    }
+
+    /// Set a user's password (hashed with Argon2).
+    #[command(needs_user)]
+    async fn set_user_password(&self, ctx: &CallContext, dn: String, password: String) -> CommandResult<bool> {
+        if password.is_empty() {
+            return Err(invalid("the password must not be empty"));
+        }
+        let mut state = self.store.load(&dn).await?;
+        self.store.set(&mut state, "userPassword", &json!(password)).await?;
+        self.store.commit(&mut state, Some(user_of(ctx)?)).await?;
+        Ok(true)
+    }
+
+    /// Whether a user's password is locked.
+    #[command]
+    async fn is_account_locked(&self, dn: String) -> CommandResult<bool> {
+        let state = self.store.load(&dn).await?;
+        let stored =
+            state.values.get("userPassword").and_then(|v| v.first()).and_then(Value::as_str).unwrap_or_default();
+        Ok(clacks_core::objects::password::is_locked(stored))
+    }
+}
+
+impl ObjectsPlugin {
+    async fn set_lock(&self, ctx: &CallContext, dn: &str, lock: bool) -> CommandResult<bool> {
+        let mut state = self.store.load(dn).await?;
+        let Some(stored) =
+            state.values.get("userPassword").and_then(|v| v.first()).and_then(Value::as_str).map(str::to_owned)
+        else {
+            return Err(CommandError::new(
+                ErrorCode::ATTRIBUTE_MANDATORY,
+                format!("{dn} has no password to lock or unlock"),
+            ));
+        };
+        let updated = clacks_core::objects::password::set_locked(&stored, lock);
+        if updated == stored {
+            return Ok(false);
+        }
+        // Stored hashes start with a scheme, which the out filter passes unchanged.
+        self.store.set(&mut state, "userPassword", &json!(updated)).await?;
+        self.store.commit(&mut state, Some(user_of(ctx)?)).await?;
+        Ok(true)
+    }
+}
+
+/// Runs object methods and hooks through the agent's dispatcher, so they reach
+/// whichever node provides the command.
+pub(crate) struct DispatchRunner {
+    pub(crate) dispatcher: Weak<Dispatcher>,
+    /// Who internal calls (hooks) act as.
+    pub(crate) agent_user: String,
+    pub(crate) timeout: Duration,
+}
+
+impl CommandRunner for DispatchRunner {
+    fn run<'a>(
+        &'a self,
+        user: Option<&'a str>,
+        command: &'a str,
+        args: Vec<Value>,
+    ) -> BoxFuture<'a, Result<Value, ObjectError>> {
+        Box::pin(async move {
+            let dispatcher = self
+                .dispatcher
+                .upgrade()
+                .ok_or_else(|| ObjectError::new(ErrorCode::AGENT_STOPPING, "the agent is stopping"))?;
+            let caller = user.unwrap_or(&self.agent_user).to_owned();
+            let origin = dispatcher.local_origin(Some(caller), Some(tokio::time::Instant::now() + self.timeout));
+            dispatcher.call(command, Params::Positional(args), &origin).await.map_err(|e| {
+                let code = e.symbolic();
+                ObjectError {
+                    code,
+                    message: format!("{command}: {}", e.message),
+                    details: e.data.and_then(|d| d.details),
+                }
+            })
+        })
+    }
+}

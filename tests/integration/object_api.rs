@@ -1,0 +1,163 @@
+//! The remote object API: agents serving objects from slapd and PostgreSQL, called over
+//! RabbitMQ (references move between agents) and over the in-process bus (references
+//! belong to the user who opened them).
+
+use std::time::Duration;
+
+use clacks_agent::daemon::ObjectsOptions;
+use clacks_agent::{Agent, AgentOptions};
+use clacks_core::bus::Bus;
+use clacks_core::bus::local::LocalBus;
+use clacks_core::client::Client;
+use clacks_core::objects::StoreConfig;
+use clacks_core::rpc::{ErrorCode, Params};
+use clacks_tests::directory::{BASE, PgSchema, Slapd};
+use clacks_tests::{amqp_url, client, fast_options, start_agent, unique_domain, wait_for};
+use serde_json::{Value, json};
+
+fn with_objects(mut options: AgentOptions, slapd: &Slapd, pg: &PgSchema) -> AgentOptions {
+    options.objects = Some(ObjectsOptions {
+        store: StoreConfig { ldap: Some(slapd.settings()), ..StoreConfig::default() },
+        default_sql: pg.url.clone(),
+        poll: Duration::from_secs(3600),
+        expire: Duration::from_secs(3600),
+    });
+    options
+}
+
+async fn call(client: &Client, node: Option<&str>, method: &str, args: Value) -> Result<Value, ErrorCode> {
+    let Value::Array(args) = args else { panic!("positional arguments") };
+    let result = match node {
+        Some(node) => client.call_on_node(node, method, Params::Positional(args)).await,
+        None => client.call(method, Params::Positional(args)).await,
+    };
+    result.map_err(|e| e.code())
+}
+
+async fn ok(client: &Client, node: Option<&str>, method: &str, args: Value) -> Value {
+    let shown = args.to_string();
+    match call(client, node, method, args).await {
+        Ok(v) => v,
+        Err(code) => panic!("{method}({shown}) failed with {code}"),
+    }
+}
+
+#[tokio::test]
+async fn an_open_object_continues_on_whichever_agent_the_next_call_reaches() {
+    let (slapd, pg) = (Slapd::start().await, PgSchema::create().await);
+    let (url, domain) = (amqp_url(), unique_domain());
+    let alpha = start_agent(&url, with_objects(fast_options(&domain, "alpha"), &slapd, &pg), vec![]).await;
+    let beta = start_agent(&url, with_objects(fast_options(&domain, "beta"), &slapd, &pg), vec![]).await;
+    let caller = client(&url, &domain, Duration::from_secs(20)).await;
+    wait_for("both agents serve objects", Duration::from_secs(10), || async {
+        clacks_tests::node_ids(&caller).await.len() >= 2
+    })
+    .await;
+
+    let people = ok(&caller, Some("alpha"), "openObject", json!([BASE, "PeopleContainer"])).await;
+    let people_ref = people["ref"].clone();
+    ok(&caller, Some("beta"), "dispatchObjectMethod", json!([people_ref, "commit"])).await;
+
+    // Opened on alpha, filled on beta, committed on alpha.
+    let people_dn = format!("ou=people,{BASE}");
+    let user = ok(&caller, Some("alpha"), "openObject", json!([people_dn, "User"])).await;
+    let user_ref = user["ref"].clone();
+    assert!(user["attributes"].get("uid").is_some() && user["extensions"]["PosixUser"] == json!(false), "{user}");
+    for (name, value) in [("uid", "ada"), ("givenName", "Ada"), ("sn", "Lovelace")] {
+        ok(&caller, Some("beta"), "setObjectProperty", json!([user_ref, name, value])).await;
+    }
+    ok(&caller, Some("beta"), "dispatchObjectMethod", json!([user_ref, "extend", ["PosixUser"]])).await;
+    let diff = ok(&caller, Some("alpha"), "diffObject", json!([user_ref])).await;
+    assert_eq!(diff["extensions"]["added"], json!(["PosixUser"]));
+    let committed = ok(&caller, Some("alpha"), "dispatchObjectMethod", json!([user_ref, "commit"])).await;
+    assert_eq!(committed["dn"], json!(format!("uid=ada,{people_dn}")));
+    assert_eq!(committed["attributes"]["uidNumber"], json!(10000));
+    assert_eq!(ok(&caller, Some("beta"), "getObjectProperty", json!([user_ref, "cn"])).await, json!("Ada Lovelace"));
+
+    // Validation errors keep their codes on the wire.
+    let refused = call(&caller, None, "setObjectProperty", json!([user_ref, "mail", ["not-an-address"]])).await;
+    assert_eq!(refused, Err(ErrorCode::ATTRIBUTE_CHECK_FAILED));
+    assert_eq!(
+        call(&caller, None, "getObjectProperty", json!(["no-such-ref", "cn"])).await,
+        Err(ErrorCode::REFERENCE_NOT_FOUND)
+    );
+
+    // Description methods run their commands: User.changePassword and User.lock.
+    ok(&caller, None, "dispatchObjectMethod", json!([user_ref, "changePassword", ["s3cret"]])).await;
+    ok(&caller, None, "dispatchObjectMethod", json!([user_ref, "lock"])).await;
+    let dn = format!("uid=ada,{people_dn}");
+    assert_eq!(ok(&caller, None, "isAccountLocked", json!([dn])).await, json!(true));
+    let stored = ldap_value(&slapd, &dn, "userPassword").await;
+    assert!(stored.starts_with("{ARGON2}!$argon2id$"), "{stored}");
+
+    // Two editors over the API: the second commit is refused and names the attribute.
+    let first = ok(&caller, Some("alpha"), "openObject", json!([dn])).await["ref"].clone();
+    let second = ok(&caller, Some("beta"), "openObject", json!([dn])).await["ref"].clone();
+    ok(&caller, None, "setObjectProperty", json!([first, "title", "Engineer"])).await;
+    ok(&caller, None, "setObjectProperty", json!([second, "title", "Poet"])).await;
+    ok(&caller, Some("alpha"), "dispatchObjectMethod", json!([first, "commit"])).await;
+    let conflict = caller
+        .call_on_node("beta", "dispatchObjectMethod", Params::Positional(vec![second.clone(), json!("commit")]))
+        .await
+        .expect_err("conflict");
+    assert_eq!(conflict.code(), ErrorCode::OBJECT_CONFLICT);
+    assert!(conflict.to_string().contains("title"), "{conflict}");
+
+    // Search and find see the committed user; removal closes the reference.
+    let hits = ok(&caller, None, "search", json!(["lovelace"])).await;
+    assert_eq!(hits.as_array().map(Vec::len), Some(1), "{hits}");
+    let found = ok(&caller, None, "find", json!([{"_type": "PosixUser", "uidNumber": "10000"}])).await;
+    assert_eq!(found[0]["dn"], json!(dn));
+    assert_eq!(call(&caller, None, "removeObject", json!([people_dn])).await, Err(ErrorCode::OBJECT_HAS_CHILDREN));
+    let removed = ok(&caller, None, "removeObject", json!([people_dn, true])).await;
+    assert_eq!(removed, json!([dn, people_dn]));
+    alpha.stop().await;
+    beta.stop().await;
+}
+
+async fn ldap_value(slapd: &Slapd, dn: &str, attr: &str) -> String {
+    let mut ldap = slapd.admin().await;
+    let (entries, _) = ldap
+        .search(dn, ldap3::Scope::Base, "(objectClass=*)", vec![attr])
+        .await
+        .expect("search")
+        .success()
+        .expect("ok");
+    let entry = ldap3::SearchEntry::construct(entries.into_iter().next().expect("entry"));
+    entry.attrs.get(attr).and_then(|v| v.first()).cloned().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_reference_belongs_to_the_user_who_opened_it() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut options = AgentOptions::new(unique_domain(), "solo");
+    options.objects = Some(ObjectsOptions {
+        store: StoreConfig::default(),
+        default_sql: format!("sqlite://{}", data.path().join("objects.db").display()),
+        poll: Duration::from_secs(3600),
+        expire: Duration::from_secs(3600),
+    });
+    let domain = options.domain.clone();
+    let bus = LocalBus::new("clacks-agent");
+    let agent = Agent::start(options, Bus::Local(bus.clone()), vec![]).await.expect("agent");
+    let alice = Client::over_bus(Bus::Local(bus.view("alice")), domain.clone(), Duration::from_secs(10));
+    let bob = Client::over_bus(Bus::Local(bus.view("bob")), domain.clone(), Duration::from_secs(10));
+
+    let base = agent.objects().expect("objects").base().to_owned();
+    let opened = ok(&alice, None, "openObject", json!([base])).await;
+    let reference = opened["ref"].clone();
+    assert_eq!(opened["type"], json!("DomainComponent"));
+    assert_eq!(
+        call(&bob, None, "getObjectProperty", json!([reference, "dc"])).await,
+        Err(ErrorCode::REFERENCE_NOT_FOUND)
+    );
+    assert_eq!(call(&bob, None, "closeObject", json!([reference])).await, Err(ErrorCode::REFERENCE_NOT_FOUND));
+    let dc = base.split(',').next().and_then(|rdn| rdn.strip_prefix("dc=")).expect("dc");
+    assert_eq!(ok(&alice, None, "getObjectProperty", json!([reference, "dc"])).await, json!(dc));
+    ok(&alice, None, "closeObject", json!([reference])).await;
+    assert_eq!(
+        call(&alice, None, "getObjectProperty", json!([reference, "dc"])).await,
+        Err(ErrorCode::REFERENCE_NOT_FOUND)
+    );
+    agent.stop().await;
+}
