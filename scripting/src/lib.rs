@@ -9,6 +9,7 @@
 
 pub mod bindings;
 pub mod helpers;
+pub mod objects;
 
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
@@ -130,6 +131,10 @@ pub struct ConversionError {
 
 /// Rhai → JSON.
 pub fn to_json(value: &Dynamic) -> Result<Value, ConversionError> {
+    // Object proxies show as their attributes (for tables, JSON and completion).
+    if let Some(proxy) = value.read_lock::<objects::ObjectProxy>() {
+        return Ok(proxy.to_json());
+    }
     rhai::serde::from_dynamic::<Value>(value)
         .map_err(|e| ConversionError { type_name: value.type_name().to_owned(), reason: e.to_string() })
 }

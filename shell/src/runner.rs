@@ -194,7 +194,15 @@ impl Runner {
             interrupt: self.interrupt.clone(),
             spinner: self.interactive && std::io::stderr().is_terminal(),
         });
-        register_commands(&mut engine, &self.catalog.specs(), caller);
+        let specs = self.catalog.specs();
+        // Object proxies get the description methods (`u.lock()`) of the domain's types.
+        let object_methods = if specs.iter().any(|s| s.name == "getObjectTypes") {
+            clacks_scripting::objects::method_names(caller.as_ref())
+        } else {
+            Vec::new()
+        };
+        clacks_scripting::objects::register(&mut engine, caller.clone(), &object_methods);
+        register_commands(&mut engine, &specs, caller);
         register_shell_functions(&mut engine, self);
         let mut resolvers = ModuleResolversCollection::new();
         for path in &self.script_paths {
