@@ -154,7 +154,15 @@ impl ObjectsPlugin {
             other => {
                 let other = other.to_owned();
                 self.with_reference(ctx, &reference, async |store, state| {
-                    store.call_method(state, &other, &args, Some(&user)).await.map(Some)
+                    let result = store.call_method(state, &other, &args, Some(&user)).await?;
+                    // A method's command may change the object (changePassword, lock):
+                    // an object without pending changes follows it, so a later commit
+                    // does not trip over the method's own write.
+                    let pending = !state.changed.is_empty() || !state.extend.is_empty() || !state.retract.is_empty();
+                    if !pending && let Some(uuid) = state.uuid.clone() {
+                        *state = store.load(&uuid).await?;
+                    }
+                    Ok(Some(result))
                 })
                 .await
             }

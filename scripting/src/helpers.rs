@@ -60,6 +60,14 @@ pub fn register(engine: &mut Engine) {
             .map_err(|e| io_error("append to", path, e))
     });
     engine.register_fn("file_exists", |path: &str| std::path::Path::new(path).exists());
+    engine.register_fn("join", |items: Array, separator: &str| {
+        items.iter().map(|item| item.to_string()).collect::<Vec<_>>().join(separator)
+    });
+    // Dates as objects store them (YYYY-MM-DD, UTC), so scripts can compare them as text.
+    engine.register_fn("today", || chrono::Utc::now().format("%Y-%m-%d").to_string());
+    engine.register_fn("days_ago", |days: i64| {
+        (chrono::Utc::now() - chrono::Duration::days(days.clamp(0, 365_000))).format("%Y-%m-%d").to_string()
+    });
     engine.register_fn("read_json", |path: &str| -> Fallible<Dynamic> {
         let text = std::fs::read_to_string(path).map_err(|e| io_error("read", path, e))?;
         let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| io_error("parse", path, e))?;

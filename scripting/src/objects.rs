@@ -77,6 +77,17 @@ impl ObjectProxy {
         Ok(())
     }
 
+    /// Runs a method the description defines; its command may have changed the
+    /// object, so an object without pending changes is read again.
+    fn run_method(&mut self, method: &str, args: Vec<Value>) -> RhaiResult<Dynamic> {
+        let result = self.dispatch(method, args)?;
+        let pending = self.view.get("changed").and_then(Value::as_array).is_some_and(|c| !c.is_empty());
+        if !pending {
+            self.view = self.call("reloadObject", vec![self.reference()])?;
+        }
+        Ok(result)
+    }
+
     fn field(&self, name: &str) -> Dynamic {
         self.view.get(name).map(from_json).unwrap_or(Dynamic::UNIT)
     }
@@ -148,16 +159,16 @@ pub fn register(engine: &mut Engine, caller: Arc<dyn RemoteCaller>, methods: &[S
     for name in methods.iter().filter(|m| crate::bindings::is_bindable(m)) {
         let name = name.clone();
         let n = name.clone();
-        engine.register_fn(name.clone(), move |p: &mut ObjectProxy| p.dispatch(&n, vec![]));
+        engine.register_fn(name.clone(), move |p: &mut ObjectProxy| p.run_method(&n, vec![]));
         let n = name.clone();
         engine.register_fn(name.clone(), move |p: &mut ObjectProxy, a: Dynamic| {
             let a = to_json(&a).map_err(|e| e.to_string())?;
-            p.dispatch(&n, vec![a])
+            p.run_method(&n, vec![a])
         });
         let n = name.clone();
         engine.register_fn(name, move |p: &mut ObjectProxy, a: Dynamic, b: Dynamic| {
             let (a, b) = (to_json(&a).map_err(|e| e.to_string())?, to_json(&b).map_err(|e| e.to_string())?);
-            p.dispatch(&n, vec![a, b])
+            p.run_method(&n, vec![a, b])
         });
     }
 }
@@ -209,6 +220,7 @@ mod tests {
                 ("setObjectProperty", _, Some(v)) => Ok(v.clone()),
                 ("dispatchObjectMethod", Some("commit"), _) => Ok(view("Ada")),
                 ("dispatchObjectMethod", Some("lock"), _) => Ok(json!(true)),
+                ("reloadObject", _, _) => Ok(view("Ada")),
                 _ => Ok(Value::Null),
             }
         }
@@ -242,12 +254,14 @@ mod tests {
                 r#"dispatchObjectMethod ["r1","extend",["PosixUser"]]"#,
                 r#"dispatchObjectMethod ["r1","commit",[]]"#,
                 r#"dispatchObjectMethod ["r1","lock",[]]"#,
+                r#"reloadObject ["r1"]"#,
                 r#"setObjectProperty ["r1","uid","Bad Name"]"#,
             ]
         );
         let mismatch = engine.eval::<Dynamic>(r#"open_object("Device", "uid=ada,dc=x")"#).err().map(|e| e.to_string());
         assert!(mismatch.is_some_and(|m| m.contains("OBJECT_TYPE_MISMATCH")));
-        let missing = engine.eval::<Dynamic>(r#"let u = open_object("uid=ada,dc=x"); u.nothing"#).err().map(|e| e.to_string());
+        let missing =
+            engine.eval::<Dynamic>(r#"let u = open_object("uid=ada,dc=x"); u.nothing"#).err().map(|e| e.to_string());
         assert!(missing.is_some_and(|m| m.contains("has no active attribute 'nothing'")));
     }
 }

@@ -541,3 +541,76 @@ async fn scripts_over_http_json_rpc() {
     server.abort();
     agent.stop().await;
 }
+
+#[test]
+fn the_object_scripts_import_report_and_lock_users_in_the_embedded_domain() {
+    // A data folder of this test's own: the embedded domain keeps its objects there.
+    let data = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let data_home = data.path().to_string_lossy().into_owned();
+    let env = [("XDG_DATA_HOME", data_home.as_str())];
+    let scripts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts");
+    let script = |name: &str, args: &[&str]| {
+        let path = scripts.join(name).to_string_lossy().into_owned();
+        let mut all = vec!["run", path.as_str()];
+        all.extend_from_slice(args);
+        run(&all, &env)
+    };
+
+    let csv = data.path().join("users.csv");
+    std::fs::write(
+        &csv,
+        "uid,givenName,sn,mail\nada,Ada,Lovelace,ada@example.org\ngrace,Grace,Hopper,\nBad Name,X,Y,\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    expect![[r#"
+        exit=0
+        stdout:
+        imported 2 of 3 users into ou=people,dc=clacks,dc=org
+        ┌──────────┬────────────────────────────────────────────────────────────────────────────────────┬──────┐
+        │ uid      ┆ error                                                                              ┆ line │
+        ╞══════════╪════════════════════════════════════════════════════════════════════════════════════╪══════╡
+        │ Bad Name ┆ ATTRIBUTE_CHECK_FAILED: 'uid': 'Bad Name' does not match ^[a-z_][a-z0-9_.-]{0,31}$ ┆ 4    │
+        └──────────┴────────────────────────────────────────────────────────────────────────────────────┴──────┘
+        (1 row)
+        stderr:
+    "#]]
+    .assert_eq(&script("import_users.rhai", &[&csv.to_string_lossy()]));
+
+    let setup = r#"
+        let groups = new_object("GroupContainer", getBase()); groups.commit();
+        let staff = new_object("PosixGroup", groups.dn); staff.cn = "staff"; staff.memberUid = ["ada"]; staff.commit();
+        let grace = open_object("User", "uid=grace,ou=people,dc=clacks,dc=org");
+        grace.extend("ShadowUser"); grace.shadowExpire = "2020-01-01"; grace.commit();
+        grace.changePassword("s3cret");
+        print(grace.userPassword.sub_string(0, 9));"#;
+    expect![[r#"
+        exit=0
+        stdout:
+        {ARGON2}$
+        stderr:
+    "#]]
+    .assert_eq(&run(&["-c", setup], &env));
+
+    expect![[r#"
+        exit=0
+        stdout:
+        ┌───────┬───────┬────────────────────┬──────┐
+        │ gid   ┆ group ┆ members            ┆ size │
+        ╞═══════╪═══════╪════════════════════╪══════╡
+        │ 10000 ┆ staff ┆ Ada Lovelace (ada) ┆ 1    │
+        └───────┴───────┴────────────────────┴──────┘
+        (1 row)
+        in no group: grace
+        stderr:
+    "#]]
+    .assert_eq(&script("group_report.rhai", &[]));
+
+    let dry = script("lock_expired.rhai", &["--dry-run"]);
+    assert!(dry.contains("│ grace ┆ uid=grace,ou=people,dc=clacks,dc=org ┆ would lock ┆ 2020-01-01 │"), "{dry}");
+    let locked = script("lock_expired.rhai", &[]);
+    assert!(locked.contains("┆ locked ┆ 2020-01-01 │"), "{locked}");
+    let again = script("lock_expired.rhai", &[]);
+    assert!(again.contains("no expired accounts to lock"), "{again}");
+    let stored = run(&["-c", r#"isAccountLocked("uid=grace,ou=people,dc=clacks,dc=org")"#], &env);
+    assert!(stored.starts_with("exit=0\nstdout:\ntrue"), "{stored}");
+}

@@ -80,6 +80,15 @@ fn an_admin_session_on_the_embedded_domain() {
     expect(&mut s, "n.workers");
     expect(&mut s, PROMPT);
 
+    // So do the attributes of an open object.
+    s.send_line("let top = open_object(getBase());").unwrap_or_default();
+    expect(&mut s, PROMPT);
+    type_keys(&mut s, "top.descr\t");
+    type_keys(&mut s, " = \"Root\"; top.commit(); top.description\r");
+    expect(&mut s, "top.description");
+    expect(&mut s, "\r\nRoot\r\n");
+    expect(&mut s, PROMPT);
+
     // Help, grouped by target, and for one command.
     s.send_line("help()").unwrap_or_default();
     expect(&mut s, "CORE");
