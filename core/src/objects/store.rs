@@ -771,7 +771,8 @@ impl ObjectStore {
             self.rewrite_references(&catalogue, &attr, &state.base_type, &old, Some(&new), user).await?;
         }
         let uuid = state.uuid.clone().unwrap_or_default();
-        self.reindex(&uuid).await?;
+        // The state is what the backends now hold: index it as it is.
+        self.index.put(&self.index_doc(state)).await?;
         let change = if creating {
             "create"
         } else if old_dn.is_some() {
@@ -940,7 +941,7 @@ impl ObjectStore {
         let base = ObjectStore::type_of(catalogue, &state.base_type)?.clone();
         let creating = state.is_new();
         if !creating {
-            self.check_version(catalogue, state).await?;
+            self.check_sql_parts(catalogue, state).await?;
         }
         self.run_hooks(catalogue, state, if creating { HookType::PreCreate } else { HookType::PreUpdate }).await?;
 
@@ -994,6 +995,7 @@ impl ObjectStore {
         };
 
         // The primary write.
+        let mut new_version: Option<String> = None;
         let mut old_dn = None;
         let mut renamed_values = Vec::new();
         let uses_ldap = self.primary(&base) == Storage::Ldap;
@@ -1005,7 +1007,12 @@ impl ObjectStore {
                 classes.dedup();
                 let attrs: Vec<(String, Vec<String>)> =
                     primary_changes.iter().filter(|(_, v)| !v.is_empty()).cloned().collect();
-                ldap.create(&dn, &classes, &attrs, &binary).await.map_err(|e| backend_failure(e, "the directory"))?
+                let (uuid, version) = ldap
+                    .create(&dn, &classes, &attrs, &binary)
+                    .await
+                    .map_err(|e| backend_failure(e, "the directory"))?;
+                new_version = version;
+                uuid
             } else {
                 let sql_types: Vec<String> = types.to_vec();
                 self.sql.create_entry(&dn, &sql_types).await.map_err(|e| backend_failure(e, "the database"))?
@@ -1050,7 +1057,17 @@ impl ObjectStore {
                 let new_rdn = format!("{}={}", rdn_attr, escape_rdn_value(&new_value));
                 let renamed = if state.in_ldap {
                     let ldap = self.ldap.as_ref().ok_or_else(|| not_found("directory"))?;
-                    ldap.rename(&dn, &new_rdn, None).await.map_err(|e| backend_failure(e, "the directory"))?
+                    match ldap.rename_checked(&dn, &new_rdn, state.version.as_deref()).await {
+                        Ok((renamed, version)) => {
+                            // The rename moved the version on; the modify asserts the new one.
+                            state.version = version;
+                            renamed
+                        }
+                        Err(BackendError::Refused { code: 122, .. }) => {
+                            return Err(self.conflict(state, Vec::new()).await);
+                        }
+                        Err(e) => return Err(backend_failure(e, "the directory")),
+                    }
                 } else {
                     let target = format!("{new_rdn},{}", parent_dn(&dn));
                     self.sql.rename_subtree(&dn, &target).await?;
@@ -1082,8 +1099,24 @@ impl ObjectStore {
                 let ldap = self.ldap.as_ref().ok_or_else(|| not_found("directory"))?;
                 let add_classes = classes_of(&mut added.iter());
                 let remove_classes = classes_of(&mut removed.iter());
-                if let Err(e) = ldap.modify(&dn, &primary_changes, &add_classes, &remove_classes, &binary).await {
-                    return Err(undo_rename(backend_failure(e, "the directory")).await);
+                let nothing_for_the_directory =
+                    primary_changes.is_empty() && add_classes.is_empty() && remove_classes.is_empty();
+                if nothing_for_the_directory && old_dn.is_none() {
+                    // No write carries the version assertion: compare explicitly.
+                    self.check_primary_version(state).await?;
+                }
+                let expect = state.version.clone();
+                match ldap
+                    .modify_checked(&dn, &primary_changes, &add_classes, &remove_classes, &binary, expect.as_deref())
+                    .await
+                {
+                    Ok(Some(version)) => new_version = Some(version),
+                    Ok(None) => new_version = state.version.clone(),
+                    Err(BackendError::Refused { code: 122, .. }) => {
+                        let conflict = self.conflict(state, Vec::new()).await;
+                        return Err(undo_rename(conflict).await);
+                    }
+                    Err(e) => return Err(undo_rename(backend_failure(e, "the directory")).await),
                 }
                 if let Err(e) = self.write_sql_rows(&uuid, &sql_rows).await {
                     let restore: Vec<(String, Vec<String>)> = primary_changes
@@ -1106,6 +1139,7 @@ impl ObjectStore {
                     return Err(undo_rename(failure).await);
                 }
             } else {
+                self.check_primary_version(state).await?;
                 // Everything is in one database here; the entry's types follow the extensions.
                 self.write_sql_rows(&uuid, &sql_rows).await.map_err(|e| backend_failure(e, "the database"))?;
                 self.sql.set_types(&uuid, types).await?;
@@ -1137,7 +1171,10 @@ impl ObjectStore {
         state.values = props.clone();
         state.loaded = props.clone();
         state.changed.clear();
-        state.version = self.current_version(state).await?;
+        state.version = match new_version {
+            Some(version) => Some(version),
+            None => self.current_version(state).await?,
+        };
         Ok((old_dn, renamed_values))
     }
 
@@ -1161,50 +1198,71 @@ impl ObjectStore {
         }
     }
 
-    /// Refuses the commit when the object changed since it was opened, naming what.
-    async fn check_version(&self, catalogue: &Catalogue, state: &ObjectState) -> Result<()> {
-        let now = self.current_version(state).await?;
-        let uuid = state.uuid.clone().unwrap_or_default();
-        let sql_parts_changed = if state.in_ldap {
-            // SQL-wired attributes do not move the directory's version; compare them.
-            let mut changed = Vec::new();
-            let fresh = self.read_values(catalogue, state, Some(HashMap::new())).await?;
-            for (owner, attr) in catalogue.attributes_of(&state.base_type) {
-                if self.storage(owner, attr) == Storage::Sql
-                    && state.effective_types().contains(&owner.name)
-                    && fresh.get(&attr.name) != state.loaded.get(&attr.name)
-                {
-                    changed.push(attr.name.clone());
-                }
-            }
-            changed
-        } else {
-            Vec::new()
-        };
-        if now.is_none() {
-            return Err(ObjectError::new(
-                ErrorCode::OBJECT_NOT_FOUND,
-                format!("{} was removed meanwhile", state.dn.clone().unwrap_or(uuid)),
-            ));
-        }
-        if now == state.version && sql_parts_changed.is_empty() {
+    /// Refuses the commit when SQL-wired attributes changed since the object was opened
+    /// (they do not move the directory's version).
+    async fn check_sql_parts(&self, catalogue: &Catalogue, state: &ObjectState) -> Result<()> {
+        if !state.in_ldap {
             return Ok(());
         }
-        let fresh = self.load(&uuid).await?;
-        let mut changed: Vec<String> = fresh
-            .loaded
-            .iter()
-            .filter(|(name, values)| state.loaded.get(*name) != Some(*values))
-            .map(|(name, _)| name.clone())
-            .chain(state.loaded.keys().filter(|name| !fresh.loaded.contains_key(*name)).cloned())
+        let types = state.effective_types();
+        let sql_attrs: Vec<&AttributeDef> = catalogue
+            .attributes_of(&state.base_type)
+            .into_iter()
+            .filter(|(owner, attr)| types.contains(&owner.name) && self.storage(owner, attr) == Storage::Sql)
+            .map(|(_, attr)| attr)
             .collect();
-        changed.extend(sql_parts_changed);
+        if sql_attrs.is_empty() {
+            return Ok(());
+        }
+        let fresh = self.read_values(catalogue, state, Some(HashMap::new())).await?;
+        let changed: Vec<String> = sql_attrs
+            .iter()
+            .filter(|a| {
+                fresh.get(&a.name).filter(|v| !v.is_empty()) != state.loaded.get(&a.name).filter(|v| !v.is_empty())
+            })
+            .map(|a| a.name.clone())
+            .collect();
+        if changed.is_empty() { Ok(()) } else { Err(self.conflict(state, changed).await) }
+    }
+
+    /// Refuses the commit when the primary entry's version moved since it was opened.
+    async fn check_primary_version(&self, state: &ObjectState) -> Result<()> {
+        let now = self.current_version(state).await?;
+        if now.is_none() {
+            let what = state.dn.clone().or_else(|| state.uuid.clone()).unwrap_or_default();
+            return Err(ObjectError::new(ErrorCode::OBJECT_NOT_FOUND, format!("{what} was removed meanwhile")));
+        }
+        if now == state.version { Ok(()) } else { Err(self.conflict(state, Vec::new()).await) }
+    }
+
+    /// The conflict error, naming what someone else changed since the object was opened.
+    async fn conflict(&self, state: &ObjectState, mut changed: Vec<String>) -> ObjectError {
+        let uuid = state.uuid.clone().unwrap_or_default();
+        if let Ok(fresh) = self.load(&uuid).await {
+            changed.extend(
+                fresh
+                    .loaded
+                    .iter()
+                    .filter(|(name, values)| {
+                        let before = state.loaded.get(*name).filter(|v| !v.is_empty());
+                        before != Some(*values).filter(|v| !v.is_empty())
+                    })
+                    .map(|(name, _)| name.clone()),
+            );
+            changed.extend(
+                state
+                    .loaded
+                    .iter()
+                    .filter(|(name, v)| !v.is_empty() && !fresh.loaded.contains_key(*name))
+                    .map(|(n, _)| n.clone()),
+            );
+            if fresh.active != state.active {
+                changed.push("extensions".into());
+            }
+        }
         changed.sort();
         changed.dedup();
-        if fresh.active != state.active {
-            changed.push("extensions".into());
-        }
-        Err(ObjectError::new(
+        ObjectError::new(
             ErrorCode::OBJECT_CONFLICT,
             format!(
                 "{} was changed by someone else since you opened it ({}); reload it and apply your change again",
@@ -1212,7 +1270,7 @@ impl ObjectStore {
                 if changed.is_empty() { "metadata".to_owned() } else { changed.join(", ") }
             ),
         )
-        .with_details(json!({"changed": changed})))
+        .with_details(json!({"changed": changed}))
     }
 
     /// Hooks run as internal calls, like the original's: they act for the object layer,
@@ -1359,7 +1417,8 @@ impl ObjectStore {
         }
         let catalogue = self.catalogue();
         self.check_container(&catalogue, new_parent, &state.base_type).await?;
-        self.check_version(&catalogue, state).await?;
+        self.check_sql_parts(&catalogue, state).await?;
+        self.check_primary_version(state).await?;
         let dn = state.dn.clone().unwrap_or_default();
         let (rdn, _) = split_rdn(&dn);
         let new_dn = if state.in_ldap {

@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
-use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, Mod, Scope, SearchEntry};
+use ldap3::controls::{Assertion, Control, ControlType, PostRead, RawControl, ReadEntryResp};
+use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, LdapResult, Mod, Scope, SearchEntry};
 use tokio::sync::Mutex;
 
 use super::{BackendError, Entry};
@@ -303,29 +304,37 @@ impl LdapBackend {
         }
     }
 
-    /// Adds an entry; returns its entryUUID.
+    /// Adds an entry; returns its entryUUID and version (read back with the add).
     pub async fn create(
         &self,
         dn: &str,
         object_classes: &[String],
         attrs: &[(String, Vec<String>)],
         binary: &HashSet<String>,
-    ) -> Result<String, BackendError> {
+    ) -> Result<(String, Option<String>), BackendError> {
         let mut add: Vec<(Vec<u8>, HashSet<Vec<u8>>)> =
             vec![(b"objectClass".to_vec(), object_classes.iter().map(|c| c.as_bytes().to_vec()).collect())];
         for (name, values) in attrs.iter().filter(|(_, v)| !v.is_empty()) {
             let set = values.iter().map(|v| LdapBackend::bytes(name, v, binary)).collect::<Result<_, _>>()?;
             add.push((name.as_bytes().to_vec(), set));
         }
-        self.run(|mut ldap| {
-            let add = add.clone();
-            async move { ldap.add(dn, add).await?.success() }
-        })
-        .await?;
-        self.entry_by_dn(dn)
-            .await?
-            .map(|e| e.uuid)
-            .ok_or_else(|| BackendError::Unavailable(format!("{dn} vanished right after it was added")))
+        let result = self
+            .run(|mut ldap| {
+                let add = add.clone();
+                async move { ldap.with_controls(PostRead::new(vec!["entryUUID", "entryCSN"])).add(dn, add).await?.success() }
+            })
+            .await?;
+        let read = post_read(&result);
+        let first = |name: &str| read.get(name).and_then(|v| v.first()).cloned();
+        match first("entryUUID") {
+            Some(uuid) => Ok((uuid, first("entryCSN"))),
+            // A server without the post-read control: ask.
+            None => self
+                .entry_by_dn(dn)
+                .await?
+                .map(|e| (e.uuid, e.version))
+                .ok_or_else(|| BackendError::Unavailable(format!("{dn} vanished right after it was added"))),
+        }
     }
 
     /// Replaces attributes (an empty list deletes), adds and removes object classes.
@@ -337,6 +346,21 @@ impl LdapBackend {
         remove_classes: &[String],
         binary: &HashSet<String>,
     ) -> Result<(), BackendError> {
+        self.modify_checked(dn, changes, add_classes, remove_classes, binary, None).await.map(|_| ())
+    }
+
+    /// Like [`LdapBackend::modify`], but only if the entry is still at version `expect`
+    /// (an assertion the server checks atomically; `Refused { code: 122 }` otherwise).
+    /// Returns the new version, or `None` when there was nothing to change.
+    pub async fn modify_checked(
+        &self,
+        dn: &str,
+        changes: &[(String, Vec<String>)],
+        add_classes: &[String],
+        remove_classes: &[String],
+        binary: &HashSet<String>,
+        expect: Option<&str>,
+    ) -> Result<Option<String>, BackendError> {
         let mut mods: Vec<Mod<Vec<u8>>> = Vec::new();
         if !add_classes.is_empty() {
             mods.push(Mod::Add(b"objectClass".to_vec(), add_classes.iter().map(|c| c.as_bytes().to_vec()).collect()));
@@ -352,14 +376,36 @@ impl LdapBackend {
             ));
         }
         if mods.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
-        self.run(|mut ldap| {
-            let mods = mods.clone();
-            async move { ldap.modify(dn, mods).await?.success() }
-        })
-        .await?;
-        Ok(())
+        let controls = checked_controls(expect);
+        let result = self
+            .run(|mut ldap| {
+                let (mods, controls) = (mods.clone(), controls.clone());
+                async move { ldap.with_controls(controls).modify(dn, mods).await?.success() }
+            })
+            .await?;
+        Ok(post_read(&result).get("entryCSN").and_then(|v| v.first()).cloned())
+    }
+
+    /// Renames (new RDN) the entry if it is still at version `expect`; returns the new
+    /// DN and version.
+    pub async fn rename_checked(
+        &self,
+        dn: &str,
+        new_rdn: &str,
+        expect: Option<&str>,
+    ) -> Result<(String, Option<String>), BackendError> {
+        let controls = checked_controls(expect);
+        let result = self
+            .run(|mut ldap| {
+                let controls = controls.clone();
+                async move { ldap.with_controls(controls).modifydn(dn, new_rdn, true, None).await?.success() }
+            })
+            .await?;
+        let parent = super::parent_dn(dn);
+        let new_dn = if parent.is_empty() { new_rdn.to_owned() } else { format!("{new_rdn},{parent}") };
+        Ok((new_dn, post_read(&result).get("entryCSN").and_then(|v| v.first()).cloned()))
     }
 
     /// Renames and/or moves; returns the new DN.
@@ -453,6 +499,30 @@ impl LdapBackend {
         }
         Err(BackendError::Unavailable(format!("could not take a number for {attr} from the id pool")))
     }
+}
+
+/// Post-read of the new version, plus (with `expect`) a critical assertion that the
+/// entry is still at that version.
+fn checked_controls(expect: Option<&str>) -> Vec<RawControl> {
+    let mut controls = vec![PostRead::new(vec!["entryCSN"])];
+    if let Some(version) = expect {
+        let mut assertion = Assertion::new(format!("(entryCSN={})", ldap3::ldap_escape(version)));
+        assertion.crit = true;
+        controls.push(assertion);
+    }
+    controls
+}
+
+/// The attributes a post-read control brought back (empty when the server sent none).
+fn post_read(result: &LdapResult) -> HashMap<String, Vec<String>> {
+    result
+        .ctrls
+        .iter()
+        .find_map(|Control(kind, raw)| {
+            (matches!(kind, Some(ControlType::PostReadResp)) && raw.val.is_some())
+                .then(|| raw.parse::<ReadEntryResp>().attrs)
+        })
+        .unwrap_or_default()
 }
 
 fn client_config(ca_file: &std::path::Path) -> Result<rustls::ClientConfig, BackendError> {
