@@ -103,14 +103,12 @@ impl Index {
             .execute(&mut *tx)
             .await
             .map_err(sql_error)?;
-        sqlx::query("DELETE FROM clacks_index WHERE uuid = $1")
-            .bind(doc.uuid.clone())
-            .execute(&mut *tx)
-            .await
-            .map_err(sql_error)?;
         sqlx::query(
             "INSERT INTO clacks_index (uuid, dn, dn_key, parent_key, type, types, modified, doc) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (uuid) DO UPDATE SET dn = excluded.dn, dn_key = excluded.dn_key, \
+             parent_key = excluded.parent_key, type = excluded.type, types = excluded.types, \
+             modified = excluded.modified, doc = excluded.doc",
         )
         .bind(doc.uuid.clone())
         .bind(doc.dn.clone())
@@ -123,17 +121,25 @@ impl Index {
         .execute(&mut *tx)
         .await
         .map_err(sql_error)?;
-        for (attr, values) in &doc.values {
-            for value in values {
-                let lc: String = value.to_lowercase().chars().take(MAX_INDEXED_VALUE).collect();
-                sqlx::query("INSERT INTO clacks_values (uuid, attr, value_lc) VALUES ($1, $2, $3)")
-                    .bind(doc.uuid.clone())
-                    .bind(attr.clone())
-                    .bind(lc)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(sql_error)?;
+        // All values in one statement (in chunks well below both databases' limits on
+        // bound parameters): each statement is a round trip to the database.
+        let rows: Vec<(&String, String)> = doc
+            .values
+            .iter()
+            .flat_map(|(attr, values)| {
+                values.iter().map(move |v| (attr, v.to_lowercase().chars().take(MAX_INDEXED_VALUE).collect()))
+            })
+            .collect();
+        for chunk in rows.chunks(200) {
+            let placeholders: Vec<String> =
+                (0..chunk.len()).map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3)).collect();
+            // Only placeholders are formatted into the text; every value is bound.
+            let sql = format!("INSERT INTO clacks_values (uuid, attr, value_lc) VALUES {}", placeholders.join(", "));
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (attr, value) in chunk {
+                query = query.bind(doc.uuid.clone()).bind((*attr).clone()).bind(value.clone());
             }
+            query.execute(&mut *tx).await.map_err(sql_error)?;
         }
         tx.commit().await.map_err(sql_error)
     }

@@ -750,12 +750,46 @@ impl ObjectStore {
         // 5. Relations must point at existing objects before anything is written.
         let relation_changes = self.relation_changes(&catalogue, state, &props, &changed, &types).await?;
 
-        let lock_name =
-            format!("object:{}", state.uuid.clone().unwrap_or_else(|| format!("new:{}", state.parent.to_lowercase())));
-        let holder = uuid::Uuid::new_v4().to_string();
-        self.acquire(&lock_name, &holder).await?;
-        let result = self.write(&catalogue, state, &props, &changed, &types).await;
-        let _ = self.index.unlock(&lock_name, &holder).await;
+        // A directory write asserts the version it read, so the directory alone needs no
+        // lock; SQL parts are checked, then written, which two agents must not interleave.
+        let has_sql_parts = catalogue
+            .attributes_of(&state.base_type)
+            .into_iter()
+            .any(|(owner, attr)| types.contains(&owner.name) && self.storage(owner, attr) == Storage::Sql);
+        let needs_lock = !creating && (!state.in_ldap || has_sql_parts);
+        let lock = match &state.uuid {
+            Some(uuid) if needs_lock => {
+                let (name, holder) = (format!("object:{uuid}"), uuid::Uuid::new_v4().to_string());
+                self.acquire(&name, &holder).await?;
+                Some((name, holder))
+            }
+            _ => None,
+        };
+        // An update that keeps the DN can be indexed while the backends are written: the
+        // index entry is known before, and a failed write puts the index back from the
+        // backends. Creations and renames learn their UUID or DN from the write.
+        let keeps_dn = !creating && !self.renames(&catalogue, state, &props, &changed);
+        let early_doc = keeps_dn.then(|| IndexDoc {
+            extensions: types.iter().skip(1).cloned().collect(),
+            values: text_values(&props),
+            ..self.index_doc(state)
+        });
+        let result = match &early_doc {
+            Some(doc) => {
+                let (written, indexed) =
+                    tokio::join!(self.write(&catalogue, state, &props, &changed, &types), self.index.put(doc));
+                if written.is_err() || indexed.is_err() {
+                    if let Err(e) = self.reindex(state.uuid.as_deref().unwrap_or_default()).await {
+                        tracing::warn!("cannot bring the index back in line for {:?}: {e}", state.dn);
+                    }
+                }
+                written
+            }
+            None => self.write(&catalogue, state, &props, &changed, &types).await,
+        };
+        if let Some((name, holder)) = lock {
+            let _ = self.index.unlock(&name, &holder).await;
+        }
         let (old_dn, renamed_values) = result?;
 
         // 6. After the object itself: relations, references, index, events, hooks.
@@ -771,8 +805,10 @@ impl ObjectStore {
             self.rewrite_references(&catalogue, &attr, &state.base_type, &old, Some(&new), user).await?;
         }
         let uuid = state.uuid.clone().unwrap_or_default();
-        // The state is what the backends now hold: index it as it is.
-        self.index.put(&self.index_doc(state)).await?;
+        if early_doc.is_none() {
+            // The state is what the backends now hold: index it as it is.
+            self.index.put(&self.index_doc(state)).await?;
+        }
         let change = if creating {
             "create"
         } else if old_dn.is_some() {
@@ -1446,6 +1482,21 @@ impl ObjectStore {
         Ok(())
     }
 
+    /// Whether committing `props` renames the object (an RDN attribute changes).
+    fn renames(&self, catalogue: &Catalogue, state: &ObjectState, props: &Props, changed: &BTreeSet<String>) -> bool {
+        let Some(dn) = &state.dn else { return false };
+        let Some((rdn_attr, rdn_value)) = split_rdn(dn).0.split_once('=') else { return false };
+        catalogue
+            .attributes_of(&state.base_type)
+            .into_iter()
+            .find(|(_, a)| a.backend_name.eq_ignore_ascii_case(rdn_attr))
+            .is_some_and(|(_, attr)| {
+                changed.contains(&attr.name)
+                    && props.get(&attr.name).and_then(|v| v.first()).map(filters::text).as_deref()
+                        != Some(unescape_rdn_value(rdn_value).as_str())
+            })
+    }
+
     fn index_doc(&self, state: &ObjectState) -> IndexDoc {
         IndexDoc {
             uuid: state.uuid.clone().unwrap_or_default(),
@@ -1453,12 +1504,7 @@ impl ObjectStore {
             object_type: state.base_type.clone(),
             extensions: state.active.iter().cloned().collect(),
             modified: crate::objects::backend::sql::now(),
-            values: state
-                .loaded
-                .iter()
-                .filter(|(_, v)| !v.is_empty())
-                .map(|(k, v)| (k.clone(), v.iter().map(filters::text).collect()))
-                .collect(),
+            values: text_values(&state.loaded),
         }
     }
 
@@ -1939,6 +1985,15 @@ fn apply_defaults(state: &mut ObjectState, t: &ObjectType) {
             state.changed.insert(attr.name.clone());
         }
     }
+}
+
+/// Attribute values as the index keeps them: text, empty ones left out.
+fn text_values(props: &Props) -> BTreeMap<String, Vec<String>> {
+    props
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (k.clone(), v.iter().map(filters::text).collect()))
+        .collect()
 }
 
 /// A single value as a scalar (or null), a multi-value as a list.
