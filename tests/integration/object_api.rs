@@ -161,3 +161,103 @@ async fn a_reference_belongs_to_the_user_who_opened_it() {
     );
     agent.stop().await;
 }
+
+/// Site commands a description refers to: the allowed badge colours and a change log.
+struct Site {
+    changes: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+#[clacks_core::plugin(target = "site")]
+impl Site {
+    /// The badge colours on offer.
+    #[command]
+    fn badge_colors(&self) -> clacks_core::command::CommandResult<Vec<String>> {
+        Ok(vec!["red".into(), "green".into()])
+    }
+
+    /// Note that a badge holder changed.
+    #[command]
+    fn record_badge_change(&self, uid: String, dn: String) -> clacks_core::command::CommandResult<bool> {
+        self.changes.lock().map(|mut c| c.push(format!("{uid} {dn}"))).ok();
+        Ok(true)
+    }
+}
+
+const BADGE: &str = r#"<Objects xmlns="http://clacks.org/ns/objects">
+  <Object>
+    <Name>Badge</Name>
+    <Description>A door badge, kept in SQL</Description>
+    <BaseObject>false</BaseObject>
+    <Extends><Value>User</Value></Extends>
+    <Backend>SQL</Backend>
+    <Attributes>
+      <ForeignAttribute><Name>uid</Name></ForeignAttribute>
+      <Attribute>
+        <Name>badgeColor</Name>
+        <Type>String</Type>
+        <Values populate="badgeColors"/>
+      </Attribute>
+    </Attributes>
+    <Hooks>
+      <Hook><Type>PostUpdate</Type><Command>recordBadgeChange</Command>
+        <CommandParameters><Value>uid</Value><Value>dn</Value></CommandParameters></Hook>
+    </Hooks>
+  </Object>
+</Objects>"#;
+
+#[tokio::test]
+async fn allowed_values_and_hooks_come_from_commands() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let site = tempfile::tempdir().expect("site");
+    std::fs::write(site.path().join("badge.xml"), BADGE).expect("badge.xml");
+    let mut options = AgentOptions::new(unique_domain(), "solo");
+    options.objects = Some(ObjectsOptions {
+        store: StoreConfig { dirs: vec![site.path().to_owned()], ..StoreConfig::default() },
+        default_sql: format!("sqlite://{}", data.path().join("objects.db").display()),
+        poll: Duration::from_secs(3600),
+        expire: Duration::from_secs(3600),
+    });
+    let domain = options.domain.clone();
+    let bus = LocalBus::new("clacks-agent");
+    let changes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let plugin = std::sync::Arc::new(Site { changes: changes.clone() });
+    let agent = Agent::start(options, Bus::Local(bus.clone()), vec![plugin]).await.expect("agent");
+    let ada = Client::over_bus(Bus::Local(bus.view("ada")), domain, Duration::from_secs(10));
+    assert_eq!(ok(&ada, None, "getObjectDiagnostics", json!([])).await, json!([]));
+    let base = agent.objects().expect("objects").base().to_owned();
+
+    let people = ok(&ada, None, "openObject", json!([base, "PeopleContainer"])).await["ref"].clone();
+    let people_dn = ok(&ada, None, "dispatchObjectMethod", json!([people, "commit"])).await["dn"].clone();
+    let user = ok(&ada, None, "openObject", json!([people_dn, "User"])).await["ref"].clone();
+    for (name, value) in [("uid", "ada"), ("givenName", "Ada"), ("sn", "Lovelace")] {
+        ok(&ada, None, "setObjectProperty", json!([user, name, value])).await;
+    }
+    ok(&ada, None, "dispatchObjectMethod", json!([user, "extend", ["Badge"]])).await;
+    assert_eq!(
+        call(&ada, None, "setObjectProperty", json!([user, "badgeColor", "blue"])).await,
+        Err(ErrorCode::ATTRIBUTE_INVALID)
+    );
+    ok(&ada, None, "setObjectProperty", json!([user, "badgeColor", "green"])).await;
+    let view = ok(&ada, None, "dispatchObjectMethod", json!([user, "commit"])).await;
+    assert_eq!(view["attributes"]["badgeColor"], json!("green"));
+    assert!(changes.lock().map(|c| c.is_empty()).unwrap_or(false), "creating is not updating");
+
+    ok(&ada, None, "setObjectProperty", json!([user, "badgeColor", "red"])).await;
+    ok(&ada, None, "dispatchObjectMethod", json!([user, "commit"])).await;
+    let logged = changes.lock().map(|c| c.clone()).unwrap_or_default();
+    assert_eq!(logged, vec![format!("ada uid=ada,{}", people_dn.as_str().unwrap_or_default())]);
+
+    // A user found by search brings related objects along (secondary hits).
+    let groups = ok(&ada, None, "openObject", json!([base, "GroupContainer"])).await["ref"].clone();
+    let groups_dn = ok(&ada, None, "dispatchObjectMethod", json!([groups, "commit"])).await["dn"].clone();
+    let staff = ok(&ada, None, "openObject", json!([groups_dn, "PosixGroup"])).await["ref"].clone();
+    ok(&ada, None, "setObjectProperty", json!([staff, "cn", "staff"])).await;
+    ok(&ada, None, "setObjectProperty", json!([staff, "memberUid", ["ada"]])).await;
+    ok(&ada, None, "dispatchObjectMethod", json!([staff, "commit"])).await;
+    let hits = ok(&ada, None, "search", json!(["lovelace"])).await;
+    let titles: Vec<&str> = hits.as_array().into_iter().flatten().filter_map(|h| h["title"].as_str()).collect();
+    assert_eq!(titles, ["Ada Lovelace", "staff"], "{hits}");
+    let direct = ok(&ada, None, "search", json!(["lovelace", null, null, {"secondary": false}])).await;
+    assert_eq!(direct.as_array().map(Vec::len), Some(1));
+    agent.stop().await;
+}

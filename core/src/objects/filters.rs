@@ -563,6 +563,23 @@ mod tests {
     }
 
     #[test]
+    fn a_choice_runs_the_first_branch_whose_condition_holds() {
+        // Host names get a domain appended; anything with a dot already stays as it is.
+        let choice = FilterStep::Choice {
+            when: vec![(Condition::Check(call("RegEx", &["\\."])), vec![FilterStep::Filter(call("Lowercase", &[]))])],
+            otherwise: vec![FilterStep::Filter(call("ConcatString", &[".example.org", "right"]))],
+        };
+        let scope = Scope { env: &NoEnv, owner: "Device", attr: "a", uuid: None };
+        let run = |value: &str| {
+            let mut props: Props = [("a".to_owned(), vec![json!(value)])].into();
+            block_on(run_chains(&[vec![choice.clone()]], "a", &mut props, &scope)).expect("chain");
+            props["a"][0].clone()
+        };
+        assert_eq!(run("WEB.example.org"), json!("web.example.org"));
+        assert_eq!(run("db1"), json!("db1.example.org"));
+    }
+
+    #[test]
     fn conditions_explain_failures() {
         let scope = Scope { env: &NoEnv, owner: "User", attr: "a", uuid: None };
         let run = |c: Condition, v: Value| block_on(check(&c, &[v], &Props::new(), &scope));

@@ -598,10 +598,33 @@ impl ObjectStore {
             }
             accepted.push(v);
         }
+        if let Some(command) = &attr.values.populate {
+            let allowed = self.populated_values(command).await?;
+            if let Some(v) = accepted.iter().find(|v| !allowed.contains(&filters::text(v))) {
+                return Err(ObjectError::new(
+                    ErrorCode::ATTRIBUTE_INVALID,
+                    format!("'{name}': '{}' is not one of {} (from {command})", filters::text(v), allowed.join(", ")),
+                )
+                .with_details(json!({"attribute": name, "allowed": allowed})));
+            }
+        }
         self.validate(owner, attr, &accepted, &state.values, state.uuid.as_deref()).await?;
         state.values.insert(name.to_owned(), accepted);
         state.changed.insert(name.to_owned());
         Ok(())
+    }
+
+    /// The allowed values a `<Values populate="command">` command lists: an array of
+    /// values, or a map whose keys are the values.
+    async fn populated_values(&self, command: &str) -> Result<Vec<String>> {
+        let runner = self.runner().ok_or_else(|| {
+            ObjectError::new(ErrorCode::COMMAND_NOT_DEFINED, "allowed values need an agent to list them")
+        })?;
+        Ok(match runner.run(None, command, Vec::new()).await? {
+            Value::Array(items) => items.iter().map(filters::text).collect(),
+            Value::Object(map) => map.keys().cloned().collect(),
+            other => vec![filters::text(&other)],
+        })
     }
 
     async fn validate(
@@ -1690,6 +1713,29 @@ impl ObjectStore {
                 slot.0 += score;
             }
         }
+        // Secondary hits (`<Resolve>`): objects related to a hit, e.g. a user's groups,
+        // ranked well below direct hits.
+        if options.secondary.unwrap_or(true) {
+            let mut secondary: Vec<(f64, IndexDoc)> = Vec::new();
+            for (score, doc) in scored.values() {
+                let resolves = catalogue
+                    .get(&doc.object_type)
+                    .map(|t| t.find.iter().flat_map(|a| a.resolve.clone()).collect::<Vec<_>>());
+                for (own_attr, their_attr, their_type) in resolves.unwrap_or_default() {
+                    for value in doc.values.get(&own_attr).into_iter().flatten().take(20) {
+                        for related in self.index.with_value(&their_type, &their_attr, value).await? {
+                            if in_scope(&related.dn) && !scored.contains_key(&related.uuid) {
+                                secondary.push((score / 10.0, related));
+                            }
+                        }
+                    }
+                }
+            }
+            for (score, doc) in secondary {
+                let slot = scored.entry(doc.uuid.clone()).or_insert((0.0, doc));
+                slot.0 = slot.0.max(score);
+            }
+        }
         let mut results: Vec<(f64, IndexDoc)> = scored
             .into_values()
             .filter(|(_, doc)| {
@@ -1893,6 +1939,10 @@ pub struct SearchOptions {
     /// Also match inside values (slower).
     #[serde(default)]
     pub fallback: bool,
+    /// Add related objects (`<Resolve>`, e.g. a user's groups) ranked below the hits;
+    /// default on.
+    #[serde(default)]
+    pub secondary: Option<bool>,
     #[serde(default)]
     pub limit: Option<usize>,
 }
