@@ -261,3 +261,30 @@ async fn allowed_values_and_hooks_come_from_commands() {
     assert_eq!(direct.as_array().map(Vec::len), Some(1));
     agent.stop().await;
 }
+
+#[tokio::test]
+async fn an_idle_reference_expires() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut options = AgentOptions::new(unique_domain(), "solo");
+    options.objects = Some(ObjectsOptions {
+        store: StoreConfig { reference_idle_secs: Some(1), ..StoreConfig::default() },
+        default_sql: format!("sqlite://{}", data.path().join("objects.db").display()),
+        poll: Duration::from_secs(3600),
+        expire: Duration::from_secs(3600),
+    });
+    let domain = options.domain.clone();
+    let bus = LocalBus::new("clacks-agent");
+    let agent = Agent::start(options, Bus::Local(bus.clone()), vec![]).await.expect("agent");
+    let ada = Client::over_bus(Bus::Local(bus.view("ada")), domain, Duration::from_secs(10));
+    let base = agent.objects().expect("objects").base().to_owned();
+    let kept = ok(&ada, None, "openObject", json!([base])).await["ref"].clone();
+    let idle = ok(&ada, None, "openObject", json!([base])).await["ref"].clone();
+    // Use keeps a reference alive; idleness ends it.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        ok(&ada, None, "getObjectProperty", json!([kept, "description"])).await;
+    }
+    assert_eq!(call(&ada, None, "getObjectProperty", json!([idle, "description"])).await, Err(ErrorCode::REFERENCE_NOT_FOUND));
+    assert_eq!(agent.objects().expect("objects").expire_references().await.expect("expire"), 1);
+    agent.stop().await;
+}

@@ -311,12 +311,27 @@ async fn a_change_made_with_ldapmodify_reaches_the_index_and_the_bus() {
     store.set_publisher(clacks_core::events::publish::EventPublisher::new(bus.clone(), validator));
     let mut events =
         clacks_core::events::filter::subscribe(&bus, &["BackendChange".to_owned()], None).await.expect("subscribe");
+    let mut changes =
+        clacks_core::events::filter::subscribe(&bus, &["ObjectChanged".to_owned()], None).await.expect("subscribe");
+    // One agent scans at a time: while another holds the scan lock, this one leaves it.
+    assert!(store.index().try_lock("index-scan", "other-agent", 60).await.expect("lock"));
+    assert_eq!(store.scan("test").await.expect("scan"), None);
+    store.index().unlock("index-scan", "other-agent").await.expect("unlock");
     // The agent's first scan indexes what the directory holds already (the base entry).
     let report = store.scan("test").await.expect("scan").expect("lock taken");
     assert_eq!((report.indexed, report.removed), (1, 0));
 
     let (people, _) = containers(&store).await;
     let dn = create(&store, &people, "User", &person("ada", "Ada", "Lovelace"), &[]).await.dn.expect("dn");
+    // Every commit through Clacks is announced.
+    let mut announced = Vec::new();
+    while announced.len() < 3 {
+        let event = tokio::time::timeout(Duration::from_secs(10), changes.recv()).await.expect("in time").expect("event");
+        announced.push(String::from_utf8_lossy(&event.body).into_owned());
+    }
+    assert!(announced[0].contains(&format!("<DN>{people}</DN>")) && announced[0].contains("<ChangeType>create</ChangeType>"));
+    assert!(announced[1].contains(&format!("<DN>ou=groups,{BASE}</DN>")), "{}", announced[1]);
+    assert!(announced[2].contains(&format!("<DN>{dn}</DN>")), "{}", announced[2]);
     assert_eq!(store.poll_directory().await.expect("first poll"), 0, "the first poll only sets the mark");
     // modifyTimestamp has one-second resolution; the poll looks from the second it started.
     tokio::time::sleep(Duration::from_millis(1100)).await;
