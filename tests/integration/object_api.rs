@@ -284,7 +284,10 @@ async fn an_idle_reference_expires() {
         tokio::time::sleep(Duration::from_millis(700)).await;
         ok(&ada, None, "getObjectProperty", json!([kept, "description"])).await;
     }
-    assert_eq!(call(&ada, None, "getObjectProperty", json!([idle, "description"])).await, Err(ErrorCode::REFERENCE_NOT_FOUND));
+    assert_eq!(
+        call(&ada, None, "getObjectProperty", json!([idle, "description"])).await,
+        Err(ErrorCode::REFERENCE_NOT_FOUND)
+    );
     assert_eq!(agent.objects().expect("objects").expire_references().await.expect("expire"), 1);
     agent.stop().await;
 }

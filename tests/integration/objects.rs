@@ -326,10 +326,14 @@ async fn a_change_made_with_ldapmodify_reaches_the_index_and_the_bus() {
     // Every commit through Clacks is announced.
     let mut announced = Vec::new();
     while announced.len() < 3 {
-        let event = tokio::time::timeout(Duration::from_secs(10), changes.recv()).await.expect("in time").expect("event");
+        let event =
+            tokio::time::timeout(Duration::from_secs(10), changes.recv()).await.expect("in time").expect("event");
         announced.push(String::from_utf8_lossy(&event.body).into_owned());
     }
-    assert!(announced[0].contains(&format!("<DN>{people}</DN>")) && announced[0].contains("<ChangeType>create</ChangeType>"));
+    assert!(
+        announced[0].contains(&format!("<DN>{people}</DN>"))
+            && announced[0].contains("<ChangeType>create</ChangeType>")
+    );
     assert!(announced[1].contains(&format!("<DN>ou=groups,{BASE}</DN>")), "{}", announced[1]);
     assert!(announced[2].contains(&format!("<DN>{dn}</DN>")), "{}", announced[2]);
     assert_eq!(store.poll_directory().await.expect("first poll"), 0, "the first poll only sets the mark");
@@ -349,4 +353,40 @@ async fn a_change_made_with_ldapmodify_reaches_the_index_and_the_bus() {
     store.commit(&mut state, Some("admin")).await.expect("commit");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(store.poll_directory().await.expect("poll"), 0);
+}
+
+#[tokio::test]
+async fn the_directory_over_ldaps_and_starttls_and_a_wrong_ca_refused() {
+    let slapd = Slapd::start_tls().await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let sqlite = format!("sqlite://{}", data.path().join("objects.db").display());
+    let ldaps = slapd.ldaps_url.clone().expect("ldaps");
+    for (url, starttls, unit) in [(ldaps.clone(), false, "ldaps"), (slapd.url.clone(), true, "starttls")] {
+        let settings = clacks_core::objects::backend::ldap::LdapSettings {
+            url,
+            starttls,
+            ca_file: slapd.ca_file.clone(),
+            ..slapd.settings()
+        };
+        let config = StoreConfig { ldap: Some(settings), ..StoreConfig::default() };
+        let store = ObjectStore::open(&config, &sqlite, EventValidator::start(&[]).expect("validator"))
+            .await
+            .unwrap_or_else(|e| panic!("{unit}: {e}"));
+        let created = create(&store, BASE, "OrganizationalUnit", &[("ou", json!(unit))], &[]).await;
+        let loaded = store.load(&created.dn.clone().expect("dn")).await.expect("load");
+        assert_eq!(loaded.values["ou"], [json!(unit)]);
+    }
+
+    // A CA that did not sign the directory's certificate: refused at start, clearly.
+    let (other_ca, _, _) = clacks_tests::directory::test_certificates();
+    let wrong = data.path().join("other-ca.pem");
+    std::fs::write(&wrong, other_ca).expect("write");
+    let settings =
+        clacks_core::objects::backend::ldap::LdapSettings { url: ldaps, ca_file: Some(wrong), ..slapd.settings() };
+    let config = StoreConfig { ldap: Some(settings), ..StoreConfig::default() };
+    let err = ObjectStore::open(&config, &sqlite, EventValidator::start(&[]).expect("validator"))
+        .await
+        .expect_err("an unknown issuer must be refused");
+    assert_eq!(err.code, ErrorCode::BACKEND_UNAVAILABLE, "{err}");
+    assert!(err.message.to_lowercase().contains("certificate"), "{err}");
 }

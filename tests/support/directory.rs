@@ -19,6 +19,9 @@ pub const ADMIN_PASSWORD: &str = "test-secret";
 pub struct Slapd {
     pub url: String,
     pub port: u16,
+    /// With [`Slapd::start_tls`]: `ldaps://127.0.0.1:PORT` and the CA's PEM file.
+    pub ldaps_url: Option<String>,
+    pub ca_file: Option<std::path::PathBuf>,
     child: Child,
     _dir: tempfile::TempDir,
 }
@@ -40,6 +43,16 @@ fn free_port() -> u16 {
 impl Slapd {
     /// Starts slapd with the base entry `dc=example,dc=org` (a `domain`).
     pub async fn start() -> Slapd {
+        Slapd::launch(false).await
+    }
+
+    /// Like [`Slapd::start`], also offering LDAPS and StartTLS with a certificate for
+    /// 127.0.0.1 signed by a CA made for this test.
+    pub async fn start_tls() -> Slapd {
+        Slapd::launch(true).await
+    }
+
+    async fn launch(tls: bool) -> Slapd {
         let binary = std::env::var("CLACKS_TEST_SLAPD").unwrap_or_else(|_| "/usr/sbin/slapd".into());
         assert!(
             std::path::Path::new(&binary).exists(),
@@ -48,8 +61,24 @@ impl Slapd {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("data");
         std::fs::create_dir(&data).expect("data dir");
+        let mut tls_config = String::new();
+        let mut ca_file = None;
+        if tls {
+            let (ca, cert, key) = test_certificates();
+            let path = |name: &str| dir.path().join(name);
+            std::fs::write(path("ca.pem"), ca).expect("ca.pem");
+            std::fs::write(path("server.pem"), cert).expect("server.pem");
+            std::fs::write(path("server.key"), key).expect("server.key");
+            tls_config = format!(
+                "TLSCACertificateFile {}\nTLSCertificateFile {}\nTLSCertificateKeyFile {}\n",
+                path("ca.pem").display(),
+                path("server.pem").display(),
+                path("server.key").display()
+            );
+            ca_file = Some(path("ca.pem"));
+        }
         let config = format!(
-            "include /etc/ldap/schema/core.schema\n\
+            "{tls_config}include /etc/ldap/schema/core.schema\n\
              include /etc/ldap/schema/cosine.schema\n\
              include /etc/ldap/schema/inetorgperson.schema\n\
              include /etc/ldap/schema/nis.schema\n\
@@ -72,14 +101,19 @@ impl Slapd {
         std::fs::write(&conf, config).expect("slapd.conf");
         let port = free_port();
         let url = format!("ldap://127.0.0.1:{port}");
+        let ldaps_url = tls.then(|| format!("ldaps://127.0.0.1:{}", free_port()));
+        let listeners = match &ldaps_url {
+            Some(ldaps) => format!("{url}/ {ldaps}/"),
+            None => format!("{url}/"),
+        };
         // `-d 0` keeps slapd in the foreground, so it is this test's child and dies with it.
         let child = Command::new(&binary)
-            .args(["-f", &conf.to_string_lossy(), "-h", &format!("{url}/"), "-d", "0"])
+            .args(["-f", &conf.to_string_lossy(), "-h", &listeners, "-d", "0"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
-        let slapd = Slapd { url, port, child, _dir: dir };
+        let slapd = Slapd { url, port, ldaps_url, ca_file, child, _dir: dir };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok((conn, mut ldap)) = LdapConnAsync::new(&slapd.url).await {
@@ -125,6 +159,23 @@ impl Slapd {
             id_start: 10000,
         }
     }
+}
+
+/// `(CA certificate, server certificate, server key)` as PEM, the server's valid for
+/// 127.0.0.1 and localhost.
+pub fn test_certificates() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Clacks test CA");
+    let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate().expect("server key");
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).expect("params");
+    params.distinguished_name.push(rcgen::DnType::CommonName, "127.0.0.1");
+    let server = params.signed_by(&server_key, &issuer).expect("server certificate");
+    (ca.pem(), server.pem(), server_key.serialize_pem())
 }
 
 /// A PostgreSQL schema of the test's own.
