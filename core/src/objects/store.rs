@@ -169,6 +169,9 @@ impl std::fmt::Debug for ObjectStore {
 
 const LOCK_TTL_SECS: i64 = 30;
 
+/// How many of the best direct search hits have their `<Resolve>` relations followed.
+const RESOLVED_HITS: usize = 20;
+
 impl ObjectStore {
     /// Opens the backends and index and loads the descriptions. Description problems
     /// are returned as diagnostics, not errors: the store runs with what loaded.
@@ -1716,8 +1719,13 @@ impl ObjectStore {
         // Secondary hits (`<Resolve>`): objects related to a hit, e.g. a user's groups,
         // ranked well below direct hits.
         if options.secondary.unwrap_or(true) {
+            // Only the best direct hits are followed: a broad query must not turn into
+            // thousands of lookups.
+            let mut best: Vec<(&f64, &IndexDoc)> = scored.values().map(|(s, d)| (s, d)).collect();
+            best.sort_by(|a, b| b.0.total_cmp(a.0).then_with(|| a.1.dn.cmp(&b.1.dn)));
+            best.truncate(RESOLVED_HITS);
             let mut secondary: Vec<(f64, IndexDoc)> = Vec::new();
-            for (score, doc) in scored.values() {
+            for (score, doc) in best {
                 let resolves = catalogue
                     .get(&doc.object_type)
                     .map(|t| t.find.iter().flat_map(|a| a.resolve.clone()).collect::<Vec<_>>());
