@@ -56,6 +56,8 @@ pub struct ObjectsSection {
     pub reference_idle_secs: i64,
     /// Seconds between checks of the directory for changes made outside Clacks.
     pub poll_secs: f64,
+    /// Seconds between walks of every backend for objects deleted outside Clacks.
+    pub sweep_secs: f64,
     /// `[objects.ldap]`: the directory; none = objects live in SQL.
     pub ldap: Option<clacks_core::objects::backend::ldap::LdapSettings>,
 }
@@ -70,6 +72,7 @@ impl Default for ObjectsSection {
             dirs: Vec::new(),
             reference_idle_secs: 3600,
             poll_secs: 10.0,
+            sweep_secs: 600.0,
             ldap: None,
         }
     }
@@ -94,6 +97,7 @@ impl ObjectsSection {
             default_sql: format!("sqlite://{}", data_dir.join("objects.db").display()),
             poll: secs(self.poll_secs),
             expire: Duration::from_secs(60),
+            sweep: secs(self.sweep_secs),
         })
     }
 }
@@ -268,6 +272,7 @@ impl AgentConfig {
         positive("presence.heartbeat_secs", self.presence.heartbeat_secs)?;
         positive("presence.node_timeout_secs", self.presence.node_timeout_secs)?;
         positive("objects.poll_secs", self.objects.poll_secs)?;
+        positive("objects.sweep_secs", self.objects.sweep_secs)?;
         if self.objects.reference_idle_secs <= 0 {
             return Err(ConfigError::Invalid("objects.reference_idle_secs must be positive".into()));
         }

@@ -71,6 +71,8 @@ pub struct ObjectsOptions {
     pub poll: Duration,
     /// How often idle references are expired.
     pub expire: Duration,
+    /// How often every backend is walked for deletions made outside Clacks.
+    pub sweep: Duration,
 }
 
 impl AgentOptions {
@@ -373,6 +375,9 @@ impl Agent {
         }
         let mut poll = tokio::time::interval(config.poll);
         let mut expire = tokio::time::interval(config.expire);
+        // Deletions made behind Clacks' back leave no trace to poll for; a scan finds them.
+        let mut sweep = tokio::time::interval(config.sweep);
+        sweep.tick().await;
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         expire.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -381,6 +386,13 @@ impl Agent {
                 _ = poll.tick() => {
                     if let Err(e) = store.poll_directory().await {
                         warn!(error = %e, "polling the directory for changes failed");
+                    }
+                }
+                _ = sweep.tick() => {
+                    match store.scan(&holder).await {
+                        Ok(Some(report)) if report.removed > 0 || report.indexed > 0 => info!(?report, "object index swept"),
+                        Ok(_) => {}
+                        Err(e) => warn!(error = %e, "sweeping the object index failed"),
                     }
                 }
                 _ = expire.tick() => {

@@ -21,6 +21,7 @@ fn with_objects(mut options: AgentOptions, slapd: &Slapd, pg: &PgSchema) -> Agen
         default_sql: pg.url.clone(),
         poll: Duration::from_secs(3600),
         expire: Duration::from_secs(3600),
+        sweep: Duration::from_secs(3600),
     });
     options
 }
@@ -136,6 +137,7 @@ async fn a_reference_belongs_to_the_user_who_opened_it() {
         default_sql: format!("sqlite://{}", data.path().join("objects.db").display()),
         poll: Duration::from_secs(3600),
         expire: Duration::from_secs(3600),
+        sweep: Duration::from_secs(3600),
     });
     let domain = options.domain.clone();
     let bus = LocalBus::new("clacks-agent");
@@ -216,6 +218,7 @@ async fn allowed_values_and_hooks_come_from_commands() {
         default_sql: format!("sqlite://{}", data.path().join("objects.db").display()),
         poll: Duration::from_secs(3600),
         expire: Duration::from_secs(3600),
+        sweep: Duration::from_secs(3600),
     });
     let domain = options.domain.clone();
     let bus = LocalBus::new("clacks-agent");
@@ -271,6 +274,7 @@ async fn an_idle_reference_expires() {
         default_sql: format!("sqlite://{}", data.path().join("objects.db").display()),
         poll: Duration::from_secs(3600),
         expire: Duration::from_secs(3600),
+        sweep: Duration::from_secs(3600),
     });
     let domain = options.domain.clone();
     let bus = LocalBus::new("clacks-agent");

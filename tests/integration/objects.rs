@@ -353,6 +353,18 @@ async fn a_change_made_with_ldapmodify_reaches_the_index_and_the_bus() {
     store.commit(&mut state, Some("admin")).await.expect("commit");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(store.poll_directory().await.expect("poll"), 0);
+    let modified = tokio::time::timeout(Duration::from_millis(1000), events.recv()).await;
+    assert!(modified.is_err(), "no BackendChange for our own commit");
+
+    // A deletion leaves nothing to poll for; the periodic scan finds it and says so.
+    slapd.delete(&dn).await;
+    let report = store.scan("test").await.expect("scan").expect("lock taken");
+    assert_eq!(report.removed, 1);
+    assert!(store.find(json!({"uid": "ada"}).as_object().expect("map")).await.expect("find").is_empty());
+    let event =
+        tokio::time::timeout(Duration::from_secs(10), events.recv()).await.expect("event in time").expect("event");
+    let body = String::from_utf8_lossy(&event.body);
+    assert!(body.contains(&format!("<DN>{dn}</DN>")) && body.contains("<ChangeType>delete</ChangeType>"), "{body}");
 }
 
 #[tokio::test]

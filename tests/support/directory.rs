@@ -145,6 +145,12 @@ impl Slapd {
         ldap.modify(dn, vec![Mod::Replace(attr.to_owned(), set)]).await.expect("modify").success().expect("modify ok");
     }
 
+    /// Deletes an entry the way `ldapdelete` would, outside Clacks.
+    pub async fn delete(&self, dn: &str) {
+        let mut ldap = self.admin().await;
+        ldap.delete(dn).await.expect("delete").success().expect("delete ok");
+    }
+
     /// The store settings for this directory.
     pub fn settings(&self) -> clacks_core::objects::backend::ldap::LdapSettings {
         clacks_core::objects::backend::ldap::LdapSettings {

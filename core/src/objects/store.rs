@@ -1021,12 +1021,6 @@ impl ObjectStore {
             match self.storage(owner, attr) {
                 Storage::Ldap if retracted && state.loaded.get(&attr.name).is_none_or(Vec::is_empty) => {}
                 Storage::Ldap => primary_changes.push((attr.backend_name.clone(), texts)),
-                Storage::Sql if !state.in_ldap && self.primary(owner) == Storage::Sql || self.ldap.is_none() => {
-                    sql_rows
-                        .entry(owner.name.clone())
-                        .or_default()
-                        .push((attr.backend_name.clone(), encode_column(attr, &texts)));
-                }
                 Storage::Sql => {
                     sql_rows
                         .entry(owner.name.clone())
@@ -1567,7 +1561,7 @@ impl ObjectStore {
     }
 
     /// Walks every backend and brings the index in line: new and changed objects are
-    /// indexed, vanished ones dropped. Only one agent scans at a time (a shared lock in
+    /// indexed, vanished ones dropped and announced as BackendChange `delete`. Only one agent scans at a time (a shared lock in
     /// the index database); the others return `Ok(None)`.
     pub async fn scan(&self, holder: &str) -> Result<Option<ScanReport>> {
         if !self.index.try_lock("index-scan", holder, 600).await? {
@@ -1604,8 +1598,11 @@ impl ObjectStore {
                 Err(e) => return Err(e),
             }
         }
-        for uuid in known.keys().filter(|u| !seen.contains(*u)) {
+        // Gone from every backend: removed behind Clacks' back (ldapdelete, say).
+        for (uuid, (_, dn)) in known.iter().filter(|(u, _)| !seen.contains(*u)) {
             self.index.remove(uuid).await?;
+            self.announce_backend_change(uuid, dn, "delete", &chrono::Utc::now().format("%Y%m%d%H%M%SZ").to_string())
+                .await;
             report.removed += 1;
         }
         Ok(report)
@@ -1649,7 +1646,7 @@ impl ObjectStore {
                 .await;
             seen += 1;
         }
-        // Deletions: indexed directory objects that are gone.
+        // Deletions leave no modifyTimestamp behind; the periodic scan finds them.
         self.index.set_meta("ldap-poll", &started).await?;
         Ok(seen)
     }
