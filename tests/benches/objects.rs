@@ -219,7 +219,7 @@ async fn main() {
         let q = queries[round % queries.len()];
         let t = Instant::now();
         let hits =
-            store.search(&BASE.to_owned(), SearchScope::Sub, q, &SearchOptions::default()).await.expect("search");
+            store.search(BASE, SearchScope::Sub, q, &SearchOptions::default()).await.expect("search");
         ours.push(t.elapsed());
         std::hint::black_box(hits);
     }

@@ -804,10 +804,10 @@ impl ObjectStore {
             Some(doc) => {
                 let (written, indexed) =
                     tokio::join!(self.write(&catalogue, state, &props, &changed, &types), self.index.put(doc));
-                if written.is_err() || indexed.is_err() {
-                    if let Err(e) = self.reindex(state.uuid.as_deref().unwrap_or_default()).await {
-                        tracing::warn!("cannot bring the index back in line for {:?}: {e}", state.dn);
-                    }
+                if (written.is_err() || indexed.is_err())
+                    && let Err(e) = self.reindex(state.uuid.as_deref().unwrap_or_default()).await
+                {
+                    tracing::warn!("cannot bring the index back in line for {:?}: {e}", state.dn);
                 }
                 written
             }
