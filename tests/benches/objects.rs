@@ -218,8 +218,7 @@ async fn main() {
     for round in 0..200 {
         let q = queries[round % queries.len()];
         let t = Instant::now();
-        let hits =
-            store.search(BASE, SearchScope::Sub, q, &SearchOptions::default()).await.expect("search");
+        let hits = store.search(BASE, SearchScope::Sub, q, &SearchOptions::default()).await.expect("search");
         ours.push(t.elapsed());
         std::hint::black_box(hits);
     }

@@ -43,6 +43,39 @@ async fn ok(client: &Client, node: Option<&str>, method: &str, args: Value) -> V
     }
 }
 
+/// An agent serving objects from SQLite in a temporary folder, on the in-process bus,
+/// and a way to call it as any user.
+struct LocalDomain {
+    agent: Agent,
+    bus: LocalBus,
+    domain: clacks_core::domain::Domain,
+    base: String,
+    _data: tempfile::TempDir,
+}
+
+impl LocalDomain {
+    async fn start(store: StoreConfig, plugins: Vec<std::sync::Arc<dyn clacks_core::command::Plugin>>) -> LocalDomain {
+        let data = tempfile::tempdir().expect("tempdir");
+        let mut options = AgentOptions::new(unique_domain(), "solo");
+        options.objects = Some(ObjectsOptions {
+            store,
+            default_sql: format!("sqlite://{}", data.path().join("objects.db").display()),
+            poll: Duration::from_secs(3600),
+            expire: Duration::from_secs(3600),
+            sweep: Duration::from_secs(3600),
+        });
+        let domain = options.domain.clone();
+        let bus = LocalBus::new("clacks-agent");
+        let agent = Agent::start(options, Bus::Local(bus.clone()), plugins).await.expect("agent");
+        let base = agent.objects().expect("objects").base().to_owned();
+        LocalDomain { agent, bus, domain, base, _data: data }
+    }
+
+    fn caller(&self, user: &str) -> Client {
+        Client::over_bus(Bus::Local(self.bus.view(user)), self.domain.clone(), Duration::from_secs(10))
+    }
+}
+
 #[tokio::test]
 async fn an_open_object_continues_on_whichever_agent_the_next_call_reaches() {
     let (slapd, pg) = (Slapd::start().await, PgSchema::create().await);
@@ -130,22 +163,8 @@ async fn ldap_value(slapd: &Slapd, dn: &str, attr: &str) -> String {
 
 #[tokio::test]
 async fn a_reference_belongs_to_the_user_who_opened_it() {
-    let data = tempfile::tempdir().expect("tempdir");
-    let mut options = AgentOptions::new(unique_domain(), "solo");
-    options.objects = Some(ObjectsOptions {
-        store: StoreConfig::default(),
-        default_sql: format!("sqlite://{}", data.path().join("objects.db").display()),
-        poll: Duration::from_secs(3600),
-        expire: Duration::from_secs(3600),
-        sweep: Duration::from_secs(3600),
-    });
-    let domain = options.domain.clone();
-    let bus = LocalBus::new("clacks-agent");
-    let agent = Agent::start(options, Bus::Local(bus.clone()), vec![]).await.expect("agent");
-    let alice = Client::over_bus(Bus::Local(bus.view("alice")), domain.clone(), Duration::from_secs(10));
-    let bob = Client::over_bus(Bus::Local(bus.view("bob")), domain.clone(), Duration::from_secs(10));
-
-    let base = agent.objects().expect("objects").base().to_owned();
+    let local = LocalDomain::start(StoreConfig::default(), vec![]).await;
+    let (alice, bob, base) = (local.caller("alice"), local.caller("bob"), local.base.clone());
     let opened = ok(&alice, None, "openObject", json!([base])).await;
     let reference = opened["ref"].clone();
     assert_eq!(opened["type"], json!("DomainComponent"));
@@ -161,7 +180,7 @@ async fn a_reference_belongs_to_the_user_who_opened_it() {
         call(&alice, None, "getObjectProperty", json!([reference, "dc"])).await,
         Err(ErrorCode::REFERENCE_NOT_FOUND)
     );
-    agent.stop().await;
+    local.agent.stop().await;
 }
 
 /// Site commands a description refers to: the allowed badge colours and a change log.
@@ -209,25 +228,14 @@ const BADGE: &str = r#"<Objects xmlns="http://clacks.org/ns/objects">
 
 #[tokio::test]
 async fn allowed_values_and_hooks_come_from_commands() {
-    let data = tempfile::tempdir().expect("tempdir");
     let site = tempfile::tempdir().expect("site");
     std::fs::write(site.path().join("badge.xml"), BADGE).expect("badge.xml");
-    let mut options = AgentOptions::new(unique_domain(), "solo");
-    options.objects = Some(ObjectsOptions {
-        store: StoreConfig { dirs: vec![site.path().to_owned()], ..StoreConfig::default() },
-        default_sql: format!("sqlite://{}", data.path().join("objects.db").display()),
-        poll: Duration::from_secs(3600),
-        expire: Duration::from_secs(3600),
-        sweep: Duration::from_secs(3600),
-    });
-    let domain = options.domain.clone();
-    let bus = LocalBus::new("clacks-agent");
     let changes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let plugin = std::sync::Arc::new(Site { changes: changes.clone() });
-    let agent = Agent::start(options, Bus::Local(bus.clone()), vec![plugin]).await.expect("agent");
-    let ada = Client::over_bus(Bus::Local(bus.view("ada")), domain, Duration::from_secs(10));
+    let store = StoreConfig { dirs: vec![site.path().to_owned()], ..StoreConfig::default() };
+    let local = LocalDomain::start(store, vec![plugin]).await;
+    let (ada, base) = (local.caller("ada"), local.base.clone());
     assert_eq!(ok(&ada, None, "getObjectDiagnostics", json!([])).await, json!([]));
-    let base = agent.objects().expect("objects").base().to_owned();
 
     let people = ok(&ada, None, "openObject", json!([base, "PeopleContainer"])).await["ref"].clone();
     let people_dn = ok(&ada, None, "dispatchObjectMethod", json!([people, "commit"])).await["dn"].clone();
@@ -262,25 +270,14 @@ async fn allowed_values_and_hooks_come_from_commands() {
     assert_eq!(titles, ["Ada Lovelace", "staff"], "{hits}");
     let direct = ok(&ada, None, "search", json!(["lovelace", null, null, {"secondary": false}])).await;
     assert_eq!(direct.as_array().map(Vec::len), Some(1));
-    agent.stop().await;
+    local.agent.stop().await;
 }
 
 #[tokio::test]
 async fn an_idle_reference_expires() {
-    let data = tempfile::tempdir().expect("tempdir");
-    let mut options = AgentOptions::new(unique_domain(), "solo");
-    options.objects = Some(ObjectsOptions {
-        store: StoreConfig { reference_idle_secs: Some(1), ..StoreConfig::default() },
-        default_sql: format!("sqlite://{}", data.path().join("objects.db").display()),
-        poll: Duration::from_secs(3600),
-        expire: Duration::from_secs(3600),
-        sweep: Duration::from_secs(3600),
-    });
-    let domain = options.domain.clone();
-    let bus = LocalBus::new("clacks-agent");
-    let agent = Agent::start(options, Bus::Local(bus.clone()), vec![]).await.expect("agent");
-    let ada = Client::over_bus(Bus::Local(bus.view("ada")), domain, Duration::from_secs(10));
-    let base = agent.objects().expect("objects").base().to_owned();
+    let local =
+        LocalDomain::start(StoreConfig { reference_idle_secs: Some(1), ..StoreConfig::default() }, vec![]).await;
+    let (ada, base) = (local.caller("ada"), local.base.clone());
     let kept = ok(&ada, None, "openObject", json!([base])).await["ref"].clone();
     let idle = ok(&ada, None, "openObject", json!([base])).await["ref"].clone();
     // Use keeps a reference alive; idleness ends it.
@@ -292,6 +289,6 @@ async fn an_idle_reference_expires() {
         call(&ada, None, "getObjectProperty", json!([idle, "description"])).await,
         Err(ErrorCode::REFERENCE_NOT_FOUND)
     );
-    assert_eq!(agent.objects().expect("objects").expire_references().await.expect("expire"), 1);
-    agent.stop().await;
+    assert_eq!(local.agent.objects().expect("objects").expire_references().await.expect("expire"), 1);
+    local.agent.stop().await;
 }

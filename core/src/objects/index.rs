@@ -182,11 +182,11 @@ impl Index {
             .collect())
     }
 
-    /// Objects having `of_type` (as base type or extension) with `attr` equal to
-    /// `value` (case-insensitive).
+    /// Objects having `of_type` (as base type or extension; `""` for any type) with
+    /// `attr` equal to `value` (case-insensitive).
     pub async fn with_value(&self, of_type: &str, attr: &str, value: &str) -> Result<Vec<IndexDoc>, BackendError> {
         let lc: String = value.to_lowercase().chars().take(MAX_INDEXED_VALUE).collect();
-        let types = format!("%,{of_type},%");
+        let types = if of_type.is_empty() { "%".to_owned() } else { format!("%,{of_type},%") };
         let rows = self
             .db
             .fetch(
@@ -196,6 +196,13 @@ impl Index {
                 &[Some(attr), Some(&lc), Some(&types)],
             )
             .await?;
+        Ok(Index::docs(&rows))
+    }
+
+    /// Objects that have `of_type` as base type or extension.
+    pub async fn of_type(&self, of_type: &str) -> Result<Vec<IndexDoc>, BackendError> {
+        let types = format!("%,{of_type},%");
+        let rows = self.db.fetch("SELECT doc FROM clacks_index WHERE types LIKE $1".into(), &[Some(&types)]).await?;
         Ok(Index::docs(&rows))
     }
 
@@ -231,12 +238,9 @@ impl Index {
             .await?;
         let mut moved = Vec::new();
         for mut doc in Index::docs(&rows) {
-            let key = dn_key(&doc.dn);
-            if key != old_key && !key.ends_with(&format!(",{old_key}")) {
-                continue;
-            }
-            let head = doc.dn.len().saturating_sub(old.len());
-            doc.dn = if key == old_key { new.to_owned() } else { format!("{}{new}", &doc.dn[..head]) };
+            // LIKE treats `_` as a wildcard; only true descendants move.
+            let Some(moved_dn) = super::backend::rebase_dn(&doc.dn, old, new) else { continue };
+            doc.dn = moved_dn;
             self.put(&doc).await?;
             moved.push(doc);
         }

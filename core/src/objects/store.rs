@@ -1758,7 +1758,23 @@ impl ObjectStore {
     /// `_type` for the type, `_base` for a subtree).
     pub async fn find(&self, conditions: &serde_json::Map<String, Value>) -> Result<Vec<IndexDoc>> {
         let base = conditions.get("_base").map(filters::text).unwrap_or_else(|| self.base.clone());
-        let mut candidates = self.index.under(&base, SearchScope::Sub).await?;
+        // Start from the narrowest set the index can give: one exact attribute value, or
+        // one type; only without either is the whole subtree read.
+        let exact = conditions.iter().find_map(|(key, wanted)| match wanted {
+            Value::String(v) if !key.starts_with('_') && key != "dn" && !v.contains('*') => Some((key, v)),
+            _ => None,
+        });
+        let one_type = conditions.get("_type").and_then(Value::as_str);
+        let mut candidates = match (exact, one_type) {
+            (Some((attr, value)), _) => self.index.with_value(one_type.unwrap_or(""), attr, value).await?,
+            (None, Some(t)) => self.index.of_type(t).await?,
+            (None, None) => self.index.under(&base, SearchScope::Sub).await?,
+        };
+        let base_key = super::backend::dn_key(&base);
+        candidates.retain(|doc| {
+            let key = super::backend::dn_key(&doc.dn);
+            key == base_key || key.ends_with(&format!(",{base_key}"))
+        });
         for (key, wanted) in conditions {
             let wanted_values: Vec<String> = match wanted {
                 Value::Array(items) => items.iter().map(filters::text).collect(),

@@ -55,6 +55,30 @@ pub fn split_rdn(dn: &str) -> (&str, &str) {
     (dn, "")
 }
 
+/// The DN `dn` gets when the subtree at `old` moves to `new`: its own leading RDNs,
+/// then `new`. `None` when `dn` is not `old` or below it.
+pub fn rebase_dn(dn: &str, old: &str, new: &str) -> Option<String> {
+    let components = |d: &str| {
+        let mut parts = Vec::new();
+        let mut rest = d.trim();
+        while !rest.is_empty() {
+            let (rdn, tail) = split_rdn(rest);
+            parts.push(rdn.trim().to_owned());
+            rest = tail;
+        }
+        parts
+    };
+    let (own, old_parts) = (components(dn), components(old));
+    let keep = own.len().checked_sub(old_parts.len())?;
+    let same_tail = own[keep..].iter().zip(&old_parts).all(|(a, b)| a.to_lowercase() == b.to_lowercase());
+    if !same_tail {
+        return None;
+    }
+    let mut moved = own[..keep].to_vec();
+    moved.push(new.to_owned());
+    Some(moved.join(","))
+}
+
 /// Escapes a value for use in an RDN (RFC 4514).
 pub fn escape_rdn_value(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
@@ -93,5 +117,11 @@ mod tests {
         assert_eq!(escape_rdn_value("Smith, John"), "Smith\\, John");
         assert_eq!(escape_rdn_value(" lead"), "\\ lead");
         assert_eq!(dn_key("CN=Ada, OU=People,dc=X"), "cn=ada,ou=people,dc=x");
+        assert_eq!(
+            rebase_dn("uid=a,OU=People,dc=x", "ou=people,dc=x", "ou=staff,dc=x").as_deref(),
+            Some("uid=a,ou=staff,dc=x")
+        );
+        assert_eq!(rebase_dn("ou=people,dc=x", "ou=people,dc=x", "ou=staff,dc=y").as_deref(), Some("ou=staff,dc=y"));
+        assert_eq!(rebase_dn("uid=a,ou=other,dc=x", "ou=people,dc=x", "ou=staff,dc=x"), None);
     }
 }

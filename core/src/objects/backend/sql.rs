@@ -341,23 +341,15 @@ impl SqlBackend {
         let rows = self
             .db
             .fetch(
-                "SELECT uuid, dn, dn_key FROM clacks_entries WHERE dn_key = $1 OR dn_key LIKE $2".into(),
+                "SELECT uuid, dn FROM clacks_entries WHERE dn_key = $1 OR dn_key LIKE $2".into(),
                 &[Some(&old_key), Some(&suffix)],
             )
             .await?;
         let now = now();
         for row in rows {
-            let (uuid, dn, key) = (
-                text(&row, 0).unwrap_or_default(),
-                text(&row, 1).unwrap_or_default(),
-                text(&row, 2).unwrap_or_default(),
-            );
+            let (uuid, dn) = (text(&row, 0).unwrap_or_default(), text(&row, 1).unwrap_or_default());
             // LIKE treats `_` as a wildcard; only true descendants move.
-            if key != old_key && !key.ends_with(&format!(",{old_key}")) {
-                continue;
-            }
-            let head_len = dn.len().saturating_sub(old_dn.len());
-            let moved_dn = if key == old_key { new_dn.to_owned() } else { format!("{}{new_dn}", &dn[..head_len]) };
+            let Some(moved_dn) = super::rebase_dn(&dn, old_dn, new_dn) else { continue };
             let moved_key = dn_key(&moved_dn);
             let parent = dn_key(parent_dn(&moved_dn));
             self.db
