@@ -72,10 +72,23 @@ pub(crate) fn print_error(line: &str, color: bool) {
 }
 
 /// Ctrl-C while something runs cancels it; the task ends with the guard.
+///
+/// The handler is registered here, before this returns, not when the listening task
+/// first runs: on a busy machine that could be after the line editor started, and a
+/// Ctrl-C in between would take the default action and end the shell.
 pub(crate) fn install_interrupt(handle: &tokio::runtime::Handle, interrupt: runner::Interrupt) -> InterruptGuard {
+    let registered = {
+        let _runtime = handle.enter();
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+    };
     let task = handle.spawn(async move {
-        while tokio::signal::ctrl_c().await.is_ok() {
-            interrupt.trigger();
+        match registered {
+            Ok(mut signals) => {
+                while signals.recv().await.is_some() {
+                    interrupt.trigger();
+                }
+            }
+            Err(e) => tracing::warn!("Ctrl-C cannot cancel calls: {e}"),
         }
     });
     InterruptGuard(task)

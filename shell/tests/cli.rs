@@ -614,3 +614,72 @@ fn the_object_scripts_import_report_and_lock_users_in_the_embedded_domain() {
     let stored = run(&["-c", r#"isAccountLocked("uid=grace,ou=people,dc=clacks,dc=org")"#], &env);
     assert!(stored.starts_with("exit=0\nstdout:\ntrue"), "{stored}");
 }
+
+/// The issue's acceptance scenario, end to end: an admin adds an attribute to User by
+/// editing a description, stores it in PostgreSQL, and uses it from the shell against a
+/// domain on RabbitMQ whose agent keeps users in a real slapd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_attribute_added_by_description_is_used_from_the_shell() {
+    use clacks_tests::directory::{BASE, PgSchema, Slapd};
+    let (slapd, pg) = (Slapd::start().await, PgSchema::create().await);
+    let site = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let shipped = include_str!("../../objects/user.xml");
+    let edited = shipped.replace(
+        "      <Attribute><Name>roomNumber</Name>",
+        "      <Attribute><Name>badgeNumber</Name><Type>String</Type><Backend>SQL</Backend></Attribute>\n      <Attribute><Name>roomNumber</Name>",
+    );
+    std::fs::write(site.path().join("user.xml"), edited).unwrap_or_else(|e| panic!("{e}"));
+
+    let (url, domain) = (amqp_url(), unique_domain());
+    let mut options = AgentOptions::new(domain.clone(), "directory");
+    options.objects = Some(clacks_agent::daemon::ObjectsOptions {
+        store: clacks_core::objects::StoreConfig {
+            ldap: Some(slapd.settings()),
+            dirs: vec![site.path().to_owned()],
+            ..Default::default()
+        },
+        default_sql: pg.url.clone(),
+        poll: Duration::from_secs(3600),
+        expire: Duration::from_secs(3600),
+        sweep: Duration::from_secs(3600),
+    });
+    let bus = clacks_core::testing::amqp_bus(&domain).await;
+    let agent = Agent::start(options, bus, Vec::new()).await.unwrap_or_else(|e| panic!("{e}"));
+
+    let script = format!(
+        r#"let people = new_object("PeopleContainer", "{BASE}"); people.commit();
+           let u = new_object("User", people.dn);
+           u.uid = "ada"; u.givenName = "Ada"; u.sn = "Lovelace"; u.commit();
+           let u = open_object("User", "uid=ada,ou=people,{BASE}");
+           u.badgeNumber = "B-17";
+           u.commit();
+           print(open_object(u.dn).badgeNumber);
+           try {{ u.noSuchThing = 1; }} catch (e) {{ print(e.code); }}"#
+    );
+    let domain_name = domain.as_str().to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        run(&["-c", &script], &[("CLACKS_URL", url.as_str()), ("CLACKS_DOMAIN", domain_name.as_str())])
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out, "exit=0\nstdout:\nB-17\nATTRIBUTE_NOT_FOUND\nstderr:\n");
+
+    // The value sits in PostgreSQL, the rest of the user in the directory.
+    use sqlx::Connection;
+    let mut db = sqlx::PgConnection::connect(&pg.url).await.unwrap_or_else(|e| panic!("{e}"));
+    let row: (String,) = sqlx::query_as(r#"SELECT "badgeNumber" FROM clacks_obj_user"#)
+        .fetch_one(&mut db)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(row.0, "B-17");
+    let mut ldap = slapd.admin().await;
+    let (entries, _) = ldap
+        .search(&format!("uid=ada,ou=people,{BASE}"), ldap3::Scope::Base, "(objectClass=*)", vec!["*"])
+        .await
+        .and_then(|r| r.success())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let entry = ldap3::SearchEntry::construct(entries.into_iter().next().unwrap_or_else(|| panic!("no entry")));
+    assert_eq!(entry.attrs.get("cn"), Some(&vec!["Ada Lovelace".to_owned()]));
+    assert!(!entry.attrs.contains_key("badgeNumber"));
+    agent.stop().await;
+}
