@@ -368,7 +368,16 @@ impl Agent {
             return;
         };
         let holder = format!("{}:{}", self.inner.options.domain, self.inner.options.node);
-        match store.scan(&holder).await {
+        // A large directory takes a while to scan; stopping does not wait for it.
+        let scanned = tokio::select! {
+            _ = self.inner.stopped.cancelled() => {
+                // Another agent may scan at once rather than after the lock's timeout.
+                let _ = store.index().unlock("index-scan", &holder).await;
+                return;
+            }
+            scanned = store.scan(&holder) => scanned,
+        };
+        match scanned {
             Ok(Some(report)) => info!(?report, "object index scanned"),
             Ok(None) => info!("another agent is scanning the object index"),
             Err(e) => warn!(error = %e, "object index scan failed"),
