@@ -16,6 +16,7 @@
 // this crate too.
 extern crate self as clacks_core;
 
+pub mod acl;
 pub mod bus;
 pub mod client;
 pub mod command;
