@@ -16,6 +16,8 @@ pub enum Authenticator {
     Broker {
         /// The agent's broker URL; its user and password are replaced.
         url: String,
+        /// For `amqps://`: the CA certificates (PEM) of the broker.
+        ca_pem: Option<String>,
     },
     /// Argon2 hashes per user.
     Users(BTreeMap<String, String>),
@@ -35,9 +37,11 @@ impl Authenticator {
                     PasswordHash::new(stored).map_err(|e| format!("the stored hash of '{user}' is malformed: {e}"))?;
                 Ok(argon2::Argon2::default().verify_password(password.as_bytes(), &hash).is_ok())
             }
-            Authenticator::Broker { url } => clacks_core::bus::amqp::check_login(url, user, password)
-                .await
-                .map_err(|e| format!("cannot check the password with the broker: {e}")),
+            Authenticator::Broker { url, ca_pem } => {
+                clacks_core::bus::amqp::check_login_with(url, user, password, ca_pem.as_deref())
+                    .await
+                    .map_err(|e| format!("cannot check the password with the broker: {e}"))
+            }
         }
     }
 }

@@ -122,6 +122,9 @@ pub struct AmqpSection {
     /// Broker users allowed to forward calls on behalf of others (other agents).
     /// The agent's own broker user is always trusted.
     pub trusted_forwarders: Vec<String>,
+    /// For `amqps://`: PEM file of the CA that signed the broker's certificate (default:
+    /// the system's roots).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[http]`: the JSON-RPC endpoint.
@@ -196,7 +199,7 @@ impl Default for AgentConfig {
 
 impl Default for AmqpSection {
     fn default() -> AmqpSection {
-        AmqpSection { url: None, heartbeat: 10, prefetch: 32, trusted_forwarders: Vec::new() }
+        AmqpSection { url: None, heartbeat: 10, prefetch: 32, trusted_forwarders: Vec::new(), ca_file: None }
     }
 }
 
@@ -335,7 +338,7 @@ mod tests {
                   |
                 2 | urll = "x"
                   | ^^^^
-                unknown field `urll`, expected one of `url`, `heartbeat`, `prefetch`, `trusted_forwarders`"#]],
+                unknown field `urll`, expected one of `url`, `heartbeat`, `prefetch`, `trusted_forwarders`, `ca_file`"#]],
         );
         check(
             "[presence]\nheartbeat_secs = 40\n",

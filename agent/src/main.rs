@@ -133,12 +133,19 @@ async fn run(cli: Cli) -> Result<()> {
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create the data folder {}", dir.display()))?;
     }
 
+    let ca_pem = match &config.amqp.ca_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path).with_context(|| format!("cannot read amqp.ca_file {}", path.display()))?,
+        ),
+        None => None,
+    };
     let bus = match &config.amqp.url {
         Some(url) => {
             let settings = AmqpSettings {
                 connection_name: format!("clacks-agent {node}"),
                 heartbeat_secs: config.amqp.heartbeat,
                 wait_for_broker: true,
+                ca_pem: ca_pem.clone(),
                 ..AmqpSettings::default()
             };
             info!(url = %clacks_core::bus::amqp::redact_url(url), "connecting to the broker");
@@ -154,7 +161,7 @@ async fn run(cli: Cli) -> Result<()> {
     if let Some(listen) = &config.http.listen {
         let authenticator = match (config.http.auth.as_deref(), &config.amqp.url) {
             (Some("users"), _) | (None, None) => Authenticator::Users(config.http.users.clone()),
-            (_, Some(url)) => Authenticator::Broker { url: url.clone() },
+            (_, Some(url)) => Authenticator::Broker { url: url.clone(), ca_pem: ca_pem.clone() },
             (Some(_), None) => bail!("http.auth = \"broker\" needs a broker URL"),
         };
         let state = clacks_agent::http::HttpState::with_events(

@@ -56,6 +56,9 @@ pub(crate) struct Cli {
     /// Call deadline in seconds, default 30.
     #[arg(long, env = "CLACKS_TIMEOUT", global = true)]
     pub(crate) timeout: Option<f64>,
+    /// PEM file of the CA that signed the broker's certificate (amqps://), instead of the system's roots.
+    #[arg(long, env = "CLACKS_CA_FILE", global = true)]
+    pub(crate) ca_file: Option<PathBuf>,
     /// Folder of .rhai plugins loaded by the embedded domain.
     #[arg(long, env = "CLACKS_PLUGINS_DIR", global = true)]
     pub(crate) plugins: Option<PathBuf>,
@@ -161,6 +164,7 @@ fn resolve_target(cli: &Cli, config: &ShellConfig) -> Result<Target, String> {
         password: cli.password.clone(),
         timeout: Duration::from_secs_f64(timeout),
         plugins: cli.plugins.clone().or(config.plugins.clone()),
+        ca_file: cli.ca_file.clone().or(config.ca_file.clone()),
     })
 }
 

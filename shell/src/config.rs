@@ -30,6 +30,8 @@ pub(crate) struct ShellConfig {
     pub(crate) timeout_secs: Option<f64>,
     /// `.rhai` plugins for the embedded domain.
     pub(crate) plugins: Option<PathBuf>,
+    /// PEM file of the CA that signed the broker's certificate (`amqps://`).
+    pub(crate) ca_file: Option<PathBuf>,
     /// Folders `import "name"` looks in (after the running script's own folder).
     pub(crate) scripts_path: Vec<PathBuf>,
     /// Script resource limits.

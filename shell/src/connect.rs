@@ -18,6 +18,8 @@ pub(crate) struct Target {
     pub(crate) password: Option<String>,
     pub(crate) timeout: Duration,
     pub(crate) plugins: Option<std::path::PathBuf>,
+    /// The CA for `amqps://` brokers, when not the system's roots.
+    pub(crate) ca_file: Option<std::path::PathBuf>,
 }
 
 /// A live connection plus whatever keeps it alive (the embedded agent).
@@ -101,8 +103,18 @@ pub(crate) async fn connect(target: &Target) -> Result<Session, ClientError> {
         }
         Some(url) if url.starts_with("amqp://") || url.starts_with("amqps://") => {
             let url = with_credentials(url, &target.user, target.password.as_deref());
-            let settings =
-                AmqpSettings { connection_name: format!("clacks shell {}", target.user), ..AmqpSettings::default() };
+            let ca_pem =
+                match &target.ca_file {
+                    Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                        ClientError::Connect(format!("cannot read the CA file {}: {e}", path.display()))
+                    })?),
+                    None => None,
+                };
+            let settings = AmqpSettings {
+                connection_name: format!("clacks shell {}", target.user),
+                ca_pem,
+                ..AmqpSettings::default()
+            };
             let bus = AmqpBus::connect(&url, target.domain.clone(), settings).await?;
             Ok(Session {
                 client: std::sync::Arc::new(Client::over_bus(Bus::Amqp(bus), target.domain.clone(), target.timeout)),

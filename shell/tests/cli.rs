@@ -510,7 +510,7 @@ async fn scripts_over_http_json_rpc() {
     .unwrap_or_else(|e| panic!("{e}"));
     let state = clacks_agent::http::HttpState::new(
         agent.dispatcher().clone(),
-        clacks_agent::auth::Authenticator::Broker { url: url.clone() },
+        clacks_agent::auth::Authenticator::Broker { url: url.clone(), ca_pem: None },
         Duration::from_secs(60),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
@@ -681,5 +681,34 @@ async fn a_user_attribute_added_by_description_is_used_from_the_shell() {
     let entry = ldap3::SearchEntry::construct(entries.into_iter().next().unwrap_or_else(|| panic!("no entry")));
     assert_eq!(entry.attrs.get("cn"), Some(&vec!["Ada Lovelace".to_owned()]));
     assert!(!entry.attrs.contains_key("badgeNumber"));
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shell_reaches_a_domain_over_amqps_with_its_ca() {
+    let broker = clacks_tests::broker::PrivateBroker::start_tls();
+    let url = broker.amqps_url().unwrap_or_else(|| panic!("no amqps listener"));
+    let ca = tempfile::NamedTempFile::new().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(ca.path(), broker.ca_pem.clone().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}"));
+    let domain = unique_domain();
+    let settings = clacks_core::bus::amqp::AmqpSettings { ca_pem: broker.ca_pem.clone(), ..Default::default() };
+    let bus = clacks_core::bus::amqp::AmqpBus::connect(&url, domain.clone(), settings)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let agent = Agent::start(AgentOptions::new(domain.clone(), "tls"), clacks_core::bus::Bus::Amqp(bus), Vec::new())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (ca_path, domain_name) = (ca.path().to_string_lossy().into_owned(), domain.as_str().to_owned());
+    let (trusted, untrusted) = tokio::task::spawn_blocking(move || {
+        let env = [("CLACKS_URL", url.as_str()), ("CLACKS_DOMAIN", domain_name.as_str())];
+        (run(&["--ca-file", &ca_path, "call", "ping"], &env), run(&["call", "ping"], &env))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(trusted, "exit=0\nstdout:\npong\nstderr:\n");
+    assert!(
+        untrusted.starts_with("exit=3\n") && untrusted.contains("invalid peer certificate: UnknownIssuer"),
+        "{untrusted}"
+    );
     agent.stop().await;
 }

@@ -41,7 +41,7 @@ async fn http_login_sessions_batches_and_errors() {
     let agent = start_agent(&url, fast_options(&domain, "web"), vec![Arc::new(Probe)]).await;
     let state = HttpState::with_events(
         agent.dispatcher().clone(),
-        Authenticator::Broker { url: url.clone() },
+        Authenticator::Broker { url: url.clone(), ca_pem: None },
         Duration::from_secs(60),
         agent.bus().clone(),
     );

@@ -8,3 +8,4 @@ mod object_api;
 mod objects;
 mod recovery;
 mod routing;
+mod tls;

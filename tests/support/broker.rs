@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 pub struct PrivateBroker {
     node: String,
     port: u16,
+    /// With [`PrivateBroker::start_tls`]: the AMQPS port and the test CA (PEM).
+    tls_port: Option<u16>,
+    pub ca_pem: Option<String>,
     dir: tempfile::TempDir,
     server: Option<Child>,
 }
@@ -24,6 +27,16 @@ fn free_port() -> u16 {
 impl PrivateBroker {
     /// Starts a node and waits until it accepts AMQP connections (about 5–15 s).
     pub fn start() -> PrivateBroker {
+        PrivateBroker::launch(false)
+    }
+
+    /// Like [`PrivateBroker::start`], with an AMQPS listener too, its certificate (for
+    /// 127.0.0.1) signed by a CA made for this test.
+    pub fn start_tls() -> PrivateBroker {
+        PrivateBroker::launch(true)
+    }
+
+    fn launch(tls: bool) -> PrivateBroker {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temporary folder: {e}"));
         let port = free_port();
         let dist_port = free_port();
@@ -32,11 +45,27 @@ impl PrivateBroker {
             std::fs::create_dir_all(dir.path().join(sub)).unwrap_or_else(|e| panic!("{e}"));
         }
         std::fs::write(dir.path().join("enabled_plugins"), "[].\n").unwrap_or_else(|e| panic!("{e}"));
-        std::fs::write(
-            dir.path().join("rabbitmq.conf"),
-            format!("listeners.tcp.local = 127.0.0.1:{port}\nloopback_users = none\n"),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let mut config = format!("listeners.tcp.local = 127.0.0.1:{port}\nloopback_users = none\n");
+        let (mut tls_port, mut ca_pem) = (None, None);
+        if tls {
+            let (ca, cert, key) = crate::directory::test_certificates();
+            for (name, text) in [("ca.pem", &ca), ("server.pem", &cert), ("server.key", &key)] {
+                std::fs::write(dir.path().join(name), text).unwrap_or_else(|e| panic!("{e}"));
+            }
+            let ssl_port = free_port();
+            config.push_str(&format!(
+                "listeners.ssl.local = 127.0.0.1:{ssl_port}\n\
+                 ssl_options.cacertfile = {dir}/ca.pem\n\
+                 ssl_options.certfile = {dir}/server.pem\n\
+                 ssl_options.keyfile = {dir}/server.key\n\
+                 ssl_options.verify = verify_none\n\
+                 ssl_options.fail_if_no_peer_cert = false\n",
+                dir = dir.path().display()
+            ));
+            tls_port = Some(ssl_port);
+            ca_pem = Some(ca);
+        }
+        std::fs::write(dir.path().join("rabbitmq.conf"), config).unwrap_or_else(|e| panic!("{e}"));
         // The Debian wrapper runs the server as user rabbitmq, which must own its files.
         let chown = Command::new("chown").arg("-R").arg("rabbitmq:rabbitmq").arg(dir.path()).status();
         assert!(chown.is_ok_and(|s| s.success()), "cannot hand the broker folder to user rabbitmq");
@@ -53,9 +82,14 @@ impl PrivateBroker {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start rabbitmq-server (is it installed?): {e}"));
-        let broker = PrivateBroker { node, port, dir, server: Some(server) };
+        let broker = PrivateBroker { node, port, tls_port, ca_pem, dir, server: Some(server) };
         broker.wait_until_listening(Duration::from_secs(60));
         broker
+    }
+
+    /// `amqps://guest:guest@127.0.0.1:PORT/%2f` (with [`PrivateBroker::start_tls`]).
+    pub fn amqps_url(&self) -> Option<String> {
+        self.tls_port.map(|p| format!("amqps://guest:guest@127.0.0.1:{p}/%2f"))
     }
 
     /// `amqp://guest:guest@127.0.0.1:PORT/%2f`.
@@ -65,7 +99,8 @@ impl PrivateBroker {
 
     fn wait_until_listening(&self, timeout: Duration) {
         let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        let listening = |port: u16| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+        while !listening(self.port) || self.tls_port.is_some_and(|p| !listening(p)) {
             assert!(started.elapsed() < timeout, "private RabbitMQ {} did not listen within {timeout:?}", self.node);
             std::thread::sleep(Duration::from_millis(100));
         }

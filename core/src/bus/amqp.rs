@@ -57,6 +57,9 @@ pub struct AmqpSettings {
     pub reconnect_max: Duration,
     /// Keep retrying the first connection instead of failing (agents do; shells don't).
     pub wait_for_broker: bool,
+    /// For `amqps://`: the CA certificates (PEM) the broker's certificate must chain to,
+    /// instead of the system's roots.
+    pub ca_pem: Option<String>,
 }
 
 impl Default for AmqpSettings {
@@ -68,6 +71,7 @@ impl Default for AmqpSettings {
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(3),
             wait_for_broker: false,
+            ca_pem: None,
         }
     }
 }
@@ -372,17 +376,34 @@ fn is_access_refused(e: &lapin::Error) -> bool {
     e.to_string().contains("ACCESS_REFUSED")
 }
 
+/// Opens a connection; over `amqps://` the broker's certificate is checked against
+/// `ca_pem` when given (else the system's roots), and its name against the URL's host.
+async fn open_connection(
+    uri: AMQPUri,
+    properties: ConnectionProperties,
+    ca_pem: Option<&str>,
+) -> lapin::Result<Connection> {
+    use lapin::Connect;
+    let tls = lapin::tcp::OwnedTLSConfig { identity: None, cert_chain: ca_pem.map(str::to_owned) };
+    uri.connect_with_config(properties, tls, lapin::runtime::default_runtime()?).await
+}
+
 /// Checks `user` and `password` by opening a connection to the broker at `url` with them
 /// (`Ok(false)`: refused). The broker, and whatever it authenticates against, stays the
 /// one judge of passwords.
 pub async fn check_login(url: &str, user: &str, password: &str) -> Result<bool, BusError> {
+    check_login_with(url, user, password, None).await
+}
+
+/// [`check_login`] with the CA certificates for an `amqps://` broker.
+pub async fn check_login_with(url: &str, user: &str, password: &str, ca_pem: Option<&str>) -> Result<bool, BusError> {
     let display_url = redact_url(url);
     let mut uri: AMQPUri =
         url.parse().map_err(|e: String| BusError::Connect { url: display_url.clone(), reason: e })?;
     uri.authority.userinfo.username = user.to_owned();
     uri.authority.userinfo.password = password.to_owned();
     uri.query.connection_timeout = Some(5000);
-    let connect = Connection::connect_uri(uri, ConnectionProperties::default());
+    let connect = open_connection(uri, ConnectionProperties::default(), ca_pem);
     match tokio::time::timeout(Duration::from_secs(6), connect).await {
         Ok(Ok(connection)) => {
             let _ = connection.close(200, "login check".into()).await;
@@ -417,7 +438,7 @@ async fn establish(inner: &Arc<Inner>) -> Result<Arc<Live>, BusError> {
     };
     let properties =
         ConnectionProperties::default().with_connection_name(inner.settings.connection_name.as_str().into());
-    let connect = Connection::connect_uri(inner.uri.clone(), properties);
+    let connect = open_connection(inner.uri.clone(), properties, inner.settings.ca_pem.as_deref());
     let connection = match tokio::time::timeout(inner.settings.connect_timeout, connect).await {
         Ok(result) => result.map_err(connect_error)?,
         Err(_) => {
