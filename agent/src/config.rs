@@ -140,6 +140,11 @@ pub struct HttpSection {
     pub session_idle_secs: u64,
     /// User name → argon2 PHC hash (`clacks-agent hash-password` makes one).
     pub users: BTreeMap<String, String>,
+    /// PEM certificate (chain) for HTTPS; with `tls_key`, the endpoint speaks only HTTPS.
+    /// `clacks-agent make-cert` makes a self-signed pair for development.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `[plugins]`.
@@ -205,7 +210,14 @@ impl Default for AmqpSection {
 
 impl Default for HttpSection {
     fn default() -> HttpSection {
-        HttpSection { listen: None, auth: None, session_idle_secs: 3600, users: BTreeMap::new() }
+        HttpSection {
+            listen: None,
+            auth: None,
+            session_idle_secs: 3600,
+            users: BTreeMap::new(),
+            tls_cert: None,
+            tls_key: None,
+        }
     }
 }
 
@@ -282,6 +294,11 @@ impl AgentConfig {
         if self.presence.node_timeout_secs <= self.presence.heartbeat_secs {
             return Err(ConfigError::Invalid(
                 "presence.node_timeout_secs must be longer than presence.heartbeat_secs".into(),
+            ));
+        }
+        if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
+            return Err(ConfigError::Invalid(
+                "http.tls_cert and http.tls_key go together: give both or neither".into(),
             ));
         }
         if let Some(auth) = &self.http.auth

@@ -97,6 +97,45 @@ pub async fn serve(
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
 }
 
+/// The HTTPS settings from a certificate (chain) and key in PEM files; read at start,
+/// so a missing or broken file stops the agent with the file's name rather than later.
+pub async fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> std::io::Result<axum_server::tls_rustls::RustlsConfig> {
+    axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key).await.map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot use {} and {} for HTTPS: {e}", cert.display(), key.display()))
+    })
+}
+
+/// Serves the same endpoint over HTTPS.
+pub async fn serve_tls(
+    listener: std::net::TcpListener,
+    state: Arc<HttpState>,
+    config: axum_server::tls_rustls::RustlsConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    // tokio and axum-server want a non-blocking listener.
+    listener.set_nonblocking(true)?;
+    let handle = axum_server::Handle::new();
+    let stopper = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stopper.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+    });
+    axum_server::from_tcp_rustls(listener, config)?.handle(handle).serve(router(state).into_make_service()).await
+}
+
+/// A self-signed certificate and its key (PEM) for `names` (host names or IP
+/// addresses), for development and tests: browsers and clients must be told to trust it.
+pub fn self_signed_certificate(names: &[String]) -> Result<(String, String), String> {
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let mut params = rcgen::CertificateParams::new(names.to_vec()).map_err(|e| e.to_string())?;
+    params.distinguished_name.push(rcgen::DnType::CommonName, names.first().cloned().unwrap_or_default());
+    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
 /// The router serving `/rpc` and `/events`.
 pub fn router(state: Arc<HttpState>) -> Router {
     Router::new().route("/rpc", post(rpc)).route("/events", axum::routing::get(events)).with_state(state)

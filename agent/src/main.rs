@@ -50,6 +50,15 @@ enum Command {
     HashPassword,
     /// Print the effective configuration and exit.
     ShowConfig,
+    /// Write a self-signed certificate and key for HTTPS (development only).
+    MakeCert {
+        /// Folder to write cert.pem and key.pem into.
+        #[arg(long, default_value = ".")]
+        out: std::path::PathBuf,
+        /// Host names and IP addresses the certificate is for.
+        #[arg(default_values_t = ["localhost".to_owned(), "127.0.0.1".to_owned()])]
+        names: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -100,6 +109,21 @@ async fn run(cli: Cli) -> Result<()> {
             let hash = clacks_agent::auth::hash_password(password.trim_end_matches(['\r', '\n']))
                 .map_err(anyhow::Error::msg)?;
             println!("{hash}");
+            return Ok(());
+        }
+        Some(Command::MakeCert { out, names }) => {
+            let (cert, key) = clacks_agent::http::self_signed_certificate(&names).map_err(anyhow::Error::msg)?;
+            let (cert_path, key_path) = (out.join("cert.pem"), out.join("key.pem"));
+            std::fs::write(&cert_path, cert).with_context(|| format!("cannot write {}", cert_path.display()))?;
+            write_private(&key_path, &key)?;
+            println!(
+                "wrote {} and {} (self-signed, for {}); in agent.toml:\n[http]\ntls_cert = \"{}\"\ntls_key = \"{}\"",
+                cert_path.display(),
+                key_path.display(),
+                names.join(", "),
+                cert_path.display(),
+                key_path.display()
+            );
             return Ok(());
         }
         Some(Command::ShowConfig) => {
@@ -172,11 +196,23 @@ async fn run(cli: Cli) -> Result<()> {
         );
         let listener =
             tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-        info!(address = %listener.local_addr()?, "serving JSON-RPC on /rpc");
         let stop = http_stop.clone();
-        http_task = Some(tokio::spawn(async move {
-            clacks_agent::http::serve(listener, state, async move { stop.cancelled().await }).await
-        }));
+        match (&config.http.tls_cert, &config.http.tls_key) {
+            (Some(cert), Some(key)) => {
+                let tls = clacks_agent::http::tls_config(cert, key).await?;
+                info!(address = %listener.local_addr()?, "serving JSON-RPC over HTTPS on /rpc");
+                let listener = listener.into_std()?;
+                http_task = Some(tokio::spawn(async move {
+                    clacks_agent::http::serve_tls(listener, state, tls, async move { stop.cancelled().await }).await
+                }));
+            }
+            _ => {
+                info!(address = %listener.local_addr()?, "serving JSON-RPC on /rpc");
+                http_task = Some(tokio::spawn(async move {
+                    clacks_agent::http::serve(listener, state, async move { stop.cancelled().await }).await
+                }));
+            }
+        }
     }
 
     wait_for_stop(&agent).await;
@@ -186,6 +222,20 @@ async fn run(cli: Cli) -> Result<()> {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
     }
     Ok(())
+}
+
+/// Writes a private key readable by its owner only.
+fn write_private(path: &std::path::Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))
 }
 
 async fn wait_for_stop(agent: &Agent) {

@@ -238,3 +238,121 @@ fn bad_configuration_is_reported_with_its_location() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("invalid domain"));
 }
+
+/// Starts the binary with `config`; it serves HTTP(S) only (no broker, no objects).
+fn spawn_http_agent(config: &Path) -> AgentProcess {
+    let child = Command::new(AGENT)
+        .env_remove("CLACKS_AMQP_URL")
+        .env_remove("CLACKS_HTTP_LISTEN")
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    AgentProcess(child)
+}
+
+#[tokio::test]
+async fn https_with_a_made_certificate_and_refusals_for_the_wrong_ca_or_name() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    // A certificate for 127.0.0.1 only, so "localhost" is a name it is not valid for.
+    let made = Command::new(AGENT)
+        .args(["make-cert", "--out", &dir.path().to_string_lossy(), "127.0.0.1"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    assert!(String::from_utf8_lossy(&made.stdout).contains("tls_cert = "));
+    use std::os::unix::fs::PermissionsExt;
+    let key_mode = std::fs::metadata(dir.path().join("key.pem")).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
+    assert_eq!(key_mode, 0o600, "the key is private");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0);
+    let hash = clacks_agent::auth::hash_password("s3cret").unwrap_or_else(|e| panic!("{e}"));
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:{port}\"\nauth = \"users\"\ntls_cert = \"{d}/cert.pem\"\ntls_key = \"{d}/key.pem\"\n\
+             [http.users]\nada = \"{hash}\"\n[objects]\nenabled = false\n",
+            d = dir.path().display()
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let _agent = spawn_http_agent(&config);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the agent did not listen on {port}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let ca = std::fs::read_to_string(dir.path().join("cert.pem")).unwrap_or_else(|e| panic!("{e}"));
+    let url = format!("https://127.0.0.1:{port}/rpc");
+    let client = Client::connect_http_with_ca(&url, "ada", "s3cret", Duration::from_secs(5), Some(&ca))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(client.call("ping", Params::None).await.ok(), Some(json!("pong")));
+
+    // Not trusted (the system's roots), or trusted but for another name: refused, saying why.
+    let untrusted =
+        Client::connect_http(&url, "ada", "s3cret", Duration::from_secs(5)).await.err().map(|e| e.to_string());
+    assert!(untrusted.as_deref().is_some_and(|m| m.contains("UnknownIssuer")), "{untrusted:?}");
+    let other_name = format!("https://localhost:{port}/rpc");
+    let mismatch = Client::connect_http_with_ca(&other_name, "ada", "s3cret", Duration::from_secs(5), Some(&ca))
+        .await
+        .err()
+        .map(|e| e.to_string());
+    assert!(mismatch.as_deref().is_some_and(|m| m.contains("certificate not valid for name")), "{mismatch:?}");
+
+    // An expired certificate, even from a trusted source, is refused.
+    let key = rcgen::KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap_or_else(|e| panic!("{e}"));
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let expired = params.self_signed(&key).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.path().join("expired.pem"), expired.pem()).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.path().join("expired.key"), key.serialize_pem()).unwrap_or_else(|e| panic!("{e}"));
+    let old_port =
+        std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0);
+    let old_config = dir.path().join("expired.toml");
+    std::fs::write(
+        &old_config,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:{old_port}\"\nauth = \"users\"\ntls_cert = \"{d}/expired.pem\"\ntls_key = \"{d}/expired.key\"\n\
+             [http.users]\nada = \"{hash}\"\n[objects]\nenabled = false\n",
+            d = dir.path().display()
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let _old = spawn_http_agent(&old_config);
+    while std::net::TcpStream::connect(("127.0.0.1", old_port)).is_err() {
+        assert!(Instant::now() < deadline + Duration::from_secs(20), "the agent did not listen on {old_port}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let old_url = format!("https://127.0.0.1:{old_port}/rpc");
+    let refused = Client::connect_http_with_ca(&old_url, "ada", "s3cret", Duration::from_secs(5), Some(&expired.pem()))
+        .await
+        .err()
+        .map(|e| e.to_string());
+    assert!(refused.as_deref().is_some_and(|m| m.contains("certificate expired")), "{refused:?}");
+
+    // A certificate that cannot be read stops the agent at start, naming the file.
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(
+        &broken,
+        format!("[http]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"{d}/missing.pem\"\ntls_key = \"{d}/key.pem\"\n[objects]\nenabled = false\n", d = dir.path().display()),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let output = Command::new(AGENT)
+        .env_remove("CLACKS_AMQP_URL")
+        .arg("--config")
+        .arg(&broken)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("missing.pem"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -16,6 +16,22 @@ use crate::bus::{Bus, BusError, CallOptions};
 use crate::domain::Domain;
 use crate::rpc::{ErrorCode, Params, Request, RpcError, decode_response};
 
+/// An error with its causes, `outer: inner: innermost` (reqwest puts the TLS reason,
+/// e.g. an unknown issuer, two levels down).
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// Why a call failed, sorted the way a command line reports it.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
@@ -81,12 +97,26 @@ impl Client {
 
     /// Connects to an agent's JSON-RPC endpoint (`http[s]://host:port/rpc`) and logs in.
     pub async fn connect_http(url: &str, user: &str, password: &str, timeout: Duration) -> Result<Client, ClientError> {
-        let http = reqwest::Client::builder()
-            .cookie_store(true)
-            .timeout(timeout)
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| ClientError::Connect(format!("cannot set up HTTP: {e}")))?;
+        Client::connect_http_with_ca(url, user, password, timeout, None).await
+    }
+
+    /// [`Client::connect_http`] trusting, for `https://`, only the CA certificates in
+    /// `ca_pem` (PEM) instead of the system's roots.
+    pub async fn connect_http_with_ca(
+        url: &str,
+        user: &str,
+        password: &str,
+        timeout: Duration,
+        ca_pem: Option<&str>,
+    ) -> Result<Client, ClientError> {
+        let mut builder =
+            reqwest::Client::builder().cookie_store(true).timeout(timeout).connect_timeout(Duration::from_secs(5));
+        if let Some(pem) = ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+                .map_err(|e| ClientError::Connect(format!("the CA file is not PEM: {e}")))?;
+            builder = builder.tls_certs_only(certs);
+        }
+        let http = builder.build().map_err(|e| ClientError::Connect(format!("cannot set up HTTP: {e}")))?;
         let client =
             Client { transport: Transport::Http { http, url: url.to_owned() }, timeout, next_id: AtomicU64::new(1) };
         match client.call("login", Params::Positional(vec![user.into(), password.into()])).await {
@@ -156,7 +186,7 @@ impl Client {
                         if e.is_timeout() {
                             ClientError::Rpc(RpcError::new(ErrorCode::TIMEOUT, "no reply within the deadline"))
                         } else {
-                            ClientError::Connect(format!("cannot reach {url}: {e}"))
+                            ClientError::Connect(format!("cannot reach {url}: {}", with_causes(&e)))
                         }
                     })?;
                 let status = response.status();

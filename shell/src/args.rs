@@ -56,7 +56,7 @@ pub(crate) struct Cli {
     /// Call deadline in seconds, default 30.
     #[arg(long, env = "CLACKS_TIMEOUT", global = true)]
     pub(crate) timeout: Option<f64>,
-    /// PEM file of the CA that signed the broker's certificate (amqps://), instead of the system's roots.
+    /// PEM file of the CA that signed the broker's or agent's certificate (amqps://, https://), instead of the system's roots.
     #[arg(long, env = "CLACKS_CA_FILE", global = true)]
     pub(crate) ca_file: Option<PathBuf>,
     /// Folder of .rhai plugins loaded by the embedded domain.

@@ -89,6 +89,16 @@ fn passwd_name() -> Option<String> {
     })
 }
 
+/// The CA certificates the target says to trust (`--ca-file`), if any.
+fn read_ca(target: &Target) -> Result<Option<String>, ClientError> {
+    match &target.ca_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map(Some)
+            .map_err(|e| ClientError::Connect(format!("cannot read the CA file {}: {e}", path.display()))),
+        None => Ok(None),
+    }
+}
+
 pub(crate) async fn connect(target: &Target) -> Result<Session, ClientError> {
     match target.url.as_deref() {
         None => {
@@ -127,7 +137,9 @@ pub(crate) async fn connect(target: &Target) -> Result<Session, ClientError> {
                     "{url} needs a password: give --password or set CLACKS_PASSWORD"
                 )));
             };
-            let client = Client::connect_http(url, &target.user, password, target.timeout).await?;
+            let ca_pem = read_ca(target)?;
+            let client =
+                Client::connect_http_with_ca(url, &target.user, password, target.timeout, ca_pem.as_deref()).await?;
             Ok(Session { client: std::sync::Arc::new(client), embedded: None })
         }
         Some(url) => {
