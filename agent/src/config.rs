@@ -125,6 +125,10 @@ pub struct AmqpSection {
     /// For `amqps://`: PEM file of the CA that signed the broker's certificate (default:
     /// the system's roots).
     pub ca_file: Option<PathBuf>,
+    /// For `amqps://…?auth_mechanism=external`: the agent's certificate and key (PEM);
+    /// the broker takes the agent's identity from the certificate (SASL EXTERNAL).
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
 }
 
 /// `[http]`: the JSON-RPC endpoint.
@@ -204,7 +208,15 @@ impl Default for AgentConfig {
 
 impl Default for AmqpSection {
     fn default() -> AmqpSection {
-        AmqpSection { url: None, heartbeat: 10, prefetch: 32, trusted_forwarders: Vec::new(), ca_file: None }
+        AmqpSection {
+            url: None,
+            heartbeat: 10,
+            prefetch: 32,
+            trusted_forwarders: Vec::new(),
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+        }
     }
 }
 
@@ -296,6 +308,11 @@ impl AgentConfig {
                 "presence.node_timeout_secs must be longer than presence.heartbeat_secs".into(),
             ));
         }
+        if self.amqp.client_cert.is_some() != self.amqp.client_key.is_some() {
+            return Err(ConfigError::Invalid(
+                "amqp.client_cert and amqp.client_key go together: give both or neither".into(),
+            ));
+        }
         if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
             return Err(ConfigError::Invalid(
                 "http.tls_cert and http.tls_key go together: give both or neither".into(),
@@ -355,7 +372,7 @@ mod tests {
                   |
                 2 | urll = "x"
                   | ^^^^
-                unknown field `urll`, expected one of `url`, `heartbeat`, `prefetch`, `trusted_forwarders`, `ca_file`"#]],
+                unknown field `urll`, expected one of `url`, `heartbeat`, `prefetch`, `trusted_forwarders`, `ca_file`, `client_cert`, `client_key`"#]],
         );
         check(
             "[presence]\nheartbeat_secs = 40\n",

@@ -163,6 +163,14 @@ async fn run(cli: Cli) -> Result<()> {
         ),
         None => None,
     };
+    let client_identity = match (&config.amqp.client_cert, &config.amqp.client_key) {
+        (Some(cert), Some(key)) => Some((
+            std::fs::read_to_string(cert)
+                .with_context(|| format!("cannot read amqp.client_cert {}", cert.display()))?,
+            std::fs::read_to_string(key).with_context(|| format!("cannot read amqp.client_key {}", key.display()))?,
+        )),
+        _ => None,
+    };
     let bus = match &config.amqp.url {
         Some(url) => {
             let settings = AmqpSettings {
@@ -170,6 +178,7 @@ async fn run(cli: Cli) -> Result<()> {
                 heartbeat_secs: config.amqp.heartbeat,
                 wait_for_broker: true,
                 ca_pem: ca_pem.clone(),
+                client_identity,
                 ..AmqpSettings::default()
             };
             info!(url = %clacks_core::bus::amqp::redact_url(url), "connecting to the broker");

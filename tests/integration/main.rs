@@ -3,6 +3,7 @@
 
 mod events;
 mod http;
+mod identity;
 mod malformed;
 mod object_api;
 mod objects;

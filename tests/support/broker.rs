@@ -16,6 +16,8 @@ pub struct PrivateBroker {
     /// With [`PrivateBroker::start_tls`]: the AMQPS port and the test CA (PEM).
     tls_port: Option<u16>,
     pub ca_pem: Option<String>,
+    /// With [`PrivateBroker::start_tls`]: the CA, to issue client certificates.
+    pub pki: Option<crate::directory::TestPki>,
     dir: tempfile::TempDir,
     server: Option<Child>,
 }
@@ -44,11 +46,15 @@ impl PrivateBroker {
         for sub in ["mnesia", "log"] {
             std::fs::create_dir_all(dir.path().join(sub)).unwrap_or_else(|e| panic!("{e}"));
         }
-        std::fs::write(dir.path().join("enabled_plugins"), "[].\n").unwrap_or_else(|e| panic!("{e}"));
+        // Client certificates log in through SASL EXTERNAL, which is a plugin.
+        let plugins = if tls { "[rabbitmq_auth_mechanism_ssl].\n" } else { "[].\n" };
+        std::fs::write(dir.path().join("enabled_plugins"), plugins).unwrap_or_else(|e| panic!("{e}"));
         let mut config = format!("listeners.tcp.local = 127.0.0.1:{port}\nloopback_users = none\n");
-        let (mut tls_port, mut ca_pem) = (None, None);
+        let (mut tls_port, mut ca_pem, mut pki) = (None, None, None);
         if tls {
-            let (ca, cert, key) = crate::directory::test_certificates();
+            let authority = crate::directory::TestPki::new();
+            let (cert, key) = authority.issue(&["127.0.0.1", "localhost"], "127.0.0.1");
+            let ca = authority.ca_pem.clone();
             for (name, text) in [("ca.pem", &ca), ("server.pem", &cert), ("server.key", &key)] {
                 std::fs::write(dir.path().join(name), text).unwrap_or_else(|e| panic!("{e}"));
             }
@@ -58,12 +64,17 @@ impl PrivateBroker {
                  ssl_options.cacertfile = {dir}/ca.pem\n\
                  ssl_options.certfile = {dir}/server.pem\n\
                  ssl_options.keyfile = {dir}/server.key\n\
-                 ssl_options.verify = verify_none\n\
-                 ssl_options.fail_if_no_peer_cert = false\n",
+                 ssl_options.verify = verify_peer\n\
+                 ssl_options.fail_if_no_peer_cert = false\n\
+                 ssl_cert_login_from = common_name\n\
+                 auth_mechanisms.1 = PLAIN\n\
+                 auth_mechanisms.2 = AMQPLAIN\n\
+                 auth_mechanisms.3 = EXTERNAL\n",
                 dir = dir.path().display()
             ));
             tls_port = Some(ssl_port);
             ca_pem = Some(ca);
+            pki = Some(authority);
         }
         std::fs::write(dir.path().join("rabbitmq.conf"), config).unwrap_or_else(|e| panic!("{e}"));
         // The Debian wrapper runs the server as user rabbitmq, which must own its files.
@@ -82,7 +93,7 @@ impl PrivateBroker {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start rabbitmq-server (is it installed?): {e}"));
-        let broker = PrivateBroker { node, port, tls_port, ca_pem, dir, server: Some(server) };
+        let broker = PrivateBroker { node, port, tls_port, ca_pem, pki, dir, server: Some(server) };
         broker.wait_until_listening(Duration::from_secs(60));
         broker
     }

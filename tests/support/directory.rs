@@ -181,21 +181,48 @@ impl Slapd {
     }
 }
 
+/// A certificate authority made for one test, issuing server and client certificates.
+pub struct TestPki {
+    /// The CA certificate (PEM), for whoever must trust what it signs.
+    pub ca_pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl TestPki {
+    pub fn new() -> TestPki {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Clacks test CA");
+        let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+        TestPki { ca_pem: ca.pem(), issuer: rcgen::Issuer::new(ca_params, ca_key) }
+    }
+
+    /// `(certificate, key)` as PEM, for `names` (host names, IP addresses) and with
+    /// `common_name` as the subject's CN.
+    pub fn issue(&self, names: &[&str], common_name: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).expect("params");
+        params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
+        let cert = params.signed_by(&key, &self.issuer).expect("certificate");
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+impl Default for TestPki {
+    fn default() -> TestPki {
+        TestPki::new()
+    }
+}
+
 /// `(CA certificate, server certificate, server key)` as PEM, the server's valid for
 /// 127.0.0.1 and localhost.
 pub fn test_certificates() -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().expect("CA key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Clacks test CA");
-    let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let server_key = KeyPair::generate().expect("server key");
-    let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).expect("params");
-    params.distinguished_name.push(rcgen::DnType::CommonName, "127.0.0.1");
-    let server = params.signed_by(&server_key, &issuer).expect("server certificate");
-    (ca.pem(), server.pem(), server_key.serialize_pem())
+    let pki = TestPki::new();
+    let (cert, key) = pki.issue(&["127.0.0.1", "localhost"], "127.0.0.1");
+    (pki.ca_pem, cert, key)
 }
 
 /// A PostgreSQL schema of the test's own.

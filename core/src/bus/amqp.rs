@@ -60,6 +60,10 @@ pub struct AmqpSettings {
     /// For `amqps://`: the CA certificates (PEM) the broker's certificate must chain to,
     /// instead of the system's roots.
     pub ca_pem: Option<String>,
+    /// For `amqps://`: a client certificate and its key (PEM) to present. With
+    /// `?auth_mechanism=external` in the URL the broker takes the identity from it (SASL
+    /// EXTERNAL); the URL's user must then be the certificate's name as the broker reads it.
+    pub client_identity: Option<(String, String)>,
 }
 
 impl Default for AmqpSettings {
@@ -72,6 +76,7 @@ impl Default for AmqpSettings {
             reconnect_max: Duration::from_secs(3),
             wait_for_broker: false,
             ca_pem: None,
+            client_identity: None,
         }
     }
 }
@@ -382,9 +387,14 @@ async fn open_connection(
     uri: AMQPUri,
     properties: ConnectionProperties,
     ca_pem: Option<&str>,
+    identity: Option<&(String, String)>,
 ) -> lapin::Result<Connection> {
     use lapin::Connect;
-    let tls = lapin::tcp::OwnedTLSConfig { identity: None, cert_chain: ca_pem.map(str::to_owned) };
+    let identity = identity.map(|(cert, key)| lapin::tcp::OwnedIdentity::PKCS8 {
+        pem: cert.as_bytes().to_vec(),
+        key: key.as_bytes().to_vec(),
+    });
+    let tls = lapin::tcp::OwnedTLSConfig { identity, cert_chain: ca_pem.map(str::to_owned) };
     uri.connect_with_config(properties, tls, lapin::runtime::default_runtime()?).await
 }
 
@@ -403,7 +413,7 @@ pub async fn check_login_with(url: &str, user: &str, password: &str, ca_pem: Opt
     uri.authority.userinfo.username = user.to_owned();
     uri.authority.userinfo.password = password.to_owned();
     uri.query.connection_timeout = Some(5000);
-    let connect = open_connection(uri, ConnectionProperties::default(), ca_pem);
+    let connect = open_connection(uri, ConnectionProperties::default(), ca_pem, None);
     match tokio::time::timeout(Duration::from_secs(6), connect).await {
         Ok(Ok(connection)) => {
             let _ = connection.close(200, "login check".into()).await;
@@ -438,7 +448,12 @@ async fn establish(inner: &Arc<Inner>) -> Result<Arc<Live>, BusError> {
     };
     let properties =
         ConnectionProperties::default().with_connection_name(inner.settings.connection_name.as_str().into());
-    let connect = open_connection(inner.uri.clone(), properties, inner.settings.ca_pem.as_deref());
+    let connect = open_connection(
+        inner.uri.clone(),
+        properties,
+        inner.settings.ca_pem.as_deref(),
+        inner.settings.client_identity.as_ref(),
+    );
     let connection = match tokio::time::timeout(inner.settings.connect_timeout, connect).await {
         Ok(result) => result.map_err(connect_error)?,
         Err(_) => {
