@@ -34,6 +34,24 @@ pub struct AgentConfig {
     pub presence: PresenceSection,
     /// `[objects]`.
     pub objects: ObjectsSection,
+    /// `[acl]`.
+    pub acl: AclSection,
+}
+
+/// `[acl]`: who may do what.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AclSection {
+    /// Check ACLs; what no ACL grants is denied.
+    pub enabled: bool,
+    /// Users allowed everything. The agent's own broker user always is.
+    pub admins: Vec<String>,
+}
+
+impl Default for AclSection {
+    fn default() -> AclSection {
+        AclSection { enabled: true, admins: Vec::new() }
+    }
 }
 
 /// `[objects]`: the object store (User, Group, … over LDAP and SQL).
@@ -202,6 +220,7 @@ impl Default for AgentConfig {
             rpc: RpcSection::default(),
             presence: PresenceSection::default(),
             objects: ObjectsSection::default(),
+            acl: AclSection::default(),
         }
     }
 }

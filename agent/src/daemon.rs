@@ -10,9 +10,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use clacks_core::acl::AclEngine;
 use clacks_core::bus::{Bus, BusError, RequestHandler, ServeOptions};
 use clacks_core::command::{Command, Plugin};
-use clacks_core::dispatch::{DispatchConfig, Dispatcher};
+use clacks_core::dispatch::{DispatchConfig, Dispatcher, SharedAcl};
 use clacks_core::domain::Domain;
 use clacks_core::events::{EventError, EventPublisher, EventValidator, PresenceEvent};
 use clacks_core::registry::Registry;
@@ -58,6 +59,17 @@ pub struct AgentOptions {
     pub enable: Vec<String>,
     /// The object store, when this agent serves objects.
     pub objects: Option<ObjectsOptions>,
+    /// ACL checks: `None` = none (for programs embedding an agent); the agent binary and
+    /// the embedded shell domain always check, denying what no ACL grants.
+    pub acl: Option<AclOptions>,
+}
+
+/// Who is exempt from ACLs.
+#[derive(Clone, Debug, Default)]
+pub struct AclOptions {
+    /// Administrators: allowed everything. The agent's own broker user (its service
+    /// identity) always is.
+    pub admins: Vec<String>,
 }
 
 /// How an agent runs its object store.
@@ -93,6 +105,7 @@ impl AgentOptions {
             script_limits: Limits::default(),
             enable: Vec::new(),
             objects: None,
+            acl: None,
         }
     }
 }
@@ -217,6 +230,10 @@ impl Agent {
 
         let mut trusted = options.trusted_forwarders.clone();
         trusted.push(bus.user().to_owned());
+        let acl: Option<SharedAcl> = options.acl.as_ref().map(|acl| {
+            let admins = acl.admins.iter().cloned().chain([bus.user().to_owned()]);
+            Arc::new(std::sync::RwLock::new(AclEngine::new(&options.base, admins)))
+        });
         let dispatcher = Dispatcher::new(
             DispatchConfig {
                 domain: options.domain.clone(),
@@ -224,6 +241,7 @@ impl Agent {
                 default_timeout: options.rpc_timeout,
                 max_request_bytes: options.max_request_bytes,
                 trusted_forwarders: trusted,
+                acl: acl.clone(),
             },
             registry.clone(),
             bus.clone(),
@@ -354,6 +372,11 @@ impl Agent {
         if let Err(e) = self.inner.events.publish(event.to_xml().as_bytes()).await {
             warn!(error = %e, event = event.event_type(), "presence event not published");
         }
+    }
+
+    /// The ACL engine, when this agent checks ACLs.
+    pub fn acl(&self) -> Option<&SharedAcl> {
+        self.inner.dispatcher.config().acl.as_ref()
     }
 
     /// The object store, when this agent serves objects.

@@ -22,8 +22,14 @@ pub struct Embedded {
 
 /// Starts an embedded domain for `user`, with extra `plugins` and the `.rhai` plugins
 /// of `options.plugins_dir`.
-pub async fn start(user: &str, options: AgentOptions, plugins: Vec<Arc<dyn Plugin>>) -> Result<Embedded, AgentError> {
+pub async fn start(
+    user: &str,
+    mut options: AgentOptions,
+    plugins: Vec<Arc<dyn Plugin>>,
+) -> Result<Embedded, AgentError> {
     let bus = LocalBus::new("clacks-agent");
+    // The embedded domain is the user's own process: they administer it.
+    options.acl = Some(crate::daemon::AclOptions { admins: vec![user.to_owned()] });
     if let Some(objects) = &options.objects
         && objects.store.sql_url.is_none()
         && let Err(e) = std::fs::create_dir_all(crate::config::default_data_dir())

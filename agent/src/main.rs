@@ -150,6 +150,10 @@ async fn run(cli: Cli) -> Result<()> {
     options.schema_dirs = config.schemas.dirs.clone();
     options.trusted_forwarders = config.amqp.trusted_forwarders.clone();
     options.objects = config.objects.options();
+    options.acl = config.acl.enabled.then(|| clacks_agent::daemon::AclOptions { admins: config.acl.admins.clone() });
+    if !config.acl.enabled {
+        tracing::warn!("ACL checks are off ([acl] enabled = false): every authenticated user may call everything");
+    }
     if let Some(objects) = &options.objects
         && objects.store.sql_url.is_none()
     {

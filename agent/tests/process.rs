@@ -274,7 +274,7 @@ async fn https_with_a_made_certificate_and_refusals_for_the_wrong_ca_or_name() {
         &config,
         format!(
             "[http]\nlisten = \"127.0.0.1:{port}\"\nauth = \"users\"\ntls_cert = \"{d}/cert.pem\"\ntls_key = \"{d}/key.pem\"\n\
-             [http.users]\nada = \"{hash}\"\n[objects]\nenabled = false\n",
+             [http.users]\nada = \"{hash}\"\n[objects]\nenabled = false\n[acl]\nadmins = [\"ada\"]\n",
             d = dir.path().display()
         ),
     )

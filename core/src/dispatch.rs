@@ -38,7 +38,13 @@ pub struct DispatchConfig {
     pub max_request_bytes: usize,
     /// Broker users whose `x-clacks-user` header is believed (other agents).
     pub trusted_forwarders: Vec<String>,
+    /// Who may execute what; `None` = no checks (a library user's own choice; agents
+    /// started from configuration always check).
+    pub acl: Option<SharedAcl>,
 }
+
+/// The ACL engine as the dispatcher and plugins share it.
+pub type SharedAcl = Arc<std::sync::RwLock<crate::acl::AclEngine>>;
 
 /// Where a call comes from and how it may be routed.
 #[derive(Clone, Debug)]
@@ -191,6 +197,7 @@ impl Dispatcher {
                 }
             },
         };
+        self.check_execute(spec, &params, origin)?;
         if origin.pinned {
             let Some(command) = local.clone() else {
                 return Err(RpcError::new(
@@ -215,6 +222,40 @@ impl Dispatcher {
             },
             CallType::FirstResult => self.first_result(spec, local.as_ref(), params, origin).await,
             CallType::Cumulative => self.cumulative(spec, local.as_ref(), params, origin).await,
+        }
+    }
+
+    /// Refuses a call the ACLs do not allow: `x` on `<domain>.command.<target>.<method>`,
+    /// with the call's arguments by name for option constraints.
+    fn check_execute(&self, spec: &CommandSpec, params: &Params, origin: &Origin) -> Result<(), RpcError> {
+        let Some(acl) = &self.config.acl else { return Ok(()) };
+        let topic = format!("{}.command.{}.{}", self.config.domain, spec.target, spec.name);
+        let arguments: serde_json::Map<String, Value> = match params {
+            Params::Named(map) => map.clone(),
+            Params::Positional(values) => {
+                spec.params.iter().zip(values).map(|(p, v)| (p.name.clone(), v.clone())).collect()
+            }
+            Params::None => serde_json::Map::new(),
+        };
+        let request = crate::acl::Request {
+            user: origin.user.as_deref(),
+            topic: &topic,
+            letters: "x",
+            target: None,
+            options: Some(&arguments),
+        };
+        let verdict = match acl.read() {
+            Ok(engine) => engine.check(&request, &crate::acl::NoRelatives),
+            Err(_) => Ok(false),
+        };
+        match verdict {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(RpcError::new(
+                ErrorCode::PERMISSION_EXEC,
+                format!("{} may not execute {}", origin.user.as_deref().unwrap_or("nobody"), spec.name),
+            )
+            .with_details(json!({"topic": topic, "needs": "x"}))),
+            Err(e) => Err(RpcError::new(ErrorCode::PERMISSION_EXEC, format!("the ACLs cannot decide: {e}"))),
         }
     }
 

@@ -1,6 +1,7 @@
 //! Cross-crate integration tests against the real RabbitMQ (`CLACKS_TEST_AMQP_URL`,
 //! default the local broker). They fail, never skip, when the broker is missing.
 
+mod acl;
 mod events;
 mod http;
 mod identity;

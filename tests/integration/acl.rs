@@ -1,0 +1,59 @@
+//! ACL checks on commands: an agent that checks (as the binary and the embedded shell
+//! domain do) denies what no ACL grants, lets administrators through, and enforces the
+//! option constraints of an ACL on the call's arguments.
+
+use std::time::Duration;
+
+use clacks_agent::daemon::AclOptions;
+use clacks_agent::{Agent, AgentOptions};
+use clacks_core::acl::{Action, Grant, Scope};
+use clacks_core::bus::Bus;
+use clacks_core::bus::local::LocalBus;
+use clacks_core::client::Client;
+use clacks_core::rpc::{ErrorCode, Params};
+use clacks_tests::unique_domain;
+use serde_json::{Map, json};
+
+#[tokio::test]
+async fn commands_are_denied_unless_an_acl_grants_them() {
+    let mut options = AgentOptions::new(unique_domain(), "guarded");
+    options.acl = Some(AclOptions { admins: vec!["alice".into()] });
+    let domain = options.domain.clone();
+    let bus = LocalBus::new("clacks-agent");
+    let agent = Agent::start(options, Bus::Local(bus.clone()), vec![]).await.unwrap_or_else(|e| panic!("{e}"));
+    let caller = |user: &str| Client::over_bus(Bus::Local(bus.view(user)), domain.clone(), Duration::from_secs(5));
+    let (alice, bob) = (caller("alice"), caller("bob"));
+
+    assert_eq!(alice.call("ping", Params::None).await.ok(), Some(json!("pong")));
+    let denied = bob.call("ping", Params::None).await.expect_err("deny by default");
+    assert_eq!(denied.code(), ErrorCode::PERMISSION_EXEC);
+    assert!(denied.to_string().contains("bob may not execute ping"), "{denied}");
+
+    // Bob may ping and echo anywhere below the base, and shut down only without force.
+    let prefix = domain.as_str().replace('.', r"\.");
+    let base = agent.options().base.clone();
+    let mut no_force = Map::new();
+    no_force.insert("force".into(), json!(false));
+    let grant = Grant::Actions(vec![
+        Action { topic: format!(r"{prefix}\.command\.core\.(ping|echo)$"), acls: "x".into(), options: Map::new() },
+        Action { topic: format!(r"{prefix}\.command\.core\.shutdown$"), acls: "x".into(), options: no_force },
+    ]);
+    let acl = agent.acl().unwrap_or_else(|| panic!("the agent checks ACLs"));
+    let added = acl.write().map(|mut e| e.add_acl(&base, Scope::Sub, 0, vec!["^bob$".into()], grant));
+    assert!(matches!(added, Ok(Ok(_))), "{added:?}");
+    assert_eq!(bob.call("ping", Params::None).await.ok(), Some(json!("pong")));
+    assert_eq!(bob.call("echo", Params::Positional(vec![json!(7)])).await.ok(), Some(json!(7)));
+    assert_eq!(bob.call("getNodes", Params::None).await.map_err(|e| e.code()).err(), Some(ErrorCode::PERMISSION_EXEC));
+    let forced = bob.call("shutdown", Params::Positional(vec![json!(true)])).await.map_err(|e| e.code()).err();
+    assert_eq!(forced, Some(ErrorCode::PERMISSION_EXEC), "the option constraint holds");
+    // Allowed by the ACL; refused by the command itself for its own reason.
+    let unforced =
+        bob.call("shutdown", Params::Named([("force".to_owned(), json!(false))].into_iter().collect())).await;
+    assert_eq!(unforced.map_err(|e| e.code()).err(), Some(ErrorCode::COMMAND_INVALID_QUEUE));
+    // A look-alike name does not match an anchored member pattern.
+    assert_eq!(
+        caller("bobby").call("ping", Params::None).await.map_err(|e| e.code()).err(),
+        Some(ErrorCode::PERMISSION_EXEC)
+    );
+    agent.stop().await;
+}
