@@ -13,6 +13,30 @@ use clacks_core::rpc::ErrorCode;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+impl CorePlugin {
+    fn check_send(&self, ctx: &CallContext, event_type: &str) -> CommandResult<()> {
+        let Some(acl) = &self.acl else { return Ok(()) };
+        let topic = format!("{}.event.{event_type}", self.domain);
+        let request = clacks_core::acl::Request {
+            user: ctx.user.as_deref(),
+            topic: &topic,
+            letters: "x",
+            target: None,
+            options: None,
+        };
+        let allowed = acl.read().map(|e| e.check(&request, &clacks_core::acl::NoRelatives)).unwrap_or(Ok(false));
+        match allowed {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(CommandError::new(
+                ErrorCode::PERMISSION_EXEC,
+                format!("{} may not send {event_type} events", ctx.user.as_deref().unwrap_or("nobody")),
+            )
+            .with_details(serde_json::json!({"topic": topic, "needs": "x"}))),
+            Err(e) => Err(CommandError::new(ErrorCode::PERMISSION_EXEC, format!("the ACLs cannot decide: {e}"))),
+        }
+    }
+}
+
 /// The `core` plugin.
 pub struct CorePlugin {
     pub(crate) domain: Domain,
@@ -20,6 +44,7 @@ pub struct CorePlugin {
     pub(crate) registry: Arc<Registry>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) events: clacks_core::events::EventPublisher,
+    pub(crate) acl: Option<clacks_core::dispatch::SharedAcl>,
 }
 
 #[clacks_core::plugin(target = "core")]
@@ -92,8 +117,8 @@ impl CorePlugin {
     /// Validate an event and publish it: an XML document, or a map with `type` and the event's fields.
     #[command(needs_user)]
     async fn send_event(&self, ctx: &CallContext, event: Value) -> CommandResult<String> {
-        let published = match &event {
-            Value::String(xml) => self.events.publish(xml.as_bytes()).await,
+        let xml = match &event {
+            Value::String(xml) => xml.clone(),
             Value::Object(fields) => {
                 let mut fields = fields.clone();
                 let Some(Value::String(event_type)) = fields.remove("type") else {
@@ -102,7 +127,7 @@ impl CorePlugin {
                         "an event map needs \"type\": the event type",
                     ));
                 };
-                self.events.publish_fields(&event_type, &fields).await
+                self.events.validator().build(&event_type, &fields)
             }
             _ => {
                 return Err(CommandError::new(
@@ -111,7 +136,12 @@ impl CorePlugin {
                 ));
             }
         };
-        match published {
+        // The type is known only once the document is valid; then the ACLs decide
+        // (`x` on `<domain>.event.<Type>`) before anything is published.
+        let event_type =
+            self.events.validator().validate(xml.as_bytes()).await.map_err(|e| CommandError::from(e.to_rpc_error()))?;
+        self.check_send(ctx, &event_type)?;
+        match self.events.publish(xml.as_bytes()).await {
             Ok(event_type) => {
                 tracing::debug!(user = ?ctx.user, %event_type, "event published");
                 Ok(event_type)

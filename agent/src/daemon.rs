@@ -179,12 +179,17 @@ impl Agent {
         let shutdown_requested = CancellationToken::new();
 
         let events = EventPublisher::new(bus.clone(), validator.clone());
+        let acl: Option<SharedAcl> = options.acl.as_ref().map(|acl| {
+            let admins = acl.admins.iter().cloned().chain([bus.user().to_owned()]);
+            Arc::new(std::sync::RwLock::new(AclEngine::new(&options.base, admins)))
+        });
         let core = Arc::new(CorePlugin {
             domain: options.domain.clone(),
             base: options.base.clone(),
             registry: registry.clone(),
             shutdown: shutdown_requested.clone(),
             events: events.clone(),
+            acl: acl.clone(),
         });
         let mut commands: Vec<Command> = core.commands();
         for name in &options.enable {
@@ -230,10 +235,6 @@ impl Agent {
 
         let mut trusted = options.trusted_forwarders.clone();
         trusted.push(bus.user().to_owned());
-        let acl: Option<SharedAcl> = options.acl.as_ref().map(|acl| {
-            let admins = acl.admins.iter().cloned().chain([bus.user().to_owned()]);
-            Arc::new(std::sync::RwLock::new(AclEngine::new(&options.base, admins)))
-        });
         let dispatcher = Dispatcher::new(
             DispatchConfig {
                 domain: options.domain.clone(),

@@ -50,10 +50,34 @@ async fn commands_are_denied_unless_an_acl_grants_them() {
     let unforced =
         bob.call("shutdown", Params::Named([("force".to_owned(), json!(false))].into_iter().collect())).await;
     assert_eq!(unforced.map_err(|e| e.code()).err(), Some(ErrorCode::COMMAND_INVALID_QUEUE));
+    // Sending an event needs the command and the event type.
+    let status = clacks_core::events::PresenceEvent::Status { id: "probe".into(), load: 0.0, workers: 0 }.to_xml();
+    let grant_send = Grant::Actions(vec![Action {
+        topic: format!(r"{prefix}\.command\.core\.sendEvent$"),
+        acls: "x".into(),
+        options: Map::new(),
+    }]);
+    let added = acl.write().map(|mut e| e.add_acl(&base, Scope::Sub, 0, vec!["^bob$".into()], grant_send));
+    assert!(matches!(added, Ok(Ok(_))), "{added:?}");
+    let refused = send(&bob, &status).await.expect_err("no event permission yet");
+    assert!(refused.contains("bob may not send NodeStatus events"), "{refused}");
+    let grant_event = Grant::Actions(vec![Action {
+        topic: format!(r"{prefix}\.event\.NodeStatus$"),
+        acls: "x".into(),
+        options: Map::new(),
+    }]);
+    let added = acl.write().map(|mut e| e.add_acl(&base, Scope::Sub, 0, vec!["^bob$".into()], grant_event));
+    assert!(matches!(added, Ok(Ok(_))), "{added:?}");
+    assert_eq!(send(&bob, &status).await, Ok(json!("NodeStatus")));
+
     // A look-alike name does not match an anchored member pattern.
     assert_eq!(
         caller("bobby").call("ping", Params::None).await.map_err(|e| e.code()).err(),
         Some(ErrorCode::PERMISSION_EXEC)
     );
     agent.stop().await;
+}
+
+async fn send(caller: &Client, xml: &str) -> Result<serde_json::Value, String> {
+    caller.call("sendEvent", Params::Positional(vec![json!(xml)])).await.map_err(|e| e.to_string())
 }
