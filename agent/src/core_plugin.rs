@@ -24,16 +24,10 @@ impl CorePlugin {
             target: None,
             options: None,
         };
-        let allowed = acl.read().map(|e| e.check(&request, &clacks_core::acl::NoRelatives)).unwrap_or(Ok(false));
-        match allowed {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(CommandError::new(
-                ErrorCode::PERMISSION_EXEC,
-                format!("{} may not send {event_type} events", ctx.user.as_deref().unwrap_or("nobody")),
-            )
-            .with_details(serde_json::json!({"topic": topic, "needs": "x"}))),
-            Err(e) => Err(CommandError::new(ErrorCode::PERMISSION_EXEC, format!("the ACLs cannot decide: {e}"))),
-        }
+        clacks_core::acl::require(acl, &request, || {
+            format!("{} may not send {event_type} events", ctx.user.as_deref().unwrap_or("nobody"))
+        })
+        .map_err(CommandError::from)
     }
 }
 

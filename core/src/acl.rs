@@ -592,6 +592,24 @@ impl AclEngine {
     }
 }
 
+/// Allows `request`, or refuses it as a caller sees it: `PERMISSION_EXEC` with
+/// `refusal` as the message and the topic in the details. An engine that cannot decide
+/// (a role cycle) refuses too.
+pub fn require(
+    acl: &std::sync::RwLock<AclEngine>,
+    request: &Request<'_>,
+    refusal: impl FnOnce() -> String,
+) -> Result<(), crate::rpc::RpcError> {
+    use crate::rpc::{ErrorCode, RpcError};
+    let verdict = acl.read().map(|engine| engine.check(request, &NoRelatives)).unwrap_or(Ok(false));
+    match verdict {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(RpcError::new(ErrorCode::PERMISSION_EXEC, refusal())
+            .with_details(serde_json::json!({"topic": request.topic, "needs": request.letters}))),
+        Err(e) => Err(RpcError::new(ErrorCode::PERMISSION_EXEC, format!("the ACLs cannot decide: {e}"))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -244,19 +244,9 @@ impl Dispatcher {
             target: None,
             options: Some(&arguments),
         };
-        let verdict = match acl.read() {
-            Ok(engine) => engine.check(&request, &crate::acl::NoRelatives),
-            Err(_) => Ok(false),
-        };
-        match verdict {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(RpcError::new(
-                ErrorCode::PERMISSION_EXEC,
-                format!("{} may not execute {}", origin.user.as_deref().unwrap_or("nobody"), spec.name),
-            )
-            .with_details(json!({"topic": topic, "needs": "x"}))),
-            Err(e) => Err(RpcError::new(ErrorCode::PERMISSION_EXEC, format!("the ACLs cannot decide: {e}"))),
-        }
+        crate::acl::require(acl, &request, || {
+            format!("{} may not execute {}", origin.user.as_deref().unwrap_or("nobody"), spec.name)
+        })
     }
 
     async fn execute_local(&self, command: Arc<Command>, args: Vec<Value>, origin: &Origin) -> Result<Value, RpcError> {
