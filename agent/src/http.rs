@@ -283,12 +283,12 @@ async fn events(
 ) -> HttpResponse {
     let refuse =
         |status: StatusCode, error: RpcError| json_reply(status, Response::error(Value::Null, error).to_bytes(), None);
-    if state.session_user(session_cookie(&headers).as_deref()).is_none() {
+    let Some(user) = state.session_user(session_cookie(&headers).as_deref()) else {
         return refuse(
             StatusCode::UNAUTHORIZED,
             RpcError::new(ErrorCode::NOT_AUTHENTICATED, "log in with POST /rpc login(user, password) first"),
         );
-    }
+    };
     let Some(bus) = &state.events else {
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -318,11 +318,33 @@ async fn events(
         Ok(rx) => rx,
         Err(e) => return refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_rpc_error()),
     };
-    let stream = futures_util::stream::unfold(events, |mut events| async move {
-        let message = events.recv().await?;
-        let data = clacks_core::events::event_json(&message.event_type, &message.body).to_string();
-        let event = axum::response::sse::Event::default().event(message.event_type).data(data);
-        Some((Ok::<_, std::convert::Infallible>(event), events))
+    // Each event reaches the session only with `e` on `<domain>.event.<Type>`; the
+    // others are left out silently, as if not subscribed.
+    let acl = state.dispatcher.config().acl.clone();
+    let domain = state.dispatcher.config().domain.to_string();
+    let stream = futures_util::stream::unfold(events, move |mut events| {
+        let (acl, domain, user) = (acl.clone(), domain.clone(), user.clone());
+        async move {
+            loop {
+                let message = events.recv().await?;
+                if let Some(acl) = &acl {
+                    let topic = format!("{domain}.event.{}", message.event_type);
+                    let request = clacks_core::acl::Request {
+                        user: Some(&user),
+                        topic: &topic,
+                        letters: "e",
+                        target: None,
+                        options: None,
+                    };
+                    if clacks_core::acl::require(acl, &request, String::new).is_err() {
+                        continue;
+                    }
+                }
+                let data = clacks_core::events::event_json(&message.event_type, &message.body).to_string();
+                let event = axum::response::sse::Event::default().event(message.event_type).data(data);
+                return Some((Ok::<_, std::convert::Infallible>(event), events));
+            }
+        }
     });
     axum::response::sse::Sse::new(stream).keep_alive(axum::response::sse::KeepAlive::default()).into_response()
 }
