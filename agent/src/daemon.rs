@@ -213,7 +213,9 @@ impl Agent {
                 }
                 let store = ObjectStore::open(&store_config, &config.default_sql, validator.clone()).await?;
                 store.set_publisher(events.clone());
-                commands.extend(Arc::new(ObjectsPlugin { store: store.clone() }).commands());
+                let plugin =
+                    ObjectsPlugin { store: store.clone(), acl: acl.clone(), domain: options.domain.to_string() };
+                commands.extend(Arc::new(plugin).commands());
                 Some(store)
             }
             None => None,

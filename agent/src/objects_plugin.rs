@@ -20,6 +20,36 @@ use serde_json::{Map, Value, json};
 /// The `objects` plugin.
 pub struct ObjectsPlugin {
     pub(crate) store: Arc<ObjectStore>,
+    /// With ACLs: every operation needs its permission on `<domain>.objects.…`.
+    pub(crate) acl: Option<clacks_core::dispatch::SharedAcl>,
+    pub(crate) domain: String,
+}
+
+/// Who owns and who manages one object, looked up before a check (`o`, `m`).
+struct Relatives {
+    owner: Option<String>,
+    managers: Vec<String>,
+}
+
+impl clacks_core::acl::RelativeLookup for Relatives {
+    fn owner(&self, _: &str) -> Option<String> {
+        self.owner.clone()
+    }
+    fn managers(&self, _: &str) -> Vec<String> {
+        self.managers.clone()
+    }
+}
+
+fn verb(letters: &str) -> &'static str {
+    match letters.chars().next() {
+        Some('r') => "read",
+        Some('w') => "write",
+        Some('c') => "create",
+        Some('d') => "delete",
+        Some('s') => "find",
+        Some('x') => "run",
+        _ => "use",
+    }
 }
 
 fn user_of(ctx: &CallContext) -> CommandResult<&str> {
@@ -33,6 +63,117 @@ fn invalid(message: impl Into<String>) -> CommandError {
 }
 
 impl ObjectsPlugin {
+    /// The owner (its uid) and managers (their uids) of the object at `dn`, from the index.
+    async fn relatives(&self, dn: &str) -> Relatives {
+        let index = self.store.index();
+        let doc = index.by_dn(dn).await.ok().flatten();
+        let uid_of = |d: &clacks_core::objects::index::IndexDoc| d.values.get("uid").and_then(|v| v.first()).cloned();
+        let mut managers = Vec::new();
+        for manager in doc.as_ref().and_then(|d| d.values.get("manager")).into_iter().flatten() {
+            if let Ok(Some(m)) = index.by_dn(manager).await
+                && let Some(uid) = uid_of(&m)
+            {
+                managers.push(uid);
+            }
+        }
+        Relatives { owner: doc.as_ref().and_then(uid_of), managers }
+    }
+
+    /// Whether the caller has `letters` on `<domain>.objects.<topic>` at `target`.
+    async fn allowed(&self, ctx: &CallContext, topic: &str, letters: &str, target: &str) -> bool {
+        let Some(acl) = &self.acl else { return true };
+        let relatives = self.relatives(target).await;
+        let topic = format!("{}.objects.{topic}", self.domain);
+        let request = clacks_core::acl::Request {
+            user: ctx.user.as_deref(),
+            topic: &topic,
+            letters,
+            target: Some(target),
+            options: None,
+        };
+        acl.read().map(|e| e.check(&request, &relatives)).unwrap_or(Ok(false)).unwrap_or(false)
+    }
+
+    /// Refuses with `PERMISSION_EXEC` unless [`ObjectsPlugin::allowed`].
+    async fn require(&self, ctx: &CallContext, topic: &str, letters: &str, target: &str) -> CommandResult<()> {
+        if self.allowed(ctx, topic, letters, target).await {
+            return Ok(());
+        }
+        Err(CommandError::new(
+            ErrorCode::PERMISSION_EXEC,
+            format!("{} may not {} {topic} at {target}", ctx.user.as_deref().unwrap_or("nobody"), verb(letters)),
+        )
+        .with_details(json!({"topic": format!("{}.objects.{topic}", self.domain), "needs": letters, "target": target})))
+    }
+
+    /// The permission a `dispatchObjectMethod` call needs, checked before it runs.
+    async fn check_method(
+        &self,
+        ctx: &CallContext,
+        reference: &str,
+        method: &str,
+        args: &[Value],
+    ) -> CommandResult<()> {
+        if self.acl.is_none() {
+            return Ok(());
+        }
+        let state = self.store.reference(reference, user_of(ctx)?).await?;
+        let target = ObjectsPlugin::target_of(&state);
+        let text = |i: usize| args.get(i).and_then(Value::as_str).unwrap_or_default().to_owned();
+        match method {
+            "commit" if state.dn.is_none() => self.require(ctx, &state.base_type, "c", &target).await,
+            "extend" => self.require(ctx, &text(0), "c", &target).await,
+            "retract" => self.require(ctx, &text(0), "d", &target).await,
+            "remove" => self.require(ctx, &state.base_type, "d", &target).await,
+            "move" => {
+                self.require(ctx, &format!("{}.attributes.base", state.base_type), "w", &target).await?;
+                self.require(ctx, &state.base_type, "c", &text(0)).await
+            }
+            "commit" | "reload" | "diff" | "close" => Ok(()),
+            other => {
+                let catalogue = self.store.catalogue();
+                let owner = state
+                    .effective_types()
+                    .into_iter()
+                    .find(|t| catalogue.get(t).is_some_and(|d| d.methods.iter().any(|m| m.name == other)))
+                    .unwrap_or_else(|| state.base_type.clone());
+                self.require(ctx, &format!("{owner}.methods.{other}"), "x", &target).await
+            }
+        }
+    }
+
+    /// Where a state's checks apply: its DN, or for a new object its parent.
+    fn target_of(state: &ObjectState) -> String {
+        state.dn.clone().unwrap_or_else(|| state.parent.clone())
+    }
+
+    /// The type owning attribute `name` on `state`'s objects (for attribute topics).
+    fn owner_of(&self, state: &ObjectState, name: &str) -> String {
+        self.store
+            .catalogue()
+            .find_attribute(&state.base_type, name)
+            .map(|(owner, _)| owner.name.clone())
+            .unwrap_or_else(|| state.base_type.clone())
+    }
+
+    /// The view without the attributes the caller may not read.
+    async fn readable_view(&self, ctx: &CallContext, state: &ObjectState, mut view: Value) -> Value {
+        if self.acl.is_none() {
+            return view;
+        }
+        let target = ObjectsPlugin::target_of(state);
+        if let Some(Value::Object(attributes)) = view.get_mut("attributes") {
+            let names: Vec<String> = attributes.keys().cloned().collect();
+            for name in names {
+                let topic = format!("{}.attributes.{name}", self.owner_of(state, &name));
+                if !self.allowed(ctx, &topic, "r", &target).await {
+                    attributes.remove(&name);
+                }
+            }
+        }
+        view
+    }
+
     async fn open_state(&self, target: &str, object_type: Option<&str>) -> CommandResult<ObjectState> {
         Ok(match object_type {
             Some(t) => self.store.new_object(target, t).await?,
@@ -53,7 +194,7 @@ impl ObjectsPlugin {
         self.store.save_reference(reference, user, &state).await?;
         match outcome? {
             Some(value) => Ok(value),
-            None => Ok(self.store.view(reference, &state)),
+            None => Ok(self.readable_view(ctx, &state, self.store.view(reference, &state)).await),
         }
     }
 }
@@ -69,12 +210,18 @@ impl ObjectsPlugin {
         object_type: Option<String>,
     ) -> CommandResult<Value> {
         let state = self.open_state(&target, object_type.as_deref()).await?;
-        Ok(self.store.open_reference(user_of(ctx)?, state).await?)
+        let letters = if state.dn.is_none() { "c" } else { "r" };
+        self.require(ctx, &state.base_type, letters, &ObjectsPlugin::target_of(&state)).await?;
+        let view = self.store.open_reference(user_of(ctx)?, state.clone()).await?;
+        Ok(self.readable_view(ctx, &state, view).await)
     }
 
     /// Read one property of an open object.
     #[command(needs_user)]
     async fn get_object_property(&self, ctx: &CallContext, reference: String, name: String) -> CommandResult<Value> {
+        let state = self.store.reference(&reference, user_of(ctx)?).await?;
+        let topic = format!("{}.attributes.{name}", self.owner_of(&state, &name));
+        self.require(ctx, &topic, "r", &ObjectsPlugin::target_of(&state)).await?;
         let view = self.with_reference(ctx, &reference, async |_, _| Ok(None)).await?;
         view.get("attributes").and_then(|a| a.get(&name)).cloned().ok_or_else(|| {
             CommandError::new(ErrorCode::ATTRIBUTE_NOT_FOUND, format!("the object has no active attribute '{name}'"))
@@ -90,6 +237,9 @@ impl ObjectsPlugin {
         name: String,
         value: Value,
     ) -> CommandResult<Value> {
+        let state = self.store.reference(&reference, user_of(ctx)?).await?;
+        let topic = format!("{}.attributes.{name}", self.owner_of(&state, &name));
+        self.require(ctx, &topic, "w", &ObjectsPlugin::target_of(&state)).await?;
         let view = self
             .with_reference(ctx, &reference, async |store, state| store.set(state, &name, &value).await.map(|()| None))
             .await?;
@@ -107,6 +257,7 @@ impl ObjectsPlugin {
     ) -> CommandResult<Value> {
         let args = args.unwrap_or_default();
         let user = user_of(ctx)?.to_owned();
+        self.check_method(ctx, &reference, &method, &args).await?;
         let text_arg = |i: usize, what: &str| -> CommandResult<String> {
             args.get(i)
                 .and_then(Value::as_str)
@@ -169,6 +320,19 @@ impl ObjectsPlugin {
         }
     }
 
+    /// Remove the object at a DN or UUID; with recursive=true also everything below it.
+    #[command(needs_user)]
+    async fn remove_object(
+        &self,
+        ctx: &CallContext,
+        target: String,
+        recursive: Option<bool>,
+    ) -> CommandResult<Vec<String>> {
+        let state = self.store.load(&target).await?;
+        self.require(ctx, &state.base_type, "d", &ObjectsPlugin::target_of(&state)).await?;
+        Ok(self.store.remove(&target, recursive.unwrap_or(false), Some(user_of(ctx)?)).await?)
+    }
+
     /// Forget an open object (its unsaved changes are dropped).
     #[command(needs_user)]
     async fn close_object(&self, ctx: &CallContext, reference: String) -> CommandResult<bool> {
@@ -194,17 +358,6 @@ impl ObjectsPlugin {
     #[command(needs_user)]
     async fn diff_object(&self, ctx: &CallContext, reference: String) -> CommandResult<Value> {
         self.with_reference(ctx, &reference, async |store, state| Ok(Some(store.diff(state)))).await
-    }
-
-    /// Remove the object at a DN or UUID; with recursive=true also everything below it.
-    #[command(needs_user)]
-    async fn remove_object(
-        &self,
-        ctx: &CallContext,
-        target: String,
-        recursive: Option<bool>,
-    ) -> CommandResult<Vec<String>> {
-        Ok(self.store.remove(&target, recursive.unwrap_or(false), Some(user_of(ctx)?)).await?)
     }
 
     /// The object types: base or extension, backend, what extends them, what they contain, their methods.
@@ -235,6 +388,7 @@ impl ObjectsPlugin {
     #[command]
     async fn search(
         &self,
+        ctx: &CallContext,
         query: String,
         base: Option<String>,
         scope: Option<String>,
@@ -244,17 +398,38 @@ impl ObjectsPlugin {
         let options: SearchOptions = serde_json::from_value(Value::Object(options.unwrap_or_default()))
             .map_err(|e| invalid(format!("search options: {e}")))?;
         let base = base.unwrap_or_else(|| self.store.base().to_owned());
-        Ok(self.store.search(&base, scope, &query, &options).await?)
+        let mut visible = Vec::new();
+        for hit in self.store.search(&base, scope, &query, &options).await? {
+            let (kind, dn) = (hit["type"].as_str().unwrap_or_default(), hit["dn"].as_str().unwrap_or_default());
+            if self.allowed(ctx, kind, "s", dn).await {
+                visible.push(hit);
+            }
+        }
+        Ok(visible)
     }
 
     /// Objects matching every condition: attribute: value (or list; * as wildcard), _type, _base, dn.
     #[command]
-    async fn find(&self, conditions: Map<String, Value>) -> CommandResult<Vec<Value>> {
-        let docs = self.store.find(&conditions).await?;
-        Ok(docs
-            .into_iter()
-            .map(|d| json!({"dn": d.dn, "uuid": d.uuid, "type": d.object_type, "extensions": d.extensions, "attributes": d.values}))
-            .collect())
+    async fn find(&self, ctx: &CallContext, conditions: Map<String, Value>) -> CommandResult<Vec<Value>> {
+        let catalogue = self.store.catalogue();
+        let mut visible = Vec::new();
+        for mut d in self.store.find(&conditions).await? {
+            if !self.allowed(ctx, &d.object_type, "s", &d.dn).await {
+                continue;
+            }
+            if self.acl.is_some() {
+                let names: Vec<String> = d.values.keys().cloned().collect();
+                for name in names {
+                    let owner = catalogue.find_attribute(&d.object_type, &name).map(|(o, _)| o.name.clone());
+                    let topic = format!("{}.attributes.{name}", owner.unwrap_or_else(|| d.object_type.clone()));
+                    if !self.allowed(ctx, &topic, "r", &d.dn).await {
+                        d.values.remove(&name);
+                    }
+                }
+            }
+            visible.push(json!({"dn": d.dn, "uuid": d.uuid, "type": d.object_type, "extensions": d.extensions, "attributes": d.values}));
+        }
+        Ok(visible)
     }
 
     /// Lock a user's password (a '!' after the hash scheme), so logins fail until unlocked.
@@ -276,6 +451,7 @@ impl ObjectsPlugin {
             return Err(invalid("the password must not be empty"));
         }
         let mut state = self.store.load(&dn).await?;
+        self.require(ctx, "User.attributes.userPassword", "w", &dn).await?;
         self.store.set(&mut state, "userPassword", &json!(password)).await?;
         self.store.commit(&mut state, Some(user_of(ctx)?)).await?;
         Ok(true)
@@ -283,8 +459,9 @@ impl ObjectsPlugin {
 
     /// Whether a user's password is locked.
     #[command]
-    async fn is_account_locked(&self, dn: String) -> CommandResult<bool> {
+    async fn is_account_locked(&self, ctx: &CallContext, dn: String) -> CommandResult<bool> {
         let state = self.store.load(&dn).await?;
+        self.require(ctx, "User.attributes.userPassword", "r", &dn).await?;
         let stored =
             state.values.get("userPassword").and_then(|v| v.first()).and_then(Value::as_str).unwrap_or_default();
         Ok(clacks_core::objects::password::is_locked(stored))
@@ -294,6 +471,7 @@ impl ObjectsPlugin {
 impl ObjectsPlugin {
     async fn set_lock(&self, ctx: &CallContext, dn: &str, lock: bool) -> CommandResult<bool> {
         let mut state = self.store.load(dn).await?;
+        self.require(ctx, "User.attributes.userPassword", "w", dn).await?;
         let Some(stored) =
             state.values.get("userPassword").and_then(|v| v.first()).and_then(Value::as_str).map(str::to_owned)
         else {

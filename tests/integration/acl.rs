@@ -134,3 +134,96 @@ async fn server_sent_events_reach_a_session_only_with_e_on_their_type() {
     assert!(!seen.contains("NodeStatus"), "{seen}");
     agent.stop().await;
 }
+
+#[tokio::test]
+async fn object_operations_need_their_permissions() {
+    let data = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut options = AgentOptions::new(unique_domain(), "guarded");
+    options.acl = Some(AclOptions { admins: vec!["root".into()] });
+    options.objects = Some(clacks_agent::daemon::ObjectsOptions {
+        store: clacks_core::objects::StoreConfig::default(),
+        default_sql: format!("sqlite://{}", data.path().join("objects.db").display()),
+        poll: Duration::from_secs(3600),
+        expire: Duration::from_secs(3600),
+        sweep: Duration::from_secs(3600),
+    });
+    let domain = options.domain.clone();
+    let bus = LocalBus::new("clacks-agent");
+    let agent = Agent::start(options, Bus::Local(bus.clone()), vec![]).await.unwrap_or_else(|e| panic!("{e}"));
+    let caller = |user: &str| Client::over_bus(Bus::Local(bus.view(user)), domain.clone(), Duration::from_secs(5));
+    let (root, ada, bob) = (caller("root"), caller("ada"), caller("bob"));
+    let base = agent.options().base.clone();
+    let people = ok(&root, "openObject", json!([base, "PeopleContainer"])).await["ref"].clone();
+    let people_dn = ok(&root, "dispatchObjectMethod", json!([people, "commit"])).await["dn"].clone();
+    for (uid, given, sn) in [("ada", "Ada", "Lovelace"), ("grace", "Grace", "Hopper")] {
+        let r = ok(&root, "openObject", json!([people_dn, "User"])).await["ref"].clone();
+        for (name, value) in [("uid", uid), ("givenName", given), ("sn", sn)] {
+            ok(&root, "setObjectProperty", json!([r, name, value])).await;
+        }
+        ok(&root, "dispatchObjectMethod", json!([r, "commit"])).await;
+    }
+
+    // Everyone may call the object commands, find and open users, read uid, cn and mail,
+    // and change their own mail (`o`).
+    let d = domain.as_str().replace('.', r"\.");
+    let grants = [
+        (format!(r"{d}\.command\.objects\..*"), "x"),
+        (format!(r"{d}\.objects\.User$"), "rs"),
+        (format!(r"{d}\.objects\.User\.attributes\.(uid|cn|mail)$"), "r"),
+        (format!(r"{d}\.objects\.User\.attributes\.mail$"), "wo"),
+    ];
+    let acl = agent.acl().unwrap_or_else(|| panic!("the agent checks ACLs"));
+    for (topic, letters) in grants {
+        let grant = Grant::Actions(vec![Action { topic, acls: letters.into(), options: Map::new() }]);
+        let added = acl.write().map(|mut e| e.add_acl(&base, Scope::Sub, 0, vec![".*".into()], grant));
+        assert!(matches!(added, Ok(Ok(_))), "{added:?}");
+    }
+    let ada_dn = format!("uid=ada,{}", people_dn.as_str().unwrap_or_default());
+    let grace_dn = format!("uid=grace,{}", people_dn.as_str().unwrap_or_default());
+
+    let seen = ok(&bob, "openObject", json!([ada_dn])).await;
+    let mut readable: Vec<&String> = seen["attributes"].as_object().map(|a| a.keys().collect()).unwrap_or_default();
+    readable.sort();
+    assert_eq!(readable, ["cn", "mail", "uid"]);
+    let own = ok(&ada, "openObject", json!([ada_dn])).await["ref"].clone();
+    ok(&ada, "setObjectProperty", json!([own, "mail", ["ada@example.org"]])).await;
+    ok(&ada, "dispatchObjectMethod", json!([own, "commit"])).await;
+    let other = ok(&ada, "openObject", json!([grace_dn])).await["ref"].clone();
+    assert_eq!(
+        refused(&ada, "setObjectProperty", json!([other, "mail", ["x@example.org"]])).await,
+        ErrorCode::PERMISSION_EXEC
+    );
+    assert_eq!(
+        refused(&ada, "setObjectProperty", json!([own, "givenName", "Augusta"])).await,
+        ErrorCode::PERMISSION_EXEC
+    );
+    assert_eq!(refused(&bob, "openObject", json!([people_dn, "User"])).await, ErrorCode::PERMISSION_EXEC);
+    assert_eq!(refused(&bob, "removeObject", json!([ada_dn])).await, ErrorCode::PERMISSION_EXEC);
+    let bobs = ok(&bob, "openObject", json!([ada_dn])).await["ref"].clone();
+    assert_eq!(ok(&bob, "getObjectProperty", json!([bobs, "cn"])).await, json!("Ada Lovelace"));
+    assert_eq!(refused(&bob, "getObjectProperty", json!([bobs, "givenName"])).await, ErrorCode::PERMISSION_EXEC);
+    assert_eq!(refused(&bob, "dispatchObjectMethod", json!([bobs, "lock"])).await, ErrorCode::PERMISSION_EXEC);
+    // Found: users (s on User), not the container (no s on PeopleContainer).
+    let hits = ok(&bob, "search", json!(["people lovelace"])).await;
+    let kinds: Vec<&str> = hits.as_array().into_iter().flatten().filter_map(|h| h["type"].as_str()).collect();
+    assert!(!kinds.is_empty() && kinds.iter().all(|k| *k == "User"), "{hits}");
+    let found = ok(&bob, "find", json!([{"uid": "ada"}])).await;
+    assert!(
+        found[0]["attributes"].get("givenName").is_none() && found[0]["attributes"].get("uid").is_some(),
+        "{found}"
+    );
+    agent.stop().await;
+}
+
+async fn ok(caller: &Client, method: &str, args: serde_json::Value) -> serde_json::Value {
+    let args = args.as_array().cloned().unwrap_or_default();
+    caller.call(method, Params::Positional(args)).await.unwrap_or_else(|e| panic!("{method}: {e}"))
+}
+
+async fn refused(caller: &Client, method: &str, args: serde_json::Value) -> ErrorCode {
+    let args = args.as_array().cloned().unwrap_or_default();
+    match caller.call(method, Params::Positional(args)).await {
+        Ok(v) => panic!("{method} was allowed: {v}"),
+        Err(e) => e.code(),
+    }
+}
