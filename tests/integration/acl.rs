@@ -137,22 +137,10 @@ async fn server_sent_events_reach_a_session_only_with_e_on_their_type() {
 
 #[tokio::test]
 async fn object_operations_need_their_permissions() {
-    let data = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let mut options = AgentOptions::new(unique_domain(), "guarded");
-    options.acl = Some(AclOptions { admins: vec!["root".into()] });
-    options.objects = Some(clacks_agent::daemon::ObjectsOptions {
-        store: clacks_core::objects::StoreConfig::default(),
-        default_sql: format!("sqlite://{}", data.path().join("objects.db").display()),
-        poll: Duration::from_secs(3600),
-        expire: Duration::from_secs(3600),
-        sweep: Duration::from_secs(3600),
-    });
-    let domain = options.domain.clone();
-    let bus = LocalBus::new("clacks-agent");
-    let agent = Agent::start(options, Bus::Local(bus.clone()), vec![]).await.unwrap_or_else(|e| panic!("{e}"));
-    let caller = |user: &str| Client::over_bus(Bus::Local(bus.view(user)), domain.clone(), Duration::from_secs(5));
-    let (root, ada, bob) = (caller("root"), caller("ada"), caller("bob"));
-    let base = agent.options().base.clone();
+    let admins = Some(AclOptions { admins: vec!["root".into()] });
+    let local = clacks_tests::LocalDomain::start(clacks_core::objects::StoreConfig::default(), vec![], admins).await;
+    let (agent, domain, base) = (&local.agent, local.domain.clone(), local.base.clone());
+    let (root, ada, bob) = (local.caller("root"), local.caller("ada"), local.caller("bob"));
     let people = ok(&root, "openObject", json!([base, "PeopleContainer"])).await["ref"].clone();
     let people_dn = ok(&root, "dispatchObjectMethod", json!([people, "commit"])).await["dn"].clone();
     for (uid, given, sn) in [("ada", "Ada", "Lovelace"), ("grace", "Grace", "Hopper")] {

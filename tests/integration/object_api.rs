@@ -5,14 +5,12 @@
 use std::time::Duration;
 
 use clacks_agent::daemon::ObjectsOptions;
-use clacks_agent::{Agent, AgentOptions};
-use clacks_core::bus::Bus;
-use clacks_core::bus::local::LocalBus;
+use clacks_agent::AgentOptions;
 use clacks_core::client::Client;
 use clacks_core::objects::StoreConfig;
 use clacks_core::rpc::{ErrorCode, Params};
 use clacks_tests::directory::{BASE, PgSchema, Slapd};
-use clacks_tests::{amqp_url, client, fast_options, start_agent, unique_domain, wait_for};
+use clacks_tests::{LocalDomain, amqp_url, client, fast_options, start_agent, unique_domain, wait_for};
 use serde_json::{Value, json};
 
 fn with_objects(mut options: AgentOptions, slapd: &Slapd, pg: &PgSchema) -> AgentOptions {
@@ -40,39 +38,6 @@ async fn ok(client: &Client, node: Option<&str>, method: &str, args: Value) -> V
     match call(client, node, method, args).await {
         Ok(v) => v,
         Err(code) => panic!("{method}({shown}) failed with {code}"),
-    }
-}
-
-/// An agent serving objects from SQLite in a temporary folder, on the in-process bus,
-/// and a way to call it as any user.
-struct LocalDomain {
-    agent: Agent,
-    bus: LocalBus,
-    domain: clacks_core::domain::Domain,
-    base: String,
-    _data: tempfile::TempDir,
-}
-
-impl LocalDomain {
-    async fn start(store: StoreConfig, plugins: Vec<std::sync::Arc<dyn clacks_core::command::Plugin>>) -> LocalDomain {
-        let data = tempfile::tempdir().expect("tempdir");
-        let mut options = AgentOptions::new(unique_domain(), "solo");
-        options.objects = Some(ObjectsOptions {
-            store,
-            default_sql: format!("sqlite://{}", data.path().join("objects.db").display()),
-            poll: Duration::from_secs(3600),
-            expire: Duration::from_secs(3600),
-            sweep: Duration::from_secs(3600),
-        });
-        let domain = options.domain.clone();
-        let bus = LocalBus::new("clacks-agent");
-        let agent = Agent::start(options, Bus::Local(bus.clone()), plugins).await.expect("agent");
-        let base = agent.objects().expect("objects").base().to_owned();
-        LocalDomain { agent, bus, domain, base, _data: data }
-    }
-
-    fn caller(&self, user: &str) -> Client {
-        Client::over_bus(Bus::Local(self.bus.view(user)), self.domain.clone(), Duration::from_secs(10))
     }
 }
 
@@ -163,7 +128,7 @@ async fn ldap_value(slapd: &Slapd, dn: &str, attr: &str) -> String {
 
 #[tokio::test]
 async fn a_reference_belongs_to_the_user_who_opened_it() {
-    let local = LocalDomain::start(StoreConfig::default(), vec![]).await;
+    let local = LocalDomain::start(StoreConfig::default(), vec![], None).await;
     let (alice, bob, base) = (local.caller("alice"), local.caller("bob"), local.base.clone());
     let opened = ok(&alice, None, "openObject", json!([base])).await;
     let reference = opened["ref"].clone();
@@ -233,7 +198,7 @@ async fn allowed_values_and_hooks_come_from_commands() {
     let changes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let plugin = std::sync::Arc::new(Site { changes: changes.clone() });
     let store = StoreConfig { dirs: vec![site.path().to_owned()], ..StoreConfig::default() };
-    let local = LocalDomain::start(store, vec![plugin]).await;
+    let local = LocalDomain::start(store, vec![plugin], None).await;
     let (ada, base) = (local.caller("ada"), local.base.clone());
     assert_eq!(ok(&ada, None, "getObjectDiagnostics", json!([])).await, json!([]));
 
@@ -276,7 +241,7 @@ async fn allowed_values_and_hooks_come_from_commands() {
 #[tokio::test]
 async fn an_idle_reference_expires() {
     let local =
-        LocalDomain::start(StoreConfig { reference_idle_secs: Some(1), ..StoreConfig::default() }, vec![]).await;
+        LocalDomain::start(StoreConfig { reference_idle_secs: Some(1), ..StoreConfig::default() }, vec![], None).await;
     let (ada, base) = (local.caller("ada"), local.base.clone());
     let kept = ok(&ada, None, "openObject", json!([base])).await["ref"].clone();
     let idle = ok(&ada, None, "openObject", json!([base])).await["ref"].clone();

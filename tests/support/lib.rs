@@ -171,3 +171,46 @@ pub async fn node_ids(client: &Client) -> Vec<String> {
         _ => Vec::new(),
     }
 }
+
+/// An agent serving objects from SQLite in a temporary folder, on the in-process bus,
+/// and a way to call it as any user.
+pub struct LocalDomain {
+    pub agent: Agent,
+    pub bus: clacks_core::bus::local::LocalBus,
+    pub domain: Domain,
+    pub base: String,
+    _data: tempfile::TempDir,
+}
+
+impl LocalDomain {
+    /// Starts it with `plugins`; with `acl`, the agent checks ACLs.
+    pub async fn start(
+        store: clacks_core::objects::StoreConfig,
+        plugins: Vec<Arc<dyn Plugin>>,
+        acl: Option<clacks_agent::daemon::AclOptions>,
+    ) -> LocalDomain {
+        let data = tempfile::tempdir().unwrap_or_else(|e| panic!("temporary folder: {e}"));
+        let mut options = AgentOptions::new(unique_domain(), "solo");
+        options.acl = acl;
+        options.objects = Some(clacks_agent::daemon::ObjectsOptions {
+            store,
+            default_sql: format!("sqlite://{}", data.path().join("objects.db").display()),
+            poll: Duration::from_secs(3600),
+            expire: Duration::from_secs(3600),
+            sweep: Duration::from_secs(3600),
+        });
+        let domain = options.domain.clone();
+        let bus = clacks_core::bus::local::LocalBus::new("clacks-agent");
+        let agent = match Agent::start(options, Bus::Local(bus.clone()), plugins).await {
+            Ok(agent) => agent,
+            Err(e) => panic!("agent did not start: {e}"),
+        };
+        let base = agent.options().base.clone();
+        LocalDomain { agent, bus, domain, base, _data: data }
+    }
+
+    /// A caller acting as `user`.
+    pub fn caller(&self, user: &str) -> Client {
+        Client::over_bus(Bus::Local(self.bus.view(user)), self.domain.clone(), Duration::from_secs(10))
+    }
+}
