@@ -24,7 +24,7 @@ impl CorePlugin {
             target: None,
             options: None,
         };
-        clacks_core::acl::require(acl, &request, || {
+        clacks_core::acl::require(acl, &request, &clacks_core::acl::NoRelatives, || {
             format!("{} may not send {event_type} events", ctx.user.as_deref().unwrap_or("nobody"))
         })
         .map_err(CommandError::from)

@@ -336,7 +336,7 @@ async fn events(
                         target: None,
                         options: None,
                     };
-                    if clacks_core::acl::require(acl, &request, String::new).is_err() {
+                    if clacks_core::acl::require(acl, &request, &clacks_core::acl::NoRelatives, String::new).is_err() {
                         continue;
                     }
                 }

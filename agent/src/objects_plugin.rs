@@ -5,6 +5,7 @@
 //! state lives in the index database, so the next call may reach any agent of the
 //! domain sharing that database; an idle reference expires.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -79,65 +80,38 @@ impl ObjectsPlugin {
         Relatives { owner: doc.as_ref().and_then(uid_of), managers }
     }
 
-    /// Whether the caller has `letters` on `<domain>.objects.<topic>` at `target`.
-    async fn allowed(&self, ctx: &CallContext, topic: &str, letters: &str, target: &str) -> bool {
-        let Some(acl) = &self.acl else { return true };
-        let relatives = self.relatives(target).await;
-        let topic = format!("{}.objects.{topic}", self.domain);
-        let request = clacks_core::acl::Request {
-            user: ctx.user.as_deref(),
-            topic: &topic,
-            letters,
-            target: Some(target),
-            options: None,
-        };
-        acl.read().map(|e| e.check(&request, &relatives)).unwrap_or(Ok(false)).unwrap_or(false)
-    }
-
-    /// Refuses with `PERMISSION_EXEC` unless [`ObjectsPlugin::allowed`].
-    async fn require(&self, ctx: &CallContext, topic: &str, letters: &str, target: &str) -> CommandResult<()> {
-        if self.allowed(ctx, topic, letters, target).await {
-            return Ok(());
-        }
-        Err(CommandError::new(
-            ErrorCode::PERMISSION_EXEC,
-            format!("{} may not {} {topic} at {target}", ctx.user.as_deref().unwrap_or("nobody"), verb(letters)),
-        )
-        .with_details(json!({"topic": format!("{}.objects.{topic}", self.domain), "needs": letters, "target": target})))
+    /// The caller's permissions for one command.
+    fn guard<'a>(&'a self, ctx: &'a CallContext) -> Guard<'a> {
+        Guard { plugin: self, user: ctx.user.as_deref(), relatives: HashMap::new() }
     }
 
     /// The permission a `dispatchObjectMethod` call needs, checked before it runs.
     async fn check_method(
-        &self,
-        ctx: &CallContext,
-        reference: &str,
+        guard: &mut Guard<'_>,
+        state: &ObjectState,
         method: &str,
         args: &[Value],
     ) -> CommandResult<()> {
-        if self.acl.is_none() {
-            return Ok(());
-        }
-        let state = self.store.reference(reference, user_of(ctx)?).await?;
-        let target = ObjectsPlugin::target_of(&state);
+        let target = ObjectsPlugin::target_of(state);
         let text = |i: usize| args.get(i).and_then(Value::as_str).unwrap_or_default().to_owned();
         match method {
-            "commit" if state.dn.is_none() => self.require(ctx, &state.base_type, "c", &target).await,
-            "extend" => self.require(ctx, &text(0), "c", &target).await,
-            "retract" => self.require(ctx, &text(0), "d", &target).await,
-            "remove" => self.require(ctx, &state.base_type, "d", &target).await,
+            "commit" if state.dn.is_none() => guard.require(&state.base_type, "c", &target).await,
+            "extend" => guard.require(&text(0), "c", &target).await,
+            "retract" => guard.require(&text(0), "d", &target).await,
+            "remove" => guard.require(&state.base_type, "d", &target).await,
             "move" => {
-                self.require(ctx, &format!("{}.attributes.base", state.base_type), "w", &target).await?;
-                self.require(ctx, &state.base_type, "c", &text(0)).await
+                guard.require(&format!("{}.attributes.base", state.base_type), "w", &target).await?;
+                guard.require(&state.base_type, "c", &text(0)).await
             }
             "commit" | "reload" | "diff" | "close" => Ok(()),
             other => {
-                let catalogue = self.store.catalogue();
+                let catalogue = guard.plugin.store.catalogue();
                 let owner = state
                     .effective_types()
                     .into_iter()
                     .find(|t| catalogue.get(t).is_some_and(|d| d.methods.iter().any(|m| m.name == other)))
                     .unwrap_or_else(|| state.base_type.clone());
-                self.require(ctx, &format!("{owner}.methods.{other}"), "x", &target).await
+                guard.require(&format!("{owner}.methods.{other}"), "x", &target).await
             }
         }
     }
@@ -157,7 +131,7 @@ impl ObjectsPlugin {
     }
 
     /// The view without the attributes the caller may not read.
-    async fn readable_view(&self, ctx: &CallContext, state: &ObjectState, mut view: Value) -> Value {
+    async fn readable_view(&self, guard: &mut Guard<'_>, state: &ObjectState, mut view: Value) -> Value {
         if self.acl.is_none() {
             return view;
         }
@@ -166,7 +140,7 @@ impl ObjectsPlugin {
             let names: Vec<String> = attributes.keys().cloned().collect();
             for name in names {
                 let topic = format!("{}.attributes.{name}", self.owner_of(state, &name));
-                if !self.allowed(ctx, &topic, "r", &target).await {
+                if !guard.allowed(&topic, "r", &target).await {
                     attributes.remove(&name);
                 }
             }
@@ -181,23 +155,66 @@ impl ObjectsPlugin {
         })
     }
 
-    /// Loads the reference, lets `change` work on it, saves it back, returns the view.
+    /// Loads the reference, lets `change` work on it (checking permissions with the
+    /// guard), saves it back, returns the view.
     async fn with_reference<F>(&self, ctx: &CallContext, reference: &str, change: F) -> CommandResult<Value>
     where
-        F: AsyncFnOnce(&ObjectStore, &mut ObjectState) -> Result<Option<Value>, ObjectError>,
+        F: AsyncFnOnce(&ObjectStore, &mut ObjectState, &mut Guard<'_>) -> CommandResult<Option<Value>>,
     {
         let user = user_of(ctx)?;
+        let mut guard = self.guard(ctx);
         let mut state = self.store.reference(reference, user).await?;
-        let outcome = change(&self.store, &mut state).await;
+        let outcome = change(&self.store, &mut state, &mut guard).await;
         // Whatever happened, the reference keeps what succeeded (a failed commit keeps
         // the pending changes, so the caller can fix one attribute and commit again).
         self.store.save_reference(reference, user, &state).await?;
         match outcome? {
             Some(value) => Ok(value),
-            None => Ok(self.readable_view(ctx, &state, self.store.view(reference, &state)).await),
+            None => Ok(self.readable_view(&mut guard, &state, self.store.view(reference, &state)).await),
         }
     }
 }
+
+/// The caller's permissions during one command: each target's owner and managers are
+/// looked up once, however many attributes or hits are checked.
+struct Guard<'a> {
+    plugin: &'a ObjectsPlugin,
+    user: Option<&'a str>,
+    relatives: HashMap<String, Relatives>,
+}
+
+impl Guard<'_> {
+    /// Refuses with `PERMISSION_EXEC` unless the caller has `letters` on
+    /// `<domain>.objects.<topic>` at `target`.
+    async fn require(&mut self, topic: &str, letters: &str, target: &str) -> CommandResult<()> {
+        let Some(acl) = &self.plugin.acl else { return Ok(()) };
+        if !self.relatives.contains_key(target) {
+            let found = self.plugin.relatives(target).await;
+            self.relatives.insert(target.to_owned(), found);
+        }
+        let full_topic = format!("{}.objects.{topic}", self.plugin.domain);
+        let request = clacks_core::acl::Request {
+            user: self.user,
+            topic: &full_topic,
+            letters,
+            target: Some(target),
+            options: None,
+        };
+        let relatives = self.relatives.get(target).unwrap_or(&NOBODY);
+        let user = self.user.unwrap_or("nobody");
+        clacks_core::acl::require(acl, &request, relatives, || {
+            format!("{user} may not {} {topic} at {target}", verb(letters))
+        })
+        .map_err(CommandError::from)
+    }
+
+    async fn allowed(&mut self, topic: &str, letters: &str, target: &str) -> bool {
+        self.require(topic, letters, target).await.is_ok()
+    }
+}
+
+/// Relatives of an object nobody owns or manages.
+static NOBODY: Relatives = Relatives { owner: None, managers: Vec::new() };
 
 #[clacks_core::plugin(target = "objects")]
 impl ObjectsPlugin {
@@ -211,18 +228,22 @@ impl ObjectsPlugin {
     ) -> CommandResult<Value> {
         let state = self.open_state(&target, object_type.as_deref()).await?;
         let letters = if state.dn.is_none() { "c" } else { "r" };
-        self.require(ctx, &state.base_type, letters, &ObjectsPlugin::target_of(&state)).await?;
+        let mut guard = self.guard(ctx);
+        guard.require(&state.base_type, letters, &ObjectsPlugin::target_of(&state)).await?;
         let view = self.store.open_reference(user_of(ctx)?, state.clone()).await?;
-        Ok(self.readable_view(ctx, &state, view).await)
+        Ok(self.readable_view(&mut guard, &state, view).await)
     }
 
     /// Read one property of an open object.
     #[command(needs_user)]
     async fn get_object_property(&self, ctx: &CallContext, reference: String, name: String) -> CommandResult<Value> {
-        let state = self.store.reference(&reference, user_of(ctx)?).await?;
-        let topic = format!("{}.attributes.{name}", self.owner_of(&state, &name));
-        self.require(ctx, &topic, "r", &ObjectsPlugin::target_of(&state)).await?;
-        let view = self.with_reference(ctx, &reference, async |_, _| Ok(None)).await?;
+        let view = self
+            .with_reference(ctx, &reference, async |_, state, guard| {
+                let topic = format!("{}.attributes.{name}", self.owner_of(state, &name));
+                guard.require(&topic, "r", &ObjectsPlugin::target_of(state)).await?;
+                Ok(None)
+            })
+            .await?;
         view.get("attributes").and_then(|a| a.get(&name)).cloned().ok_or_else(|| {
             CommandError::new(ErrorCode::ATTRIBUTE_NOT_FOUND, format!("the object has no active attribute '{name}'"))
         })
@@ -237,11 +258,13 @@ impl ObjectsPlugin {
         name: String,
         value: Value,
     ) -> CommandResult<Value> {
-        let state = self.store.reference(&reference, user_of(ctx)?).await?;
-        let topic = format!("{}.attributes.{name}", self.owner_of(&state, &name));
-        self.require(ctx, &topic, "w", &ObjectsPlugin::target_of(&state)).await?;
         let view = self
-            .with_reference(ctx, &reference, async |store, state| store.set(state, &name, &value).await.map(|()| None))
+            .with_reference(ctx, &reference, async |store, state, guard| {
+                let topic = format!("{}.attributes.{name}", self.owner_of(state, &name));
+                guard.require(&topic, "w", &ObjectsPlugin::target_of(state)).await?;
+                store.set(state, &name, &value).await?;
+                Ok(None)
+            })
             .await?;
         Ok(view.get("attributes").and_then(|a| a.get(&name)).cloned().unwrap_or(Value::Null))
     }
@@ -257,7 +280,6 @@ impl ObjectsPlugin {
     ) -> CommandResult<Value> {
         let args = args.unwrap_or_default();
         let user = user_of(ctx)?.to_owned();
-        self.check_method(ctx, &reference, &method, &args).await?;
         let text_arg = |i: usize, what: &str| -> CommandResult<String> {
             args.get(i)
                 .and_then(Value::as_str)
@@ -266,31 +288,44 @@ impl ObjectsPlugin {
         };
         match method.as_str() {
             "commit" => {
-                self.with_reference(ctx, &reference, async |store, state| {
-                    store.commit(state, Some(&user)).await.map(|()| None)
+                self.with_reference(ctx, &reference, async |store, state, guard| {
+                    ObjectsPlugin::check_method(guard, state, &method, &args).await?;
+                    store.commit(state, Some(&user)).await?;
+                    Ok(None)
                 })
                 .await
             }
             "extend" => {
                 let ext = text_arg(0, "the extension's type")?;
-                self.with_reference(ctx, &reference, async |store, state| store.extend(state, &ext).map(|()| None))
-                    .await
+                self.with_reference(ctx, &reference, async |store, state, guard| {
+                    ObjectsPlugin::check_method(guard, state, &method, &args).await?;
+                    store.extend(state, &ext)?;
+                    Ok(None)
+                })
+                .await
             }
             "retract" => {
                 let ext = text_arg(0, "the extension's type")?;
-                self.with_reference(ctx, &reference, async |store, state| store.retract(state, &ext).map(|()| None))
-                    .await
+                self.with_reference(ctx, &reference, async |store, state, guard| {
+                    ObjectsPlugin::check_method(guard, state, &method, &args).await?;
+                    store.retract(state, &ext)?;
+                    Ok(None)
+                })
+                .await
             }
             "move" => {
                 let parent = text_arg(0, "the new parent DN")?;
-                self.with_reference(ctx, &reference, async |store, state| {
-                    store.move_object(state, &parent, Some(&user)).await.map(|()| None)
+                self.with_reference(ctx, &reference, async |store, state, guard| {
+                    ObjectsPlugin::check_method(guard, state, &method, &args).await?;
+                    store.move_object(state, &parent, Some(&user)).await?;
+                    Ok(None)
                 })
                 .await
             }
             "remove" => {
                 let recursive = args.first().and_then(Value::as_bool).unwrap_or(false);
                 let state = self.store.reference(&reference, &user).await?;
+                ObjectsPlugin::check_method(&mut self.guard(ctx), &state, &method, &args).await?;
                 let Some(dn) = state.dn.clone() else {
                     self.store.close_reference(&reference, &user).await?;
                     return Ok(json!([]));
@@ -304,7 +339,8 @@ impl ObjectsPlugin {
             "close" => self.close_object(ctx, reference).await.map(Value::Bool),
             other => {
                 let other = other.to_owned();
-                self.with_reference(ctx, &reference, async |store, state| {
+                self.with_reference(ctx, &reference, async |store, state, guard| {
+                    ObjectsPlugin::check_method(guard, state, &method, &args).await?;
                     let result = store.call_method(state, &other, &args, Some(&user)).await?;
                     // A method's command may change the object (changePassword, lock):
                     // an object without pending changes follows it, so a later commit
@@ -329,7 +365,7 @@ impl ObjectsPlugin {
         recursive: Option<bool>,
     ) -> CommandResult<Vec<String>> {
         let state = self.store.load(&target).await?;
-        self.require(ctx, &state.base_type, "d", &ObjectsPlugin::target_of(&state)).await?;
+        self.guard(ctx).require(&state.base_type, "d", &ObjectsPlugin::target_of(&state)).await?;
         Ok(self.store.remove(&target, recursive.unwrap_or(false), Some(user_of(ctx)?)).await?)
     }
 
@@ -343,7 +379,7 @@ impl ObjectsPlugin {
     /// Read an open object again from its backends, dropping unsaved changes.
     #[command(needs_user)]
     async fn reload_object(&self, ctx: &CallContext, reference: String) -> CommandResult<Value> {
-        self.with_reference(ctx, &reference, async |store, state| {
+        self.with_reference(ctx, &reference, async |store, state, _| {
             let fresh = match &state.uuid {
                 Some(uuid) => store.load(uuid).await?,
                 None => store.new_object(&state.parent, &state.base_type).await?,
@@ -357,7 +393,7 @@ impl ObjectsPlugin {
     /// The unsaved changes of an open object: attributes added, removed, changed; extensions added, removed.
     #[command(needs_user)]
     async fn diff_object(&self, ctx: &CallContext, reference: String) -> CommandResult<Value> {
-        self.with_reference(ctx, &reference, async |store, state| Ok(Some(store.diff(state)))).await
+        self.with_reference(ctx, &reference, async |store, state, _| Ok(Some(store.diff(state)))).await
     }
 
     /// The object types: base or extension, backend, what extends them, what they contain, their methods.
@@ -398,10 +434,11 @@ impl ObjectsPlugin {
         let options: SearchOptions = serde_json::from_value(Value::Object(options.unwrap_or_default()))
             .map_err(|e| invalid(format!("search options: {e}")))?;
         let base = base.unwrap_or_else(|| self.store.base().to_owned());
+        let mut guard = self.guard(ctx);
         let mut visible = Vec::new();
         for hit in self.store.search(&base, scope, &query, &options).await? {
             let (kind, dn) = (hit["type"].as_str().unwrap_or_default(), hit["dn"].as_str().unwrap_or_default());
-            if self.allowed(ctx, kind, "s", dn).await {
+            if guard.allowed(kind, "s", dn).await {
                 visible.push(hit);
             }
         }
@@ -412,9 +449,10 @@ impl ObjectsPlugin {
     #[command]
     async fn find(&self, ctx: &CallContext, conditions: Map<String, Value>) -> CommandResult<Vec<Value>> {
         let catalogue = self.store.catalogue();
+        let mut guard = self.guard(ctx);
         let mut visible = Vec::new();
         for mut d in self.store.find(&conditions).await? {
-            if !self.allowed(ctx, &d.object_type, "s", &d.dn).await {
+            if !guard.allowed(&d.object_type, "s", &d.dn).await {
                 continue;
             }
             if self.acl.is_some() {
@@ -422,7 +460,7 @@ impl ObjectsPlugin {
                 for name in names {
                     let owner = catalogue.find_attribute(&d.object_type, &name).map(|(o, _)| o.name.clone());
                     let topic = format!("{}.attributes.{name}", owner.unwrap_or_else(|| d.object_type.clone()));
-                    if !self.allowed(ctx, &topic, "r", &d.dn).await {
+                    if !guard.allowed(&topic, "r", &d.dn).await {
                         d.values.remove(&name);
                     }
                 }
@@ -451,7 +489,7 @@ impl ObjectsPlugin {
             return Err(invalid("the password must not be empty"));
         }
         let mut state = self.store.load(&dn).await?;
-        self.require(ctx, "User.attributes.userPassword", "w", &dn).await?;
+        self.guard(ctx).require("User.attributes.userPassword", "w", &dn).await?;
         self.store.set(&mut state, "userPassword", &json!(password)).await?;
         self.store.commit(&mut state, Some(user_of(ctx)?)).await?;
         Ok(true)
@@ -461,7 +499,7 @@ impl ObjectsPlugin {
     #[command]
     async fn is_account_locked(&self, ctx: &CallContext, dn: String) -> CommandResult<bool> {
         let state = self.store.load(&dn).await?;
-        self.require(ctx, "User.attributes.userPassword", "r", &dn).await?;
+        self.guard(ctx).require("User.attributes.userPassword", "r", &dn).await?;
         let stored =
             state.values.get("userPassword").and_then(|v| v.first()).and_then(Value::as_str).unwrap_or_default();
         Ok(clacks_core::objects::password::is_locked(stored))
@@ -471,7 +509,7 @@ impl ObjectsPlugin {
 impl ObjectsPlugin {
     async fn set_lock(&self, ctx: &CallContext, dn: &str, lock: bool) -> CommandResult<bool> {
         let mut state = self.store.load(dn).await?;
-        self.require(ctx, "User.attributes.userPassword", "w", dn).await?;
+        self.guard(ctx).require("User.attributes.userPassword", "w", dn).await?;
         let Some(stored) =
             state.values.get("userPassword").and_then(|v| v.first()).and_then(Value::as_str).map(str::to_owned)
         else {

@@ -593,19 +593,25 @@ impl AclEngine {
 }
 
 /// Allows `request`, or refuses it as a caller sees it: `PERMISSION_EXEC` with
-/// `refusal` as the message and the topic in the details. An engine that cannot decide
-/// (a role cycle) refuses too.
+/// `refusal` as the message and the topic (and target) in the details. An engine that
+/// cannot decide (a role cycle) refuses too.
 pub fn require(
     acl: &std::sync::RwLock<AclEngine>,
     request: &Request<'_>,
+    relatives: &dyn RelativeLookup,
     refusal: impl FnOnce() -> String,
 ) -> Result<(), crate::rpc::RpcError> {
     use crate::rpc::{ErrorCode, RpcError};
-    let verdict = acl.read().map(|engine| engine.check(request, &NoRelatives)).unwrap_or(Ok(false));
+    let verdict = acl.read().map(|engine| engine.check(request, relatives)).unwrap_or(Ok(false));
     match verdict {
         Ok(true) => Ok(()),
-        Ok(false) => Err(RpcError::new(ErrorCode::PERMISSION_EXEC, refusal())
-            .with_details(serde_json::json!({"topic": request.topic, "needs": request.letters}))),
+        Ok(false) => {
+            let mut details = serde_json::json!({"topic": request.topic, "needs": request.letters});
+            if let Some(target) = request.target {
+                details["target"] = serde_json::json!(target);
+            }
+            Err(RpcError::new(ErrorCode::PERMISSION_EXEC, refusal()).with_details(details))
+        }
         Err(e) => Err(RpcError::new(ErrorCode::PERMISSION_EXEC, format!("the ACLs cannot decide: {e}"))),
     }
 }

@@ -244,7 +244,7 @@ impl Dispatcher {
             target: None,
             options: Some(&arguments),
         };
-        crate::acl::require(acl, &request, || {
+        crate::acl::require(acl, &request, &crate::acl::NoRelatives, || {
             format!("{} may not execute {}", origin.user.as_deref().unwrap_or("nobody"), spec.name)
         })
     }

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use clacks_agent::daemon::ObjectsOptions;
 use clacks_agent::AgentOptions;
+use clacks_agent::daemon::ObjectsOptions;
 use clacks_core::client::Client;
 use clacks_core::objects::StoreConfig;
 use clacks_core::rpc::{ErrorCode, Params};
