@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use ldap3::LdapConnAsync;
 
+use crate::broker::free_port;
+
 pub const BASE: &str = "dc=example,dc=org";
 pub const ADMIN_DN: &str = "cn=admin,dc=example,dc=org";
 pub const ADMIN_PASSWORD: &str = "test-secret";
@@ -31,13 +33,6 @@ impl Drop for Slapd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }
 
 impl Slapd {

@@ -227,6 +227,9 @@ impl ObjectType {
 #[derive(Clone, Debug, Default)]
 pub struct Catalogue {
     types: BTreeMap<String, Arc<ObjectType>>,
+    /// Backend names (lowercase) of every attribute stored as `Binary`, for reading
+    /// entries before their type is known.
+    binary: std::collections::HashSet<String>,
     /// What was left out, and why.
     pub diagnostics: Vec<Diagnostic>,
 }
@@ -297,7 +300,18 @@ impl Catalogue {
             }
         }
         let types = check_set(types, &mut diagnostics);
-        Catalogue { types: types.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(), diagnostics }
+        let binary = types
+            .values()
+            .flat_map(|t| &t.attributes)
+            .filter(|a| a.backend_type == ValueType::Binary)
+            .map(|a| a.backend_name.to_lowercase())
+            .collect();
+        Catalogue { types: types.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(), binary, diagnostics }
+    }
+
+    /// Backend names (lowercase) of the attributes stored as `Binary`, in any type.
+    pub fn binary_attributes(&self) -> &std::collections::HashSet<String> {
+        &self.binary
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<ObjectType>> {

@@ -308,15 +308,6 @@ impl ObjectStore {
         if t.backend == "LDAP" && self.ldap.is_some() { Storage::Ldap } else { Storage::Sql }
     }
 
-    fn binary_attrs(catalogue: &Catalogue, base: &str) -> HashSet<String> {
-        catalogue
-            .attributes_of(base)
-            .into_iter()
-            .filter(|(_, a)| a.backend_type == super::values::ValueType::Binary)
-            .map(|(_, a)| a.backend_name.to_lowercase())
-            .collect()
-    }
-
     fn type_of<'c>(catalogue: &'c Catalogue, name: &str) -> Result<&'c Arc<ObjectType>> {
         catalogue
             .get(name)
@@ -371,10 +362,8 @@ impl ObjectStore {
         let catalogue = self.catalogue();
         let by_uuid = !target.contains('=');
         if let Some(ldap) = &self.ldap {
-            // Binary attributes are known only per type; ask for all binary names.
-            let binary: HashSet<String> =
-                catalogue.types().flat_map(|t| ObjectStore::binary_attrs(&catalogue, &t.name)).collect();
-            if let Some(found) = ldap.read(target, by_uuid, &binary).await? {
+            // The type is known only after the read: any type's binary attributes count.
+            if let Some(found) = ldap.read(target, by_uuid, catalogue.binary_attributes()).await? {
                 let (base, active) = self.identify_ldap(&catalogue, &found.entry)?;
                 return self.assemble(&catalogue, found.entry, true, base, active, Some(found.attrs)).await;
             }
@@ -1007,7 +996,7 @@ impl ObjectStore {
         }
         self.run_hooks(catalogue, state, if creating { HookType::PreCreate } else { HookType::PreUpdate }).await?;
 
-        let binary = ObjectStore::binary_attrs(catalogue, &state.base_type);
+        let binary = catalogue.binary_attributes();
         let mut primary_changes: Vec<(String, Vec<String>)> = Vec::new();
         let mut sql_rows: BTreeMap<String, Vec<(String, Option<String>)>> = BTreeMap::new();
         for (owner, attr) in catalogue.attributes_of(&state.base_type) {
@@ -1528,35 +1517,26 @@ impl ObjectStore {
         }
     }
 
+    /// Publishes a change made through Clacks (ObjectChanged).
     async fn announce(&self, uuid: &str, dn: &str, change: &str) {
-        let publisher = self.events.read().ok().and_then(|p| p.clone());
-        if let Some(publisher) = publisher {
-            let mut fields = serde_json::Map::new();
-            fields.insert("UUID".into(), json!(uuid));
-            fields.insert("DN".into(), json!(dn));
-            fields.insert(
-                "ModificationTime".into(),
-                json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
-            );
-            fields.insert("ChangeType".into(), json!(change));
-            if let Err(e) = publisher.publish_fields("ObjectChanged", &fields).await {
-                tracing::warn!("cannot publish ObjectChanged for {dn}: {e}");
-            }
-        }
+        let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        self.publish_change("ObjectChanged", uuid, dn, change, &time).await;
     }
 
-    /// Publishes a change noticed in a backend (made outside Clacks).
+    /// Publishes a change noticed in a backend, made outside Clacks (BackendChange).
     async fn announce_backend_change(&self, uuid: &str, dn: &str, change: &str, time: &str) {
-        let publisher = self.events.read().ok().and_then(|p| p.clone());
-        if let Some(publisher) = publisher {
-            let mut fields = serde_json::Map::new();
-            fields.insert("UUID".into(), json!(uuid));
-            fields.insert("DN".into(), json!(dn));
-            fields.insert("ModificationTime".into(), json!(time));
-            fields.insert("ChangeType".into(), json!(change));
-            if let Err(e) = publisher.publish_fields("BackendChange", &fields).await {
-                tracing::warn!("cannot publish BackendChange for {dn}: {e}");
-            }
+        self.publish_change("BackendChange", uuid, dn, change, time).await;
+    }
+
+    async fn publish_change(&self, event_type: &str, uuid: &str, dn: &str, change: &str, time: &str) {
+        let Some(publisher) = self.events.read().ok().and_then(|p| p.clone()) else { return };
+        let mut fields = serde_json::Map::new();
+        fields.insert("UUID".into(), json!(uuid));
+        fields.insert("DN".into(), json!(dn));
+        fields.insert("ModificationTime".into(), json!(time));
+        fields.insert("ChangeType".into(), json!(change));
+        if let Err(e) = publisher.publish_fields(event_type, &fields).await {
+            tracing::warn!("cannot publish {event_type} for {dn}: {e}");
         }
     }
 
