@@ -1053,7 +1053,7 @@ impl ObjectStore {
                 let attrs: Vec<(String, Vec<String>)> =
                     primary_changes.iter().filter(|(_, v)| !v.is_empty()).cloned().collect();
                 let (uuid, version) = ldap
-                    .create(&dn, &classes, &attrs, &binary)
+                    .create(&dn, &classes, &attrs, binary)
                     .await
                     .map_err(|e| backend_failure(e, "the directory"))?;
                 new_version = version;
@@ -1152,7 +1152,7 @@ impl ObjectStore {
                 }
                 let expect = state.version.clone();
                 match ldap
-                    .modify_checked(&dn, &primary_changes, &add_classes, &remove_classes, &binary, expect.as_deref())
+                    .modify_checked(&dn, &primary_changes, &add_classes, &remove_classes, binary, expect.as_deref())
                     .await
                 {
                     Ok(Some(version)) => new_version = Some(version),
@@ -1179,7 +1179,7 @@ impl ObjectStore {
                             (name.clone(), old)
                         })
                         .collect();
-                    let undo = ldap.modify(&dn, &restore, &remove_classes, &add_classes, &binary).await;
+                    let undo = ldap.modify(&dn, &restore, &remove_classes, &add_classes, binary).await;
                     let failure = second_backend_failure(e, undo.err(), "the directory entry was restored");
                     return Err(undo_rename(failure).await);
                 }
