@@ -148,6 +148,7 @@ struct Inner {
     dispatcher: Arc<Dispatcher>,
     events: EventPublisher,
     objects: Option<Arc<ObjectStore>>,
+    acl_plugin: Option<Arc<crate::acl_plugin::AclPlugin>>,
     shutdown_requested: CancellationToken,
     stopped: CancellationToken,
 }
@@ -220,6 +221,25 @@ impl Agent {
             }
             None => None,
         };
+        // ACLs live in the object store; without one only the configured admins get in.
+        let acl_plugin = match (&objects, &acl, &options.acl) {
+            (Some(store), Some(engine), Some(acl_options)) => {
+                let admins = acl_options.admins.iter().cloned().chain([bus.user().to_owned()]).collect();
+                let plugin = Arc::new(crate::acl_plugin::AclPlugin::new(
+                    store.clone(),
+                    engine.clone(),
+                    admins,
+                    options.domain.as_str(),
+                    &options.node,
+                ));
+                if let Err(e) = plugin.reload().await {
+                    warn!(error = %e, "cannot load the stored ACLs; only the administrators get in until they load");
+                }
+                commands.extend(plugin.clone().commands());
+                Some(plugin)
+            }
+            _ => None,
+        };
         for plugin in plugins {
             commands.extend(plugin.commands());
         }
@@ -264,6 +284,7 @@ impl Agent {
                 dispatcher,
                 events,
                 objects,
+                acl_plugin: acl_plugin.clone(),
                 shutdown_requested,
                 stopped: CancellationToken::new(),
             }),
@@ -293,6 +314,10 @@ impl Agent {
         tokio::spawn(agent.clone().heartbeat_loop());
         if agent.inner.objects.is_some() {
             tokio::spawn(agent.clone().objects_loop());
+        }
+        if let Some(plugin) = acl_plugin {
+            let changes = agent.inner.bus.subscribe(&["ObjectChanged".to_owned(), "BackendChange".to_owned()]).await?;
+            tokio::spawn(plugin.watch(changes, agent.inner.stopped.clone()));
         }
         info!(node = %opts.node, domain = %opts.domain, targets = ?agent.inner.registry.local_targets(), "agent started");
         Ok(agent)
@@ -404,7 +429,15 @@ impl Agent {
             scanned = store.scan(&holder) => scanned,
         };
         match scanned {
-            Ok(Some(report)) => info!(?report, "object index scanned"),
+            Ok(Some(report)) => {
+                info!(?report, "object index scanned");
+                // A new index finds stored ACLs only now.
+                if let Some(acl) = self.inner.acl_plugin.as_ref().filter(|_| report.indexed > 0)
+                    && let Err(e) = acl.reload().await
+                {
+                    warn!(error = %e, "cannot reload the ACLs after the index scan");
+                }
+            }
             Ok(None) => info!("another agent is scanning the object index"),
             Err(e) => warn!(error = %e, "object index scan failed"),
         }

@@ -6,9 +6,10 @@
 //! with presence events and keeps the domain-wide registry current. [`http`] serves the
 //! same dispatcher as JSON-RPC over HTTP with cookie sessions. [`config`] reads
 //! `agent.toml`; [`objects_plugin`] serves the object store (User, Group, … over LDAP
-//! and SQL) as commands; [`embedded`] runs an agent inside another process for the shell's
+//! and SQL) as commands; [`acl_plugin`] keeps the ACLs as object data and edits them; [`embedded`] runs an agent inside another process for the shell's
 //! broker-less default.
 
+pub mod acl_plugin;
 pub mod auth;
 pub mod config;
 pub mod core_plugin;

@@ -83,6 +83,13 @@ pub struct Acl {
     pub grant: Grant,
 }
 
+impl Acl {
+    /// Whether one of the member patterns names `user`.
+    pub fn has_member(&self, user: &str) -> bool {
+        self.members.iter().any(|m| anchored(m, false).is_ok_and(|re| re.is_match(user)))
+    }
+}
+
 /// One entry of a role: like an ACL without members (the ACL using the role has them).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RoleEntry {
@@ -106,6 +113,18 @@ pub enum AclError {
     RoleInUse(String, String),
     #[error("roles refer to each other in a circle: {0}")]
     Loop(String),
+}
+
+impl From<AclError> for crate::rpc::RpcError {
+    fn from(e: AclError) -> crate::rpc::RpcError {
+        use crate::rpc::ErrorCode;
+        let code = match &e {
+            AclError::Invalid(_) | AclError::Loop(_) => ErrorCode::ACL_INVALID,
+            AclError::UnknownId(_) | AclError::UnknownRole(_) => ErrorCode::ACL_NOT_FOUND,
+            AclError::RoleInUse(..) => ErrorCode::ACL_ROLE_IN_USE,
+        };
+        crate::rpc::RpcError::new(code, e.to_string())
+    }
 }
 
 /// Answers for the relative permissions `o` and `m`: who owns a DN (its `uid`) and who
@@ -453,6 +472,75 @@ impl AclEngine {
         }
         self.roles.remove(name);
         Ok(())
+    }
+
+    /// Rebuilds an engine from stored sets and roles. Stored data may have been edited
+    /// by hand, so every entry is checked as if it were added now; an entry that fails
+    /// (bad regex, unknown role, a role circle, a repeated id) is left out or renumbered
+    /// and described in the returned problems — one bad entry never locks out the rest.
+    pub fn restore(
+        base: &str,
+        admins: impl IntoIterator<Item = String>,
+        sets: Vec<(String, Vec<Acl>)>,
+        roles: Vec<(String, Vec<RoleEntry>)>,
+    ) -> (AclEngine, Vec<String>) {
+        let mut engine = AclEngine::new(base, admins);
+        let mut problems = Vec::new();
+        let all_ids = sets.iter().flat_map(|(_, a)| a.iter().map(|a| a.id));
+        let all_ids = all_ids.chain(roles.iter().flat_map(|(_, e)| e.iter().map(|e| e.id)));
+        engine.next_id = all_ids.max().unwrap_or(0) + 1;
+        let mut seen = BTreeSet::new();
+        let mut fresh_id = |engine: &mut AclEngine, id: u64, what: &str, problems: &mut Vec<String>| {
+            if id != 0 && seen.insert(id) {
+                return id;
+            }
+            let new = engine.take_id();
+            problems.push(format!("{what}: id {id} is used twice; it is {new} now"));
+            new
+        };
+        for (name, _) in &roles {
+            if let Err(e) = engine.add_role(name) {
+                problems.push(format!("role '{name}': {e}"));
+            }
+        }
+        for (name, entries) in roles {
+            for mut entry in entries {
+                let checked =
+                    check_priority(entry.priority).and_then(|()| engine.check_grant(&entry.grant, Some(&name)));
+                if let Err(e) = checked {
+                    problems.push(format!("role '{name}', entry {}: {e}; left out", entry.id));
+                    continue;
+                }
+                entry.id = fresh_id(&mut engine, entry.id, &format!("role '{name}'"), &mut problems);
+                let list = engine.roles.entry(name.clone()).or_default();
+                list.push(entry);
+                list.sort_by_key(|e| e.priority);
+            }
+        }
+        for (dn, acls) in sets {
+            for mut acl in acls {
+                let checked = check_priority(acl.priority)
+                    .and_then(|()| match acl.members.is_empty() {
+                        true => Err(AclError::Invalid("an ACL needs at least one member".into())),
+                        false => acl.members.iter().try_for_each(|m| anchored(m, false).map(drop)),
+                    })
+                    .and_then(|()| engine.check_grant(&acl.grant, None));
+                if let Err(e) = checked {
+                    problems.push(format!("ACL {} at {dn}: {e}; left out", acl.id));
+                    continue;
+                }
+                acl.id = fresh_id(&mut engine, acl.id, &format!("ACL at {dn}"), &mut problems);
+                let set = engine.sets.entry(dn_key(&dn)).or_insert_with(|| (dn.clone(), Vec::new()));
+                set.1.push(acl);
+                set.1.sort_by_key(|a| a.priority);
+            }
+        }
+        (engine, problems)
+    }
+
+    /// The ACLs of the set at `base` (empty when it has none).
+    pub fn set_at(&self, base: &str) -> &[Acl] {
+        self.sets.get(&dn_key(base)).map(|(_, acls)| acls.as_slice()).unwrap_or_default()
     }
 
     /// The sets, for listing: `(base, ACLs)`.
@@ -875,5 +963,44 @@ mod tests {
         assert_eq!("psub".parse::<Scope>(), Ok(Scope::Psub));
         assert!("wide".parse::<Scope>().is_err());
         assert_eq!(e.remove_acl(42), Err(AclError::UnknownId(42)));
+    }
+
+    /// Stored data edited by hand: bad entries are left out, repeated ids renumbered,
+    /// a circle between roles broken — and each is reported.
+    #[test]
+    fn restoring_stored_data_keeps_what_is_valid() {
+        let acl = |id, members: &[&str], grant| Acl {
+            id,
+            scope: Scope::Sub,
+            priority: 0,
+            members: members.iter().map(|m| m.to_string()).collect(),
+            grant,
+        };
+        let entry = |id, grant| RoleEntry { id, scope: Scope::Sub, priority: 0, grant };
+        let sets = vec![
+            (
+                "ou=a,dc=example,dc=net".to_owned(),
+                vec![acl(3, &["ada"], actions("net.*", "r")), acl(4, &["("], actions("x", "r"))],
+            ),
+            ("ou=b,dc=example,dc=net".to_owned(), vec![acl(3, &["bob"], Grant::Role("editor".into()))]),
+        ];
+        let roles = vec![
+            (
+                "editor".to_owned(),
+                vec![entry(7, actions("net.objects.*", "rw")), entry(8, Grant::Role("viewer".into()))],
+            ),
+            ("viewer".to_owned(), vec![entry(9, Grant::Role("editor".into())), entry(10, actions("net.*", "r"))]),
+        ];
+        let (engine, problems) = AclEngine::restore(BASE, ["root".to_owned()], sets, roles);
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("ACL 4") && p.contains("bad regular expression")));
+        assert!(problems.iter().any(|p| p.contains("id 3 is used twice")));
+        assert!(problems.iter().any(|p| p.contains("circle")));
+        assert!(allowed(&engine, "ada", "net.x", "r", "uid=x,ou=a,dc=example,dc=net"));
+        assert!(allowed(&engine, "bob", "net.objects.User", "w", "uid=x,ou=b,dc=example,dc=net"));
+        assert!(allowed(&engine, "root", "anything", "d", BASE));
+        let bob = engine.set_at("ou=b,dc=example,dc=net");
+        assert_eq!(bob.len(), 1);
+        assert!(bob[0].id > 10, "renumbered past every stored id");
     }
 }

@@ -108,6 +108,12 @@ error_codes! {
     BACKEND_FAILED = -32140,
     /// A backend (directory, database) cannot be reached.
     BACKEND_UNAVAILABLE = -32141,
+    /// An ACL or role entry is malformed: scope, priority, letters, regex, a role circle.
+    ACL_INVALID = -32150,
+    /// No ACL or role entry with that id, or no role with that name.
+    ACL_NOT_FOUND = -32151,
+    /// The role is still used by an ACL or another role.
+    ACL_ROLE_IN_USE = -32152,
 }
 
 impl ErrorCode {

@@ -2,6 +2,7 @@
 //! default the local broker). They fail, never skip, when the broker is missing.
 
 mod acl;
+mod acl_store;
 mod api;
 mod events;
 mod http;

@@ -22,6 +22,7 @@ pub const OBJECT_SCHEMA: &str = include_str!("../../../schemas/object.xsd");
 
 /// The descriptions shipped with Clacks, compiled in so a bare binary has them.
 const BUILTIN_DESCRIPTIONS: &[(&str, &str)] = &[
+    ("acl.xml", include_str!("../../../objects/acl.xml")),
     ("containers.xml", include_str!("../../../objects/containers.xml")),
     ("device.xml", include_str!("../../../objects/device.xml")),
     ("group.xml", include_str!("../../../objects/group.xml")),
