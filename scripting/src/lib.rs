@@ -1,12 +1,14 @@
 //! The Rhai side of Clacks: a sandboxed engine, the conversion between Rhai values and
 //! the JSON values commands exchange, remote commands as Rhai functions ([`bindings`])
-//! and the helpers an admin's script needs ([`helpers`]: files, CSV, JSON, progress).
+//! and the helpers an admin's script needs ([`helpers`]: files, CSV, JSON, progress;
+//! [`objects`]: objects as values; [`acl`]: the ACL commands made readable).
 //!
 //! Agents use it to run `.rhai` plugins; the shell builds its REPL on the same engine
 //! settings, so a script behaves the same wherever it runs. Scripts are synchronous, so
 //! callers run them on blocking threads; a per-thread deadline and cancellation flag
 //! let a call's deadline or the user's Ctrl-C stop a running script.
 
+pub mod acl;
 pub mod bindings;
 pub mod helpers;
 pub mod objects;

@@ -118,7 +118,8 @@ pub fn complete(
     // The catalogue comes sorted and may hold thousands of names; the few keywords and
     // variables are sorted on their own and merged in, so a TAB stays linear.
     let commands = catalog.names_with_prefix(word);
-    let mut others: Vec<String> = KEYWORDS.iter().filter(|k| k.starts_with(word)).map(|k| (*k).to_owned()).collect();
+    let helpers = KEYWORDS.iter().chain(clacks_scripting::acl::FUNCTIONS);
+    let mut others: Vec<String> = helpers.filter(|k| k.starts_with(word)).map(|k| (*k).to_owned()).collect();
     others.extend(variables.keys().filter(|v| v.starts_with(word)).cloned());
     others.sort();
     (word_start, merge_sorted(commands, others))

@@ -712,3 +712,57 @@ async fn the_shell_reaches_a_domain_over_amqps_with_its_ca() {
     );
     agent.stop().await;
 }
+
+/// The `acl_*` helpers on the embedded domain: edits persist between runs (they are
+/// object data) and list as readable tables; bad input is refused with its code.
+#[test]
+fn acl_helpers_edit_and_list_acls_readably() {
+    let data = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let data_home = data.path().to_string_lossy().into_owned();
+    let env = [("XDG_DATA_HOME", data_home.as_str())];
+    let setup = r#"
+        acl_role_add("helpdesk");
+        acl_role_grant("helpdesk", "org\\.clacks\\.command\\.objects\\..*", "x");
+        acl_role_grant("helpdesk", "org\\.clacks\\.objects\\.User\\.methods\\.lock", "x", #{priority: -5});
+        acl_grant_role(getBase(), ["^hd-", "grace"], "helpdesk");
+        acl_grant(getBase(), "bob", "org\\.clacks\\.command\\.core\\.shutdown", "x", #{options: #{force: false}});
+        print(acl_check("hd-joe", "org.clacks.command.objects.find", "x"));
+        print(acl_check("bob", "org.clacks.command.objects.find", "x"));"#;
+    expect![[r#"
+        exit=0
+        stdout:
+        true
+        false
+        stderr:
+    "#]]
+    .assert_eq(&run(&["-c", setup], &env));
+    expect![[r#"
+        exit=0
+        stdout:
+        ┌────┬──────────────────┬─────────────────────────────────────────────────────────────┬─────────────┬──────────┬───────┐
+        │ id ┆ base             ┆ grants                                                      ┆ members     ┆ priority ┆ scope │
+        ╞════╪══════════════════╪═════════════════════════════════════════════════════════════╪═════════════╪══════════╪═══════╡
+        │ 3  ┆ dc=clacks,dc=org ┆ role helpdesk                                               ┆ ^hd-, grace ┆ 0        ┆ sub   │
+        │ 4  ┆ dc=clacks,dc=org ┆ x on org\.clacks\.command\.core\.shutdown where force=false ┆ bob         ┆ 0        ┆ sub   │
+        └────┴──────────────────┴─────────────────────────────────────────────────────────────┴─────────────┴──────────┴───────┘
+        (2 rows)
+        stderr:
+    "#]].assert_eq(&run(&["-c", "show(acl_list())"], &env));
+    expect![[r#"
+        exit=0
+        stdout:
+        ┌────┬────────────────────────────────────────────────┬──────────┬──────────┬───────┐
+        │ id ┆ grants                                         ┆ priority ┆ role     ┆ scope │
+        ╞════╪════════════════════════════════════════════════╪══════════╪══════════╪═══════╡
+        │ 2  ┆ x on org\.clacks\.objects\.User\.methods\.lock ┆ -5       ┆ helpdesk ┆ sub   │
+        │ 1  ┆ x on org\.clacks\.command\.objects\..*         ┆ 0        ┆ helpdesk ┆ sub   │
+        └────┴────────────────────────────────────────────────┴──────────┴──────────┴───────┘
+        (2 rows)
+        stderr:
+    "#]]
+    .assert_eq(&run(&["-c", "show(acl_roles())"], &env));
+    let bad = run(&["-c", r#"acl_grant(getBase(), "bob", "x", "rq")"#], &env);
+    assert!(bad.starts_with("exit=1\n") && bad.contains("ACL_INVALID: 'q' is not a permission"), "{bad}");
+    let removed = run(&["-c", "acl_revoke(\"grace\"); acl_remove(4); acl_list().len()"], &env);
+    assert!(removed.starts_with("exit=0\nstdout:\n1\n"), "{removed}");
+}
