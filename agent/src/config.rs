@@ -155,12 +155,15 @@ pub struct AmqpSection {
 pub struct HttpSection {
     /// `host:port` to listen on; none = no HTTP.
     pub listen: Option<String>,
-    /// How `login` checks passwords: `broker` (open a broker connection as the user) or
-    /// `users` (the argon2 hashes below). Default: `broker` when a broker is configured.
+    /// How logins check passwords: `broker` (open a broker connection as the user),
+    /// `directory` (bind to the object store's directory as the user; without one, the
+    /// user object's `userPassword`) or `users` (the hashes below). Default: `broker`
+    /// when a broker is configured, else `users`.
     pub auth: Option<String>,
     /// Seconds a session may stay idle.
     pub session_idle_secs: u64,
-    /// User name → argon2 PHC hash (`clacks-agent hash-password` makes one).
+    /// User name → argon2 PHC hash or SCRAM-SHA-256 verifier (`clacks-agent
+    /// hash-password [--scram]` makes either); SCRAM logins need the verifier.
     pub users: BTreeMap<String, String>,
     /// PEM certificate (chain) for HTTPS; with `tls_key`, the endpoint speaks only HTTPS.
     /// `clacks-agent make-cert` makes a self-signed pair for development.
@@ -338,10 +341,14 @@ impl AgentConfig {
             ));
         }
         if let Some(auth) = &self.http.auth
-            && auth != "broker"
-            && auth != "users"
+            && !["broker", "directory", "users"].contains(&auth.as_str())
         {
-            return Err(ConfigError::Invalid(format!("http.auth must be \"broker\" or \"users\", not \"{auth}\"")));
+            return Err(ConfigError::Invalid(format!(
+                "http.auth must be \"broker\", \"directory\" or \"users\", not \"{auth}\""
+            )));
+        }
+        if self.http.auth.as_deref() == Some("directory") && !self.objects.enabled {
+            return Err(ConfigError::Invalid("http.auth = \"directory\" needs the object store ([objects])".into()));
         }
         Ok(())
     }
@@ -397,7 +404,10 @@ mod tests {
             "[presence]\nheartbeat_secs = 40\n",
             expect!["presence.node_timeout_secs must be longer than presence.heartbeat_secs"],
         );
-        check("[http]\nauth = \"ldap\"\n", expect![[r#"http.auth must be "broker" or "users", not "ldap""#]]);
+        check(
+            "[http]\nauth = \"ldap\"\n",
+            expect![[r#"http.auth must be "broker", "directory" or "users", not "ldap""#]],
+        );
     }
 
     #[test]

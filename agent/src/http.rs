@@ -5,8 +5,9 @@
 //! as Server-Sent Events (`event:` = type, `data:` = the event as one-line JSON), for
 //! programs that cannot speak AMQP.
 //!
-//! `login(user, password)` opens a session and sets the `clacks_session` cookie
-//! (HttpOnly, SameSite=Strict); `logout()` ends it. Any other call without a live
+//! `login(user, password)` — or a SASL exchange: `saslMechanisms()`, `saslStart`,
+//! `saslStep` (see [`crate::sasl`]) — opens a session and sets the `clacks_session`
+//! cookie (HttpOnly, SameSite=Strict); `logout()` ends it. Any other call without a live
 //! session is answered with HTTP 401 and a `NOT_AUTHENTICATED` error. JSON-RPC errors
 //! travel with HTTP 200, except 401 (no session, failed login) and 413 (body too large).
 
@@ -26,6 +27,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::auth::Authenticator;
+use crate::sasl::{SaslServer, Step};
 
 /// Name of the session cookie.
 pub const SESSION_COOKIE: &str = "clacks_session";
@@ -40,6 +42,7 @@ pub struct HttpState {
     dispatcher: Arc<Dispatcher>,
     events: Option<clacks_core::bus::Bus>,
     authenticator: Authenticator,
+    sasl: Option<SaslServer>,
     sessions: Mutex<HashMap<String, Session>>,
     idle: Duration,
     max_body: usize,
@@ -48,8 +51,20 @@ pub struct HttpState {
 impl HttpState {
     /// State for an endpoint over `dispatcher`.
     pub fn new(dispatcher: Arc<Dispatcher>, authenticator: Authenticator, idle: Duration) -> Arc<HttpState> {
+        HttpState::build(dispatcher, None, authenticator, idle)
+    }
+
+    fn build(
+        dispatcher: Arc<Dispatcher>,
+        events: Option<clacks_core::bus::Bus>,
+        authenticator: Authenticator,
+        idle: Duration,
+    ) -> Arc<HttpState> {
         let max_body = dispatcher.config().max_request_bytes;
-        Arc::new(HttpState { dispatcher, events: None, authenticator, sessions: Mutex::default(), idle, max_body })
+        // Without SASL, `login` still works; say why once.
+        let sasl =
+            SaslServer::new(&authenticator).inspect_err(|e| tracing::warn!(error = %e, "SASL logins are off")).ok();
+        Arc::new(HttpState { dispatcher, events, authenticator, sasl, sessions: Mutex::default(), idle, max_body })
     }
 
     /// State that also serves `GET /events` from `bus`.
@@ -59,8 +74,7 @@ impl HttpState {
         idle: Duration,
         bus: clacks_core::bus::Bus,
     ) -> Arc<HttpState> {
-        let max_body = dispatcher.config().max_request_bytes;
-        Arc::new(HttpState { dispatcher, events: Some(bus), authenticator, sessions: Mutex::default(), idle, max_body })
+        HttpState::build(dispatcher, Some(bus), authenticator, idle)
     }
 
     fn session_user(&self, id: Option<&str>) -> Option<String> {
@@ -211,6 +225,8 @@ async fn handle(
     let id = request.id.clone();
     let outcome = match request.method.as_str() {
         "login" => login(state, request.params, session, effects).await,
+        "saslMechanisms" => Ok(Value::from(state.sasl.as_ref().map(|s| s.mechanisms().to_vec()).unwrap_or_default())),
+        "saslStart" | "saslStep" => sasl(state, &request.method, request.params, session, effects).await,
         "logout" => {
             state.close_session(session.as_deref());
             *session = None;
@@ -252,21 +268,84 @@ async fn login(
     let (Some(Value::String(user)), Some(Value::String(password))) = (user, password) else {
         return Err(RpcError::new(ErrorCode::INVALID_PARAMS, "login(user: string, password: string)"));
     };
-    match state.authenticator.verify(&user, &password).await {
+    check_and_open(state, &user, &password, "login", session, effects).await.map(|()| Value::Bool(true))
+}
+
+/// Checks a password and, when it is right, opens a session for `user`.
+async fn check_and_open(
+    state: &HttpState,
+    user: &str,
+    password: &str,
+    how: &str,
+    session: &mut Option<String>,
+    effects: &mut Effects,
+) -> Result<(), RpcError> {
+    match state.authenticator.verify(user, password).await {
         Ok(true) => {
-            state.close_session(session.as_deref());
-            let id = state.open_session(&user);
-            *session = Some(id.clone());
-            effects.new_session = Some(id);
-            tracing::info!(%user, "HTTP login");
-            Ok(Value::Bool(true))
+            open(state, user, how, session, effects);
+            Ok(())
         }
         Ok(false) => {
             effects.unauthorized = true;
-            tracing::warn!(%user, "HTTP login refused");
+            tracing::warn!(%user, how, "HTTP login refused");
             Err(RpcError::new(ErrorCode::LOGIN_FAILED, format!("login of user '{user}' failed")))
         }
         Err(reason) => Err(RpcError::new(ErrorCode::INTERNAL_ERROR, reason)),
+    }
+}
+
+fn open(state: &HttpState, user: &str, how: &str, session: &mut Option<String>, effects: &mut Effects) {
+    state.close_session(session.as_deref());
+    let id = state.open_session(user);
+    *session = Some(id.clone());
+    effects.new_session = Some(id);
+    tracing::info!(%user, how, "HTTP login");
+}
+
+/// `saslStart(mechanism, data?)` and `saslStep(conversation, data?)`: one step each;
+/// the last one opens the session.
+async fn sasl(
+    state: &HttpState,
+    method: &str,
+    params: Params,
+    session: &mut Option<String>,
+    effects: &mut Effects,
+) -> Result<Value, RpcError> {
+    let Some(server) = &state.sasl else {
+        return Err(RpcError::new(ErrorCode::LOGIN_FAILED, "SASL is not available here; use login(user, password)"));
+    };
+    let first = if method == "saslStart" { "mechanism" } else { "conversation" };
+    let (key, data) = match params {
+        Params::Positional(p) => (p.first().cloned(), p.get(1).cloned()),
+        Params::Named(mut n) => (n.remove(first), n.remove("data")),
+        Params::None => (None, None),
+    };
+    let (Some(Value::String(key)), data @ (None | Some(Value::String(_)) | Some(Value::Null))) = (key, data) else {
+        return Err(RpcError::new(
+            ErrorCode::INVALID_PARAMS,
+            format!("{method}({first}: string, data?: base64 string)"),
+        ));
+    };
+    let data = data.as_ref().and_then(Value::as_str);
+    let step = if method == "saslStart" { server.start(&key, data) } else { server.step(&key, data) };
+    match step {
+        Ok(Step::Continue { conversation, data }) => {
+            Ok(serde_json::json!({"done": false, "conversation": conversation, "data": crate::sasl::encode(&data)}))
+        }
+        Ok(Step::Finished { claim, data }) => {
+            match &claim.password {
+                Some(password) => check_and_open(state, &claim.user, password, "SASL PLAIN", session, effects).await?,
+                None => open(state, &claim.user, "SASL SCRAM", session, effects),
+            }
+            Ok(serde_json::json!({"done": true, "user": claim.user, "data": crate::sasl::encode(&data)}))
+        }
+        Err(e) => {
+            if e.symbolic() == ErrorCode::LOGIN_FAILED {
+                effects.unauthorized = true;
+                tracing::warn!(method, "SASL login refused: {}", e.message);
+            }
+            Err(e)
+        }
     }
 }
 

@@ -4,7 +4,8 @@
 //! Rust plugins it is given, and `.rhai` plugins from a folder, see [`rhai_plugin`]),
 //! consumes the shared and private queue of every target they export, announces itself
 //! with presence events and keeps the domain-wide registry current. [`http`] serves the
-//! same dispatcher as JSON-RPC over HTTP with cookie sessions. [`config`] reads
+//! same dispatcher as JSON-RPC over HTTP with cookie sessions, opened by `login` or a
+//! SASL exchange ([`sasl`], passwords checked by [`auth`]). [`config`] reads
 //! `agent.toml`; [`objects_plugin`] serves the object store (User, Group, … over LDAP
 //! and SQL) as commands; [`acl_plugin`] keeps the ACLs as object data and edits them; [`embedded`] runs an agent inside another process for the shell's
 //! broker-less default.
@@ -20,5 +21,6 @@ pub mod objects_plugin;
 pub mod plugins;
 pub mod process;
 pub mod rhai_plugin;
+pub mod sasl;
 
 pub use daemon::{Agent, AgentError, AgentOptions};

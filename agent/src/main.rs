@@ -47,7 +47,14 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Read a password from stdin and print its argon2 hash for [http.users].
-    HashPassword,
+    HashPassword {
+        /// Print a SCRAM-SHA-256 verifier instead: it allows SCRAM logins as well as plain ones.
+        #[arg(long)]
+        scram: bool,
+        /// PBKDF2 rounds of the SCRAM verifier.
+        #[arg(long, default_value_t = clacks_core::sasl::DEFAULT_ITERATIONS, requires = "scram")]
+        iterations: u32,
+    },
     /// Print the effective configuration and exit.
     ShowConfig,
     /// Write a self-signed certificate and key for HTTPS (development only).
@@ -103,12 +110,21 @@ fn effective_config(cli: &Cli) -> Result<AgentConfig> {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Some(Command::HashPassword) => {
+        Some(Command::HashPassword { scram, iterations }) => {
             let mut password = String::new();
             std::io::stdin().read_line(&mut password).context("reading the password from stdin")?;
-            let hash = clacks_agent::auth::hash_password(password.trim_end_matches(['\r', '\n']))
-                .map_err(anyhow::Error::msg)?;
-            println!("{hash}");
+            let password = password.trim_end_matches(['\r', '\n']);
+            if password.is_empty() {
+                bail!("the password is empty");
+            }
+            if scram {
+                if iterations < clacks_core::sasl::DEFAULT_ITERATIONS {
+                    bail!("SCRAM needs at least {} iterations", clacks_core::sasl::DEFAULT_ITERATIONS);
+                }
+                println!("{}", clacks_core::sasl::ScramVerifier::new(password, iterations));
+            } else {
+                println!("{}", clacks_agent::auth::hash_password(password).map_err(anyhow::Error::msg)?);
+            }
             return Ok(());
         }
         Some(Command::MakeCert { out, names }) => {
@@ -198,6 +214,10 @@ async fn run(cli: Cli) -> Result<()> {
     if let Some(listen) = &config.http.listen {
         let authenticator = match (config.http.auth.as_deref(), &config.amqp.url) {
             (Some("users"), _) | (None, None) => Authenticator::Users(config.http.users.clone()),
+            (Some("directory"), _) => match agent.objects() {
+                Some(store) => Authenticator::Directory(store.clone()),
+                None => bail!("http.auth = \"directory\" needs the object store ([objects])"),
+            },
             (_, Some(url)) => Authenticator::Broker { url: url.clone(), ca_pem: ca_pem.clone() },
             (Some(_), None) => bail!("http.auth = \"broker\" needs a broker URL"),
         };

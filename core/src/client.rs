@@ -119,11 +119,69 @@ impl Client {
         let http = builder.build().map_err(|e| ClientError::Connect(format!("cannot set up HTTP: {e}")))?;
         let client =
             Client { transport: Transport::Http { http, url: url.to_owned() }, timeout, next_id: AtomicU64::new(1) };
-        match client.call("login", Params::Positional(vec![user.into(), password.into()])).await {
-            Ok(_) => Ok(client),
+        // SCRAM when the agent offers it: the password never crosses the wire, and the
+        // agent proves it knows the verifier too.
+        let offered = match client.call("saslMechanisms", Params::None).await {
+            Ok(Value::Array(names)) => names.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+            _ => Vec::new(),
+        };
+        let login = || client.call("login", Params::Positional(vec![user.into(), password.into()]));
+        let outcome = if offered.iter().any(|m| m == crate::sasl::SCRAM_SHA_256) {
+            match client.scram_login(user, password).await {
+                // The agent has no SCRAM credentials for this user: it says so up front.
+                Err(ClientError::Rpc(e))
+                    if e.data.as_ref().and_then(|d| d.details.as_ref()).is_some_and(|d| d.get("use").is_some()) =>
+                {
+                    login().await.map(drop)
+                }
+                other => other,
+            }
+        } else {
+            login().await.map(drop)
+        };
+        match outcome {
+            Ok(()) => Ok(client),
             Err(ClientError::Rpc(e)) if e.symbolic() == ErrorCode::LOGIN_FAILED => Err(ClientError::Auth(e.message)),
             Err(e) => Err(e),
         }
+    }
+
+    /// A SASL SCRAM-SHA-256 exchange over `saslStart`/`saslStep`.
+    async fn scram_login(&self, user: &str, password: &str) -> Result<(), ClientError> {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::STANDARD as B64;
+        let auth = |m: String| ClientError::Auth(format!("SCRAM login: {m}"));
+        let config = rsasl::prelude::SASLConfig::with_credentials(None, user.to_owned(), password.to_owned())
+            .map_err(|e| auth(e.to_string()))?;
+        let mechanism =
+            rsasl::mechname::Mechname::parse(crate::sasl::SCRAM_SHA_256.as_bytes()).map_err(|e| auth(e.to_string()))?;
+        let mut session =
+            rsasl::prelude::SASLClient::new(config).start_suggested(&[mechanism]).map_err(|e| auth(e.to_string()))?;
+        let mut out = Vec::new();
+        session.step(None, &mut out).map_err(|e| auth(e.to_string()))?;
+        let start = [
+            ("mechanism".to_owned(), Value::from(crate::sasl::SCRAM_SHA_256)),
+            ("data".to_owned(), Value::from(B64.encode(&out))),
+        ];
+        let mut reply = self.call("saslStart", Params::Named(start.into_iter().collect())).await?;
+        // Each reply carries the agent's next message; the last one proves the agent's side.
+        for _ in 0..4 {
+            let data = reply.get("data").and_then(Value::as_str).unwrap_or_default();
+            let data = B64.decode(data).map_err(|e| auth(format!("the agent sent bad data: {e}")))?;
+            let mut out = Vec::new();
+            let state = session.step(Some(&data), &mut out).map_err(|e| auth(e.to_string()))?;
+            if reply.get("done") == Some(&Value::Bool(true)) {
+                return if state.is_finished() {
+                    Ok(())
+                } else {
+                    Err(auth("the agent ended the exchange early".into()))
+                };
+            }
+            let conversation = reply.get("conversation").cloned().unwrap_or(Value::Null);
+            let step = [("conversation".to_owned(), conversation), ("data".to_owned(), Value::from(B64.encode(&out)))];
+            reply = self.call("saslStep", Params::Named(step.into_iter().collect())).await?;
+        }
+        Err(auth("the exchange did not end".into()))
     }
 
     /// Calls `method` with the default deadline.

@@ -7,7 +7,9 @@
 //! nodes and their commands ([`registry`]), the dispatcher that routes a request to a
 //! local handler or to the agent that provides it ([`dispatch`]), node presence events
 //! and their XSD validation ([`events`]), the message bus with its RabbitMQ and
-//! in-process implementations ([`bus`]) and the caller-side [`client`].
+//! in-process implementations ([`bus`]), the caller-side [`client`], the object layer
+//! ([`objects`]), the ACL engine ([`acl`]) and the SCRAM pieces both ends of a SASL
+//! login share ([`sasl`]).
 //!
 //! Nothing here reads configuration files or parses command lines: that is the job of
 //! the `clacks-agent` and `clacks` binaries.
@@ -26,6 +28,7 @@ pub mod events;
 pub mod objects;
 pub mod registry;
 pub mod rpc;
+pub mod sasl;
 pub mod testing;
 
 pub use clacks_macros::plugin;

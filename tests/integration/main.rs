@@ -12,4 +12,5 @@ mod object_api;
 mod objects;
 mod recovery;
 mod routing;
+mod sasl;
 mod tls;

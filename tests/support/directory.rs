@@ -79,6 +79,7 @@ impl Slapd {
              include /etc/ldap/schema/nis.schema\n\
              modulepath /usr/lib/ldap\n\
              moduleload back_mdb\n\
+             moduleload argon2\n\
              pidfile {dir}/slapd.pid\n\
              database mdb\n\
              maxsize 104857600\n\

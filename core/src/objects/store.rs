@@ -252,6 +252,23 @@ impl ObjectStore {
         &self.base
     }
 
+    /// Whether `password` is right for the user `uid`: with a directory, by binding as
+    /// the user; without one, against the stored `userPassword` hash. A locked account
+    /// never matches.
+    pub async fn check_user_password(&self, uid: &str, password: &str) -> Result<bool> {
+        if let Some(ldap) = &self.ldap {
+            return Ok(ldap.bind_as(uid, password).await?);
+        }
+        if uid.is_empty() || password.is_empty() {
+            return Ok(false);
+        }
+        let docs = self.index.with_value("User", "uid", uid).await?;
+        let [doc] = docs.as_slice() else { return Ok(false) };
+        let state = self.load(&doc.uuid).await?;
+        let stored = state.values.get("userPassword").and_then(|v| v.first()).and_then(Value::as_str);
+        Ok(stored.is_some_and(|stored| super::password::verify(stored, password)))
+    }
+
     pub fn has_directory(&self) -> bool {
         self.ldap.is_some()
     }

@@ -153,6 +153,36 @@ impl LdapBackend {
         Ok(ldap)
     }
 
+    /// Whether `password` is right for the entry with `uid` below the base: the entry is
+    /// found with the service bind, then a connection of its own binds as it (so the
+    /// directory applies its own password policy and locks). An empty password is
+    /// refused outright — LDAP would take it as an anonymous bind and say yes.
+    pub async fn bind_as(&self, uid: &str, password: &str) -> Result<bool, BackendError> {
+        if uid.is_empty() || password.is_empty() {
+            return Ok(false);
+        }
+        let filter = format!("(uid={})", ldap3::ldap_escape(uid));
+        let found = self.search(&self.settings.base, Scope::Subtree, &filter, vec!["1.1".into()]).await?;
+        let [entry] = found.as_slice() else { return Ok(false) };
+        let mut conn = LdapConnSettings::new().set_conn_timeout(self.timeout).set_starttls(self.settings.starttls);
+        if let Some(config) = &self.tls {
+            conn = conn.set_config(config.clone());
+        }
+        let (driver, mut ldap) = LdapConnAsync::with_settings(conn, &self.settings.url).await.map_err(ldap_error)?;
+        tokio::spawn(async move {
+            let _ = driver.drive().await;
+        });
+        let result = ldap.with_timeout(self.timeout).simple_bind(&entry.dn, password).await.map_err(ldap_error)?;
+        let _ = ldap.unbind().await;
+        match result.rc {
+            0 => Ok(true),
+            49 => Ok(false), // invalidCredentials
+            rc => {
+                Err(BackendError::Refused { code: rc, message: format!("binding as {} failed: {}", entry.dn, result) })
+            }
+        }
+    }
+
     /// A handle from the pool, opening the connection if needed.
     async fn handle(&self) -> Result<Ldap, BackendError> {
         let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
