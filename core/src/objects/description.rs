@@ -830,11 +830,13 @@ mod tests {
             "IpHost",
             "Ieee802Device",
             "RegisteredDevice",
+            "Acl",
+            "AclRole",
         ] {
             assert!(names.contains(&wanted), "{wanted} missing from {names:?}");
         }
         let exts: Vec<&str> = catalogue.extensions_of("User").iter().map(|t| t.name.as_str()).collect();
-        assert_eq!(exts, ["PosixUser", "ShadowUser"]);
+        assert_eq!(exts, ["Acl", "PosixUser", "ShadowUser"]);
         let (owner, uid) = catalogue.find_attribute("User", "uidNumber").expect("uidNumber");
         assert_eq!((owner.name.as_str(), uid.mandatory), ("PosixUser", true));
     }
