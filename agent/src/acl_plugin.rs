@@ -20,7 +20,7 @@ use clacks_core::acl::{Acl, AclEngine, AclError, Action, Grant, RoleEntry, Scope
 use clacks_core::command::{CallContext, CommandError, CommandResult};
 use clacks_core::dispatch::SharedAcl;
 use clacks_core::objects::backend::{dn_key, parent_dn};
-use clacks_core::objects::{ObjectError, ObjectStore};
+use clacks_core::objects::{ObjectError, ObjectState, ObjectStore};
 use clacks_core::rpc::{ErrorCode, RpcError};
 use serde_json::{Map, Value, json};
 use tracing::{info, warn};
@@ -160,41 +160,41 @@ impl AclPlugin {
         format!("ou=roles,{}", self.store.base())
     }
 
+    /// The objects of `kind` (a type or an extension) by DN, noting them as sources;
+    /// objects gone since they were indexed are skipped.
+    async fn objects_of(&self, kind: &str, sources: &mut BTreeSet<String>) -> Result<Vec<ObjectState>, ObjectError> {
+        let mut docs = self.store.index().of_type(kind).await?;
+        docs.sort_by(|a, b| a.dn.cmp(&b.dn));
+        let mut states = Vec::new();
+        for doc in docs {
+            match self.store.load(&doc.uuid).await {
+                Ok(state) => states.push(state),
+                Err(e) if e.code == ErrorCode::OBJECT_NOT_FOUND => continue,
+                Err(e) => return Err(e),
+            }
+            sources.insert(doc.uuid);
+        }
+        Ok(states)
+    }
+
     /// Reads every stored set and role.
     async fn read_stored(&self) -> Result<Stored, ObjectError> {
-        let index = self.store.index();
         let mut problems = Vec::new();
         let mut sources = BTreeSet::new();
         let mut roles = Vec::new();
         let mut role_dns = BTreeMap::new();
-        let mut role_docs = index.of_type(ROLE_TYPE).await?;
-        role_docs.sort_by(|a, b| a.dn.cmp(&b.dn));
-        for doc in role_docs {
-            let state = match self.store.load(&doc.uuid).await {
-                Ok(state) => state,
-                Err(e) if e.code == ErrorCode::OBJECT_NOT_FOUND => continue,
-                Err(e) => return Err(e),
-            };
-            sources.insert(doc.uuid.clone());
-            let Some(name) = first_text(state.values.get("cn")) else { continue };
+        for state in self.objects_of(ROLE_TYPE, &mut sources).await? {
+            let (Some(name), Some(dn)) = (first_text(state.values.get("cn")), state.dn.clone()) else { continue };
             if let Some(first) = role_dns.get(&name) {
-                problems.push(format!("role '{name}' at {} is left out: {first} has that name", doc.dn));
+                problems.push(format!("role '{name}' at {dn} is left out: {first} has that name"));
                 continue;
             }
             let entries = from_documents(state.values.get("aclRoleEntry"), &format!("role '{name}'"), &mut problems);
-            role_dns.insert(name.clone(), doc.dn.clone());
+            role_dns.insert(name.clone(), dn);
             roles.push((name, entries));
         }
         let mut sets = Vec::new();
-        let mut set_docs = index.of_type(ACL_EXTENSION).await?;
-        set_docs.sort_by(|a, b| a.dn.cmp(&b.dn));
-        for doc in set_docs {
-            let state = match self.store.load(&doc.uuid).await {
-                Ok(state) => state,
-                Err(e) if e.code == ErrorCode::OBJECT_NOT_FOUND => continue,
-                Err(e) => return Err(e),
-            };
-            sources.insert(doc.uuid.clone());
+        for state in self.objects_of(ACL_EXTENSION, &mut sources).await? {
             let Some(dn) = state.dn.clone() else { continue };
             let acls = from_documents(state.values.get("aclEntry"), &format!("ACLs at {dn}"), &mut problems);
             sets.push((dn, acls));
