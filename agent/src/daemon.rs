@@ -62,6 +62,8 @@ pub struct AgentOptions {
     /// ACL checks: `None` = none (for programs embedding an agent); the agent binary and
     /// the embedded shell domain always check, denying what no ACL grants.
     pub acl: Option<AclOptions>,
+    /// Client presence, joining and dispatch (target `clients`).
+    pub clients: crate::clients_plugin::ClientsOptions,
 }
 
 /// Who is exempt from ACLs.
@@ -106,6 +108,7 @@ impl AgentOptions {
             enable: Vec::new(),
             objects: None,
             acl: None,
+            clients: crate::clients_plugin::ClientsOptions::default(),
         }
     }
 }
@@ -240,6 +243,18 @@ impl Agent {
             }
             _ => None,
         };
+        let mut trusted = options.trusted_forwarders.clone();
+        trusted.push(bus.user().to_owned());
+        let clients = Arc::new(crate::clients_plugin::ClientsPlugin::new(
+            options.domain.clone(),
+            bus.clone(),
+            events.clone(),
+            objects.clone(),
+            acl.clone(),
+            options.clients.clone(),
+            trusted.clone(),
+        ));
+        commands.extend(clients.clone().commands());
         for plugin in plugins {
             commands.extend(plugin.commands());
         }
@@ -255,8 +270,6 @@ impl Agent {
         }
         registry.register(commands)?;
 
-        let mut trusted = options.trusted_forwarders.clone();
-        trusted.push(bus.user().to_owned());
         let dispatcher = Dispatcher::new(
             DispatchConfig {
                 domain: options.domain.clone(),
@@ -315,6 +328,10 @@ impl Agent {
         if agent.inner.objects.is_some() {
             tokio::spawn(agent.clone().objects_loop());
         }
+        let client_events = agent.inner.bus.subscribe(&crate::clients_plugin::CLIENT_EVENTS.map(String::from)).await?;
+        tokio::spawn(clients.clone().watch(client_events, agent.inner.stopped.clone()));
+        // Clients that were there before this agent announce themselves again.
+        clients.poll().await;
         if let Some(plugin) = acl_plugin {
             let changes = agent.inner.bus.subscribe(&["ObjectChanged".to_owned(), "BackendChange".to_owned()]).await?;
             tokio::spawn(plugin.watch(changes, agent.inner.stopped.clone()));

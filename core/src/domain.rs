@@ -77,6 +77,11 @@ impl Domain {
         format!("{}.command.{target}.{node}", self.0)
     }
 
+    /// The queue a joined client consumes its commands from; only the client serves it.
+    pub fn client_queue(&self, client: &str) -> String {
+        format!("{}.client.{client}", self.0)
+    }
+
     /// The topic exchange carrying XML events; the routing key is the event type.
     pub fn event_exchange(&self) -> String {
         format!("{}.event", self.0)

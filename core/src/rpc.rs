@@ -114,6 +114,14 @@ error_codes! {
     ACL_NOT_FOUND = -32151,
     /// The role is still used by an ACL or another role.
     ACL_ROLE_IN_USE = -32152,
+    /// No joined client with that id.
+    CLIENT_UNKNOWN = -32160,
+    /// The client is known but not connected now.
+    CLIENT_OFFLINE = -32161,
+    /// A device with that machine id has joined already; `details.dn` names it.
+    DEVICE_EXISTS = -32162,
+    /// The broker's management API refused or could not be reached (joining needs it).
+    BROKER_ADMIN_FAILED = -32163,
 }
 
 impl ErrorCode {

@@ -4,6 +4,7 @@
 mod acl;
 mod acl_store;
 mod api;
+mod clients;
 mod events;
 mod http;
 mod identity;

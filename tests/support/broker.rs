@@ -15,6 +15,8 @@ pub struct PrivateBroker {
     port: u16,
     /// With [`PrivateBroker::start_tls`]: the AMQPS port and the test CA (PEM).
     tls_port: Option<u16>,
+    /// With [`PrivateBroker::start_with_management`]: the management API's port.
+    management_port: Option<u16>,
     pub ca_pem: Option<String>,
     /// With [`PrivateBroker::start_tls`]: the CA, to issue client certificates.
     pub pki: Option<crate::directory::TestPki>,
@@ -30,16 +32,22 @@ pub fn free_port() -> u16 {
 impl PrivateBroker {
     /// Starts a node and waits until it accepts AMQP connections (about 5–15 s).
     pub fn start() -> PrivateBroker {
-        PrivateBroker::launch(false)
+        PrivateBroker::launch(false, false)
+    }
+
+    /// Like [`PrivateBroker::start`], with the management API (which joining clients
+    /// needs) on another free loopback port.
+    pub fn start_with_management() -> PrivateBroker {
+        PrivateBroker::launch(false, true)
     }
 
     /// Like [`PrivateBroker::start`], with an AMQPS listener too, its certificate (for
     /// 127.0.0.1) signed by a CA made for this test.
     pub fn start_tls() -> PrivateBroker {
-        PrivateBroker::launch(true)
+        PrivateBroker::launch(true, false)
     }
 
-    fn launch(tls: bool) -> PrivateBroker {
+    fn launch(tls: bool, management: bool) -> PrivateBroker {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temporary folder: {e}"));
         let port = free_port();
         let dist_port = free_port();
@@ -48,9 +56,20 @@ impl PrivateBroker {
             std::fs::create_dir_all(dir.path().join(sub)).unwrap_or_else(|e| panic!("{e}"));
         }
         // Client certificates log in through SASL EXTERNAL, which is a plugin.
-        let plugins = if tls { "[rabbitmq_auth_mechanism_ssl].\n" } else { "[].\n" };
-        std::fs::write(dir.path().join("enabled_plugins"), plugins).unwrap_or_else(|e| panic!("{e}"));
+        let mut plugins = Vec::new();
+        if tls {
+            plugins.push("rabbitmq_auth_mechanism_ssl");
+        }
+        if management {
+            plugins.push("rabbitmq_management");
+        }
+        std::fs::write(dir.path().join("enabled_plugins"), format!("[{}].\n", plugins.join(",")))
+            .unwrap_or_else(|e| panic!("{e}"));
         let mut config = format!("listeners.tcp.local = 127.0.0.1:{port}\nloopback_users = none\n");
+        let management_port = management.then(free_port);
+        if let Some(api) = management_port {
+            config.push_str(&format!("management.tcp.port = {api}\nmanagement.tcp.ip = 127.0.0.1\n"));
+        }
         let (mut tls_port, mut ca_pem, mut pki) = (None, None, None);
         if tls {
             let authority = crate::directory::TestPki::new();
@@ -94,7 +113,7 @@ impl PrivateBroker {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start rabbitmq-server (is it installed?): {e}"));
-        let broker = PrivateBroker { node, port, tls_port, ca_pem, pki, dir, server: Some(server) };
+        let broker = PrivateBroker { node, port, tls_port, management_port, ca_pem, pki, dir, server: Some(server) };
         broker.wait_until_listening(Duration::from_secs(60));
         broker
     }
@@ -102,6 +121,12 @@ impl PrivateBroker {
     /// `amqps://guest:guest@127.0.0.1:PORT/%2f` (with [`PrivateBroker::start_tls`]).
     pub fn amqps_url(&self) -> Option<String> {
         self.tls_port.map(|p| format!("amqps://guest:guest@127.0.0.1:{p}/%2f"))
+    }
+
+    /// `http://127.0.0.1:PORT` of the management API (with
+    /// [`PrivateBroker::start_with_management`]).
+    pub fn management_url(&self) -> Option<String> {
+        self.management_port.map(|p| format!("http://127.0.0.1:{p}"))
     }
 
     /// `amqp://guest:guest@127.0.0.1:PORT/%2f`.
@@ -112,7 +137,10 @@ impl PrivateBroker {
     fn wait_until_listening(&self, timeout: Duration) {
         let started = Instant::now();
         let listening = |port: u16| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
-        while !listening(self.port) || self.tls_port.is_some_and(|p| !listening(p)) {
+        while !listening(self.port)
+            || self.tls_port.is_some_and(|p| !listening(p))
+            || self.management_port.is_some_and(|p| !listening(p))
+        {
             assert!(started.elapsed() < timeout, "private RabbitMQ {} did not listen within {timeout:?}", self.node);
             std::thread::sleep(Duration::from_millis(100));
         }

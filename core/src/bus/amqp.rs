@@ -64,12 +64,16 @@ pub struct AmqpSettings {
     /// `?auth_mechanism=external` in the URL the broker takes the identity from it (SASL
     /// EXTERNAL); the URL's user must then be the certificate's name as the broker reads it.
     pub client_identity: Option<(String, String)>,
+    /// Only check that the domain's event exchange exists instead of declaring it:
+    /// joined clients may not configure it (declaring would let them delete it too).
+    pub passive_exchange: bool,
 }
 
 impl Default for AmqpSettings {
     fn default() -> AmqpSettings {
         AmqpSettings {
             connection_name: "clacks".into(),
+            passive_exchange: false,
             heartbeat_secs: 10,
             connect_timeout: Duration::from_secs(5),
             reconnect_min: Duration::from_millis(100),
@@ -466,13 +470,10 @@ async fn establish(inner: &Arc<Inner>) -> Result<Arc<Live>, BusError> {
     let rpc = connection.create_channel().await.map_err(lapin_err)?;
     rpc.confirm_select(ConfirmSelectOptions::default()).await.map_err(lapin_err)?;
     let publish = connection.create_channel().await.map_err(lapin_err)?;
+    let declare =
+        ExchangeDeclareOptions { passive: inner.settings.passive_exchange, ..ExchangeDeclareOptions::default() };
     publish
-        .exchange_declare(
-            inner.domain.event_exchange().into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions::default(),
-            FieldTable::default(),
-        )
+        .exchange_declare(inner.domain.event_exchange().into(), ExchangeKind::Topic, declare, FieldTable::default())
         .await
         .map_err(lapin_err)?;
     let live = Arc::new(Live { connection, rpc, publish, failed: CancellationToken::new() });

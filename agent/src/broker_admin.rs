@@ -1,0 +1,123 @@
+//! Broker logins for joined clients, made through RabbitMQ's management API.
+//!
+//! A client logs in to the broker as its own user (its client id, the machine secret
+//! as password), so the broker vouches for it in every message's `user_id`. Its
+//! permissions let it do only what a client does: declare and consume its own queue
+//! `<domain>.client.<id>` and a server-named subscription queue, reply through the
+//! default exchange, and publish its presence, inventory and session events — the
+//! topic permission names each event type it may send, and receivers also check that
+//! an event's `Id` is the sender's own.
+
+use std::time::Duration;
+
+use clacks_core::domain::Domain;
+use serde_json::json;
+
+/// Where and as whom to reach the management API (`[clients]` in agent.toml).
+#[derive(Clone)]
+pub struct BrokerAdmin {
+    api: String,
+    user: String,
+    password: String,
+    vhost: String,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for BrokerAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerAdmin").field("api", &self.api).field("user", &self.user).finish_non_exhaustive()
+    }
+}
+
+/// The event types a client may publish.
+pub const CLIENT_EVENTS: &[&str] =
+    &["ClientAnnounce", "ClientSignature", "ClientPing", "ClientLeave", "Inventory", "UserSession"];
+
+/// Percent-encodes a path segment (vhost `/` is `%2F`).
+fn segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+impl BrokerAdmin {
+    /// `api` is the management base URL (`http://broker:15672`); `vhost` the one the
+    /// domain lives in.
+    pub fn new(api: &str, user: &str, password: &str, vhost: &str) -> Result<BrokerAdmin, String> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| format!("cannot set up HTTP: {e}"))?;
+        Ok(BrokerAdmin {
+            api: api.trim_end_matches('/').to_owned(),
+            user: user.to_owned(),
+            password: password.to_owned(),
+            vhost: vhost.to_owned(),
+            http,
+        })
+    }
+
+    async fn send(&self, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> Result<(), String> {
+        let url = format!("{}/api/{path}", self.api);
+        let mut request = self.http.request(method.clone(), &url).basic_auth(&self.user, Some(&self.password));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.map_err(|e| format!("{method} {url}: {e}"))?;
+        let status = response.status();
+        if status.is_success() || (method == reqwest::Method::DELETE && status.as_u16() == 404) {
+            return Ok(());
+        }
+        let text = response.text().await.unwrap_or_default();
+        Err(format!("{method} {url}: HTTP {status} {}", text.chars().take(200).collect::<String>()))
+    }
+
+    /// Creates (or resets) the broker user of client `id` with its permissions.
+    pub async fn create_client(&self, domain: &Domain, id: &str, secret: &str) -> Result<(), String> {
+        let d = regex_escape(domain.as_str());
+        let own = format!(r"{d}\.client\.{}", regex_escape(id));
+        let vhost = segment(&self.vhost);
+        let user = segment(id);
+        self.send(reqwest::Method::PUT, &format!("users/{user}"), Some(json!({"password": secret, "tags": ""})))
+            .await?;
+        let permissions = json!({
+            "configure": format!("^({own}|amq\\.gen-.*)$"),
+            "write": format!("^({own}|amq\\.gen-.*|amq\\.default|{d}\\.event)$"),
+            "read": format!("^({own}|amq\\.gen-.*|{d}\\.event)$"),
+        });
+        self.send(reqwest::Method::PUT, &format!("permissions/{vhost}/{user}"), Some(permissions)).await?;
+        let topics = json!({
+            "exchange": domain.event_exchange(),
+            "write": format!("^({})$", CLIENT_EVENTS.join("|")),
+            "read": "^ClientPoll$",
+        });
+        self.send(reqwest::Method::PUT, &format!("topic-permissions/{vhost}/{user}"), Some(topics)).await
+    }
+
+    /// Deletes the broker user of client `id` (gone already counts as done).
+    pub async fn delete_client(&self, id: &str) -> Result<(), String> {
+        self.send(reqwest::Method::DELETE, &format!("users/{}", segment(id)), None).await
+    }
+}
+
+fn regex_escape(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c.to_string() } else { format!("\\{c}") })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_encoded_for_urls_and_regexes() {
+        assert_eq!(segment("/"), "%2F");
+        assert_eq!(segment("a b"), "a%20b");
+        assert_eq!(regex_escape("org.clacks"), r"org\.clacks");
+    }
+}

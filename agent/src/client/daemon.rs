@@ -1,0 +1,311 @@
+//! The client daemon: a joined machine on the bus.
+//!
+//! It consumes its own queue `<domain>.client.<id>` and serves the client commands
+//! there — to the domain's agents only (`agent_users`: the broker lets anyone publish
+//! to the default exchange, so the queue alone proves nothing). It announces itself
+//! (`ClientAnnounce` with its network facts, then `ClientSignature` with its
+//! commands), pings every `ping` interval, answers `ClientPoll` by announcing again
+//! after a random delay (so a thousand clients do not answer at once), publishes
+//! `ClientSignature` again when its commands change, and says `ClientLeave` when it
+//! stops. The bus reconnects by itself with jittered backoff; the next ping tells the
+//! agents the client is back.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use clacks_core::bus::{Bus, RequestHandler, RequestMessage, ServeOptions};
+use clacks_core::command::{CallContext, Command, CommandError, CommandResult, Plugin};
+use clacks_core::domain::Domain;
+use clacks_core::events::{EventPublisher, EventValidator};
+use clacks_core::rpc::{ErrorCode, Incoming, Response, RpcError, decode_request_body};
+use futures_util::FutureExt;
+use serde_json::{Map, Value, json};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// How a client daemon runs.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    pub domain: Domain,
+    /// The client id (its broker user).
+    pub id: String,
+    /// The host name shown to admins.
+    pub name: String,
+    /// Broker users whose requests are served; the client's own user always is.
+    pub agent_users: Vec<String>,
+    /// Interval of ClientPing.
+    pub ping: Duration,
+    /// Longest wait before answering a ClientPoll (spreads the answers).
+    pub poll_spread: Duration,
+    /// Deadline of requests that bring none.
+    pub default_timeout: Duration,
+}
+
+impl ClientOptions {
+    pub fn new(domain: Domain, id: impl Into<String>) -> ClientOptions {
+        ClientOptions {
+            domain,
+            id: id.into(),
+            name: host_name(),
+            agent_users: Vec::new(),
+            ping: Duration::from_secs(60),
+            poll_spread: Duration::from_secs(30),
+            default_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// This machine's host name.
+pub fn host_name() -> String {
+    sysinfo::System::host_name().unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Bus(#[from] clacks_core::bus::BusError),
+    #[error(transparent)]
+    Events(#[from] clacks_core::events::EventError),
+}
+
+struct Inner {
+    options: ClientOptions,
+    bus: Bus,
+    events: EventPublisher,
+    commands: RwLock<BTreeMap<String, Command>>,
+    stopped: CancellationToken,
+}
+
+/// A running client. Cloning gives another handle to the same client.
+#[derive(Clone)]
+pub struct ClientDaemon {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ClientDaemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientDaemon").field("id", &self.inner.options.id).finish_non_exhaustive()
+    }
+}
+
+/// The commands every client serves.
+struct CoreClientCommands {
+    id: String,
+}
+
+#[clacks_core::plugin(target = "client")]
+impl CoreClientCommands {
+    /// Answer "pong": the client is reachable.
+    #[command]
+    fn ping(&self) -> CommandResult<&'static str> {
+        Ok("pong")
+    }
+
+    /// The client's id, host name and network interfaces.
+    #[command]
+    fn get_client_info(&self) -> CommandResult<Value> {
+        Ok(json!({"id": self.id, "name": host_name(), "network": super::netinfo::network_information()}))
+    }
+}
+
+impl ClientDaemon {
+    /// Starts serving on `bus` with the built-in commands and `commands`.
+    pub async fn start(options: ClientOptions, bus: Bus, commands: Vec<Command>) -> Result<ClientDaemon, ClientError> {
+        clacks_core::domain::check_node_id(&options.id)
+            .map_err(|e| ClientError::Events(clacks_core::events::EventError::Malformed(format!("client id: {e}"))))?;
+        let validator = EventValidator::start(&[])?;
+        let events = EventPublisher::new(bus.clone(), validator);
+        let core = Arc::new(CoreClientCommands { id: options.id.clone() });
+        let table = core.commands().into_iter().chain(commands).map(|c| (c.spec.name.clone(), c)).collect();
+        let client = ClientDaemon {
+            inner: Arc::new(Inner {
+                options,
+                bus,
+                events,
+                commands: RwLock::new(table),
+                stopped: CancellationToken::new(),
+            }),
+        };
+        let handler: RequestHandler = {
+            let client = client.clone();
+            Arc::new(move |message| {
+                let client = client.clone();
+                Box::pin(async move { client.handle(message).await })
+            })
+        };
+        let queue = client.inner.options.domain.client_queue(&client.inner.options.id);
+        client.inner.bus.serve(&queue, ServeOptions { private: true, prefetch: 8 }, handler).await?;
+        let polls = client.inner.bus.subscribe(&["ClientPoll".to_owned()]).await?;
+        client.announce().await;
+        tokio::spawn(client.clone().presence_loop(polls));
+        info!(id = %client.inner.options.id, %queue, "client started");
+        Ok(client)
+    }
+
+    /// The client's id.
+    pub fn id(&self) -> &str {
+        &self.inner.options.id
+    }
+
+    /// Adds or replaces commands and announces the new signature.
+    pub async fn set_commands(&self, prefix: &str, commands: Vec<Command>) {
+        if let Ok(mut table) = self.inner.commands.write() {
+            table.retain(|name, _| !name.starts_with(prefix));
+            table.extend(commands.into_iter().map(|c| (c.spec.name.clone(), c)));
+        }
+        self.publish_signature().await;
+    }
+
+    /// Says ClientLeave, stops serving and disconnects.
+    pub async fn stop(&self) {
+        if self.inner.stopped.is_cancelled() {
+            return;
+        }
+        self.publish("ClientLeave", Map::from_iter([("Id".to_owned(), json!(self.inner.options.id))])).await;
+        self.inner.stopped.cancel();
+        self.inner.bus.stop_serving().await;
+        self.inner.bus.drain().await;
+        self.inner.bus.close().await;
+        info!(id = %self.inner.options.id, "client stopped");
+    }
+
+    async fn publish(&self, event_type: &str, fields: Map<String, Value>) {
+        if let Err(e) = self.inner.events.publish_fields(event_type, &fields).await {
+            warn!(error = %e, "cannot publish {event_type}");
+        }
+    }
+
+    /// ClientAnnounce, then ClientSignature.
+    pub async fn announce(&self) {
+        let o = &self.inner.options;
+        let mut fields = Map::from_iter([("Id".to_owned(), json!(o.id)), ("Name".to_owned(), json!(o.name))]);
+        let devices = super::netinfo::network_information();
+        if !devices.is_empty() {
+            fields.insert("NetworkInformation".into(), json!({"NetworkDevice": devices}));
+        }
+        self.publish("ClientAnnounce", fields).await;
+        self.publish_signature().await;
+    }
+
+    async fn publish_signature(&self) {
+        let methods: Vec<Value> = match self.inner.commands.read() {
+            Ok(table) => table
+                .values()
+                .map(|c| json!({"Name": c.spec.name, "Signature": c.spec.signature(), "Documentation": c.spec.help}))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        let o = &self.inner.options;
+        let fields = Map::from_iter([
+            ("Id".to_owned(), json!(o.id)),
+            ("Name".to_owned(), json!(o.name)),
+            ("ClientCapabilities".to_owned(), json!({"ClientMethod": methods})),
+        ]);
+        self.publish("ClientSignature", fields).await;
+    }
+
+    async fn presence_loop(self, mut polls: tokio::sync::mpsc::Receiver<clacks_core::bus::EventMessage>) {
+        let mut ping = tokio::time::interval(self.inner.options.ping);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        loop {
+            tokio::select! {
+                _ = self.inner.stopped.cancelled() => return,
+                _ = ping.tick() => {
+                    self.publish("ClientPing", Map::from_iter([("Id".to_owned(), json!(self.inner.options.id))])).await;
+                }
+                poll = polls.recv() => {
+                    if poll.is_none() {
+                        return;
+                    }
+                    // Every client hears the poll; a random wait spreads their answers.
+                    let spread = self.inner.options.poll_spread.as_millis() as u64;
+                    let wait = Duration::from_millis(if spread == 0 { 0 } else { rand::random::<u64>() % spread });
+                    debug!(?wait, "ClientPoll: announcing again");
+                    tokio::select! {
+                        _ = self.inner.stopped.cancelled() => return,
+                        _ = tokio::time::sleep(wait) => self.announce().await,
+                    }
+                }
+            }
+        }
+    }
+
+    fn allowed(&self, user: Option<&str>) -> bool {
+        let o = &self.inner.options;
+        user.is_some_and(|u| u == self.inner.bus.user() || o.agent_users.iter().any(|a| a == u))
+    }
+
+    /// One request from the client queue: checked, bound, run within its deadline.
+    async fn handle(&self, message: RequestMessage) -> Option<Vec<u8>> {
+        let request = match decode_request_body(&message.body) {
+            Incoming::Single(Ok(request)) => request,
+            Incoming::Single(Err(response)) => return Some(response.to_bytes()),
+            Incoming::Batch(_) => {
+                let error = RpcError::new(ErrorCode::INVALID_REQUEST, "clients take one request at a time");
+                return Some(Response::error(Value::Null, error).to_bytes());
+            }
+        };
+        let id = request.id.clone()?;
+        if !self.allowed(message.user.as_deref()) {
+            warn!(user = ?message.user, method = %request.method, "request from a user that is not an agent refused");
+            let who = message.user.as_deref().unwrap_or("nobody");
+            let error = RpcError::new(ErrorCode::PERMISSION_EXEC, format!("{who} may not call this client"));
+            return Some(Response::error(id, error).to_bytes());
+        }
+        let command = self
+            .inner
+            .commands
+            .read()
+            .ok()
+            .and_then(|t| t.get(&request.method).map(|c| (c.spec.clone(), c.handler.clone())));
+        let Some((spec, handler)) = command else {
+            let error = RpcError::new(
+                ErrorCode::COMMAND_NOT_DEFINED,
+                format!("this client has no command '{}'", request.method),
+            )
+            .with_details(json!({"method": request.method}));
+            return Some(Response::error(id, error).to_bytes());
+        };
+        let outcome = match spec.bind_arguments(request.params) {
+            Err(e) => Err(e),
+            Ok(args) => {
+                let deadline = message
+                    .deadline
+                    .unwrap_or_else(|| tokio::time::Instant::now() + self.inner.options.default_timeout);
+                let ctx = CallContext {
+                    user: message.on_behalf_of.clone().or(message.user.clone()),
+                    queue: message.queue.clone(),
+                    node: self.inner.options.id.clone(),
+                    deadline,
+                };
+                // A panicking command becomes an error for its caller alone.
+                let run = std::panic::AssertUnwindSafe(handler(ctx, args)).catch_unwind();
+                match tokio::time::timeout_at(deadline, run).await {
+                    Ok(Ok(result)) => result.map_err(command_error),
+                    Ok(Err(_)) => {
+                        Err(RpcError::new(ErrorCode::INTERNAL_ERROR, format!("{} failed unexpectedly", spec.name)))
+                    }
+                    Err(_) => Err(RpcError::new(ErrorCode::TIMEOUT, format!("{} did not finish in time", spec.name))),
+                }
+            }
+        };
+        Some(
+            match outcome {
+                Ok(value) => Response::result(id, value),
+                Err(error) => Response::error(id, error),
+            }
+            .to_bytes(),
+        )
+    }
+}
+
+fn command_error(e: CommandError) -> RpcError {
+    let error = RpcError::new(e.code, e.message);
+    match e.details {
+        Some(d) => error.with_details(d),
+        None => error,
+    }
+}

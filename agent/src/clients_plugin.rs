@@ -1,0 +1,508 @@
+//! The agent's side of clients, on target `clients`: joining and leaving, who is
+//! online, what each offers, and calling a client's command.
+//!
+//! Every agent keeps its own table from the clients' presence events (validated, and
+//! believed only when the event's `Id` is the broker-vouched sender or the sender is
+//! an agent), so any agent answers the same. A client silent for longer than
+//! `timeout` counts as offline; a ping from a client an agent does not know (the agent
+//! started after it) makes the agent publish `ClientPoll`, at most once per
+//! `timeout / 2`, and every client announces again after a random delay. Status
+//! changes are written to the client's RegisteredDevice (`deviceStatus`, `lastSeen`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use clacks_core::bus::{Bus, CallOptions, EventMessage};
+use clacks_core::command::{CallContext, CommandError, CommandResult};
+use clacks_core::domain::Domain;
+use clacks_core::events::EventPublisher;
+use clacks_core::objects::ObjectStore;
+use clacks_core::rpc::{ErrorCode, Params, Request, RpcError};
+use serde_json::{Map, Value, json};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::broker_admin::BrokerAdmin;
+
+/// The presence events the agent follows.
+pub const CLIENT_EVENTS: [&str; 5] = ["ClientAnnounce", "ClientSignature", "ClientPing", "ClientLeave", "UserSession"];
+
+/// How an agent handles clients.
+#[derive(Clone, Debug)]
+pub struct ClientsOptions {
+    /// Silence after which a client counts as offline.
+    pub timeout: Duration,
+    /// Makes and removes the clients' broker logins; joining needs it.
+    pub broker_admin: Option<BrokerAdmin>,
+    /// Broker users clients serve (written into their configuration at join); this
+    /// agent's own broker user is always among them.
+    pub agent_users: Vec<String>,
+}
+
+impl Default for ClientsOptions {
+    fn default() -> ClientsOptions {
+        ClientsOptions { timeout: Duration::from_secs(150), broker_admin: None, agent_users: Vec::new() }
+    }
+}
+
+/// What an agent knows of one client.
+#[derive(Clone, Debug, Default)]
+struct ClientEntry {
+    name: String,
+    online: bool,
+    last_seen: Option<Instant>,
+    last_seen_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Method name → (signature, documentation).
+    methods: BTreeMap<String, (String, String)>,
+    network: Value,
+    sessions: Vec<String>,
+}
+
+/// The `clients` plugin and the presence table behind it.
+pub struct ClientsPlugin {
+    domain: Domain,
+    bus: Bus,
+    events: EventPublisher,
+    store: Option<Arc<ObjectStore>>,
+    acl: Option<clacks_core::dispatch::SharedAcl>,
+    options: ClientsOptions,
+    /// Senders who may speak for any client: the agents.
+    trusted: Vec<String>,
+    table: Mutex<HashMap<String, ClientEntry>>,
+    last_poll: Mutex<Option<Instant>>,
+}
+
+/// A list that XML turned into one object when it had one element.
+fn as_list(value: Option<&Value>) -> Vec<Value> {
+    match value {
+        Some(Value::Array(items)) => items.clone(),
+        Some(Value::Null) | None => Vec::new(),
+        Some(Value::String(s)) if s.is_empty() => Vec::new(),
+        Some(other) => vec![other.clone()],
+    }
+}
+
+fn text(value: Option<&Value>) -> String {
+    value.and_then(Value::as_str).unwrap_or_default().to_owned()
+}
+
+fn unknown(client: &str) -> CommandError {
+    CommandError::new(ErrorCode::CLIENT_UNKNOWN, format!("no client '{client}' has announced itself"))
+}
+
+impl ClientsPlugin {
+    pub(crate) fn new(
+        domain: Domain,
+        bus: Bus,
+        events: EventPublisher,
+        store: Option<Arc<ObjectStore>>,
+        acl: Option<clacks_core::dispatch::SharedAcl>,
+        mut options: ClientsOptions,
+        trusted: Vec<String>,
+    ) -> ClientsPlugin {
+        if !options.agent_users.iter().any(|u| u == bus.user()) {
+            options.agent_users.insert(0, bus.user().to_owned());
+        }
+        ClientsPlugin {
+            domain,
+            bus,
+            events,
+            store,
+            acl,
+            options,
+            trusted,
+            table: Mutex::default(),
+            last_poll: Mutex::default(),
+        }
+    }
+
+    /// Asks every client to announce itself (at start, and for unknown pingers).
+    pub(crate) async fn poll(&self) {
+        {
+            let mut last = self.last_poll.lock().unwrap_or_else(PoisonError::into_inner);
+            if last.is_some_and(|t| t.elapsed() < self.options.timeout / 2) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        if let Err(e) = self.events.publish_fields("ClientPoll", &Map::new()).await {
+            warn!(error = %e, "cannot publish ClientPoll");
+        }
+    }
+
+    /// Follows the clients' presence until `stopped`.
+    pub(crate) async fn watch(
+        self: Arc<Self>,
+        mut events: tokio::sync::mpsc::Receiver<EventMessage>,
+        stopped: CancellationToken,
+    ) {
+        let mut sweep = tokio::time::interval((self.options.timeout / 4).max(Duration::from_millis(50)));
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stopped.cancelled() => return,
+                _ = sweep.tick() => self.mark_silent_offline(),
+                message = events.recv() => match message {
+                    Some(message) => self.take(message).await,
+                    None => return,
+                },
+            }
+        }
+    }
+
+    fn mark_silent_offline(self: &Arc<Self>) {
+        let gone: Vec<String> = {
+            let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+            table
+                .iter_mut()
+                .filter(|(_, e)| e.online && e.last_seen.is_none_or(|t| t.elapsed() > self.options.timeout))
+                .map(|(id, e)| {
+                    e.online = false;
+                    id.clone()
+                })
+                .collect()
+        };
+        for id in gone {
+            info!(client = %id, "client timed out");
+            self.record_status(&id, false);
+        }
+    }
+
+    async fn take(self: &Arc<Self>, message: EventMessage) {
+        if let Err(e) = self.events.validator().validate(&message.body).await {
+            warn!(error = %e, sender = ?message.user, "dropping an invalid client event");
+            return;
+        }
+        let event = clacks_core::events::event_json(&message.event_type, &message.body);
+        let id = text(event.get("Id"));
+        let sender = message.user.as_deref().unwrap_or_default();
+        if id.is_empty() || (sender != id && !self.trusted.iter().any(|t| t == sender)) {
+            warn!(sender, claimed = %id, event = %message.event_type, "dropping a client event sent for another client");
+            return;
+        }
+        let now = Instant::now();
+        let (came_online, unknown_pinger) = {
+            let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+            let known = table.contains_key(&id);
+            let entry = table.entry(id.clone()).or_default();
+            let was_online = entry.online;
+            match message.event_type.as_str() {
+                "ClientLeave" => {
+                    entry.online = false;
+                    info!(client = %id, "client left");
+                }
+                "UserSession" => {
+                    entry.sessions =
+                        as_list(event.get("User").and_then(|u| u.get("Name"))).iter().map(|v| text(Some(v))).collect()
+                }
+                kind => {
+                    entry.online = true;
+                    entry.last_seen = Some(now);
+                    entry.last_seen_at = Some(chrono::Utc::now());
+                    if kind == "ClientAnnounce" {
+                        entry.name = text(event.get("Name"));
+                        entry.network =
+                            Value::Array(as_list(event.get("NetworkInformation").and_then(|n| n.get("NetworkDevice"))));
+                    }
+                    if kind == "ClientSignature" {
+                        entry.name = text(event.get("Name"));
+                        let methods = as_list(event.get("ClientCapabilities").and_then(|c| c.get("ClientMethod")));
+                        entry.methods = methods
+                            .iter()
+                            .map(|m| (text(m.get("Name")), (text(m.get("Signature")), text(m.get("Documentation")))))
+                            .filter(|(name, _)| !name.is_empty())
+                            .collect();
+                    }
+                }
+            }
+            let changed = was_online != entry.online;
+            if changed && message.event_type != "ClientLeave" {
+                info!(client = %id, name = %entry.name, "client online");
+            }
+            (changed.then_some(entry.online), !known && message.event_type == "ClientPing")
+        };
+        debug!(client = %id, event = %message.event_type, "client presence");
+        if let Some(online) = came_online {
+            self.record_status(&id, online);
+        }
+        if unknown_pinger {
+            // This agent started after the client: ask everyone to announce again.
+            self.poll().await;
+        }
+    }
+
+    /// Writes `deviceStatus` and `lastSeen` on the client's device object, in the
+    /// background: presence must not wait for the directory.
+    fn record_status(self: &Arc<Self>, id: &str, online: bool) {
+        let Some(store) = self.store.clone() else { return };
+        let dn = format!("cn={id},ou=devices,{}", store.base());
+        tokio::spawn(async move {
+            let outcome = async {
+                let mut state = store.load(&dn).await?;
+                if !state.effective_types().iter().any(|t| t == "RegisteredDevice") {
+                    return Ok(());
+                }
+                store.set(&mut state, "deviceStatus", &json!(if online { "O" } else { "o" })).await?;
+                store.set(&mut state, "lastSeen", &json!(chrono::Utc::now().to_rfc3339())).await?;
+                store.commit(&mut state, None).await
+            };
+            match outcome.await {
+                Ok(()) => {}
+                Err(e) if e.code == ErrorCode::OBJECT_NOT_FOUND => debug!(%dn, "client without a device object"),
+                Err(e) => warn!(%dn, error = %e, "cannot record the client's status"),
+            }
+        });
+    }
+
+    fn entry(&self, client: &str) -> CommandResult<ClientEntry> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner).get(client).cloned().ok_or_else(|| unknown(client))
+    }
+
+    fn store(&self) -> CommandResult<&Arc<ObjectStore>> {
+        self.store.as_ref().ok_or_else(|| {
+            CommandError::new(
+                ErrorCode::COMMAND_FAILED,
+                "clients are kept as device objects; this agent has no object store",
+            )
+        })
+    }
+
+    fn broker_admin(&self) -> CommandResult<&BrokerAdmin> {
+        self.options.broker_admin.as_ref().ok_or_else(|| {
+            CommandError::new(
+                ErrorCode::BROKER_ADMIN_FAILED,
+                "joining needs the broker's management API: set [clients] broker_api, broker_api_user and broker_api_password",
+            )
+        })
+    }
+
+    /// `x` on `<domain>.client.<id>.<method>`, with the call's arguments as options.
+    fn check_dispatch(&self, ctx: &CallContext, client: &str, method: &str, args: &Value) -> CommandResult<()> {
+        let Some(acl) = &self.acl else { return Ok(()) };
+        let topic = format!("{}.client.{client}.{method}", self.domain);
+        let options = args.as_object();
+        let request =
+            clacks_core::acl::Request { user: ctx.user.as_deref(), topic: &topic, letters: "x", target: None, options };
+        let user = ctx.user.as_deref().unwrap_or("nobody");
+        clacks_core::acl::require(acl, &request, &clacks_core::acl::NoRelatives, || {
+            format!("{user} may not call {method} on client {client}")
+        })
+        .map_err(CommandError::from)
+    }
+}
+
+fn rpc_to_command(e: RpcError) -> CommandError {
+    let error = CommandError::new(e.symbolic(), e.message);
+    match e.data.and_then(|d| d.details) {
+        Some(d) => error.with_details(d),
+        None => error,
+    }
+}
+
+#[clacks_core::plugin(target = "clients")]
+impl ClientsPlugin {
+    /// The clients this agent has heard of: id, name, online, last seen, number of methods, user sessions.
+    #[command]
+    fn get_clients(&self) -> CommandResult<Vec<Value>> {
+        let table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut rows: Vec<Value> = table
+            .iter()
+            .map(|(id, e)| {
+                json!({
+                    "id": id, "name": e.name, "online": e.online,
+                    "lastSeen": e.last_seen_at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                    "methods": e.methods.len(), "sessions": e.sessions,
+                })
+            })
+            .collect();
+        rows.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()).then(a["id"].as_str().cmp(&b["id"].as_str())));
+        Ok(rows)
+    }
+
+    /// The commands a client offers: name → {signature, help}.
+    #[command]
+    fn get_client_methods(&self, client: String) -> CommandResult<BTreeMap<String, Value>> {
+        let entry = self.entry(&client)?;
+        Ok(entry
+            .methods
+            .into_iter()
+            .map(|(name, (signature, help))| (name, json!({"signature": signature, "help": help})))
+            .collect())
+    }
+
+    /// A client's network interfaces as it announced them.
+    #[command]
+    fn get_client_net_info(&self, client: String) -> CommandResult<Value> {
+        Ok(self.entry(&client)?.network)
+    }
+
+    /// Users logged in on one client, or on every client (client id → user names).
+    #[command]
+    fn get_user_sessions(&self, client: Option<String>) -> CommandResult<BTreeMap<String, Vec<String>>> {
+        let table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(client) = &client
+            && !table.contains_key(client)
+        {
+            return Err(unknown(client));
+        }
+        Ok(table
+            .iter()
+            .filter(|(id, _)| client.as_ref().is_none_or(|c| c == *id))
+            .map(|(id, e)| (id.clone(), e.sessions.clone()))
+            .collect())
+    }
+
+    /// Call a command on a client; args: a list (positional) or a map (named).
+    #[command(needs_user)]
+    async fn client_dispatch(
+        &self,
+        ctx: &CallContext,
+        client: String,
+        method: String,
+        args: Option<Value>,
+    ) -> CommandResult<Value> {
+        let entry = self.entry(&client)?;
+        if !entry.online {
+            return Err(CommandError::new(
+                ErrorCode::CLIENT_OFFLINE,
+                format!("client '{client}' ({}) is offline", entry.name),
+            ));
+        }
+        if !entry.methods.contains_key(&method) {
+            return Err(CommandError::new(
+                ErrorCode::COMMAND_NOT_DEFINED,
+                format!("client '{client}' ({}) offers no '{method}'", entry.name),
+            )
+            .with_details(json!({"method": method, "client": client})));
+        }
+        let args = args.unwrap_or(Value::Null);
+        self.check_dispatch(ctx, &client, &method, &args)?;
+        let params = match args {
+            Value::Array(list) => Params::Positional(list),
+            Value::Object(map) => Params::Named(map),
+            Value::Null => Params::None,
+            other => Params::Positional(vec![other]),
+        };
+        let request = Request::new(method.as_str(), params, 1);
+        let body =
+            serde_json::to_vec(&request).map_err(|e| CommandError::new(ErrorCode::INTERNAL_ERROR, e.to_string()))?;
+        let options = CallOptions { deadline: ctx.deadline, on_behalf_of: ctx.user.clone() };
+        let reply = match self.bus.call(&self.domain.client_queue(&client), body, options).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                let error = e.to_rpc_error();
+                if error.symbolic() == ErrorCode::NO_PROVIDER {
+                    return Err(CommandError::new(
+                        ErrorCode::CLIENT_OFFLINE,
+                        format!("client '{client}' is not connected"),
+                    ));
+                }
+                return Err(rpc_to_command(error));
+            }
+        };
+        let response: clacks_core::rpc::Response = serde_json::from_slice(&reply).map_err(|e| {
+            CommandError::new(ErrorCode::INTERNAL_ERROR, format!("client '{client}' answered badly: {e}"))
+        })?;
+        response.into_result().map_err(rpc_to_command)
+    }
+
+    /// Register a machine: creates its RegisteredDevice below ou=devices, a client id, a machine secret and its broker login. Returns {id, secret, dn, agentUsers}.
+    #[command(needs_user)]
+    async fn join_client(
+        &self,
+        ctx: &CallContext,
+        device_uuid: String,
+        name: Option<String>,
+        info: Option<Map<String, Value>>,
+    ) -> CommandResult<Value> {
+        let store = self.store()?;
+        let admin = self.broker_admin()?;
+        let device_uuid = device_uuid.trim().to_owned();
+        if device_uuid.is_empty() || !device_uuid.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(CommandError::new(
+                ErrorCode::INVALID_PARAMS,
+                "device_uuid must be the machine id (letters, digits, '-')",
+            ));
+        }
+        if let Some(existing) = store
+            .index()
+            .with_value("RegisteredDevice", "deviceUUID", &device_uuid)
+            .await
+            .map_err(clacks_core::objects::ObjectError::from)?
+            .first()
+        {
+            return Err(CommandError::new(
+                ErrorCode::DEVICE_EXISTS,
+                format!("this machine ({device_uuid}) has joined already as {}; run `clacks leave` on it or remove the device first", existing.dn),
+            )
+            .with_details(json!({"dn": existing.dn})));
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        let secret = {
+            use base64::Engine as _;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
+        };
+        let devices = format!("ou=devices,{}", store.base());
+        if let Err(e) = store.load(&devices).await {
+            if e.code != ErrorCode::OBJECT_NOT_FOUND {
+                return Err(e.into());
+            }
+            let mut container = store.new_object(store.base(), "DeviceContainer").await?;
+            store.commit(&mut container, ctx.user.as_deref()).await?;
+        }
+        let mut device = store.new_object(&devices, "Device").await?;
+        store.set(&mut device, "cn", &json!(id)).await?;
+        if let Some(name) = name.as_deref().filter(|n| !n.is_empty()) {
+            store.set(&mut device, "description", &json!(name)).await?;
+        }
+        store.extend(&mut device, "RegisteredDevice")?;
+        store.set(&mut device, "deviceUUID", &json!(device_uuid)).await?;
+        let key = clacks_core::objects::password::hash(&secret, "argon2")
+            .map_err(|e| CommandError::new(ErrorCode::INTERNAL_ERROR, e))?;
+        store.set(&mut device, "deviceKey", &json!(key)).await?;
+        for (field, value) in info.into_iter().flatten() {
+            if field == "deviceType" || field == "serialNumber" || field == "l" || field == "ou" || field == "o" {
+                store.set(&mut device, &field, &value).await?;
+            } else {
+                return Err(CommandError::new(
+                    ErrorCode::INVALID_PARAMS,
+                    format!("info: '{field}' is not one of deviceType, serialNumber, l, ou, o"),
+                ));
+            }
+        }
+        store.commit(&mut device, ctx.user.as_deref()).await?;
+        let dn = device.dn.clone().unwrap_or_default();
+        if let Err(e) = admin.create_client(&self.domain, &id, &secret).await {
+            // No broker login, no client: take the device back out.
+            let _ = store.remove(&dn, false, ctx.user.as_deref()).await;
+            return Err(CommandError::new(
+                ErrorCode::BROKER_ADMIN_FAILED,
+                format!("cannot create the client's broker login: {e}"),
+            ));
+        }
+        info!(client = %id, %dn, by = ?ctx.user, "client joined");
+        Ok(json!({"id": id, "secret": secret, "dn": dn, "agentUsers": self.options.agent_users}))
+    }
+
+    /// Remove a client: its broker login and its device object.
+    #[command(needs_user)]
+    async fn leave_client(&self, ctx: &CallContext, client: String) -> CommandResult<bool> {
+        let store = self.store()?;
+        let admin = self.broker_admin()?;
+        let dn = format!("cn={client},ou=devices,{}", store.base());
+        let state = store
+            .load(&dn)
+            .await
+            .map_err(|e| if e.code == ErrorCode::OBJECT_NOT_FOUND { unknown(&client) } else { e.into() })?;
+        if !state.effective_types().iter().any(|t| t == "RegisteredDevice") {
+            return Err(unknown(&client));
+        }
+        admin.delete_client(&client).await.map_err(|e| CommandError::new(ErrorCode::BROKER_ADMIN_FAILED, e))?;
+        store.remove(&dn, false, ctx.user.as_deref()).await?;
+        self.table.lock().unwrap_or_else(PoisonError::into_inner).remove(&client);
+        info!(%client, by = ?ctx.user, "client left the domain");
+        Ok(true)
+    }
+}

@@ -1,0 +1,213 @@
+//! Clients against a private RabbitMQ node with its management API (joining makes a
+//! broker login per client): join, machine-identity login, presence, commands through
+//! `clientDispatch`, device status, a late agent polling, refusals, leave.
+
+use std::time::Duration;
+
+use clacks_agent::AgentOptions;
+use clacks_agent::broker_admin::BrokerAdmin;
+use clacks_agent::client::{ClientConfig, ClientDaemon, ClientOptions};
+use clacks_agent::daemon::ObjectsOptions;
+use clacks_core::bus::amqp::{AmqpBus, AmqpSettings};
+use clacks_core::bus::{Bus, CallOptions};
+use clacks_core::client::Client;
+use clacks_core::objects::StoreConfig;
+use clacks_core::rpc::{ErrorCode, Params};
+use clacks_tests::broker::PrivateBroker;
+use clacks_tests::{amqp_bus, fast_options, start_agent, unique_domain, wait_for};
+use serde_json::{Value, json};
+
+async fn call(caller: &Client, method: &str, args: Value) -> Result<Value, ErrorCode> {
+    let params = match args {
+        Value::Array(list) => Params::Positional(list),
+        Value::Object(map) => Params::Named(map),
+        _ => Params::None,
+    };
+    caller.call(method, params).await.map_err(|e| e.code())
+}
+
+async fn ok(caller: &Client, method: &str, args: Value) -> Value {
+    let shown = args.to_string();
+    call(caller, method, args).await.unwrap_or_else(|code| panic!("{method}({shown}): {code}"))
+}
+
+fn agent_options(domain: &clacks_core::domain::Domain, node: &str, broker: &PrivateBroker, db: &str) -> AgentOptions {
+    let mut options = fast_options(domain, node);
+    options.objects = Some(ObjectsOptions {
+        store: StoreConfig::default(),
+        default_sql: db.to_owned(),
+        poll: Duration::from_secs(3600),
+        expire: Duration::from_secs(3600),
+        sweep: Duration::from_secs(3600),
+    });
+    let api = broker.management_url().unwrap_or_else(|| panic!("the broker has a management API"));
+    options.clients.broker_admin =
+        Some(BrokerAdmin::new(&api, "guest", "guest", "/").unwrap_or_else(|e| panic!("{e}")));
+    options.clients.timeout = Duration::from_secs(2);
+    options
+}
+
+fn client_options(domain: &clacks_core::domain::Domain, id: &str, agent_users: Vec<String>) -> ClientOptions {
+    let mut options = ClientOptions::new(domain.clone(), id);
+    options.name = format!("host-{}", &id[..8]);
+    options.agent_users = agent_users;
+    options.ping = Duration::from_millis(400);
+    options.poll_spread = Duration::from_millis(200);
+    options
+}
+
+/// A bus logged in as a joined machine, as the client daemon opens it.
+async fn machine_bus(url: &str, domain: &clacks_core::domain::Domain) -> Bus {
+    let settings = AmqpSettings { connection_name: "client".into(), passive_exchange: true, ..AmqpSettings::default() };
+    Bus::Amqp(AmqpBus::connect(url, domain.clone(), settings).await.unwrap_or_else(|e| panic!("machine login: {e}")))
+}
+
+/// The machine's broker URL, as `clacks join` writes it, with its identity.
+fn login_url(broker: &PrivateBroker, domain: &clacks_core::domain::Domain, joined: &Value) -> String {
+    let config = ClientConfig {
+        domain: domain.to_string(),
+        url: broker.url(),
+        id: joined["id"].as_str().unwrap_or_default().to_owned(),
+        secret: joined["secret"].as_str().unwrap_or_default().to_owned(),
+        dn: String::new(),
+        ca_file: None,
+        agent_users: Vec::new(),
+        ping_secs: 1,
+        shell_dir: None,
+    };
+    config.login_url().unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_machine_joins_serves_commands_through_the_agent_and_leaves() {
+    let broker = PrivateBroker::start_with_management();
+    let data = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let db = format!("sqlite://{}", data.path().join("objects.db").display());
+    let domain = unique_domain();
+    let alpha = start_agent(&broker.url(), agent_options(&domain, "alpha", &broker, &db), vec![]).await;
+    let admin =
+        Client::over_bus(amqp_bus(&broker.url(), &domain, "admin").await, domain.clone(), Duration::from_secs(10));
+
+    // Join: a device object, a client id, a secret; the same machine cannot join twice.
+    let joined = ok(&admin, "joinClient", json!({"deviceUuid": "4c4c4544-0042-3510-8052-b3c04f4e3232", "name": "ws-1", "info": {"deviceType": "workstation"}})).await;
+    let id = joined["id"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(joined["agentUsers"], json!(["guest"]));
+    let dn = joined["dn"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(dn, format!("cn={id},ou=devices,{}", alpha.options().base));
+    let again = call(&admin, "joinClient", json!(["4c4c4544-0042-3510-8052-b3c04f4e3232"])).await;
+    assert_eq!(again, Err(ErrorCode::DEVICE_EXISTS));
+    assert_eq!(call(&admin, "joinClient", json!(["bad uuid!"])).await, Err(ErrorCode::INVALID_PARAMS));
+
+    // The client logs in as itself and announces.
+    let bus = machine_bus(&login_url(&broker, &domain, &joined), &domain).await;
+    assert_eq!(bus.user(), id);
+    let client = ClientDaemon::start(client_options(&domain, &id, vec!["guest".into()]), bus, vec![])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_for("the agent sees the client with its methods", Duration::from_secs(10), || async {
+        let rows = ok(&admin, "getClients", json!([])).await;
+        rows.as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| r["id"] == json!(id) && r["online"] == json!(true) && r["methods"].as_u64() >= Some(2))
+    })
+    .await;
+    let methods = ok(&admin, "getClientMethods", json!([id])).await;
+    assert_eq!(methods["ping"]["signature"], json!("ping()"), "{methods}");
+    let net = ok(&admin, "getClientNetInfo", json!([id])).await;
+    assert!(net.is_array(), "{net}");
+    assert_eq!(ok(&admin, "clientDispatch", json!([id, "ping"])).await, json!("pong"));
+    let info = ok(&admin, "clientDispatch", json!({"client": id, "method": "getClientInfo", "args": []})).await;
+    assert_eq!(info["id"], json!(id));
+    assert_eq!(call(&admin, "clientDispatch", json!([id, "reboot"])).await, Err(ErrorCode::COMMAND_NOT_DEFINED));
+    assert_eq!(call(&admin, "clientDispatch", json!(["nobody", "ping"])).await, Err(ErrorCode::CLIENT_UNKNOWN));
+    wait_for("the device is marked online", Duration::from_secs(10), || async {
+        ok(&admin, "openObject", json!([dn])).await["attributes"]["deviceStatus"] == json!("O")
+    })
+    .await;
+
+    // A second machine may not call the first one's commands directly, nor log in as it.
+    let other = ok(&admin, "joinClient", json!(["other-machine"])).await;
+    let other_bus = machine_bus(&login_url(&broker, &domain, &other), &domain).await;
+    let request = br#"{"jsonrpc":"2.0","method":"ping","id":1}"#.to_vec();
+    let reply = other_bus.call(&domain.client_queue(&id), request, CallOptions::timeout(Duration::from_secs(5))).await;
+    let reply = String::from_utf8(reply.unwrap_or_default()).unwrap_or_default();
+    assert!(reply.contains("PERMISSION_EXEC") && reply.contains("may not call this client"), "{reply}");
+    let mut forged = json!(joined.clone());
+    forged["secret"] = json!("guessed");
+    let refused =
+        AmqpBus::connect(&login_url(&broker, &domain, &forged), domain.clone(), AmqpSettings::default()).await;
+    assert!(refused.is_err(), "a wrong machine secret must not log in");
+
+    // An agent that starts later learns of the client from its next ping (ClientPoll).
+    let beta = start_agent(&broker.url(), agent_options(&domain, "beta", &broker, &db), vec![]).await;
+    wait_for("beta knows the client's methods", Duration::from_secs(10), || async {
+        let rows = admin.call_on_node("beta", "getClients", Params::None).await.unwrap_or_default();
+        rows.as_array().into_iter().flatten().any(|r| r["id"] == json!(id) && r["methods"].as_u64() >= Some(2))
+    })
+    .await;
+
+    // Leaving: ClientLeave marks it offline at once; calls say so.
+    client.stop().await;
+    wait_for("the client is offline", Duration::from_secs(10), || async {
+        let rows = ok(&admin, "getClients", json!([])).await;
+        rows.as_array().into_iter().flatten().any(|r| r["id"] == json!(id) && r["online"] == json!(false))
+    })
+    .await;
+    assert_eq!(call(&admin, "clientDispatch", json!([id, "ping"])).await, Err(ErrorCode::CLIENT_OFFLINE));
+    ok(&admin, "leaveClient", json!([id])).await;
+    assert_eq!(call(&admin, "openObject", json!([dn])).await, Err(ErrorCode::OBJECT_NOT_FOUND));
+    let gone = AmqpBus::connect(&login_url(&broker, &domain, &joined), domain.clone(), AmqpSettings::default()).await;
+    assert!(gone.is_err(), "the broker login goes with the client");
+    assert_eq!(call(&admin, "leaveClient", json!([id])).await, Err(ErrorCode::CLIENT_UNKNOWN));
+    alpha.stop().await;
+    beta.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_times_out_and_events_for_others_are_ignored() {
+    let broker = PrivateBroker::start_with_management();
+    let data = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let db = format!("sqlite://{}", data.path().join("objects.db").display());
+    let domain = unique_domain();
+    let agent = start_agent(&broker.url(), agent_options(&domain, "alpha", &broker, &db), vec![]).await;
+    let admin =
+        Client::over_bus(amqp_bus(&broker.url(), &domain, "admin").await, domain.clone(), Duration::from_secs(10));
+    let first = ok(&admin, "joinClient", json!(["machine-a"])).await;
+    let second = ok(&admin, "joinClient", json!(["machine-b"])).await;
+    let (a, b) =
+        (first["id"].as_str().unwrap_or_default().to_owned(), second["id"].as_str().unwrap_or_default().to_owned());
+
+    // b announces itself as a: the agent believes only the broker's user id.
+    let b_bus = machine_bus(&login_url(&broker, &domain, &second), &domain).await;
+    let lie = clacks_core::events::envelope("ClientAnnounce", &format!("<Id>{a}</Id><Name>impostor</Name>"));
+    b_bus.publish_event("ClientAnnounce", lie.into_bytes()).await.unwrap_or_else(|e| panic!("{e}"));
+    // A client may publish only client events (topic permissions).
+    let status = clacks_core::events::PresenceEvent::Status { id: "fake".into(), load: 0.0, workers: 0 }.to_xml();
+    let _ = b_bus.publish_event("NodeStatus", status.into_bytes()).await;
+
+    let a_bus = machine_bus(&login_url(&broker, &domain, &first), &domain).await;
+    let client = ClientDaemon::start(client_options(&domain, &a, vec!["guest".into()]), a_bus.clone(), vec![])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_for("a is online", Duration::from_secs(10), || async {
+        let rows = ok(&admin, "getClients", json!([])).await;
+        rows.as_array().into_iter().flatten().any(|r| r["id"] == json!(a) && r["online"] == json!(true))
+    })
+    .await;
+    let rows = ok(&admin, "getClients", json!([])).await;
+    assert!(rows.as_array().into_iter().flatten().all(|r| r["name"] != json!("impostor")), "{rows}");
+    assert!(rows.as_array().into_iter().flatten().all(|r| r["id"] != json!(b)), "b never spoke for itself: {rows}");
+    let nodes = ok(&admin, "getNodes", json!([])).await;
+    assert!(!nodes.to_string().contains("fake"), "a client cannot pose as a node: {nodes}");
+
+    // Cut off without a goodbye: offline after the timeout (2 s here).
+    a_bus.close().await;
+    wait_for("a times out", Duration::from_secs(10), || async {
+        let rows = ok(&admin, "getClients", json!([])).await;
+        rows.as_array().into_iter().flatten().any(|r| r["id"] == json!(a) && r["online"] == json!(false))
+    })
+    .await;
+    drop(client);
+    agent.stop().await;
+}
