@@ -36,6 +36,48 @@ pub struct AgentConfig {
     pub objects: ObjectsSection,
     /// `[acl]`.
     pub acl: AclSection,
+    /// `[clients]`.
+    pub clients: ClientsSection,
+}
+
+/// `[clients]`: machines that join the domain.
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientsSection {
+    /// Seconds without a ping after which a client counts as offline.
+    pub timeout_secs: f64,
+    /// RabbitMQ's management API (`http://broker:15672`): joining makes each client a
+    /// broker login there. Without it, `joinClient` is refused with the reason.
+    pub broker_api: Option<String>,
+    /// A broker user allowed to manage users (tag `administrator`).
+    pub broker_api_user: Option<String>,
+    pub broker_api_password: Option<String>,
+    /// Broker users clients take requests from; this agent's own user always counts.
+    pub agent_users: Vec<String>,
+}
+
+impl Default for ClientsSection {
+    fn default() -> ClientsSection {
+        ClientsSection {
+            timeout_secs: 150.0,
+            broker_api: None,
+            broker_api_user: None,
+            broker_api_password: None,
+            agent_users: Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ClientsSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientsSection")
+            .field("timeout_secs", &self.timeout_secs)
+            .field("broker_api", &self.broker_api)
+            .field("broker_api_user", &self.broker_api_user)
+            .field("broker_api_password", &self.broker_api_password.as_ref().map(|_| "<redacted>"))
+            .field("agent_users", &self.agent_users)
+            .finish()
+    }
 }
 
 /// `[acl]`: who may do what.
@@ -224,6 +266,7 @@ impl Default for AgentConfig {
             presence: PresenceSection::default(),
             objects: ObjectsSection::default(),
             acl: AclSection::default(),
+            clients: ClientsSection::default(),
         }
     }
 }
@@ -318,6 +361,12 @@ impl AgentConfig {
             }
         };
         positive("rpc.timeout_secs", self.rpc.timeout_secs)?;
+        positive("clients.timeout_secs", self.clients.timeout_secs)?;
+        if self.clients.broker_api.is_some() && self.clients.broker_api_user.is_none() {
+            return Err(ConfigError::Invalid(
+                "clients.broker_api needs broker_api_user and broker_api_password".into(),
+            ));
+        }
         positive("presence.heartbeat_secs", self.presence.heartbeat_secs)?;
         positive("presence.node_timeout_secs", self.presence.node_timeout_secs)?;
         positive("objects.poll_secs", self.objects.poll_secs)?;

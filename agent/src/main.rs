@@ -19,9 +19,13 @@ use tracing::{error, info};
 #[derive(Parser, Debug)]
 #[command(name = "clacks-agent", version)]
 struct Cli {
-    /// Configuration file (default /etc/clacks/agent.toml when it exists).
+    /// Configuration file (default /etc/clacks/agent.toml when it exists; with
+    /// `--role client`, /etc/clacks/client.toml as `clacks join` wrote it).
     #[arg(long, env = "CLACKS_CONFIG")]
     config: Option<PathBuf>,
+    /// `agent` serves the domain; `client` runs this machine as a joined client.
+    #[arg(long, value_enum, default_value_t = Role::Agent)]
+    role: Role,
     /// Broker URL, amqp[s]://user:password@host:port/vhost.
     #[arg(long, env = "CLACKS_AMQP_URL")]
     amqp: Option<String>,
@@ -42,6 +46,12 @@ struct Cli {
     log: String,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Agent,
+    Client,
 }
 
 #[derive(Subcommand, Debug)]
@@ -149,6 +159,9 @@ async fn run(cli: Cli) -> Result<()> {
         }
         None => {}
     }
+    if cli.role == Role::Client {
+        return run_client(cli.config.as_deref()).await;
+    }
     let config = effective_config(&cli)?;
     let domain = Domain::new(&config.domain)?;
     let node = config.node.clone().unwrap_or_else(clacks_core::domain::default_node_id);
@@ -167,6 +180,16 @@ async fn run(cli: Cli) -> Result<()> {
     options.trusted_forwarders = config.amqp.trusted_forwarders.clone();
     options.objects = config.objects.options();
     options.acl = config.acl.enabled.then(|| clacks_agent::daemon::AclOptions { admins: config.acl.admins.clone() });
+    options.clients.timeout = secs(config.clients.timeout_secs);
+    options.clients.agent_users = config.clients.agent_users.clone();
+    if let Some(api) = &config.clients.broker_api {
+        let vhost = config.amqp.url.as_deref().map(vhost_of).unwrap_or_else(|| "/".to_owned());
+        let user = config.clients.broker_api_user.clone().unwrap_or_default();
+        let password = config.clients.broker_api_password.clone().unwrap_or_default();
+        options.clients.broker_admin = Some(
+            clacks_agent::broker_admin::BrokerAdmin::new(api, &user, &password, &vhost).map_err(anyhow::Error::msg)?,
+        );
+    }
     if !config.acl.enabled {
         tracing::warn!("ACL checks are off ([acl] enabled = false): every authenticated user may call everything");
     }
@@ -254,6 +277,53 @@ async fn run(cli: Cli) -> Result<()> {
     if let Some(task) = http_task {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
     }
+    Ok(())
+}
+
+/// The vhost an AMQP URL names (`/` when it names none), percent-decoded.
+fn vhost_of(url: &str) -> String {
+    let path = url.split_once("://").map(|(_, rest)| rest).and_then(|rest| rest.split_once('/')).map(|(_, p)| p);
+    let path = path.map(|p| p.split('?').next().unwrap_or_default()).unwrap_or_default();
+    if path.is_empty() {
+        return "/".to_owned();
+    }
+    let mut out = Vec::new();
+    let bytes = path.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Runs this machine as a joined client until SIGTERM or Ctrl-C.
+async fn run_client(config: Option<&std::path::Path>) -> Result<()> {
+    let path = config.unwrap_or(std::path::Path::new(clacks_agent::client::config::DEFAULT_CLIENT_CONFIG));
+    let config = clacks_agent::client::ClientConfig::load(path)
+        .with_context(|| "this machine has not joined a domain (run `clacks join` as root first)".to_owned())?;
+    let options = clacks_agent::client::options_from(&config).map_err(anyhow::Error::msg)?;
+    info!(id = %config.id, domain = %config.domain, "connecting as a joined client");
+    let bus = clacks_agent::client::connect(&config, true).await.map_err(anyhow::Error::msg)?;
+    let client = clacks_agent::client::ClientDaemon::start(options, bus, Vec::new()).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => info!("interrupted"),
+    }
+    client.stop().await;
     Ok(())
 }
 

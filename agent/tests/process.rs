@@ -237,6 +237,19 @@ fn bad_configuration_is_reported_with_its_location() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("invalid domain"));
+
+    // A client role without a joined identity, or with one others may read.
+    let missing = dir.path().join("client.toml");
+    let output = Command::new(AGENT).args(["--role", "client", "--config"]).arg(&missing).output();
+    let output = output.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("has not joined a domain") && stderr.contains("clacks join"), "{stderr}");
+    std::fs::write(&missing, "domain = \"org.clacks\"\nurl = \"amqp://x\"\nid = \"c\"\nsecret = \"s\"\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let output = Command::new(AGENT).args(["--role", "client", "--config"]).arg(&missing).output();
+    let stderr = String::from_utf8_lossy(&output.unwrap_or_else(|e| panic!("{e}")).stderr).into_owned();
+    assert!(stderr.contains("readable by others"), "{stderr}");
 }
 
 /// Starts the binary with `config`; it serves HTTP(S) only (no broker, no objects).

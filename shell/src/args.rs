@@ -98,6 +98,30 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: EventsCommand,
     },
+    /// Join this machine to the domain as a client (as root); asks for an administrator's login.
+    Join {
+        /// Where to write the machine identity (default /etc/clacks/client.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// This machine's id (default the firmware UUID, else /etc/machine-id).
+        #[arg(long)]
+        device_id: Option<String>,
+        /// The name admins see (default the host name).
+        #[arg(long)]
+        name: Option<String>,
+        /// workstation, server, laptop or virtual.
+        #[arg(long = "type")]
+        device_type: Option<String>,
+    },
+    /// Undo `clacks join`: remove this machine from the domain and its identity from disk.
+    Leave {
+        /// The machine identity written by `clacks join` (default /etc/clacks/client.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Remove the local identity even when the domain cannot be told.
+        #[arg(long)]
+        force: bool,
+    },
     /// Run a .rhai script; its arguments are in the array ARGS.
     ///
     /// Scripts can start with `#!/usr/bin/env -S clacks run` and be executed directly.
@@ -218,6 +242,24 @@ pub(crate) fn run(cli: Cli, handle: tokio::runtime::Handle) -> u8 {
     if cli.command.is_some() && cli.code.is_some() {
         return usage_error("-c CODE cannot be combined with a subcommand");
     }
+    if let Some(Command::Join { config, device_id, name, device_type }) = &cli.command {
+        if stdin_is_terminal {
+            crate::connect::ask_credentials(&mut target, true);
+        }
+        let request = crate::join::JoinRequest {
+            config: config.clone(),
+            device_id: device_id.clone(),
+            name: name.clone(),
+            device_type: device_type.clone(),
+        };
+        return crate::join::join(request, &target, &handle);
+    }
+    if let Some(Command::Leave { config, force }) = &cli.command {
+        if stdin_is_terminal {
+            crate::connect::ask_credentials(&mut target, true);
+        }
+        return crate::join::leave(config.as_ref(), *force, &target, &handle);
+    }
     let mode = match (&cli.command, &cli.code) {
         (Some(Command::Call { method, args, named, node }), _) => match build_params(args, *named) {
             Ok(params) => Mode::Call { method: method.clone(), params, node: node.clone() },
@@ -236,6 +278,7 @@ pub(crate) fn run(cli: Cli, handle: tokio::runtime::Handle) -> u8 {
             Ok(code) => Mode::Code { code, args: args.clone(), script: Some(file.clone()) },
             Err(e) => return usage_error(e),
         },
+        (Some(Command::Join { .. } | Command::Leave { .. }), _) => return EXIT_OK,
         (None, Some(code)) => Mode::Code { code: code.clone(), args: Vec::new(), script: None },
         (None, None) if stdin_is_terminal => Mode::Interactive,
         (None, None) => {

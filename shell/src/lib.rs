@@ -15,6 +15,7 @@ mod args;
 pub mod catalog;
 mod config;
 mod connect;
+mod join;
 pub mod render;
 pub mod repl;
 pub mod runner;

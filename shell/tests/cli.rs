@@ -766,3 +766,77 @@ fn acl_helpers_edit_and_list_acls_readably() {
     let removed = run(&["-c", "acl_revoke(\"grace\"); acl_remove(4); acl_list().len()"], &env);
     assert!(removed.starts_with("exit=0\nstdout:\n1\n"), "{removed}");
 }
+
+/// `clacks join` / `clacks leave` as provisioning runs them, against a private broker
+/// with its management API and an agent that keeps devices in SQLite: the identity
+/// file is private, a second join is refused, the machine then logs in as itself and
+/// serves commands through the agent, and leaving removes both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_machine_joins_runs_as_a_client_and_leaves_from_the_command_line() {
+    use std::os::unix::fs::PermissionsExt;
+    let broker = clacks_tests::broker::PrivateBroker::start_with_management();
+    let data = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let domain = unique_domain();
+    let mut options = clacks_tests::fast_options(&domain, "alpha");
+    options.objects = Some(clacks_agent::daemon::ObjectsOptions {
+        store: clacks_core::objects::StoreConfig::default(),
+        default_sql: format!("sqlite://{}", data.path().join("objects.db").display()),
+        poll: Duration::from_secs(3600),
+        expire: Duration::from_secs(3600),
+        sweep: Duration::from_secs(3600),
+    });
+    let api = broker.management_url().unwrap_or_default();
+    options.clients.broker_admin = clacks_agent::broker_admin::BrokerAdmin::new(&api, "guest", "guest", "/").ok();
+    let agent = clacks_tests::start_agent(&broker.url(), options, vec![]).await;
+    let config = data.path().join("client.toml");
+    let config_arg = config.to_string_lossy().into_owned();
+    // The broker URL without credentials: the admin's come from the environment.
+    let url = broker.url().replace("guest:guest@", "");
+    let env = [
+        ("CLACKS_URL", url.as_str()),
+        ("CLACKS_DOMAIN", domain.as_str()),
+        ("CLACKS_USER", "guest"),
+        ("CLACKS_PASSWORD", "guest"),
+    ];
+    // `run` waits for the child process; the runtime's other worker keeps the agent going.
+    let clacks = |args: &[&str]| tokio::task::block_in_place(|| run(args, &env));
+    let join = ["join", "--config", config_arg.as_str(), "--device-id", "vm-0042", "--name", "ws-42"];
+    let joined = clacks(&[&join[..], &["--type", "virtual"]].concat());
+    assert!(joined.starts_with("exit=0\nstdout:\njoined ") && joined.contains("--role client"), "{joined}");
+    assert_eq!(std::fs::metadata(&config).map(|m| m.permissions().mode() & 0o777).ok(), Some(0o600));
+    let machine = clacks_agent::client::ClientConfig::load(&config).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!machine.url.contains("guest"), "no admin credentials in the machine's file: {}", machine.url);
+    let again = clacks(&join);
+    assert!(
+        again.starts_with("exit=1\n")
+            && again.contains("has joined domain")
+            && again.contains("run `clacks leave` first"),
+        "{again}"
+    );
+
+    // The machine comes online as itself, the way `clacks-agent --role client` starts it.
+    let bus = clacks_agent::client::connect(&machine, false).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut client_options = clacks_agent::client::options_from(&machine).unwrap_or_else(|e| panic!("{e}"));
+    client_options.ping = Duration::from_millis(500);
+    let client = clacks_agent::client::ClientDaemon::start(client_options, bus, Vec::new())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let admin = clacks_core::client::Client::over_bus(
+        clacks_tests::amqp_bus(&broker.url(), &domain, "admin").await,
+        domain.clone(),
+        Duration::from_secs(10),
+    );
+    let id = machine.id.clone();
+    clacks_tests::wait_for("the client serves ping", Duration::from_secs(10), || async {
+        let args = clacks_core::rpc::Params::Positional(vec![serde_json::json!(id), serde_json::json!("ping")]);
+        admin.call("clientDispatch", args).await.ok() == Some(serde_json::json!("pong"))
+    })
+    .await;
+    client.stop().await;
+
+    let left = clacks(&["leave", "--config", config_arg.as_str()]);
+    assert!(left.starts_with("exit=0\nstdout:\nleft ") && !config.exists(), "{left}");
+    let gone = clacks_agent::client::connect(&machine, false).await;
+    assert!(gone.is_err(), "the machine's broker login is gone");
+    agent.stop().await;
+}

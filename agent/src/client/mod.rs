@@ -10,3 +10,38 @@ pub mod netinfo;
 
 pub use config::ClientConfig;
 pub use daemon::{ClientDaemon, ClientOptions};
+
+use std::time::Duration;
+
+use clacks_core::bus::Bus;
+use clacks_core::bus::amqp::{AmqpBus, AmqpSettings};
+use clacks_core::domain::Domain;
+
+/// Connects to the broker as the joined machine, retrying until the broker answers
+/// (a client boots before the network or the broker may be up).
+pub async fn connect(config: &ClientConfig, wait_for_broker: bool) -> Result<Bus, String> {
+    let domain = Domain::new(&config.domain).map_err(|e| e.to_string())?;
+    let ca_pem = match &config.ca_file {
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?),
+        None => None,
+    };
+    let settings = AmqpSettings {
+        connection_name: format!("clacks client {}", config.id),
+        wait_for_broker,
+        ca_pem,
+        // A client may not configure the domain's exchange, only use it.
+        passive_exchange: true,
+        ..AmqpSettings::default()
+    };
+    let url = config.login_url()?;
+    AmqpBus::connect(&url, domain, settings).await.map(Bus::Amqp).map_err(|e| e.to_string())
+}
+
+/// The daemon's options from a joined machine's configuration.
+pub fn options_from(config: &ClientConfig) -> Result<ClientOptions, String> {
+    let domain = Domain::new(&config.domain).map_err(|e| e.to_string())?;
+    let mut options = ClientOptions::new(domain, config.id.clone());
+    options.agent_users = config.agent_users.clone();
+    options.ping = Duration::from_secs(config.ping_secs.max(1));
+    Ok(options)
+}
