@@ -49,7 +49,7 @@ fn agent_options(domain: &clacks_core::domain::Domain, node: &str, broker: &Priv
 
 fn client_options(domain: &clacks_core::domain::Domain, id: &str, agent_users: Vec<String>) -> ClientOptions {
     let mut options = ClientOptions::new(domain.clone(), id);
-    options.name = format!("host-{}", &id[..8]);
+    options.name = format!("host-{}", id.chars().take(8).collect::<String>());
     options.agent_users = agent_users;
     options.ping = Duration::from_millis(400);
     options.poll_spread = Duration::from_millis(200);
@@ -209,5 +209,69 @@ async fn a_silent_client_times_out_and_events_for_others_are_ignored() {
     })
     .await;
     drop(client);
+    agent.stop().await;
+}
+
+/// Writes an executable script.
+fn script(dir: &std::path::Path, name: &str, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, body).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap_or_else(|e| panic!("{e}"));
+}
+
+const GREET: &str = r#"#!/bin/sh
+if [ "$1" = "--signature" ]; then
+  echo '{"help": "Greet someone.", "params": [{"name": "who", "type": "string"}, {"name": "times", "type": "integer", "optional": true}]}'
+  exit 0
+fi
+echo "hello $1 ${2:-1}"; echo "to stderr" >&2; exit 3
+"#;
+
+/// Scripts in the client's shell.d become commands, through the agent: arguments,
+/// exit code and both streams come back; a slow one is killed at its timeout; adding
+/// and removing scripts changes the client's commands without a restart. (The shared
+/// broker; the client logs in as the agents' user, so no join is needed here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shell_scripts_become_client_commands_and_follow_the_folder() {
+    let url = clacks_tests::amqp_url();
+    let domain = unique_domain();
+    let agent = start_agent(&url, fast_options(&domain, "alpha"), vec![]).await;
+    let admin = Client::over_bus(amqp_bus(&url, &domain, "admin").await, domain.clone(), Duration::from_secs(10));
+    let shell_d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    script(shell_d.path(), "greet.sh", GREET);
+    script(shell_d.path(), "slow", "#!/bin/sh\n[ \"$1\" = --signature ] && { echo '{\"help\": \"Sleep.\", \"timeout\": 0.5}'; exit 0; }\nsleep 5\n");
+    script(shell_d.path(), "mute.sh", "#!/bin/sh\nexit 0\n");
+    std::fs::write(shell_d.path().join("notexec.sh"), GREET).unwrap_or_else(|e| panic!("{e}"));
+
+    let mut options = client_options(&domain, "shellhost-0001", vec![]);
+    options.shell_dir = Some(shell_d.path().to_owned());
+    options.shell_poll = Duration::from_millis(200);
+    let client = ClientDaemon::start(options, amqp_bus(&url, &domain, "client").await, vec![]).await.unwrap_or_else(|e| panic!("{e}"));
+    let methods = || async { ok(&admin, "getClientMethods", json!(["shellhost-0001"])).await };
+    wait_for("the scripts are offered", Duration::from_secs(10), || async { methods().await.get("shell_greet").is_some() }).await;
+    let offered = methods().await;
+    assert_eq!(offered["shell_greet"]["signature"], json!("shell_greet(who: string, times?: integer)"));
+    assert_eq!(offered["shell_greet"]["help"], json!("Greet someone."));
+    assert!(offered.get("shell_mute").is_none() && offered.get("shell_notexec").is_none(), "{offered}");
+
+    let greeted = ok(&admin, "clientDispatch", json!(["shellhost-0001", "shell_greet", ["Ada", 2]])).await;
+    assert_eq!(greeted, json!({"code": 3, "stdout": "hello Ada 2\n", "stderr": "to stderr\n"}));
+    let named = ok(&admin, "clientDispatch", json!(["shellhost-0001", "shell_greet", {"who": "Bob"}])).await;
+    assert_eq!(named["stdout"], json!("hello Bob 1\n"));
+    assert_eq!(call(&admin, "clientDispatch", json!(["shellhost-0001", "shell_greet", [42]])).await, Err(ErrorCode::INVALID_PARAMS));
+    let started = std::time::Instant::now();
+    assert_eq!(call(&admin, "clientDispatch", json!(["shellhost-0001", "shell_slow"])).await, Err(ErrorCode::TIMEOUT));
+    assert!(started.elapsed() < Duration::from_secs(4), "killed at its timeout, not after 5 s");
+
+    script(shell_d.path(), "uptime", "#!/bin/sh\n[ \"$1\" = --signature ] && { echo '{\"help\": \"Up.\"}'; exit 0; }\necho up\n");
+    std::fs::remove_file(shell_d.path().join("greet.sh")).unwrap_or_else(|e| panic!("{e}"));
+    wait_for("the folder's changes reach the agent", Duration::from_secs(10), || async {
+        let now = methods().await;
+        now.get("shell_uptime").is_some() && now.get("shell_greet").is_none()
+    })
+    .await;
+    assert_eq!(ok(&admin, "clientDispatch", json!(["shellhost-0001", "shell_uptime"])).await["stdout"], json!("up\n"));
+    client.stop().await;
     agent.stop().await;
 }

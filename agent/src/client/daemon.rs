@@ -40,6 +40,10 @@ pub struct ClientOptions {
     pub poll_spread: Duration,
     /// Deadline of requests that bring none.
     pub default_timeout: Duration,
+    /// Folder of scripts offered as `shell_*` commands (the shell proxy).
+    pub shell_dir: Option<std::path::PathBuf>,
+    /// How often that folder is checked for changes.
+    pub shell_poll: Duration,
 }
 
 impl ClientOptions {
@@ -52,6 +56,8 @@ impl ClientOptions {
             ping: Duration::from_secs(60),
             poll_spread: Duration::from_secs(30),
             default_timeout: Duration::from_secs(30),
+            shell_dir: None,
+            shell_poll: Duration::from_secs(2),
         }
     }
 }
@@ -140,6 +146,10 @@ impl ClientDaemon {
         let polls = client.inner.bus.subscribe(&["ClientPoll".to_owned()]).await?;
         client.announce().await;
         tokio::spawn(client.clone().presence_loop(polls));
+        if let Some(dir) = client.inner.options.shell_dir.clone() {
+            let every = client.inner.options.shell_poll;
+            tokio::spawn(super::shell_proxy::watch(client.clone(), dir, every, client.inner.stopped.clone()));
+        }
         info!(id = %client.inner.options.id, %queue, "client started");
         Ok(client)
     }

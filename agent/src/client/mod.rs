@@ -2,11 +2,13 @@
 //!
 //! [`config`] is the machine identity `clacks join` writes; [`daemon`] serves the
 //! client's commands on its own queue and keeps the agents informed of its presence;
-//! [`netinfo`] gathers the network facts it announces.
+//! [`netinfo`] gathers the network facts it announces; [`shell_proxy`] turns scripts
+//! in a folder into commands.
 
 pub mod config;
 pub mod daemon;
 pub mod netinfo;
+pub mod shell_proxy;
 
 pub use config::ClientConfig;
 pub use daemon::{ClientDaemon, ClientOptions};
@@ -16,6 +18,9 @@ use std::time::Duration;
 use clacks_core::bus::Bus;
 use clacks_core::bus::amqp::{AmqpBus, AmqpSettings};
 use clacks_core::domain::Domain;
+
+/// Where the shell proxy looks for scripts unless `shell_dir` says otherwise.
+pub const DEFAULT_SHELL_DIR: &str = "/etc/clacks/shell.d";
 
 /// Connects to the broker as the joined machine, retrying until the broker answers
 /// (a client boots before the network or the broker may be up).
@@ -43,5 +48,6 @@ pub fn options_from(config: &ClientConfig) -> Result<ClientOptions, String> {
     let mut options = ClientOptions::new(domain, config.id.clone());
     options.agent_users = config.agent_users.clone();
     options.ping = Duration::from_secs(config.ping_secs.max(1));
+    options.shell_dir = Some(config.shell_dir.clone().unwrap_or_else(|| std::path::PathBuf::from(DEFAULT_SHELL_DIR)));
     Ok(options)
 }

@@ -1,0 +1,269 @@
+//! The shell proxy: executable scripts in a folder (`/etc/clacks/shell.d`) become client
+//! commands `shell_<name>`, without writing a plugin.
+//!
+//! A script describes itself: run with `--signature` it prints one JSON object,
+//! `{"help": "…", "params": [{"name": "user", "type": "string", "optional": false}],
+//! "timeout": 30}` (`type` one of string, integer, number, boolean; `params`, `timeout`
+//! optional). A call runs it with the arguments as its command-line arguments (strings
+//! as they are, anything else as JSON) and no shell in between, kills it at its timeout
+//! or the call's deadline, whichever comes first, and returns `{code, stdout, stderr}`
+//! (each stream cut at 1 MiB, with `truncated`). The folder is watched: a new, changed
+//! or removed script changes the client's commands, and the agents learn it from the
+//! next `ClientSignature`. A script that is not executable, badly named, or does not
+//! describe itself is left out and logged.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use clacks_core::command::{CallType, Command, CommandError, CommandSpec, Param, ValueType};
+use clacks_core::rpc::ErrorCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::io::AsyncReadExt;
+use tracing::{info, warn};
+
+/// The prefix of the commands the proxy makes.
+pub const PREFIX: &str = "shell_";
+/// How long a script may take to print its signature.
+const SIGNATURE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default run time of a script that names none.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most bytes kept of each output stream.
+const MAX_OUTPUT: usize = 1024 * 1024;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Signature {
+    help: String,
+    #[serde(default)]
+    params: Vec<SignatureParam>,
+    timeout: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignatureParam {
+    name: String,
+    #[serde(rename = "type")]
+    ty: String,
+    #[serde(default)]
+    optional: bool,
+}
+
+/// What a folder looked like: name → (modified, size, mode), to notice changes.
+pub type Fingerprint = BTreeMap<String, (Option<SystemTime>, u64, u32)>;
+
+/// The folder's state now (missing folder: empty).
+pub fn fingerprint(dir: &Path) -> Fingerprint {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(entries) = std::fs::read_dir(dir) else { return Fingerprint::new() };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            Some((e.file_name().to_string_lossy().into_owned(), (meta.modified().ok(), meta.len(), meta.permissions().mode())))
+        })
+        .collect()
+}
+
+/// The command name of a script file, if it may become one: `[A-Za-z][A-Za-z0-9_]*`
+/// before an optional extension.
+fn command_name(file: &str) -> Option<String> {
+    let stem = file.split_once('.').map_or(file, |(stem, _)| stem);
+    let mut chars = stem.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic());
+    (first_ok && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')).then(|| format!("{PREFIX}{stem}"))
+}
+
+fn value_type(name: &str) -> Option<ValueType> {
+    match name {
+        "string" => Some(ValueType::String),
+        "integer" => Some(ValueType::Integer),
+        "number" => Some(ValueType::Number),
+        "boolean" => Some(ValueType::Boolean),
+        _ => None,
+    }
+}
+
+/// Reads at most [`MAX_OUTPUT`] bytes, then drains the rest so the child never blocks.
+async fn read_capped(mut stream: impl tokio::io::AsyncRead + Unpin) -> (String, bool) {
+    let mut kept = Vec::new();
+    let mut buffer = [0u8; 8192];
+    let mut truncated = false;
+    while let Ok(n) = stream.read(&mut buffer).await {
+        if n == 0 {
+            break;
+        }
+        let room = MAX_OUTPUT.saturating_sub(kept.len());
+        kept.extend_from_slice(&buffer[..n.min(room)]);
+        truncated |= n > room;
+    }
+    (String::from_utf8_lossy(&kept).into_owned(), truncated)
+}
+
+/// Runs `path ARGS…` until it exits or `timeout` passes (then it is killed).
+async fn run(path: &Path, args: &[String], timeout: Duration) -> Result<Value, CommandError> {
+    let mut child = tokio::process::Command::new(path)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| CommandError::failed(format!("cannot run {}: {e}", path.display())))?;
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let outputs = async {
+        let out = async { if let Some(s) = stdout { read_capped(s).await } else { (String::new(), false) } };
+        let err = async { if let Some(s) = stderr { read_capped(s).await } else { (String::new(), false) } };
+        tokio::join!(out, err)
+    };
+    let finished = tokio::time::timeout(timeout, async {
+        let ((out, out_cut), (err, err_cut)) = outputs.await;
+        let status = child.wait().await;
+        (status, out, err, out_cut || err_cut)
+    })
+    .await;
+    match finished {
+        Ok((Ok(status), stdout, stderr, truncated)) => {
+            // Killed by a signal: no exit code; say which signal as the shell would (128+n).
+            use std::os::unix::process::ExitStatusExt;
+            let code = status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(-1);
+            let mut result = json!({"code": code, "stdout": stdout, "stderr": stderr});
+            if truncated {
+                result["truncated"] = json!(true);
+            }
+            Ok(result)
+        }
+        Ok((Err(e), ..)) => Err(CommandError::failed(format!("{}: {e}", path.display()))),
+        Err(_) => Err(CommandError::new(
+            ErrorCode::TIMEOUT,
+            format!("{} did not finish within {:.1} s and was killed", path.display(), timeout.as_secs_f64()),
+        )),
+    }
+}
+
+/// Asks one script for its signature and makes its command.
+async fn describe(path: &Path, name: String) -> Result<Command, String> {
+    let output = run(path, &["--signature".to_owned()], SIGNATURE_TIMEOUT).await.map_err(|e| e.message)?;
+    if output["code"] != json!(0) {
+        return Err(format!("`--signature` exited with {}", output["code"]));
+    }
+    let text = output["stdout"].as_str().unwrap_or_default();
+    let signature: Signature =
+        serde_json::from_str(text.trim()).map_err(|e| format!("`--signature` printed no valid signature: {e}"))?;
+    let mut params = Vec::new();
+    for p in signature.params {
+        let ty = value_type(&p.ty).ok_or_else(|| format!("parameter '{}': unknown type '{}'", p.name, p.ty))?;
+        params.push(Param { name: p.name, ty, optional: p.optional });
+    }
+    let timeout = signature
+        .timeout
+        .filter(|t| t.is_finite() && *t > 0.0)
+        .map(Duration::from_secs_f64)
+        .unwrap_or(DEFAULT_TIMEOUT);
+    let spec = CommandSpec {
+        name,
+        target: "shell".into(),
+        params,
+        help: signature.help,
+        needs_user: false,
+        needs_queue: false,
+        call_type: CallType::Normal,
+    };
+    let script: Arc<PathBuf> = Arc::new(path.to_owned());
+    let handler: clacks_core::command::Handler = Arc::new(move |ctx, args| {
+        let script = script.clone();
+        Box::pin(async move {
+            let args: Vec<String> = args
+                .into_iter()
+                .take_while(|a| !a.is_null())
+                .map(|a| match a {
+                    Value::String(s) => s,
+                    other => other.to_string(),
+                })
+                .collect();
+            let left = ctx.deadline.saturating_duration_since(tokio::time::Instant::now());
+            run(&script, &args, timeout.min(left)).await
+        })
+    });
+    Ok(Command { spec, handler })
+}
+
+/// The commands of every usable script in `dir`, and what was left out.
+pub async fn load(dir: &Path) -> (Vec<Command>, Vec<String>) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut commands = Vec::new();
+    let mut problems = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return (commands, problems) };
+    let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
+    files.sort();
+    let mut seen = BTreeMap::new();
+    for path in files {
+        let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        let executable = std::fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o111 != 0);
+        let Some(name) = command_name(&file) else {
+            problems.push(format!("{file}: the name must be a letter followed by letters, digits or '_'"));
+            continue;
+        };
+        if !executable {
+            problems.push(format!("{file}: not executable"));
+            continue;
+        }
+        if let Some(first) = seen.get(&name) {
+            problems.push(format!("{file}: {first} makes {name} already"));
+            continue;
+        }
+        match describe(&path, name.clone()).await {
+            Ok(command) => {
+                seen.insert(name, file);
+                commands.push(command);
+            }
+            Err(reason) => problems.push(format!("{file}: {reason}")),
+        }
+    }
+    (commands, problems)
+}
+
+/// Keeps the client's `shell_*` commands in step with `dir`, checking every `every`.
+pub async fn watch(
+    client: super::ClientDaemon,
+    dir: PathBuf,
+    every: Duration,
+    stopped: tokio_util::sync::CancellationToken,
+) {
+    let mut last: Option<Fingerprint> = None;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stopped.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = fingerprint(&dir);
+        if last.as_ref() == Some(&now) {
+            continue;
+        }
+        let (commands, problems) = load(&dir).await;
+        for problem in problems {
+            warn!(folder = %dir.display(), %problem, "script left out");
+        }
+        info!(folder = %dir.display(), commands = commands.len(), "shell scripts loaded");
+        client.set_commands(PREFIX, commands).await;
+        last = Some(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn script_names_become_command_names() {
+        assert_eq!(command_name("restart_service.sh").as_deref(), Some("shell_restart_service"));
+        assert_eq!(command_name("df").as_deref(), Some("shell_df"));
+        assert_eq!(command_name("9lives"), None);
+        assert_eq!(command_name("bad-name.sh"), None);
+    }
+}
