@@ -27,7 +27,8 @@ use tracing::{debug, info, warn};
 use crate::broker_admin::BrokerAdmin;
 
 /// The presence events the agent follows.
-pub const CLIENT_EVENTS: [&str; 5] = ["ClientAnnounce", "ClientSignature", "ClientPing", "ClientLeave", "UserSession"];
+pub const CLIENT_EVENTS: [&str; 6] =
+    ["ClientAnnounce", "ClientSignature", "ClientPing", "ClientLeave", "UserSession", "Inventory"];
 
 /// How an agent handles clients.
 #[derive(Clone, Debug)]
@@ -72,17 +73,11 @@ pub struct ClientsPlugin {
     trusted: Vec<String>,
     table: Mutex<HashMap<String, ClientEntry>>,
     last_poll: Mutex<Option<Instant>>,
+    /// Where inventories are kept (the object store's index database).
+    inventory: Option<crate::inventory::InventoryStore>,
 }
 
-/// A list that XML turned into one object when it had one element.
-fn as_list(value: Option<&Value>) -> Vec<Value> {
-    match value {
-        Some(Value::Array(items)) => items.clone(),
-        Some(Value::Null) | None => Vec::new(),
-        Some(Value::String(s)) if s.is_empty() => Vec::new(),
-        Some(other) => vec![other.clone()],
-    }
-}
+use crate::inventory::as_list;
 
 fn text(value: Option<&Value>) -> String {
     value.and_then(Value::as_str).unwrap_or_default().to_owned()
@@ -93,7 +88,7 @@ fn unknown(client: &str) -> CommandError {
 }
 
 impl ClientsPlugin {
-    pub(crate) fn new(
+    pub(crate) async fn new(
         domain: Domain,
         bus: Bus,
         events: EventPublisher,
@@ -105,7 +100,18 @@ impl ClientsPlugin {
         if !options.agent_users.iter().any(|u| u == bus.user()) {
             options.agent_users.insert(0, bus.user().to_owned());
         }
+        let inventory = match &store {
+            Some(store) => match crate::inventory::InventoryStore::open(store.index().db().clone()).await {
+                Ok(inventory) => Some(inventory),
+                Err(e) => {
+                    warn!(error = %e, "cannot open the inventory tables; inventories are not kept");
+                    None
+                }
+            },
+            None => None,
+        };
         ClientsPlugin {
+            inventory,
             domain,
             bus,
             events,
@@ -176,6 +182,9 @@ impl ClientsPlugin {
             return;
         }
         let event = clacks_core::events::event_json(&message.event_type, &message.body);
+        if message.event_type == "Inventory" {
+            return self.take_inventory(message.user.as_deref(), event).await;
+        }
         let id = text(event.get("Id"));
         let sender = message.user.as_deref().unwrap_or_default();
         if id.is_empty() || (sender != id && !self.trusted.iter().any(|t| t == sender)) {
@@ -224,6 +233,9 @@ impl ClientsPlugin {
             (changed.then_some(entry.online), !known && message.event_type == "ClientPing")
         };
         debug!(client = %id, event = %message.event_type, "client presence");
+        if message.event_type == "ClientSignature" {
+            self.ask_for_inventory(&id);
+        }
         if let Some(online) = came_online {
             self.record_status(&id, online);
         }
@@ -231,6 +243,57 @@ impl ClientsPlugin {
             // This agent started after the client: ask everyone to announce again.
             self.poll().await;
         }
+    }
+
+    async fn take_inventory(&self, sender: Option<&str>, event: Value) {
+        let client = text(event.get("ClientUUID"));
+        let sender = sender.unwrap_or_default();
+        if client.is_empty() || (sender != client && !self.trusted.iter().any(|t| t == sender)) {
+            warn!(sender, claimed = %client, "dropping an inventory sent for another client");
+            return;
+        }
+        let (Some(store), Value::Object(mut fields)) = (&self.inventory, event) else { return };
+        fields.remove("type");
+        match store.put(&client, &fields).await {
+            Ok(true) => info!(%client, "inventory stored"),
+            Ok(false) => debug!(%client, "inventory unchanged"),
+            Err(e) => warn!(%client, error = %e, "cannot store the inventory"),
+        }
+    }
+
+    /// Asks a client that offers `requestInventory` for its inventory, passing the
+    /// checksum already stored so an unchanged one is not sent again.
+    fn ask_for_inventory(self: &Arc<Self>, client: &str) {
+        let Some(store) = self.inventory.clone() else { return };
+        let offers = self
+            .table
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(client)
+            .is_some_and(|e| e.methods.contains_key("requestInventory"));
+        if !offers {
+            return;
+        }
+        let (plugin, client) = (self.clone(), client.to_owned());
+        tokio::spawn(async move {
+            let known = store.checksum(&client).await.ok().flatten();
+            let request = Request::new("requestInventory", Params::Positional(vec![json!(known)]), 1);
+            let Ok(body) = serde_json::to_vec(&request) else { return };
+            // Collecting runs dpkg and friends: give it a minute.
+            let options = CallOptions::timeout(Duration::from_secs(60));
+            if let Err(e) = plugin.bus.call(&plugin.domain.client_queue(&client), body, options).await {
+                debug!(%client, error = %e, "inventory request failed");
+            }
+        });
+    }
+
+    fn inventory(&self) -> CommandResult<&crate::inventory::InventoryStore> {
+        self.inventory.as_ref().ok_or_else(|| {
+            CommandError::new(
+                ErrorCode::COMMAND_FAILED,
+                "inventories are kept in the object store's database; this agent has none",
+            )
+        })
     }
 
     /// Writes `deviceStatus` and `lastSeen` on the client's device object, in the
@@ -484,6 +547,34 @@ impl ClientsPlugin {
         }
         info!(client = %id, %dn, by = ?ctx.user, "client joined");
         Ok(json!({"id": id, "secret": secret, "dn": dn, "agentUsers": self.options.agent_users}))
+    }
+
+    /// The stored inventory of a client (as it sent it, plus Received).
+    #[command]
+    async fn get_inventory(&self, client: String) -> CommandResult<Value> {
+        let store = self.inventory()?;
+        let found = store.get(&client).await.map_err(clacks_core::objects::ObjectError::from)?;
+        found.ok_or_else(|| {
+            CommandError::new(ErrorCode::CLIENT_UNKNOWN, format!("no inventory of client '{client}' is stored"))
+        })
+    }
+
+    /// Clients whose inventory matches every condition: package, packageBelow, packageAtLeast (versions compared like dpkg), service (running), os (glob on name and version).
+    #[command]
+    async fn find_clients(&self, conditions: Map<String, Value>) -> CommandResult<Vec<Value>> {
+        let query: crate::inventory::Query = serde_json::from_value(Value::Object(conditions))
+            .map_err(|e| CommandError::new(ErrorCode::INVALID_PARAMS, format!("conditions: {e}")))?;
+        let store = self.inventory()?;
+        let mut rows = store.find(&query).await.map_err(|e| match e {
+            clacks_core::objects::backend::BackendError::Invalid(m) => CommandError::new(ErrorCode::INVALID_PARAMS, m),
+            other => clacks_core::objects::ObjectError::from(other).into(),
+        })?;
+        let table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        for row in &mut rows {
+            let online = row["client"].as_str().and_then(|c| table.get(c)).is_some_and(|e| e.online);
+            row["online"] = json!(online);
+        }
+        Ok(rows)
     }
 
     /// Remove a client: its broker login and its device object.

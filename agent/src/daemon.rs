@@ -245,15 +245,18 @@ impl Agent {
         };
         let mut trusted = options.trusted_forwarders.clone();
         trusted.push(bus.user().to_owned());
-        let clients = Arc::new(crate::clients_plugin::ClientsPlugin::new(
-            options.domain.clone(),
-            bus.clone(),
-            events.clone(),
-            objects.clone(),
-            acl.clone(),
-            options.clients.clone(),
-            trusted.clone(),
-        ));
+        let clients = Arc::new(
+            crate::clients_plugin::ClientsPlugin::new(
+                options.domain.clone(),
+                bus.clone(),
+                events.clone(),
+                objects.clone(),
+                acl.clone(),
+                options.clients.clone(),
+                trusted.clone(),
+            )
+            .await,
+        );
         commands.extend(clients.clone().commands());
         for plugin in plugins {
             commands.extend(plugin.commands());

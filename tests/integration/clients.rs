@@ -240,16 +240,25 @@ async fn shell_scripts_become_client_commands_and_follow_the_folder() {
     let admin = Client::over_bus(amqp_bus(&url, &domain, "admin").await, domain.clone(), Duration::from_secs(10));
     let shell_d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     script(shell_d.path(), "greet.sh", GREET);
-    script(shell_d.path(), "slow", "#!/bin/sh\n[ \"$1\" = --signature ] && { echo '{\"help\": \"Sleep.\", \"timeout\": 0.5}'; exit 0; }\nsleep 5\n");
+    script(
+        shell_d.path(),
+        "slow",
+        "#!/bin/sh\n[ \"$1\" = --signature ] && { echo '{\"help\": \"Sleep.\", \"timeout\": 0.5}'; exit 0; }\nsleep 5\n",
+    );
     script(shell_d.path(), "mute.sh", "#!/bin/sh\nexit 0\n");
     std::fs::write(shell_d.path().join("notexec.sh"), GREET).unwrap_or_else(|e| panic!("{e}"));
 
     let mut options = client_options(&domain, "shellhost-0001", vec![]);
     options.shell_dir = Some(shell_d.path().to_owned());
     options.shell_poll = Duration::from_millis(200);
-    let client = ClientDaemon::start(options, amqp_bus(&url, &domain, "client").await, vec![]).await.unwrap_or_else(|e| panic!("{e}"));
+    let client = ClientDaemon::start(options, amqp_bus(&url, &domain, "client").await, vec![])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let methods = || async { ok(&admin, "getClientMethods", json!(["shellhost-0001"])).await };
-    wait_for("the scripts are offered", Duration::from_secs(10), || async { methods().await.get("shell_greet").is_some() }).await;
+    wait_for("the scripts are offered", Duration::from_secs(10), || async {
+        methods().await.get("shell_greet").is_some()
+    })
+    .await;
     let offered = methods().await;
     assert_eq!(offered["shell_greet"]["signature"], json!("shell_greet(who: string, times?: integer)"));
     assert_eq!(offered["shell_greet"]["help"], json!("Greet someone."));
@@ -259,12 +268,19 @@ async fn shell_scripts_become_client_commands_and_follow_the_folder() {
     assert_eq!(greeted, json!({"code": 3, "stdout": "hello Ada 2\n", "stderr": "to stderr\n"}));
     let named = ok(&admin, "clientDispatch", json!(["shellhost-0001", "shell_greet", {"who": "Bob"}])).await;
     assert_eq!(named["stdout"], json!("hello Bob 1\n"));
-    assert_eq!(call(&admin, "clientDispatch", json!(["shellhost-0001", "shell_greet", [42]])).await, Err(ErrorCode::INVALID_PARAMS));
+    assert_eq!(
+        call(&admin, "clientDispatch", json!(["shellhost-0001", "shell_greet", [42]])).await,
+        Err(ErrorCode::INVALID_PARAMS)
+    );
     let started = std::time::Instant::now();
     assert_eq!(call(&admin, "clientDispatch", json!(["shellhost-0001", "shell_slow"])).await, Err(ErrorCode::TIMEOUT));
     assert!(started.elapsed() < Duration::from_secs(4), "killed at its timeout, not after 5 s");
 
-    script(shell_d.path(), "uptime", "#!/bin/sh\n[ \"$1\" = --signature ] && { echo '{\"help\": \"Up.\"}'; exit 0; }\necho up\n");
+    script(
+        shell_d.path(),
+        "uptime",
+        "#!/bin/sh\n[ \"$1\" = --signature ] && { echo '{\"help\": \"Up.\"}'; exit 0; }\necho up\n",
+    );
     std::fs::remove_file(shell_d.path().join("greet.sh")).unwrap_or_else(|e| panic!("{e}"));
     wait_for("the folder's changes reach the agent", Duration::from_secs(10), || async {
         let now = methods().await;
@@ -272,6 +288,67 @@ async fn shell_scripts_become_client_commands_and_follow_the_folder() {
     })
     .await;
     assert_eq!(ok(&admin, "clientDispatch", json!(["shellhost-0001", "shell_uptime"])).await["stdout"], json!("up\n"));
+    client.stop().await;
+    agent.stop().await;
+}
+
+/// The inventory: the client collects it natively and the agent keeps it (in
+/// PostgreSQL here) and answers for it and across clients; an unchanged inventory is not
+/// sent again when an agent asks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inventories_are_collected_stored_and_queried() {
+    let pg = clacks_tests::directory::PgSchema::create().await;
+    let url = clacks_tests::amqp_url();
+    let domain = unique_domain();
+    let mut options = fast_options(&domain, "alpha");
+    options.objects = Some(ObjectsOptions {
+        store: StoreConfig::default(),
+        default_sql: pg.url.clone(),
+        poll: Duration::from_secs(3600),
+        expire: Duration::from_secs(3600),
+        sweep: Duration::from_secs(3600),
+    });
+    let agent = start_agent(&url, options, vec![]).await;
+    let admin = Client::over_bus(amqp_bus(&url, &domain, "admin").await, domain.clone(), Duration::from_secs(10));
+    let mut options = client_options(&domain, "inventoried-01", vec![]);
+    options.inventory_every = None; // only when the agent asks
+    let client = ClientDaemon::start(options, amqp_bus(&url, &domain, "client").await, vec![])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_for("the agent asked for and stored the inventory", Duration::from_secs(30), || async {
+        call(&admin, "getInventory", json!(["inventoried-01"])).await.is_ok()
+    })
+    .await;
+    let inventory = ok(&admin, "getInventory", json!(["inventoried-01"])).await;
+    assert_eq!(inventory["ClientUUID"], json!("inventoried-01"));
+    assert!(
+        inventory["Received"].is_string() && inventory["Memory"]["TotalBytes"].is_string(),
+        "{}",
+        inventory["Memory"]
+    );
+    let packages = inventory["Package"].as_array().cloned().unwrap_or_default();
+    let dpkg = packages.iter().find(|p| p["Name"] == json!("dpkg")).cloned().unwrap_or_default();
+    let version = dpkg["Version"].as_str().unwrap_or_default().to_owned();
+    assert!(!version.is_empty(), "dpkg is installed here");
+
+    let found = ok(&admin, "findClients", json!([{"package": "dpkg", "packageAtLeast": version}])).await;
+    assert_eq!(found[0]["client"], json!("inventoried-01"), "{found}");
+    assert_eq!(found[0]["online"], json!(true));
+    assert_eq!(found[0]["package"]["version"], json!(version));
+    let newer = format!("{version}+1");
+    let found = ok(&admin, "findClients", json!([{"package": "dpkg", "packageBelow": newer}])).await;
+    assert_eq!(found.as_array().map(Vec::len), Some(1));
+    assert_eq!(ok(&admin, "findClients", json!([{"package": "dpkg", "packageBelow": "0.1"}])).await, json!([]));
+    assert_eq!(ok(&admin, "findClients", json!([{"package": "no-such-package"}])).await, json!([]));
+    assert_eq!(call(&admin, "findClients", json!([{"colour": "red"}])).await, Err(ErrorCode::INVALID_PARAMS));
+    assert_eq!(call(&admin, "getInventory", json!(["nobody"])).await, Err(ErrorCode::CLIENT_UNKNOWN));
+
+    // Asked again with the stored checksum, the client sends nothing.
+    let stored = ok(&admin, "clientDispatch", json!(["inventoried-01", "requestInventory", [null]])).await;
+    assert_eq!(stored["sent"], json!(true), "without a checksum it sends");
+    let checksum = stored["checksum"].clone();
+    let again = ok(&admin, "clientDispatch", json!(["inventoried-01", "requestInventory", [checksum]])).await;
+    assert_eq!(again["sent"], json!(false));
     client.stop().await;
     agent.stop().await;
 }

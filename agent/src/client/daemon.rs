@@ -44,6 +44,9 @@ pub struct ClientOptions {
     pub shell_dir: Option<std::path::PathBuf>,
     /// How often that folder is checked for changes.
     pub shell_poll: Duration,
+    /// How often the inventory is collected and, when it changed, sent; `None`: only
+    /// when an agent asks (`requestInventory`).
+    pub inventory_every: Option<Duration>,
 }
 
 impl ClientOptions {
@@ -58,6 +61,7 @@ impl ClientOptions {
             default_timeout: Duration::from_secs(30),
             shell_dir: None,
             shell_poll: Duration::from_secs(2),
+            inventory_every: Some(Duration::from_secs(3600)),
         }
     }
 }
@@ -99,6 +103,32 @@ impl std::fmt::Debug for ClientDaemon {
 /// The commands every client serves.
 struct CoreClientCommands {
     id: String,
+    events: EventPublisher,
+    /// The checksum of the last inventory sent.
+    last_inventory: Arc<tokio::sync::Mutex<Option<String>>>,
+}
+
+impl CoreClientCommands {
+    /// Collects the inventory and sends it unless its checksum is `known` — what the
+    /// asking agent has stored (nothing: always send), or for the periodic check the
+    /// one sent last.
+    async fn send_inventory(&self, known: Option<String>, periodic: bool) -> CommandResult<Value> {
+        // One collection at a time: a poll and a request at once should not both run dpkg.
+        let mut last = self.last_inventory.lock().await;
+        let mut fields = super::inventory::collect(&self.id).await;
+        let checksum = super::inventory::checksum(&fields);
+        let known = if periodic { last.clone() } else { known };
+        if known.as_deref() == Some(checksum.as_str()) {
+            return Ok(json!({"checksum": checksum, "sent": false}));
+        }
+        // Checksum first, as the schema orders it.
+        let mut ordered = Map::from_iter([("Checksum".to_owned(), json!(checksum))]);
+        ordered.append(&mut fields);
+        self.events.publish_fields("Inventory", &ordered).await.map_err(|e| CommandError::failed(e.to_string()))?;
+        *last = Some(checksum.clone());
+        info!(%checksum, "inventory sent");
+        Ok(json!({"checksum": checksum, "sent": true}))
+    }
 }
 
 #[clacks_core::plugin(target = "client")]
@@ -107,6 +137,12 @@ impl CoreClientCommands {
     #[command]
     fn ping(&self) -> CommandResult<&'static str> {
         Ok("pong")
+    }
+
+    /// Collect this machine's inventory and send it as an Inventory event unless its checksum is the one given (the one the agent has).
+    #[command]
+    async fn request_inventory(&self, checksum: Option<String>) -> CommandResult<Value> {
+        self.send_inventory(checksum.filter(|c| !c.is_empty()), false).await
     }
 
     /// The client's id, host name and network interfaces.
@@ -123,8 +159,12 @@ impl ClientDaemon {
             .map_err(|e| ClientError::Events(clacks_core::events::EventError::Malformed(format!("client id: {e}"))))?;
         let validator = EventValidator::start(&[])?;
         let events = EventPublisher::new(bus.clone(), validator);
-        let core = Arc::new(CoreClientCommands { id: options.id.clone() });
-        let table = core.commands().into_iter().chain(commands).map(|c| (c.spec.name.clone(), c)).collect();
+        let core = Arc::new(CoreClientCommands {
+            id: options.id.clone(),
+            events: events.clone(),
+            last_inventory: Arc::default(),
+        });
+        let table = core.clone().commands().into_iter().chain(commands).map(|c| (c.spec.name.clone(), c)).collect();
         let client = ClientDaemon {
             inner: Arc::new(Inner {
                 options,
@@ -146,6 +186,9 @@ impl ClientDaemon {
         let polls = client.inner.bus.subscribe(&["ClientPoll".to_owned()]).await?;
         client.announce().await;
         tokio::spawn(client.clone().presence_loop(polls));
+        if let Some(every) = client.inner.options.inventory_every {
+            tokio::spawn(inventory_loop(core.clone(), every, client.inner.stopped.clone()));
+        }
         if let Some(dir) = client.inner.options.shell_dir.clone() {
             let every = client.inner.options.shell_poll;
             tokio::spawn(super::shell_proxy::watch(client.clone(), dir, every, client.inner.stopped.clone()));
@@ -309,6 +352,22 @@ impl ClientDaemon {
             }
             .to_bytes(),
         )
+    }
+}
+
+/// Sends the inventory when it changed, every `every`.
+async fn inventory_loop(core: Arc<CoreClientCommands>, every: Duration, stopped: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stopped.cancelled() => return,
+            _ = tick.tick() => {
+                if let Err(e) = core.send_inventory(None, true).await {
+                    warn!(error = %e, "cannot send the inventory");
+                }
+            }
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod daemon;
+pub mod inventory;
 pub mod netinfo;
 pub mod shell_proxy;
 

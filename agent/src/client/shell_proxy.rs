@@ -63,7 +63,10 @@ pub fn fingerprint(dir: &Path) -> Fingerprint {
         .flatten()
         .filter_map(|e| {
             let meta = e.metadata().ok()?;
-            Some((e.file_name().to_string_lossy().into_owned(), (meta.modified().ok(), meta.len(), meta.permissions().mode())))
+            Some((
+                e.file_name().to_string_lossy().into_owned(),
+                (meta.modified().ok(), meta.len(), meta.permissions().mode()),
+            ))
         })
         .collect()
 }
@@ -158,11 +161,8 @@ async fn describe(path: &Path, name: String) -> Result<Command, String> {
         let ty = value_type(&p.ty).ok_or_else(|| format!("parameter '{}': unknown type '{}'", p.name, p.ty))?;
         params.push(Param { name: p.name, ty, optional: p.optional });
     }
-    let timeout = signature
-        .timeout
-        .filter(|t| t.is_finite() && *t > 0.0)
-        .map(Duration::from_secs_f64)
-        .unwrap_or(DEFAULT_TIMEOUT);
+    let timeout =
+        signature.timeout.filter(|t| t.is_finite() && *t > 0.0).map(Duration::from_secs_f64).unwrap_or(DEFAULT_TIMEOUT);
     let spec = CommandSpec {
         name,
         target: "shell".into(),
