@@ -319,6 +319,74 @@ impl ClientsPlugin {
         });
     }
 
+    /// Sends one request to a client's queue and returns its answer.
+    async fn call_client(
+        &self,
+        client: &str,
+        method: &str,
+        args: Value,
+        deadline: Instant,
+        on_behalf_of: Option<String>,
+    ) -> CommandResult<Value> {
+        let params = match args {
+            Value::Array(list) => Params::Positional(list),
+            Value::Object(map) => Params::Named(map),
+            Value::Null => Params::None,
+            other => Params::Positional(vec![other]),
+        };
+        let request = Request::new(method, params, 1);
+        let body =
+            serde_json::to_vec(&request).map_err(|e| CommandError::new(ErrorCode::INTERNAL_ERROR, e.to_string()))?;
+        let options = CallOptions { deadline, on_behalf_of };
+        let reply = match self.bus.call(&self.domain.client_queue(client), body, options).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                let error = e.to_rpc_error();
+                if error.symbolic() == ErrorCode::NO_PROVIDER {
+                    return Err(CommandError::new(
+                        ErrorCode::CLIENT_OFFLINE,
+                        format!("client '{client}' is not connected"),
+                    ));
+                }
+                return Err(rpc_to_command(error));
+            }
+        };
+        let response: clacks_core::rpc::Response = serde_json::from_slice(&reply).map_err(|e| {
+            CommandError::new(ErrorCode::INTERNAL_ERROR, format!("client '{client}' answered badly: {e}"))
+        })?;
+        response.into_result().map_err(rpc_to_command)
+    }
+
+    /// The clients a fan-out of `method` reaches, by id.
+    async fn fan_out_targets(&self, method: &str, filter: &FanOutFilter) -> CommandResult<Vec<(String, ClientEntry)>> {
+        let inventory_match = match &filter.inventory {
+            Some(query) => {
+                let rows = self.inventory()?.find(query).await.map_err(inventory_error)?;
+                Some(
+                    rows.iter()
+                        .filter_map(|r| r["client"].as_str().map(str::to_owned))
+                        .collect::<std::collections::BTreeSet<_>>(),
+                )
+            }
+            None => None,
+        };
+        let capability = filter.capability.as_deref().unwrap_or(method);
+        let glob = clacks_core::objects::store::glob_match;
+        let table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut targets: Vec<(String, ClientEntry)> = table
+            .iter()
+            .filter(|(id, _)| filter.clients.as_ref().is_none_or(|list| list.iter().any(|c| c == *id)))
+            .filter(|(id, _)| filter.id.as_deref().is_none_or(|p| glob(p, id)))
+            .filter(|(_, e)| filter.name.as_deref().is_none_or(|p| glob(p, &e.name)))
+            .filter(|(_, e)| filter.online.is_none_or(|online| e.online == online))
+            .filter(|(_, e)| e.methods.contains_key(capability))
+            .filter(|(id, _)| inventory_match.as_ref().is_none_or(|set| set.contains(*id)))
+            .map(|(id, e)| (id.clone(), e.clone()))
+            .collect();
+        targets.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(targets)
+    }
+
     fn entry(&self, client: &str) -> CommandResult<ClientEntry> {
         self.table.lock().unwrap_or_else(PoisonError::into_inner).get(client).cloned().ok_or_else(|| unknown(client))
     }
@@ -353,6 +421,68 @@ impl ClientsPlugin {
             format!("{user} may not call {method} on client {client}")
         })
         .map_err(CommandError::from)
+    }
+}
+
+/// Which clients a fan-out reaches.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct FanOutFilter {
+    /// Exactly these client ids.
+    clients: Option<Vec<String>>,
+    /// A glob on the client id.
+    id: Option<String>,
+    /// A glob on the host name.
+    name: Option<String>,
+    /// Only clients offering this command; default the command called.
+    capability: Option<String>,
+    /// Only clients whose inventory matches (as `findClients`).
+    inventory: Option<crate::inventory::Query>,
+    /// Only clients online (true) or offline (false); default all, offline ones
+    /// reported as errors.
+    online: Option<bool>,
+}
+
+/// How a fan-out runs.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct FanOutOptions {
+    /// Calls in flight at once.
+    #[serde(default = "default_batch")]
+    batch: usize,
+    /// Seconds each client may take.
+    #[serde(default = "default_call_timeout")]
+    timeout: f64,
+    /// Only list the clients that would be called.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+fn default_batch() -> usize {
+    32
+}
+
+fn default_call_timeout() -> f64 {
+    10.0
+}
+
+/// A bad query is the caller's mistake; anything else is the database's.
+fn inventory_error(e: clacks_core::objects::backend::BackendError) -> CommandError {
+    match e {
+        clacks_core::objects::backend::BackendError::Invalid(m) => CommandError::new(ErrorCode::INVALID_PARAMS, m),
+        other => clacks_core::objects::ObjectError::from(other).into(),
+    }
+}
+
+/// One client's outcome in a fan-out.
+fn outcome_row(client: &str, name: &str, result: Result<Value, CommandError>, took: Duration) -> Value {
+    let ms = (took.as_secs_f64() * 1000.0).round();
+    match result {
+        Ok(value) => json!({"client": client, "name": name, "status": "ok", "result": value, "ms": ms}),
+        Err(e) => {
+            let status = if e.code == ErrorCode::TIMEOUT { "timeout" } else { "error" };
+            json!({"client": client, "name": name, "status": status, "code": e.code.as_str(), "message": e.message, "ms": ms})
+        }
     }
 }
 
@@ -442,33 +572,71 @@ impl ClientsPlugin {
         }
         let args = args.unwrap_or(Value::Null);
         self.check_dispatch(ctx, &client, &method, &args)?;
-        let params = match args {
-            Value::Array(list) => Params::Positional(list),
-            Value::Object(map) => Params::Named(map),
-            Value::Null => Params::None,
-            other => Params::Positional(vec![other]),
-        };
-        let request = Request::new(method.as_str(), params, 1);
-        let body =
-            serde_json::to_vec(&request).map_err(|e| CommandError::new(ErrorCode::INTERNAL_ERROR, e.to_string()))?;
-        let options = CallOptions { deadline: ctx.deadline, on_behalf_of: ctx.user.clone() };
-        let reply = match self.bus.call(&self.domain.client_queue(&client), body, options).await {
-            Ok(reply) => reply,
-            Err(e) => {
-                let error = e.to_rpc_error();
-                if error.symbolic() == ErrorCode::NO_PROVIDER {
-                    return Err(CommandError::new(
-                        ErrorCode::CLIENT_OFFLINE,
-                        format!("client '{client}' is not connected"),
-                    ));
-                }
-                return Err(rpc_to_command(error));
+        self.call_client(&client, &method, args, ctx.deadline, ctx.user.clone()).await
+    }
+
+    /// Call a command on many clients at once: filter {clients, id, name, capability, inventory, online}, options {batch, timeout, dryRun}. Every targeted client is listed as ok, error or timeout.
+    #[command(needs_user)]
+    async fn client_fan_out(
+        &self,
+        ctx: &CallContext,
+        method: String,
+        args: Option<Value>,
+        filter: Option<Map<String, Value>>,
+        options: Option<Map<String, Value>>,
+    ) -> CommandResult<Value> {
+        let invalid =
+            |what: &str, e: serde_json::Error| CommandError::new(ErrorCode::INVALID_PARAMS, format!("{what}: {e}"));
+        let filter: FanOutFilter =
+            serde_json::from_value(Value::Object(filter.unwrap_or_default())).map_err(|e| invalid("filter", e))?;
+        let options: FanOutOptions =
+            serde_json::from_value(Value::Object(options.unwrap_or_default())).map_err(|e| invalid("options", e))?;
+        if !(options.timeout.is_finite() && options.timeout > 0.0) || options.batch == 0 {
+            return Err(CommandError::new(ErrorCode::INVALID_PARAMS, "options: timeout and batch must be positive"));
+        }
+        let args = args.unwrap_or(Value::Null);
+        let targets = self.fan_out_targets(&method, &filter).await?;
+        if options.dry_run {
+            let rows: Vec<Value> =
+                targets.iter().map(|(id, e)| json!({"client": id, "name": e.name, "online": e.online})).collect();
+            return Ok(json!({"targets": rows}));
+        }
+        // Answer before the caller gives up: calls not finished by then count as timeouts.
+        let finish_by = ctx.deadline.checked_sub(Duration::from_millis(500)).unwrap_or(ctx.deadline);
+        let per_call = Duration::from_secs_f64(options.timeout);
+        let calls = targets.into_iter().map(|(client, entry)| {
+            let args = args.clone();
+            let method = method.clone();
+            async move {
+                let started = Instant::now();
+                let result = if !entry.online {
+                    Err(CommandError::new(ErrorCode::CLIENT_OFFLINE, format!("client '{client}' is offline")))
+                } else if let Err(e) = self.check_dispatch(ctx, &client, &method, &args) {
+                    Err(e)
+                } else if Instant::now() >= finish_by {
+                    Err(CommandError::new(ErrorCode::TIMEOUT, "not reached before the call's deadline"))
+                } else {
+                    let deadline = (Instant::now() + per_call).min(finish_by);
+                    let call = self.call_client(&client, &method, args, deadline, ctx.user.clone());
+                    match tokio::time::timeout_at(deadline, call).await {
+                        Ok(result) => result,
+                        Err(_) => Err(CommandError::new(
+                            ErrorCode::TIMEOUT,
+                            format!("no answer within {:.1} s", options.timeout),
+                        )),
+                    }
+                };
+                outcome_row(&client, &entry.name, result, started.elapsed())
             }
-        };
-        let response: clacks_core::rpc::Response = serde_json::from_slice(&reply).map_err(|e| {
-            CommandError::new(ErrorCode::INTERNAL_ERROR, format!("client '{client}' answered badly: {e}"))
-        })?;
-        response.into_result().map_err(rpc_to_command)
+        });
+        use futures_util::StreamExt;
+        let mut results: Vec<Value> = futures_util::stream::iter(calls).buffer_unordered(options.batch).collect().await;
+        results.sort_by(|a, b| a["client"].as_str().cmp(&b["client"].as_str()));
+        let count = |status: &str| results.iter().filter(|r| r["status"] == json!(status)).count();
+        let summary =
+            json!({"targeted": results.len(), "ok": count("ok"), "error": count("error"), "timeout": count("timeout")});
+        info!(%method, summary = %summary, "fan-out done");
+        Ok(json!({"summary": summary, "results": results}))
     }
 
     /// Register a machine: creates its RegisteredDevice below ou=devices, a client id, a machine secret and its broker login. Returns {id, secret, dn, agentUsers}.
@@ -565,10 +733,7 @@ impl ClientsPlugin {
         let query: crate::inventory::Query = serde_json::from_value(Value::Object(conditions))
             .map_err(|e| CommandError::new(ErrorCode::INVALID_PARAMS, format!("conditions: {e}")))?;
         let store = self.inventory()?;
-        let mut rows = store.find(&query).await.map_err(|e| match e {
-            clacks_core::objects::backend::BackendError::Invalid(m) => CommandError::new(ErrorCode::INVALID_PARAMS, m),
-            other => clacks_core::objects::ObjectError::from(other).into(),
-        })?;
+        let mut rows = store.find(&query).await.map_err(inventory_error)?;
         let table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
         for row in &mut rows {
             let online = row["client"].as_str().and_then(|c| table.get(c)).is_some_and(|e| e.online);

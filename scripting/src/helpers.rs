@@ -40,6 +40,16 @@ impl Progress {
         }
         Progress(bar)
     }
+
+    /// Moves the bar on by `steps`.
+    pub fn advance(&self, steps: u64) {
+        self.0.inc(steps);
+    }
+
+    /// Takes the bar off the screen.
+    pub fn finish(&self) {
+        self.0.finish_and_clear();
+    }
 }
 
 /// Registers the helpers.

@@ -1,7 +1,8 @@
 //! The Rhai side of Clacks: a sandboxed engine, the conversion between Rhai values and
 //! the JSON values commands exchange, remote commands as Rhai functions ([`bindings`])
 //! and the helpers an admin's script needs ([`helpers`]: files, CSV, JSON, progress;
-//! [`objects`]: objects as values; [`acl`]: the ACL commands made readable).
+//! [`objects`]: objects as values; [`acl`]: the ACL commands made readable; [`clients`]:
+//! fan-out to clients with progress).
 //!
 //! Agents use it to run `.rhai` plugins; the shell builds its REPL on the same engine
 //! settings, so a script behaves the same wherever it runs. Scripts are synchronous, so
@@ -10,6 +11,7 @@
 
 pub mod acl;
 pub mod bindings;
+pub mod clients;
 pub mod helpers;
 pub mod objects;
 

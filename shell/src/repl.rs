@@ -69,6 +69,7 @@ pub(crate) const KEYWORDS: &[&str] = &[
     "to_json_text",
     "read_csv",
     "write_csv",
+    "fanout",
 ];
 
 /// Completion, hints, highlighting and the multi-line rule for rustyline.

@@ -203,6 +203,7 @@ impl Runner {
         };
         clacks_scripting::objects::register(&mut engine, caller.clone(), &object_methods);
         clacks_scripting::acl::register(&mut engine, caller.clone());
+        clacks_scripting::clients::register(&mut engine, caller.clone());
         register_commands(&mut engine, &specs, caller);
         register_shell_functions(&mut engine, self);
         let mut resolvers = ModuleResolversCollection::new();

@@ -840,3 +840,56 @@ async fn a_machine_joins_runs_as_a_client_and_leaves_from_the_command_line() {
     assert!(gone.is_err(), "the machine's broker login is gone");
     agent.stop().await;
 }
+
+/// `fanout()` in a script: every targeted client gets a row, offline ones as errors,
+/// and a summary line goes to stderr.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_from_the_shell_reports_every_client() {
+    let url = amqp_url();
+    let domain = unique_domain();
+    let agent = clacks_tests::start_agent(&url, clacks_tests::fast_options(&domain, "alpha"), vec![]).await;
+    let mut clients = Vec::new();
+    for id in ["ws-a", "ws-b", "ws-c"] {
+        let mut options = clacks_agent::client::ClientOptions::new(domain.clone(), id);
+        options.name = id.to_owned();
+        options.inventory_every = None;
+        let bus = clacks_tests::amqp_bus(&url, &domain, id).await;
+        clients.push(
+            clacks_agent::client::ClientDaemon::start(options, bus, vec![]).await.unwrap_or_else(|e| panic!("{e}")),
+        );
+    }
+    let admin = clacks_core::client::Client::over_bus(
+        clacks_tests::amqp_bus(&url, &domain, "admin").await,
+        domain.clone(),
+        Duration::from_secs(10),
+    );
+    let online = || async {
+        let rows = admin.call("getClients", clacks_core::rpc::Params::None).await.unwrap_or_default();
+        rows.as_array().map_or(0, |r| r.iter().filter(|c| c["online"] == serde_json::json!(true)).count())
+    };
+    clacks_tests::wait_for("three clients online", Duration::from_secs(10), || async { online().await == 3 }).await;
+    if let Some(client) = clients.pop() {
+        client.stop().await;
+    }
+    clacks_tests::wait_for("ws-c offline", Duration::from_secs(10), || async { online().await == 2 }).await;
+    let env = [("CLACKS_URL", url.as_str()), ("CLACKS_DOMAIN", domain.as_str())];
+    let script =
+        r#"let rows = fanout("ping", [], #{name: "ws-*"}, #{batch: 2}); rows.map(|r| `${r.client} ${r.status}`)"#;
+    let out = tokio::task::block_in_place(|| run(&["-c", script, "-o", "plain"], &env));
+    expect![[r#"
+        exit=0
+        stdout:
+        [
+          "ws-a ok",
+          "ws-b ok",
+          "ws-c error"
+        ]
+        stderr:
+        ping on 3 client(s): 2 ok, 1 error, 0 timeout
+    "#]]
+    .assert_eq(&out);
+    for client in clients {
+        client.stop().await;
+    }
+    agent.stop().await;
+}

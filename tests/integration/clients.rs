@@ -53,6 +53,8 @@ fn client_options(domain: &clacks_core::domain::Domain, id: &str, agent_users: V
     options.agent_users = agent_users;
     options.ping = Duration::from_millis(400);
     options.poll_spread = Duration::from_millis(200);
+    // Collecting the inventory runs dpkg; only the inventory test asks for it.
+    options.inventory_every = None;
     options
 }
 
@@ -350,5 +352,114 @@ async fn inventories_are_collected_stored_and_queried() {
     let again = ok(&admin, "clientDispatch", json!(["inventoried-01", "requestInventory", [checksum]])).await;
     assert_eq!(again["sent"], json!(false));
     client.stop().await;
+    agent.stop().await;
+}
+
+/// A client command for fan-out tests: answers after a delay, or fails.
+struct Work {
+    delay: Duration,
+    fail: bool,
+}
+
+#[clacks_core::plugin(target = "client")]
+impl Work {
+    /// Do some work and say so.
+    #[command]
+    async fn work(&self) -> clacks_core::command::CommandResult<String> {
+        tokio::time::sleep(self.delay).await;
+        if self.fail {
+            return Err(clacks_core::command::CommandError::new("WORK_FAILED", "no luck"));
+        }
+        Ok("done".into())
+    }
+}
+
+/// A fan-out accounts for every targeted client: answers, errors (a failing command,
+/// an offline client) and timeouts, with filters on id and name and a dry run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_lists_every_targeted_client_as_ok_error_or_timeout() {
+    use clacks_core::command::Plugin;
+    use std::sync::Arc;
+    let url = clacks_tests::amqp_url();
+    let domain = unique_domain();
+    let agent = start_agent(&url, fast_options(&domain, "alpha"), vec![]).await;
+    let admin = Client::over_bus(amqp_bus(&url, &domain, "admin").await, domain.clone(), Duration::from_secs(20));
+    let mut clients = Vec::new();
+    let kinds = [
+        ("fan-01", 10, false),
+        ("fan-02", 10, false),
+        ("fan-03", 10, false),
+        ("fan-04", 10, true),
+        ("fan-05", 3000, false),
+        ("fan-06", 10, false),
+    ];
+    for (id, delay, fail) in kinds {
+        let work = Arc::new(Work { delay: Duration::from_millis(delay), fail }).commands();
+        let client =
+            ClientDaemon::start(client_options(&domain, id, vec![]), amqp_bus(&url, &domain, id).await, work).await;
+        clients.push(client.unwrap_or_else(|e| panic!("{e}")));
+    }
+    // One more client without the command: not targeted.
+    let plain =
+        ClientDaemon::start(client_options(&domain, "fan-07", vec![]), amqp_bus(&url, &domain, "fan-07").await, vec![])
+            .await;
+    let plain = plain.unwrap_or_else(|e| panic!("{e}"));
+    wait_for("every client offers its commands", Duration::from_secs(10), || async {
+        let rows = ok(&admin, "getClients", json!([])).await;
+        rows.as_array()
+            .map_or(0, |r| r.iter().filter(|c| c["online"] == json!(true) && c["methods"].as_u64() >= Some(4)).count())
+            == 6
+    })
+    .await;
+    // fan-06 goes away: still targeted, reported offline.
+    clients.pop().map(|c| async move { c.stop().await }).unwrap_or_else(|| panic!("six clients")).await;
+    wait_for("fan-06 is offline", Duration::from_secs(10), || async {
+        let rows = ok(&admin, "getClients", json!([])).await;
+        rows.as_array().into_iter().flatten().any(|r| r["id"] == json!("fan-06") && r["online"] == json!(false))
+    })
+    .await;
+
+    let dry = ok(&admin, "clientFanOut", json!({"method": "work", "options": {"dryRun": true}})).await;
+    assert_eq!(dry["targets"].as_array().map(Vec::len), Some(6), "{dry}");
+    let started = std::time::Instant::now();
+    let fanned = ok(&admin, "clientFanOut", json!({"method": "work", "options": {"timeout": 1.0, "batch": 2}})).await;
+    assert!(started.elapsed() < Duration::from_secs(5), "the slow client cost its timeout, not its delay");
+    assert_eq!(fanned["summary"], json!({"targeted": 6, "ok": 3, "error": 2, "timeout": 1}), "{fanned}");
+    let status = |client: &str| {
+        fanned["results"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["client"] == json!(client))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(status("fan-01")["result"], json!("done"));
+    assert_eq!(
+        (status("fan-04")["status"].clone(), status("fan-04")["code"].clone()),
+        (json!("error"), json!("WORK_FAILED"))
+    );
+    assert_eq!(status("fan-05")["status"], json!("timeout"));
+    assert_eq!(status("fan-06")["code"], json!("CLIENT_OFFLINE"));
+    assert!(status("fan-07").is_null(), "a client without the command is not targeted");
+
+    let some =
+        ok(&admin, "clientFanOut", json!({"method": "ping", "filter": {"id": "fan-0[12]*", "online": true}})).await;
+    assert_eq!(some["summary"]["targeted"], json!(0), "globs know only '*': {some}");
+    let some =
+        ok(&admin, "clientFanOut", json!({"method": "ping", "filter": {"id": "fan-0*", "name": "host-fan-01*"}})).await;
+    assert_eq!(some["summary"], json!({"targeted": 1, "ok": 1, "error": 0, "timeout": 0}), "{some}");
+    assert_eq!(
+        call(&admin, "clientFanOut", json!({"method": "ping", "filter": {"colour": "red"}})).await,
+        Err(ErrorCode::INVALID_PARAMS)
+    );
+    assert_eq!(
+        call(&admin, "clientFanOut", json!({"method": "ping", "options": {"batch": 0}})).await,
+        Err(ErrorCode::INVALID_PARAMS)
+    );
+    for client in clients {
+        client.stop().await;
+    }
+    plain.stop().await;
     agent.stop().await;
 }
