@@ -128,6 +128,7 @@ pub(crate) fn join(request: JoinRequest, target: &Target, handle: &tokio::runtim
                 .unwrap_or_default(),
             ping_secs: 60,
             shell_dir: None,
+            dbus: None,
         };
         let code = match config.save(&path, false) {
             Ok(()) => {

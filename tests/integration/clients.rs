@@ -76,6 +76,7 @@ fn login_url(broker: &PrivateBroker, domain: &clacks_core::domain::Domain, joine
         agent_users: Vec::new(),
         ping_secs: 1,
         shell_dir: None,
+        dbus: None,
     };
     config.login_url().unwrap_or_else(|e| panic!("{e}"))
 }
@@ -461,5 +462,137 @@ async fn a_fan_out_lists_every_targeted_client_as_ok_error_or_timeout() {
         client.stop().await;
     }
     plain.stop().await;
+    agent.stop().await;
+}
+
+/// A private D-Bus daemon on a socket of its own, stopped when dropped.
+struct DbusDaemon {
+    child: std::process::Child,
+    address: String,
+    _dir: tempfile::TempDir,
+}
+
+impl DbusDaemon {
+    fn start() -> DbusDaemon {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let address = format!("unix:path={}", dir.path().join("bus").display());
+        let child = std::process::Command::new("dbus-daemon")
+            .args(["--session", "--nofork", "--nopidfile", &format!("--address={address}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("dbus-daemon is required for this test (apt-get install dbus-daemon): {e}"));
+        let socket = dir.path().join("bus");
+        let started = std::time::Instant::now();
+        while !socket.exists() {
+            assert!(started.elapsed() < Duration::from_secs(10), "dbus-daemon did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        DbusDaemon { child, address, _dir: dir }
+    }
+}
+
+impl Drop for DbusDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The test's D-Bus service.
+struct Tools;
+
+#[zbus::interface(name = "org.clacks")]
+impl Tools {
+    fn add(&self, a: i32, b: i32) -> i32 {
+        a + b
+    }
+
+    fn tags(&self, tags: Vec<String>, prefix: String) -> Vec<String> {
+        tags.into_iter().map(|t| format!("{prefix}{t}")).collect()
+    }
+
+    fn split(&self, text: String) -> (String, u32) {
+        let len = text.len() as u32;
+        (text, len)
+    }
+
+    fn broken(&self) -> zbus::fdo::Result<String> {
+        Err(zbus::fdo::Error::Failed("the disk is on fire".into()))
+    }
+
+    #[zbus(name = "_Private")]
+    fn private(&self) {}
+}
+
+async fn serve_tools(address: &str) -> zbus::Connection {
+    zbus::conn::Builder::address(address)
+        .name("org.clacks.Test")
+        .serve_at("/org/clacks/tools", Tools)
+        .build()
+        .await
+        .unwrap_or_else(|e| panic!("test service: {e}"))
+}
+
+/// A D-Bus service's methods become client commands with their argument types
+/// checked; they go when the service goes and come back with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d_bus_methods_become_client_commands_while_the_service_runs() {
+    let bus = DbusDaemon::start();
+    let service = serve_tools(&bus.address).await;
+    let url = clacks_tests::amqp_url();
+    let domain = unique_domain();
+    let agent = start_agent(&url, fast_options(&domain, "alpha"), vec![]).await;
+    let admin = Client::over_bus(amqp_bus(&url, &domain, "admin").await, domain.clone(), Duration::from_secs(10));
+    let mut options = client_options(&domain, "dbushost-01", vec![]);
+    options.dbus = Some(clacks_agent::client::dbus_proxy::DbusOptions {
+        address: Some(bus.address.clone()),
+        service: "org.clacks.Test".into(),
+        interface: "org.clacks".into(),
+        poll: Duration::from_millis(200),
+    });
+    let client = ClientDaemon::start(options, amqp_bus(&url, &domain, "client").await, vec![])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let methods = || async { ok(&admin, "getClientMethods", json!(["dbushost-01"])).await };
+    wait_for("the D-Bus methods are offered", Duration::from_secs(10), || async {
+        methods().await.get("dbus_Add").is_some()
+    })
+    .await;
+    let offered = methods().await;
+    assert_eq!(offered["dbus_Add"]["signature"], json!("dbus_Add(a: integer, b: integer)"));
+    assert_eq!(offered["dbus_Tags"]["signature"], json!("dbus_Tags(tags: array, prefix: string)"));
+    assert!(offered.get("dbus__Private").is_none() && offered.get("dbus_Private").is_none(), "{offered}");
+
+    let dispatch = |method: &'static str, args: Value| {
+        let admin = &admin;
+        async move { call(admin, "clientDispatch", json!(["dbushost-01", method, args])).await }
+    };
+    assert_eq!(dispatch("dbus_Add", json!([2, 3])).await, Ok(json!(5)));
+    assert_eq!(dispatch("dbus_Add", json!({"a": 40, "b": 2})).await, Ok(json!(42)));
+    assert_eq!(dispatch("dbus_Tags", json!([["a", "b"], "x-"])).await, Ok(json!(["x-a", "x-b"])));
+    assert_eq!(dispatch("dbus_Split", json!(["hello"])).await, Ok(json!(["hello", 5])));
+    assert_eq!(dispatch("dbus_Add", json!(["two", 3])).await, Err(ErrorCode::INVALID_PARAMS), "JSON type checked");
+    assert_eq!(
+        dispatch("dbus_Add", json!([5_000_000_000_i64, 1])).await,
+        Err(ErrorCode::INVALID_PARAMS),
+        "D-Bus range checked"
+    );
+    assert_eq!(dispatch("dbus_Tags", json!([["a", 1], "x"])).await, Err(ErrorCode::INVALID_PARAMS));
+    let broken =
+        admin.call("clientDispatch", Params::Positional(vec![json!("dbushost-01"), json!("dbus_Broken")])).await;
+    let broken = broken.map_err(|e| e.to_string()).err().unwrap_or_default();
+    assert!(broken.starts_with("DBUS_ERROR: ") && broken.contains("the disk is on fire"), "{broken}");
+
+    drop(service);
+    wait_for("the methods go with the service", Duration::from_secs(10), || async {
+        methods().await.get("dbus_Add").is_none()
+    })
+    .await;
+    let _service = serve_tools(&bus.address).await;
+    wait_for("and come back with it", Duration::from_secs(10), || async { methods().await.get("dbus_Add").is_some() })
+        .await;
+    assert_eq!(dispatch("dbus_Add", json!([1, 1])).await, Ok(json!(2)));
+    client.stop().await;
     agent.stop().await;
 }

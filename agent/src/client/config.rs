@@ -38,6 +38,27 @@ pub struct ClientConfig {
     /// Folder of executable scripts offered as commands (the shell proxy).
     #[serde(default)]
     pub shell_dir: Option<PathBuf>,
+    /// A D-Bus service whose methods become `dbus_*` commands (the D-Bus proxy).
+    #[serde(default)]
+    pub dbus: Option<DbusSection>,
+}
+
+/// `[dbus]` of client.toml.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DbusSection {
+    /// The bus name, e.g. `org.clacks`.
+    pub service: String,
+    /// The interface offered; default `org.clacks`.
+    #[serde(default = "default_interface")]
+    pub interface: String,
+    /// A bus address; default the system bus.
+    #[serde(default)]
+    pub address: Option<String>,
+}
+
+fn default_interface() -> String {
+    "org.clacks".into()
 }
 
 fn default_ping() -> u64 {
@@ -137,6 +158,7 @@ mod tests {
             agent_users: vec!["clacks-agent".into()],
             ping_secs: 60,
             shell_dir: None,
+            dbus: None,
         }
     }
 

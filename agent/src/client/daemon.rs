@@ -44,6 +44,8 @@ pub struct ClientOptions {
     pub shell_dir: Option<std::path::PathBuf>,
     /// How often that folder is checked for changes.
     pub shell_poll: Duration,
+    /// A D-Bus service whose methods are offered as `dbus_*` commands.
+    pub dbus: Option<super::dbus_proxy::DbusOptions>,
     /// How often the inventory is collected and, when it changed, sent; `None`: only
     /// when an agent asks (`requestInventory`).
     pub inventory_every: Option<Duration>,
@@ -62,6 +64,7 @@ impl ClientOptions {
             shell_dir: None,
             shell_poll: Duration::from_secs(2),
             inventory_every: Some(Duration::from_secs(3600)),
+            dbus: None,
         }
     }
 }
@@ -188,6 +191,9 @@ impl ClientDaemon {
         tokio::spawn(client.clone().presence_loop(polls));
         if let Some(every) = client.inner.options.inventory_every {
             tokio::spawn(inventory_loop(core.clone(), every, client.inner.stopped.clone()));
+        }
+        if let Some(dbus) = client.inner.options.dbus.clone() {
+            tokio::spawn(super::dbus_proxy::watch(client.clone(), dbus, client.inner.stopped.clone()));
         }
         if let Some(dir) = client.inner.options.shell_dir.clone() {
             let every = client.inner.options.shell_poll;

@@ -3,10 +3,11 @@
 //! [`config`] is the machine identity `clacks join` writes; [`daemon`] serves the
 //! client's commands on its own queue and keeps the agents informed of its presence;
 //! [`netinfo`] gathers the network facts it announces; [`shell_proxy`] turns scripts
-//! in a folder into commands.
+//! in a folder into commands, [`dbus_proxy`] the methods of a D-Bus service.
 
 pub mod config;
 pub mod daemon;
+pub mod dbus_proxy;
 pub mod inventory;
 pub mod netinfo;
 pub mod shell_proxy;
@@ -50,5 +51,11 @@ pub fn options_from(config: &ClientConfig) -> Result<ClientOptions, String> {
     options.agent_users = config.agent_users.clone();
     options.ping = Duration::from_secs(config.ping_secs.max(1));
     options.shell_dir = Some(config.shell_dir.clone().unwrap_or_else(|| std::path::PathBuf::from(DEFAULT_SHELL_DIR)));
+    options.dbus = config.dbus.as_ref().map(|d| dbus_proxy::DbusOptions {
+        address: d.address.clone(),
+        service: d.service.clone(),
+        interface: d.interface.clone(),
+        poll: Duration::from_secs(2),
+    });
     Ok(options)
 }
