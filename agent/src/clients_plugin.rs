@@ -6,7 +6,8 @@
 //! an agent), so any agent answers the same. A client silent for longer than
 //! `timeout` counts as offline; a ping from a client an agent does not know (the agent
 //! started after it) makes the agent publish `ClientPoll`, at most once per
-//! `timeout / 2`, and every client announces again after a random delay. Status
+//! `timeout / 2`, and every client announces again after a random delay; so does an
+//! agent that has just reconnected to the broker (it heard nothing meanwhile). Status
 //! changes are written to the client's RegisteredDevice (`deviceStatus`, `lastSeen`).
 
 use std::collections::{BTreeMap, HashMap};
@@ -55,6 +56,8 @@ struct ClientEntry {
     online: bool,
     last_seen: Option<Instant>,
     last_seen_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// When its last ClientAnnounce arrived.
+    announced_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Method name → (signature, documentation).
     methods: BTreeMap<String, (String, String)>,
     network: Value,
@@ -124,7 +127,8 @@ impl ClientsPlugin {
         }
     }
 
-    /// Asks every client to announce itself (at start, and for unknown pingers).
+    /// Asks every client to announce itself (at start, and for unknown pingers), at
+    /// most once per half timeout.
     pub(crate) async fn poll(&self) {
         {
             let mut last = self.last_poll.lock().unwrap_or_else(PoisonError::into_inner);
@@ -133,6 +137,10 @@ impl ClientsPlugin {
             }
             *last = Some(Instant::now());
         }
+        self.publish_poll().await;
+    }
+
+    async fn publish_poll(&self) {
         if let Err(e) = self.events.publish_fields("ClientPoll", &Map::new()).await {
             warn!(error = %e, "cannot publish ClientPoll");
         }
@@ -146,9 +154,20 @@ impl ClientsPlugin {
     ) {
         let mut sweep = tokio::time::interval((self.options.timeout / 4).max(Duration::from_millis(50)));
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reconnections = self.bus.reconnections();
+        let mut reconnects = true;
         loop {
             tokio::select! {
                 _ = stopped.cancelled() => return,
+                changed = reconnections.changed(), if reconnects => {
+                    if changed.is_err() {
+                        reconnects = false; // an in-process bus never reconnects
+                        continue;
+                    }
+                    // Whatever clients said while this agent was cut off is lost: ask again.
+                    *self.last_poll.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+                    self.publish_poll().await;
+                }
                 _ = sweep.tick() => self.mark_silent_offline(),
                 message = events.recv() => match message {
                     Some(message) => self.take(message).await,
@@ -211,6 +230,7 @@ impl ClientsPlugin {
                     entry.last_seen = Some(now);
                     entry.last_seen_at = Some(chrono::Utc::now());
                     if kind == "ClientAnnounce" {
+                        entry.announced_at = entry.last_seen_at;
                         entry.name = text(event.get("Name"));
                         entry.network =
                             Value::Array(as_list(event.get("NetworkInformation").and_then(|n| n.get("NetworkDevice"))));
@@ -496,7 +516,7 @@ fn rpc_to_command(e: RpcError) -> CommandError {
 
 #[clacks_core::plugin(target = "clients")]
 impl ClientsPlugin {
-    /// The clients this agent has heard of: id, name, online, last seen, number of methods, user sessions.
+    /// The clients this agent has heard of: id, name, online, last seen, last announce, number of methods, user sessions.
     #[command]
     fn get_clients(&self) -> CommandResult<Vec<Value>> {
         let table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
@@ -505,7 +525,8 @@ impl ClientsPlugin {
             .map(|(id, e)| {
                 json!({
                     "id": id, "name": e.name, "online": e.online,
-                    "lastSeen": e.last_seen_at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                    "lastSeen": e.last_seen_at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+                    "lastAnnounce": e.announced_at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
                     "methods": e.methods.len(), "sessions": e.sessions,
                 })
             })

@@ -596,3 +596,53 @@ async fn d_bus_methods_become_client_commands_while_the_service_runs() {
     client.stop().await;
     agent.stop().await;
 }
+
+/// After a broker restart every client reconnects (jittered backoff) and announces
+/// itself again (after a random delay), and a fan-out reaches all of them. Twenty
+/// clients on a private node: the broker is restarted here, not the shared one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_come_back_after_a_broker_restart() {
+    const CLIENTS: usize = 20;
+    let broker = PrivateBroker::start();
+    let domain = unique_domain();
+    let mut options = fast_options(&domain, "alpha");
+    options.clients.timeout = Duration::from_secs(5);
+    let agent = start_agent(&broker.url(), options, vec![]).await;
+    let mut clients = Vec::new();
+    for i in 0..CLIENTS {
+        let id = format!("emu-{i:03}");
+        let mut options = client_options(&domain, &id, vec![]);
+        options.poll_spread = Duration::from_secs(1);
+        options.ping = Duration::from_secs(1);
+        let bus = amqp_bus(&broker.url(), &domain, &id).await;
+        clients.push(ClientDaemon::start(options, bus, vec![]).await.unwrap_or_else(|e| panic!("{e}")));
+    }
+    let admin =
+        Client::over_bus(amqp_bus(&broker.url(), &domain, "admin").await, domain.clone(), Duration::from_secs(20));
+    let ping_all = || async {
+        let fanned = call(&admin, "clientFanOut", json!({"method": "ping", "options": {"timeout": 2.0}})).await;
+        fanned.unwrap_or_default()["summary"].clone()
+    };
+    wait_for("all clients answer", Duration::from_secs(15), || async { ping_all().await["ok"] == json!(CLIENTS) })
+        .await;
+    // Announced again since the restart, as the agent heard it (it may itself miss
+    // announces made before it reconnected; its ClientPoll then asks again).
+    let restarted = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    broker.restart_app(Duration::from_secs(1));
+    wait_for("every client announced itself again", Duration::from_secs(30), || async {
+        // While the agent is still reconnecting, calls find no provider.
+        let rows = call(&admin, "getClients", json!([])).await.unwrap_or_default();
+        let again =
+            rows.as_array().into_iter().flatten().filter(|r| r["lastAnnounce"].as_str() > Some(restarted.as_str()));
+        again.count() == CLIENTS
+    })
+    .await;
+    wait_for("the fan-out reaches every client again", Duration::from_secs(20), || async {
+        ping_all().await == json!({"targeted": CLIENTS, "ok": CLIENTS, "error": 0, "timeout": 0})
+    })
+    .await;
+    for client in clients {
+        client.stop().await;
+    }
+    agent.stop().await;
+}

@@ -7,8 +7,9 @@
 //! commands), pings every `ping` interval, answers `ClientPoll` by announcing again
 //! after a random delay (so a thousand clients do not answer at once), publishes
 //! `ClientSignature` again when its commands change, and says `ClientLeave` when it
-//! stops. The bus reconnects by itself with jittered backoff; the next ping tells the
-//! agents the client is back.
+//! stops. The bus reconnects by itself with jittered backoff; once reconnected the
+//! client announces itself again, after the same random delay as for a poll, so a
+//! broker restart does not make every client speak at once.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -269,9 +270,20 @@ impl ClientDaemon {
         let mut ping = tokio::time::interval(self.inner.options.ping);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
+        let mut reconnections = self.inner.bus.reconnections();
+        let mut reconnects = true;
         loop {
             tokio::select! {
                 _ = self.inner.stopped.cancelled() => return,
+                changed = reconnections.changed(), if reconnects => {
+                    if changed.is_err() {
+                        reconnects = false; // an in-process bus never reconnects
+                        continue;
+                    }
+                    // The broker came back: every client hears it at once, so wait a
+                    // random moment before announcing, as for a poll.
+                    self.announce_later().await;
+                }
                 _ = ping.tick() => {
                     self.publish("ClientPing", Map::from_iter([("Id".to_owned(), json!(self.inner.options.id))])).await;
                 }
@@ -280,15 +292,20 @@ impl ClientDaemon {
                         return;
                     }
                     // Every client hears the poll; a random wait spreads their answers.
-                    let spread = self.inner.options.poll_spread.as_millis() as u64;
-                    let wait = Duration::from_millis(if spread == 0 { 0 } else { rand::random::<u64>() % spread });
-                    debug!(?wait, "ClientPoll: announcing again");
-                    tokio::select! {
-                        _ = self.inner.stopped.cancelled() => return,
-                        _ = tokio::time::sleep(wait) => self.announce().await,
-                    }
+                    self.announce_later().await;
                 }
             }
+        }
+    }
+
+    /// Announces after a random wait of up to `poll_spread` (unless stopped first).
+    async fn announce_later(&self) {
+        let spread = self.inner.options.poll_spread.as_millis() as u64;
+        let wait = Duration::from_millis(if spread == 0 { 0 } else { rand::random::<u64>() % spread });
+        debug!(?wait, "announcing again");
+        tokio::select! {
+            _ = self.inner.stopped.cancelled() => {}
+            _ = tokio::time::sleep(wait) => self.announce().await,
         }
     }
 

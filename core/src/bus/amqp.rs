@@ -119,6 +119,9 @@ struct Inner {
     domain: Domain,
     settings: AmqpSettings,
     live: watch::Sender<Option<Arc<Live>>>,
+    /// How many times the connection was re-established: watchers (a client that must
+    /// announce itself again) see it change.
+    reconnections: watch::Sender<u64>,
     topology: AsyncMutex<Topology>,
     pending: Mutex<PendingMap>,
     call_prefix: String,
@@ -173,6 +176,7 @@ impl AmqpBus {
             domain,
             settings,
             live,
+            reconnections: watch::channel(0).0,
             topology: AsyncMutex::default(),
             pending: Mutex::default(),
             call_prefix: uuid::Uuid::new_v4().simple().to_string()[..12].to_owned(),
@@ -204,6 +208,11 @@ impl AmqpBus {
     /// The broker user this bus authenticates as.
     pub fn user(&self) -> &str {
         &self.inner.user
+    }
+
+    /// Changes each time the bus has reconnected (queues and subscriptions are back).
+    pub fn reconnections(&self) -> watch::Receiver<u64> {
+        self.inner.reconnections.subscribe()
     }
 
     async fn live_until(&self, deadline: Instant) -> Result<Arc<Live>, BusError> {
@@ -514,6 +523,7 @@ async fn supervise(inner: Arc<Inner>, mut live: Arc<Live>) {
         };
         info!(url = %inner.display_url, "reconnected to the broker");
         inner.live.send_replace(Some(live.clone()));
+        inner.reconnections.send_modify(|n| *n += 1);
     }
 }
 

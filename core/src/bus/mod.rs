@@ -173,6 +173,16 @@ impl Bus {
     }
 
     /// Receives events whose type matches one of `types` (`"*"` for all).
+    /// Changes each time the bus has reconnected; the in-process bus never does.
+    pub fn reconnections(&self) -> tokio::sync::watch::Receiver<u64> {
+        match self {
+            Bus::Amqp(b) => b.reconnections(),
+            // A receiver whose sender is gone: `changed()` fails at once, so waiting on
+            // it must be guarded (see the client daemon).
+            Bus::Local(_) => tokio::sync::watch::channel(0).1,
+        }
+    }
+
     pub async fn subscribe(&self, types: &[String]) -> Result<mpsc::Receiver<EventMessage>, BusError> {
         match self {
             Bus::Amqp(b) => b.subscribe(types).await,
