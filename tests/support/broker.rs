@@ -32,22 +32,27 @@ pub fn free_port() -> u16 {
 impl PrivateBroker {
     /// Starts a node and waits until it accepts AMQP connections (about 5–15 s).
     pub fn start() -> PrivateBroker {
-        PrivateBroker::launch(false, false)
+        PrivateBroker::launch(false, false, "")
+    }
+
+    /// Like [`PrivateBroker::start`], with more lines of `rabbitmq.conf` (tuning).
+    pub fn start_with_config(extra: &str) -> PrivateBroker {
+        PrivateBroker::launch(false, false, extra)
     }
 
     /// Like [`PrivateBroker::start`], with the management API (which joining clients
     /// needs) on another free loopback port.
     pub fn start_with_management() -> PrivateBroker {
-        PrivateBroker::launch(false, true)
+        PrivateBroker::launch(false, true, "")
     }
 
     /// Like [`PrivateBroker::start`], with an AMQPS listener too, its certificate (for
     /// 127.0.0.1) signed by a CA made for this test.
     pub fn start_tls() -> PrivateBroker {
-        PrivateBroker::launch(true, false)
+        PrivateBroker::launch(true, false, "")
     }
 
-    fn launch(tls: bool, management: bool) -> PrivateBroker {
+    fn launch(tls: bool, management: bool, extra: &str) -> PrivateBroker {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temporary folder: {e}"));
         let port = free_port();
         let dist_port = free_port();
@@ -96,13 +101,25 @@ impl PrivateBroker {
             ca_pem = Some(ca);
             pki = Some(authority);
         }
+        config.push_str(extra);
         std::fs::write(dir.path().join("rabbitmq.conf"), config).unwrap_or_else(|e| panic!("{e}"));
         // The Debian wrapper runs the server as user rabbitmq, which must own its files.
         let chown = Command::new("chown").arg("-R").arg("rabbitmq:rabbitmq").arg(dir.path()).status();
         assert!(chown.is_ok_and(|s| s.success()), "cannot hand the broker folder to user rabbitmq");
         let path = |p: &str| -> PathBuf { dir.path().join(p) };
+        // A node with many connections needs a descriptor each. Debian's wrapper switches
+        // to user rabbitmq with `su`, whose session limits (1024 descriptors) stop a node
+        // at ~900 clients; so the node is started as that user directly, keeping the raised
+        // limit, with the wrapper's working folder and HOME (the Erlang cookie
+        // rabbitmqctl uses).
         let server = Command::new("setsid")
-            .arg("rabbitmq-server")
+            .args([
+                "sh",
+                "-c",
+                "ulimit -n \"$(ulimit -Hn)\" 2>/dev/null; cd /var/lib/rabbitmq && \
+                 exec setpriv --reuid=rabbitmq --regid=rabbitmq --init-groups \
+                 env HOME=/var/lib/rabbitmq /usr/lib/rabbitmq/bin/rabbitmq-server",
+            ])
             .env("RABBITMQ_NODENAME", &node)
             .env("RABBITMQ_CONFIG_FILE", path("rabbitmq.conf"))
             .env("RABBITMQ_DIST_PORT", dist_port.to_string())
@@ -157,6 +174,21 @@ impl PrivateBroker {
             .status()
             .unwrap_or_else(|e| panic!("cannot run rabbitmqctl: {e}"));
         assert!(status.success(), "rabbitmqctl {args:?} failed");
+    }
+
+    /// Evaluates an Erlang expression on the node; its printed result.
+    pub fn eval(&self, expression: &str) -> String {
+        let output = Command::new("rabbitmqctl")
+            .args(["-q", "-n", &self.node, "eval", expression])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run rabbitmqctl: {e}"));
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// The node's memory (Erlang VM, bytes) of one kind: `total`, `processes`, `binary`…
+    pub fn memory_bytes(&self, kind: &str) -> u64 {
+        let printed = self.eval(&format!("erlang:memory({kind})."));
+        printed.parse().unwrap_or_else(|_| panic!("rabbitmqctl eval did not print a number: {printed}"))
     }
 
     /// Closes every client connection, as a network cut would.

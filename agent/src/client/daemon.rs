@@ -159,9 +159,20 @@ impl CoreClientCommands {
 impl ClientDaemon {
     /// Starts serving on `bus` with the built-in commands and `commands`.
     pub async fn start(options: ClientOptions, bus: Bus, commands: Vec<Command>) -> Result<ClientDaemon, ClientError> {
+        let validator = EventValidator::start(&[])?;
+        ClientDaemon::start_with_validator(options, bus, commands, validator).await
+    }
+
+    /// Like [`ClientDaemon::start`], sharing `validator` (its schemas and its libxml2
+    /// thread) with other clients in the same process, as the emulator does.
+    pub async fn start_with_validator(
+        options: ClientOptions,
+        bus: Bus,
+        commands: Vec<Command>,
+        validator: EventValidator,
+    ) -> Result<ClientDaemon, ClientError> {
         clacks_core::domain::check_node_id(&options.id)
             .map_err(|e| ClientError::Events(clacks_core::events::EventError::Malformed(format!("client id: {e}"))))?;
-        let validator = EventValidator::start(&[])?;
         let events = EventPublisher::new(bus.clone(), validator);
         let core = Arc::new(CoreClientCommands {
             id: options.id.clone(),
