@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use clacks_core::bus::amqp::percent_encode;
 use clacks_core::domain::Domain;
 use serde_json::json;
 
@@ -32,16 +33,6 @@ impl std::fmt::Debug for BrokerAdmin {
 /// The event types a client may publish.
 pub const CLIENT_EVENTS: &[&str] =
     &["ClientAnnounce", "ClientSignature", "ClientPing", "ClientLeave", "Inventory", "UserSession"];
-
-/// Percent-encodes a path segment (vhost `/` is `%2F`).
-fn segment(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            other => format!("%{other:02X}"),
-        })
-        .collect()
-}
 
 impl BrokerAdmin {
     /// `api` is the management base URL (`http://broker:15672`); `vhost` the one the
@@ -80,8 +71,8 @@ impl BrokerAdmin {
     pub async fn create_client(&self, domain: &Domain, id: &str, secret: &str) -> Result<(), String> {
         let d = regex_escape(domain.as_str());
         let own = format!(r"{d}\.client\.{}", regex_escape(id));
-        let vhost = segment(&self.vhost);
-        let user = segment(id);
+        let vhost = percent_encode(&self.vhost);
+        let user = percent_encode(id);
         self.send(reqwest::Method::PUT, &format!("users/{user}"), Some(json!({"password": secret, "tags": ""})))
             .await?;
         let permissions = json!({
@@ -100,7 +91,7 @@ impl BrokerAdmin {
 
     /// Deletes the broker user of client `id` (gone already counts as done).
     pub async fn delete_client(&self, id: &str) -> Result<(), String> {
-        self.send(reqwest::Method::DELETE, &format!("users/{}", segment(id)), None).await
+        self.send(reqwest::Method::DELETE, &format!("users/{}", percent_encode(id)), None).await
     }
 }
 
@@ -116,8 +107,8 @@ mod tests {
 
     #[test]
     fn names_are_encoded_for_urls_and_regexes() {
-        assert_eq!(segment("/"), "%2F");
-        assert_eq!(segment("a b"), "a%20b");
+        assert_eq!(percent_encode("/"), "%2F");
+        assert_eq!(percent_encode("a b"), "a%20b");
         assert_eq!(regex_escape("org.clacks"), r"org\.clacks");
     }
 }

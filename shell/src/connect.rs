@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clacks_core::bus::Bus;
-use clacks_core::bus::amqp::{AmqpBus, AmqpSettings};
+use clacks_core::bus::amqp::{AmqpBus, AmqpSettings, percent_encode};
 use clacks_core::client::{Client, ClientError};
 use clacks_core::domain::Domain;
 
@@ -155,18 +155,9 @@ fn with_credentials(url: &str, user: &str, password: Option<&str>) -> String {
         return url.to_owned();
     }
     match password {
-        Some(pw) => format!("{scheme}://{}:{}@{rest}", encode(user), encode(pw)),
-        None => format!("{scheme}://{}@{rest}", encode(user)),
+        Some(pw) => format!("{scheme}://{}:{}@{rest}", percent_encode(user), percent_encode(pw)),
+        None => format!("{scheme}://{}@{rest}", percent_encode(user)),
     }
-}
-
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
-            other => format!("%{other:02X}"),
-        })
-        .collect()
 }
 
 #[cfg(test)]

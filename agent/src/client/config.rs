@@ -131,15 +131,11 @@ impl ClientConfig {
         let (scheme, rest) = self.url.split_once("://").ok_or_else(|| format!("'{}' is not a broker URL", self.url))?;
         // Drop any credentials the URL carries: the machine identity replaces them.
         let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-        let encode = |s: &str| -> String {
-            s.bytes()
-                .map(|b| match b {
-                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-                    other => format!("%{other:02X}"),
-                })
-                .collect()
-        };
-        Ok(format!("{scheme}://{}:{}@{rest}", encode(&self.id), encode(&self.secret)))
+        Ok(format!(
+            "{scheme}://{}:{}@{rest}",
+            clacks_core::bus::amqp::percent_encode(&self.id),
+            clacks_core::bus::amqp::percent_encode(&self.secret)
+        ))
     }
 }
 

@@ -143,6 +143,17 @@ impl std::fmt::Debug for AmqpBus {
     }
 }
 
+/// Percent-encodes a URL part (a user, a password, a vhost as a path segment): every
+/// byte but the unreserved ones.
+pub fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
 /// Removes the password from an AMQP URL for messages and logs.
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
