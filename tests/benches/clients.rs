@@ -97,6 +97,7 @@ async fn run(n: usize) {
                 options.ping = Duration::from_secs(30);
                 options.poll_spread = SPREAD;
                 options.inventory_every = None;
+                options.report_sessions = false;
                 // As `clacks-agent --role client` does: keep trying until the broker answers.
                 let settings = clacks_core::bus::amqp::AmqpSettings {
                     connection_name: id.clone(),

@@ -117,6 +117,17 @@ async fn a_machine_joins_serves_commands_through_the_agent_and_leaves() {
     .await;
     let methods = ok(&admin, "getClientMethods", json!([id])).await;
     assert_eq!(methods["ping"]["signature"], json!("ping()"), "{methods}");
+    // Who is logged in, as `who` says on this machine.
+    let who = std::process::Command::new("who").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    let mut users: Vec<String> =
+        who.unwrap_or_default().lines().filter_map(|l| l.split_whitespace().next().map(str::to_owned)).collect();
+    users.sort();
+    users.dedup();
+    wait_for("the client's sessions are known", Duration::from_secs(10), || async {
+        ok(&admin, "getUserSessions", json!([id])).await == json!({id.clone(): users.clone()})
+    })
+    .await;
+    assert_eq!(call(&admin, "getUserSessions", json!(["nobody"])).await, Err(ErrorCode::CLIENT_UNKNOWN));
     let net = ok(&admin, "getClientNetInfo", json!([id])).await;
     assert!(net.is_array(), "{net}");
     assert_eq!(ok(&admin, "clientDispatch", json!([id, "ping"])).await, json!("pong"));

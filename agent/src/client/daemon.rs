@@ -47,6 +47,9 @@ pub struct ClientOptions {
     pub shell_poll: Duration,
     /// A D-Bus service whose methods are offered as `dbus_*` commands.
     pub dbus: Option<super::dbus_proxy::DbusOptions>,
+    /// Report who is logged in (UserSession events, from `who`): with every
+    /// announcement, and at a ping when it changed.
+    pub report_sessions: bool,
     /// How often the inventory is collected and, when it changed, sent; `None`: only
     /// when an agent asks (`requestInventory`).
     pub inventory_every: Option<Duration>,
@@ -66,6 +69,7 @@ impl ClientOptions {
             shell_poll: Duration::from_secs(2),
             inventory_every: Some(Duration::from_secs(3600)),
             dbus: None,
+            report_sessions: true,
         }
     }
 }
@@ -86,6 +90,8 @@ pub enum ClientError {
 
 struct Inner {
     options: ClientOptions,
+    /// The users reported last.
+    sessions: tokio::sync::Mutex<Option<Vec<String>>>,
     bus: Bus,
     events: EventPublisher,
     commands: RwLock<BTreeMap<String, Command>>,
@@ -187,6 +193,7 @@ impl ClientDaemon {
                 events,
                 commands: RwLock::new(table),
                 stopped: CancellationToken::new(),
+                sessions: tokio::sync::Mutex::default(),
             }),
         };
         let handler: RequestHandler = {
@@ -258,6 +265,26 @@ impl ClientDaemon {
         }
         self.publish("ClientAnnounce", fields).await;
         self.publish_signature().await;
+        self.report_sessions(true).await;
+    }
+
+    /// Publishes UserSession with the users logged in now (`who`), when they changed
+    /// or `always`.
+    async fn report_sessions(&self, always: bool) {
+        if !self.inner.options.report_sessions {
+            return;
+        }
+        let users = logged_in_users().await;
+        let mut last = self.inner.sessions.lock().await;
+        if !always && last.as_ref() == Some(&users) {
+            return;
+        }
+        let fields = Map::from_iter([
+            ("Id".to_owned(), json!(self.inner.options.id)),
+            ("User".to_owned(), json!({"Name": users})),
+        ]);
+        self.publish("UserSession", fields).await;
+        *last = Some(users);
     }
 
     async fn publish_signature(&self) {
@@ -297,6 +324,7 @@ impl ClientDaemon {
                 }
                 _ = ping.tick() => {
                     self.publish("ClientPing", Map::from_iter([("Id".to_owned(), json!(self.inner.options.id))])).await;
+                    self.report_sessions(false).await;
                 }
                 poll = polls.recv() => {
                     if poll.is_none() {
@@ -387,6 +415,20 @@ impl ClientDaemon {
             .to_bytes(),
         )
     }
+}
+
+/// The users with a login session, from `who` (each once, sorted); none when `who`
+/// cannot tell.
+async fn logged_in_users() -> Vec<String> {
+    let run = tokio::process::Command::new("who").stdin(std::process::Stdio::null()).kill_on_drop(true).output();
+    let Ok(Ok(output)) = tokio::time::timeout(Duration::from_secs(10), run).await else { return Vec::new() };
+    let mut users: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
+        .collect();
+    users.sort();
+    users.dedup();
+    users
 }
 
 /// Sends the inventory when it changed, every `every`.
