@@ -369,3 +369,77 @@ async fn https_with_a_made_certificate_and_refusals_for_the_wrong_ca_or_name() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// `clacks-agent --role client` as a joined machine runs it: it logs in with the
+/// identity `clacks join` wrote, serves commands through the agent, and says goodbye on
+/// SIGTERM. (Private broker with its management API; the join goes through the agent.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_role_serves_a_joined_machine_until_sigterm() {
+    let broker = clacks_tests::broker::PrivateBroker::start_with_management();
+    let data = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let domain = unique_domain();
+    let mut options = clacks_tests::fast_options(&domain, "alpha");
+    options.objects = Some(clacks_agent::daemon::ObjectsOptions {
+        store: clacks_core::objects::StoreConfig::default(),
+        default_sql: format!("sqlite://{}", data.path().join("objects.db").display()),
+        poll: Duration::from_secs(3600),
+        expire: Duration::from_secs(3600),
+        sweep: Duration::from_secs(3600),
+    });
+    let api = broker.management_url().unwrap_or_default();
+    options.clients.broker_admin = clacks_agent::broker_admin::BrokerAdmin::new(&api, "guest", "guest", "/").ok();
+    let agent = clacks_tests::start_agent(&broker.url(), options, vec![]).await;
+    let admin = Client::over_bus(
+        clacks_tests::amqp_bus(&broker.url(), &domain, "admin").await,
+        domain.clone(),
+        Duration::from_secs(10),
+    );
+    let joined = admin.call("joinClient", Params::Positional(vec![json!("process-test-machine")])).await;
+    let joined = joined.unwrap_or_else(|e| panic!("joinClient: {e}"));
+    let text = |k: &str| joined[k].as_str().unwrap_or_default().to_owned();
+    let config = clacks_agent::client::ClientConfig {
+        domain: domain.to_string(),
+        url: broker.url().replace("guest:guest@", ""),
+        id: text("id"),
+        secret: text("secret"),
+        dn: text("dn"),
+        ca_file: None,
+        agent_users: vec!["guest".into()],
+        ping_secs: 1,
+        shell_dir: Some(data.path().join("shell.d")),
+        dbus: None,
+    };
+    let path = data.path().join("client.toml");
+    config.save(&path, false).unwrap_or_else(|e| panic!("{e}"));
+    let mut child = AgentProcess(
+        Command::new(AGENT)
+            .args(["--role", "client", "--config"])
+            .arg(&path)
+            .env("CLACKS_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
+    let ping = || async {
+        let args = Params::Positional(vec![json!(config.id), json!("ping")]);
+        admin.call("clientDispatch", args).await.ok()
+    };
+    let started = Instant::now();
+    while ping().await != Some(json!("pong")) {
+        assert!(started.elapsed() < Duration::from_secs(20), "the client process never answered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    child.signal("TERM");
+    assert!(child.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()), "SIGTERM ends it cleanly");
+    let offline = || async {
+        let rows = admin.call("getClients", Params::None).await.unwrap_or_default();
+        rows.as_array().into_iter().flatten().any(|r| r["id"] == json!(config.id) && r["online"] == json!(false))
+    };
+    let started = Instant::now();
+    while !offline().await {
+        assert!(started.elapsed() < Duration::from_secs(10), "ClientLeave never arrived");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    agent.stop().await;
+}
