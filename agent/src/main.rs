@@ -183,7 +183,7 @@ async fn run(cli: Cli) -> Result<()> {
     options.clients.timeout = secs(config.clients.timeout_secs);
     options.clients.agent_users = config.clients.agent_users.clone();
     if let Some(api) = &config.clients.broker_api {
-        let vhost = config.amqp.url.as_deref().map(vhost_of).unwrap_or_else(|| "/".to_owned());
+        let vhost = config.amqp.url.as_deref().map(clacks_core::bus::amqp::vhost_of).unwrap_or_else(|| "/".to_owned());
         let user = config.clients.broker_api_user.clone().unwrap_or_default();
         let password = config.clients.broker_api_password.clone().unwrap_or_default();
         options.clients.broker_admin = Some(
@@ -278,35 +278,6 @@ async fn run(cli: Cli) -> Result<()> {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
     }
     Ok(())
-}
-
-/// The vhost an AMQP URL names (`/` when it names none), percent-decoded.
-fn vhost_of(url: &str) -> String {
-    let path = url.split_once("://").map(|(_, rest)| rest).and_then(|rest| rest.split_once('/')).map(|(_, p)| p);
-    let path = path.map(|p| p.split('?').next().unwrap_or_default()).unwrap_or_default();
-    if path.is_empty() {
-        return "/".to_owned();
-    }
-    let mut out = Vec::new();
-    let bytes = path.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Runs this machine as a joined client until SIGTERM or Ctrl-C.

@@ -55,18 +55,6 @@ fn machine_id() -> Option<String> {
         .find(|id| !id.is_empty())
 }
 
-/// The broker URL without its credentials, as the client config keeps it.
-fn without_credentials(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
-            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-            if path.is_empty() { format!("{scheme}://{host}") } else { format!("{scheme}://{host}/{path}") }
-        }
-        None => url.to_owned(),
-    }
-}
-
 fn report(error: &ClientError) -> u8 {
     match error {
         ClientError::Rpc(e) => fail(EXIT_FAILED, e),
@@ -116,7 +104,7 @@ pub(crate) fn join(request: JoinRequest, target: &Target, handle: &tokio::runtim
         let text = |key: &str| joined.get(key).and_then(Value::as_str).unwrap_or_default().to_owned();
         let config = ClientConfig {
             domain: target.domain.to_string(),
-            url: without_credentials(&url),
+            url: clacks_core::bus::amqp::without_credentials(&url),
             id: text("id"),
             secret: text("secret"),
             dn: text("dn"),
@@ -189,16 +177,5 @@ fn remove(path: &Path, joined: &ClientConfig) -> u8 {
             EXIT_OK
         }
         Err(e) => fail(EXIT_FAILED, format!("cannot remove {}: {e}", path.display())),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn credentials_are_not_kept_in_the_client_config() {
-        assert_eq!(without_credentials("amqp://ada:pw@broker:5672/%2f"), "amqp://broker:5672/%2f");
-        assert_eq!(without_credentials("amqps://broker"), "amqps://broker");
     }
 }

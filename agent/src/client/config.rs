@@ -128,14 +128,11 @@ impl ClientConfig {
 
     /// The broker URL with the machine identity as login.
     pub fn login_url(&self) -> Result<String, String> {
-        let (scheme, rest) = self.url.split_once("://").ok_or_else(|| format!("'{}' is not a broker URL", self.url))?;
-        // Drop any credentials the URL carries: the machine identity replaces them.
-        let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-        Ok(format!(
-            "{scheme}://{}:{}@{rest}",
-            clacks_core::bus::amqp::percent_encode(&self.id),
-            clacks_core::bus::amqp::percent_encode(&self.secret)
-        ))
+        use clacks_core::bus::amqp::{percent_encode, without_credentials};
+        // Any credentials the URL carries give way to the machine identity.
+        let bare = without_credentials(&self.url);
+        let (scheme, rest) = bare.split_once("://").ok_or_else(|| format!("'{}' is not a broker URL", self.url))?;
+        Ok(format!("{scheme}://{}:{}@{rest}", percent_encode(&self.id), percent_encode(&self.secret)))
     }
 }
 

@@ -154,6 +154,27 @@ pub fn percent_encode(text: &str) -> String {
         .collect()
 }
 
+/// The vhost an AMQP URL names, decoded (`/` when it names none or does not parse).
+pub fn vhost_of(url: &str) -> String {
+    url.parse::<AMQPUri>().map(|uri| uri.vhost).unwrap_or_else(|_| "/".to_owned())
+}
+
+/// The URL without user and password (what a client config keeps; its own identity
+/// is added when it connects).
+pub fn without_credentials(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_once('/').map_or((rest, None), |(a, p)| (a, Some(p)));
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            match path {
+                Some(path) => format!("{scheme}://{host}/{path}"),
+                None => format!("{scheme}://{host}"),
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
 /// Removes the password from an AMQP URL for messages and logs.
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -767,7 +788,15 @@ async fn start_subscription(inner: &Arc<Inner>, live: &Arc<Live>, subscription: 
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{redact_url, vhost_of, without_credentials};
+
+    #[test]
+    fn urls_lose_credentials_and_name_their_vhost() {
+        assert_eq!(without_credentials("amqp://ada:pw@broker:5672/%2f"), "amqp://broker:5672/%2f");
+        assert_eq!(without_credentials("amqps://broker"), "amqps://broker");
+        assert_eq!(vhost_of("amqp://guest:guest@127.0.0.1:5672/%2f"), "/");
+        assert_eq!(vhost_of("amqp://broker/clacks%2Dprod"), "clacks-prod");
+    }
 
     #[test]
     fn passwords_are_redacted() {
