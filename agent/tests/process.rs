@@ -378,16 +378,7 @@ async fn the_client_role_serves_a_joined_machine_until_sigterm() {
     let broker = clacks_tests::broker::PrivateBroker::start_with_management();
     let data = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let domain = unique_domain();
-    let mut options = clacks_tests::fast_options(&domain, "alpha");
-    options.objects = Some(clacks_agent::daemon::ObjectsOptions {
-        store: clacks_core::objects::StoreConfig::default(),
-        default_sql: format!("sqlite://{}", data.path().join("objects.db").display()),
-        poll: Duration::from_secs(3600),
-        expire: Duration::from_secs(3600),
-        sweep: Duration::from_secs(3600),
-    });
-    let api = broker.management_url().unwrap_or_default();
-    options.clients.broker_admin = clacks_agent::broker_admin::BrokerAdmin::new(&api, "guest", "guest", "/").ok();
+    let options = clacks_tests::joining_agent_options(&broker, &domain, "alpha", data.path());
     let agent = clacks_tests::start_agent(&broker.url(), options, vec![]).await;
     let admin = Client::over_bus(
         clacks_tests::amqp_bus(&broker.url(), &domain, "admin").await,

@@ -632,17 +632,12 @@ async fn a_user_attribute_added_by_description_is_used_from_the_shell() {
 
     let (url, domain) = (amqp_url(), unique_domain());
     let mut options = AgentOptions::new(domain.clone(), "directory");
-    options.objects = Some(clacks_agent::daemon::ObjectsOptions {
-        store: clacks_core::objects::StoreConfig {
-            ldap: Some(slapd.settings()),
-            dirs: vec![site.path().to_owned()],
-            ..Default::default()
-        },
-        default_sql: pg.url.clone(),
-        poll: Duration::from_secs(3600),
-        expire: Duration::from_secs(3600),
-        sweep: Duration::from_secs(3600),
-    });
+    let store = clacks_core::objects::StoreConfig {
+        ldap: Some(slapd.settings()),
+        dirs: vec![site.path().to_owned()],
+        ..Default::default()
+    };
+    options.objects = Some(clacks_tests::quiet_objects(store, pg.url.clone()));
     let bus = clacks_core::testing::amqp_bus(&domain).await;
     let agent = Agent::start(options, bus, Vec::new()).await.unwrap_or_else(|e| panic!("{e}"));
 
@@ -777,16 +772,7 @@ async fn a_machine_joins_runs_as_a_client_and_leaves_from_the_command_line() {
     let broker = clacks_tests::broker::PrivateBroker::start_with_management();
     let data = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let domain = unique_domain();
-    let mut options = clacks_tests::fast_options(&domain, "alpha");
-    options.objects = Some(clacks_agent::daemon::ObjectsOptions {
-        store: clacks_core::objects::StoreConfig::default(),
-        default_sql: format!("sqlite://{}", data.path().join("objects.db").display()),
-        poll: Duration::from_secs(3600),
-        expire: Duration::from_secs(3600),
-        sweep: Duration::from_secs(3600),
-    });
-    let api = broker.management_url().unwrap_or_default();
-    options.clients.broker_admin = clacks_agent::broker_admin::BrokerAdmin::new(&api, "guest", "guest", "/").ok();
+    let options = clacks_tests::joining_agent_options(&broker, &domain, "alpha", data.path());
     let agent = clacks_tests::start_agent(&broker.url(), options, vec![]).await;
     let config = data.path().join("client.toml");
     let config_arg = config.to_string_lossy().into_owned();

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use clacks_agent::daemon::{AclOptions, ObjectsOptions};
+use clacks_agent::daemon::AclOptions;
 use clacks_agent::{Agent, AgentOptions};
 use clacks_core::acl::{NoRelatives, Request};
 use clacks_core::bus::Bus;
@@ -14,18 +14,8 @@ use clacks_core::client::Client;
 use clacks_core::objects::StoreConfig;
 use clacks_core::rpc::{ErrorCode, Params};
 use clacks_tests::directory::{BASE, PgSchema, Slapd};
-use clacks_tests::{amqp_url, client, fast_options, start_agent, unique_domain, wait_for};
+use clacks_tests::{amqp_url, client, fast_options, quiet_objects, start_agent, unique_domain, wait_for};
 use serde_json::{Value, json};
-
-fn objects_in(default_sql: String, store: StoreConfig) -> Option<ObjectsOptions> {
-    Some(ObjectsOptions {
-        store,
-        default_sql,
-        poll: Duration::from_secs(3600),
-        expire: Duration::from_secs(3600),
-        sweep: Duration::from_secs(3600),
-    })
-}
 
 /// The outcome of one call (a list: positional arguments, a map: named ones): its
 /// value, or its error code and message.
@@ -64,7 +54,7 @@ async fn acls_and_roles_are_edited_through_commands_and_survive_a_restart() {
         let mut options = AgentOptions::new(domain.clone(), "solo");
         options.acl = Some(AclOptions { admins: vec!["root".into()] });
         let db = format!("sqlite://{}", data.path().join("objects.db").display());
-        options.objects = objects_in(db, StoreConfig::default());
+        options.objects = Some(quiet_objects(StoreConfig::default(), db));
         let bus = LocalBus::new("clacks-agent");
         let agent = Agent::start(options, Bus::Local(bus.clone()), vec![]).await.unwrap_or_else(|e| panic!("{e}"));
         (agent, bus)
@@ -198,7 +188,7 @@ async fn a_second_agent_follows_acl_edits_made_on_the_first() {
         let mut options = fast_options(&domain, node);
         options.acl = Some(AclOptions { admins: Vec::new() });
         let store = StoreConfig { ldap: Some(slapd.settings()), ..StoreConfig::default() };
-        options.objects = objects_in(pg.url.clone(), store);
+        options.objects = Some(quiet_objects(store, pg.url.clone()));
         options
     };
     let alpha = start_agent(&url, options("alpha"), vec![]).await;

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use clacks_agent::auth::Authenticator;
-use clacks_agent::daemon::{AclOptions, ObjectsOptions};
+use clacks_agent::daemon::AclOptions;
 use clacks_agent::http::{HttpState, router};
 use clacks_agent::{Agent, AgentOptions};
 use clacks_core::bus::Bus;
@@ -23,13 +23,7 @@ async fn full_agent(data: &tempfile::TempDir) -> (Agent, LocalBus) {
     let mut options = AgentOptions::new(Domain::new("org.clacks").unwrap_or_default(), "api");
     options.enable = vec!["telephony".into(), "statistics".into()];
     options.acl = Some(AclOptions { admins: vec!["root".into()] });
-    options.objects = Some(ObjectsOptions {
-        store: StoreConfig::default(),
-        default_sql: format!("sqlite://{}", data.path().join("objects.db").display()),
-        poll: Duration::from_secs(3600),
-        expire: Duration::from_secs(3600),
-        sweep: Duration::from_secs(3600),
-    });
+    options.objects = Some(clacks_tests::quiet_objects(StoreConfig::default(), clacks_tests::sqlite_in(data.path())));
     let bus = LocalBus::new("clacks-agent");
     let agent = Agent::start(options, Bus::Local(bus.clone()), vec![]).await.unwrap_or_else(|e| panic!("{e}"));
     (agent, bus)

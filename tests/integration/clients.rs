@@ -5,9 +5,7 @@
 use std::time::Duration;
 
 use clacks_agent::AgentOptions;
-use clacks_agent::broker_admin::BrokerAdmin;
 use clacks_agent::client::{ClientConfig, ClientDaemon, ClientOptions};
-use clacks_agent::daemon::ObjectsOptions;
 use clacks_core::bus::amqp::{AmqpBus, AmqpSettings};
 use clacks_core::bus::{Bus, CallOptions};
 use clacks_core::client::Client;
@@ -31,18 +29,13 @@ async fn ok(caller: &Client, method: &str, args: Value) -> Value {
     call(caller, method, args).await.unwrap_or_else(|code| panic!("{method}({shown}): {code}"))
 }
 
-fn agent_options(domain: &clacks_core::domain::Domain, node: &str, broker: &PrivateBroker, db: &str) -> AgentOptions {
-    let mut options = fast_options(domain, node);
-    options.objects = Some(ObjectsOptions {
-        store: StoreConfig::default(),
-        default_sql: db.to_owned(),
-        poll: Duration::from_secs(3600),
-        expire: Duration::from_secs(3600),
-        sweep: Duration::from_secs(3600),
-    });
-    let api = broker.management_url().unwrap_or_else(|| panic!("the broker has a management API"));
-    options.clients.broker_admin =
-        Some(BrokerAdmin::new(&api, "guest", "guest", "/").unwrap_or_else(|e| panic!("{e}")));
+fn agent_options(
+    domain: &clacks_core::domain::Domain,
+    node: &str,
+    broker: &PrivateBroker,
+    dir: &std::path::Path,
+) -> AgentOptions {
+    let mut options = clacks_tests::joining_agent_options(broker, domain, node, dir);
     options.clients.timeout = Duration::from_secs(2);
     options
 }
@@ -85,9 +78,8 @@ fn login_url(broker: &PrivateBroker, domain: &clacks_core::domain::Domain, joine
 async fn a_machine_joins_serves_commands_through_the_agent_and_leaves() {
     let broker = PrivateBroker::start_with_management();
     let data = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let db = format!("sqlite://{}", data.path().join("objects.db").display());
     let domain = unique_domain();
-    let alpha = start_agent(&broker.url(), agent_options(&domain, "alpha", &broker, &db), vec![]).await;
+    let alpha = start_agent(&broker.url(), agent_options(&domain, "alpha", &broker, data.path()), vec![]).await;
     let admin =
         Client::over_bus(amqp_bus(&broker.url(), &domain, "admin").await, domain.clone(), Duration::from_secs(10));
 
@@ -154,7 +146,7 @@ async fn a_machine_joins_serves_commands_through_the_agent_and_leaves() {
     assert!(refused.is_err(), "a wrong machine secret must not log in");
 
     // An agent that starts later learns of the client from its next ping (ClientPoll).
-    let beta = start_agent(&broker.url(), agent_options(&domain, "beta", &broker, &db), vec![]).await;
+    let beta = start_agent(&broker.url(), agent_options(&domain, "beta", &broker, data.path()), vec![]).await;
     wait_for("beta knows the client's methods", Duration::from_secs(10), || async {
         let rows = admin.call_on_node("beta", "getClients", Params::None).await.unwrap_or_default();
         rows.as_array().into_iter().flatten().any(|r| r["id"] == json!(id) && r["methods"].as_u64() >= Some(2))
@@ -182,9 +174,8 @@ async fn a_machine_joins_serves_commands_through_the_agent_and_leaves() {
 async fn a_silent_client_times_out_and_events_for_others_are_ignored() {
     let broker = PrivateBroker::start_with_management();
     let data = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let db = format!("sqlite://{}", data.path().join("objects.db").display());
     let domain = unique_domain();
-    let agent = start_agent(&broker.url(), agent_options(&domain, "alpha", &broker, &db), vec![]).await;
+    let agent = start_agent(&broker.url(), agent_options(&domain, "alpha", &broker, data.path()), vec![]).await;
     let admin =
         Client::over_bus(amqp_bus(&broker.url(), &domain, "admin").await, domain.clone(), Duration::from_secs(10));
     let first = ok(&admin, "joinClient", json!(["machine-a"])).await;
@@ -315,13 +306,7 @@ async fn inventories_are_collected_stored_and_queried() {
     let url = clacks_tests::amqp_url();
     let domain = unique_domain();
     let mut options = fast_options(&domain, "alpha");
-    options.objects = Some(ObjectsOptions {
-        store: StoreConfig::default(),
-        default_sql: pg.url.clone(),
-        poll: Duration::from_secs(3600),
-        expire: Duration::from_secs(3600),
-        sweep: Duration::from_secs(3600),
-    });
+    options.objects = Some(clacks_tests::quiet_objects(StoreConfig::default(), pg.url.clone()));
     let agent = start_agent(&url, options, vec![]).await;
     let admin = Client::over_bus(amqp_bus(&url, &domain, "admin").await, domain.clone(), Duration::from_secs(10));
     let mut options = client_options(&domain, "inventoried-01", vec![]);

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use clacks_agent::AgentOptions;
-use clacks_agent::daemon::ObjectsOptions;
 use clacks_core::client::Client;
 use clacks_core::objects::StoreConfig;
 use clacks_core::rpc::{ErrorCode, Params};
@@ -14,13 +13,8 @@ use clacks_tests::{LocalDomain, amqp_url, client, fast_options, start_agent, uni
 use serde_json::{Value, json};
 
 fn with_objects(mut options: AgentOptions, slapd: &Slapd, pg: &PgSchema) -> AgentOptions {
-    options.objects = Some(ObjectsOptions {
-        store: StoreConfig { ldap: Some(slapd.settings()), ..StoreConfig::default() },
-        default_sql: pg.url.clone(),
-        poll: Duration::from_secs(3600),
-        expire: Duration::from_secs(3600),
-        sweep: Duration::from_secs(3600),
-    });
+    let store = StoreConfig { ldap: Some(slapd.settings()), ..StoreConfig::default() };
+    options.objects = Some(clacks_tests::quiet_objects(store, pg.url.clone()));
     options
 }
 

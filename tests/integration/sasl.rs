@@ -8,7 +8,6 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use clacks_agent::auth::{Authenticator, hash_password};
-use clacks_agent::daemon::ObjectsOptions;
 use clacks_agent::http::{HttpState, router};
 use clacks_agent::{Agent, AgentOptions};
 use clacks_core::bus::Bus;
@@ -156,13 +155,7 @@ async fn passwords_are_checked_by_binding_to_the_directory() {
     for (store, default_sql) in stores {
         let mut options = AgentOptions::new(unique_domain(), "web");
         let directory = store.ldap.is_some();
-        options.objects = Some(ObjectsOptions {
-            store,
-            default_sql,
-            poll: Duration::from_secs(3600),
-            expire: Duration::from_secs(3600),
-            sweep: Duration::from_secs(3600),
-        });
+        options.objects = Some(clacks_tests::quiet_objects(store, default_sql));
         let bus = LocalBus::new("clacks-agent");
         let agent = Agent::start(options, Bus::Local(bus.clone()), vec![]).await.unwrap_or_else(|e| panic!("{e}"));
         let admin = Client::over_bus(

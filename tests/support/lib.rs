@@ -172,6 +172,42 @@ pub async fn node_ids(client: &Client) -> Vec<String> {
     }
 }
 
+/// Object store options for tests: `store`'s backends, SQL in `default_sql`, and the
+/// background work (directory polling, reference expiry, sweeps) out of the way.
+pub fn quiet_objects(
+    store: clacks_core::objects::StoreConfig,
+    default_sql: String,
+) -> clacks_agent::daemon::ObjectsOptions {
+    clacks_agent::daemon::ObjectsOptions {
+        store,
+        default_sql,
+        poll: Duration::from_secs(3600),
+        expire: Duration::from_secs(3600),
+        sweep: Duration::from_secs(3600),
+    }
+}
+
+/// SQLite in `dir`, as a database URL.
+pub fn sqlite_in(dir: &std::path::Path) -> String {
+    format!("sqlite://{}", dir.join("objects.db").display())
+}
+
+/// Options of an agent that lets machines join: devices in SQLite in `dir`, broker
+/// logins made through `broker`'s management API (guest is its administrator).
+pub fn joining_agent_options(
+    broker: &broker::PrivateBroker,
+    domain: &Domain,
+    node: &str,
+    dir: &std::path::Path,
+) -> AgentOptions {
+    let mut options = fast_options(domain, node);
+    options.objects = Some(quiet_objects(clacks_core::objects::StoreConfig::default(), sqlite_in(dir)));
+    let api = broker.management_url().unwrap_or_else(|| panic!("the broker was started without its management API"));
+    let admin = clacks_agent::broker_admin::BrokerAdmin::new(&api, "guest", "guest", "/");
+    options.clients.broker_admin = Some(admin.unwrap_or_else(|e| panic!("{e}")));
+    options
+}
+
 /// An agent serving objects from SQLite in a temporary folder, on the in-process bus,
 /// and a way to call it as any user.
 pub struct LocalDomain {
@@ -192,13 +228,7 @@ impl LocalDomain {
         let data = tempfile::tempdir().unwrap_or_else(|e| panic!("temporary folder: {e}"));
         let mut options = AgentOptions::new(unique_domain(), "solo");
         options.acl = acl;
-        options.objects = Some(clacks_agent::daemon::ObjectsOptions {
-            store,
-            default_sql: format!("sqlite://{}", data.path().join("objects.db").display()),
-            poll: Duration::from_secs(3600),
-            expire: Duration::from_secs(3600),
-            sweep: Duration::from_secs(3600),
-        });
+        options.objects = Some(quiet_objects(store, sqlite_in(data.path())));
         let domain = options.domain.clone();
         let bus = clacks_core::bus::local::LocalBus::new("clacks-agent");
         let agent = match Agent::start(options, Bus::Local(bus.clone()), plugins).await {
