@@ -30,9 +30,8 @@ impl std::fmt::Debug for BrokerAdmin {
     }
 }
 
-/// The event types a client may publish.
-pub const CLIENT_EVENTS: &[&str] =
-    &["ClientAnnounce", "ClientSignature", "ClientPing", "ClientLeave", "Inventory", "UserSession"];
+pub use clacks_core::bus::permissions::CLIENT_EVENTS;
+use clacks_core::bus::permissions::{BrokerPermissions, BrokerRole};
 
 impl BrokerAdmin {
     /// `api` is the management base URL (`http://broker:15672`); `vhost` the one the
@@ -69,22 +68,17 @@ impl BrokerAdmin {
 
     /// Creates (or resets) the broker user of client `id` with its permissions.
     pub async fn create_client(&self, domain: &Domain, id: &str, secret: &str) -> Result<(), String> {
-        let d = regex::escape(domain.as_str());
-        let own = format!(r"{d}\.client\.{}", regex::escape(id));
         let vhost = percent_encode(&self.vhost);
         let user = percent_encode(id);
         self.send(reqwest::Method::PUT, &format!("users/{user}"), Some(json!({"password": secret, "tags": ""})))
             .await?;
-        let permissions = json!({
-            "configure": format!("^({own}|amq\\.gen-.*)$"),
-            "write": format!("^({own}|amq\\.gen-.*|amq\\.default|{d}\\.event)$"),
-            "read": format!("^({own}|amq\\.gen-.*|{d}\\.event)$"),
-        });
+        let granted = BrokerPermissions::for_role(domain, &BrokerRole::Client(id.to_owned()));
+        let permissions = json!({"configure": granted.configure, "write": granted.write, "read": granted.read});
         self.send(reqwest::Method::PUT, &format!("permissions/{vhost}/{user}"), Some(permissions)).await?;
         let topics = json!({
-            "exchange": domain.event_exchange(),
-            "write": format!("^({})$", CLIENT_EVENTS.join("|")),
-            "read": "^ClientPoll$",
+            "exchange": granted.topic_exchange,
+            "write": granted.topic_write,
+            "read": granted.topic_read,
         });
         self.send(reqwest::Method::PUT, &format!("topic-permissions/{vhost}/{user}"), Some(topics)).await
     }

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use clacks_core::bus::{Bus, CallOptions, EventMessage};
+use clacks_core::bus::{Bus, CallOptions, EventMessage, ReplyFrom};
 use clacks_core::command::{CallContext, CommandError, CommandResult};
 use clacks_core::domain::Domain;
 use clacks_core::events::EventPublisher;
@@ -196,10 +196,6 @@ impl ClientsPlugin {
     }
 
     async fn take(self: &Arc<Self>, message: EventMessage) {
-        if let Err(e) = self.events.validator().validate(&message.body).await {
-            warn!(error = %e, sender = ?message.user, "dropping an invalid client event");
-            return;
-        }
         let event = clacks_core::events::event_json(&message.event_type, &message.body);
         if message.event_type == "Inventory" {
             return self.take_inventory(message.user.as_deref(), event).await;
@@ -300,7 +296,7 @@ impl ClientsPlugin {
             let request = Request::new("requestInventory", Params::Positional(vec![json!(known)]), 1);
             let Ok(body) = serde_json::to_vec(&request) else { return };
             // Collecting runs dpkg and friends: give it a minute.
-            let options = CallOptions::timeout(Duration::from_secs(60));
+            let options = CallOptions::timeout(Duration::from_secs(60)).answered_by(client.clone());
             if let Err(e) = plugin.bus.call(&plugin.domain.client_queue(&client), body, options).await {
                 debug!(%client, error = %e, "inventory request failed");
             }
@@ -357,7 +353,9 @@ impl ClientsPlugin {
         let request = Request::new(method, params, 1);
         let body =
             serde_json::to_vec(&request).map_err(|e| CommandError::new(ErrorCode::INTERNAL_ERROR, e.to_string()))?;
-        let options = CallOptions { deadline, on_behalf_of };
+        // Only the machine itself may answer: its queue's reply address is visible to it
+        // and to nobody else, but anyone can publish to a reply address they learn.
+        let options = CallOptions { deadline, on_behalf_of, reply_from: ReplyFrom::User(client.to_owned()) };
         let reply = match self.bus.call(&self.domain.client_queue(client), body, options).await {
             Ok(reply) => reply,
             Err(e) => {

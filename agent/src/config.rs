@@ -179,8 +179,9 @@ pub struct AmqpSection {
     pub heartbeat: u16,
     /// Requests in flight per queue.
     pub prefetch: u16,
-    /// Broker users allowed to forward calls on behalf of others (other agents).
-    /// The agent's own broker user is always trusted.
+    /// Broker users of the domain's other agents: allowed to forward calls on behalf of
+    /// others, believed when they announce nodes and when they reply. The agent's own
+    /// broker user always is.
     pub trusted_forwarders: Vec<String>,
     /// For `amqps://`: PEM file of the CA that signed the broker's certificate (default:
     /// the system's roots).

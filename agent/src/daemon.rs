@@ -51,7 +51,8 @@ pub struct AgentOptions {
     pub plugins_dir: Option<PathBuf>,
     /// Extra event XSD folders.
     pub schema_dirs: Vec<PathBuf>,
-    /// Broker users whose forwarding header is believed.
+    /// Broker users of the domain's other agents: their forwarding header, presence
+    /// events and replies are believed (the agent's own user always is).
     pub trusted_forwarders: Vec<String>,
     /// Limits for `.rhai` plugin runs.
     pub script_limits: Limits,
@@ -204,7 +205,9 @@ impl Agent {
                     );
                 }
                 "statistics" => {
-                    commands.extend(crate::plugins::statistics::StatisticsPlugin::start(&bus).await?.commands())
+                    commands.extend(
+                        crate::plugins::statistics::StatisticsPlugin::start(&bus, validator.clone()).await?.commands(),
+                    )
                 }
                 other => return Err(AgentError::UnknownPlugin(other.to_owned())),
             }
@@ -306,7 +309,7 @@ impl Agent {
             }),
         };
 
-        let presence = agent.inner.bus.subscribe(&PresenceEvent::TYPES.map(String::from)).await?;
+        let presence = agent.subscribe(&PresenceEvent::TYPES).await?;
         tokio::spawn(agent.clone().presence_loop(presence));
 
         let handler: RequestHandler = {
@@ -331,12 +334,12 @@ impl Agent {
         if agent.inner.objects.is_some() {
             tokio::spawn(agent.clone().objects_loop());
         }
-        let client_events = agent.inner.bus.subscribe(&crate::clients_plugin::CLIENT_EVENTS.map(String::from)).await?;
+        let client_events = agent.subscribe(&crate::clients_plugin::CLIENT_EVENTS).await?;
         tokio::spawn(clients.clone().watch(client_events, agent.inner.stopped.clone()));
         // Clients that were there before this agent announce themselves again.
         clients.poll().await;
         if let Some(plugin) = acl_plugin {
-            let changes = agent.inner.bus.subscribe(&["ObjectChanged".to_owned(), "BackendChange".to_owned()]).await?;
+            let changes = agent.subscribe(&["ObjectChanged", "BackendChange"]).await?;
             tokio::spawn(plugin.watch(changes, agent.inner.stopped.clone()));
         }
         info!(node = %opts.node, domain = %opts.domain, targets = ?agent.inner.registry.local_targets(), "agent started");
@@ -363,6 +366,14 @@ impl Agent {
             self.inner.bus.serve(&opts.domain.command_queue(target), shared, handler.clone()).await?;
         }
         Ok(())
+    }
+
+    /// Events of `types` that passed this agent's schemas (see
+    /// [`clacks_core::events::filter::subscribe`]).
+    async fn subscribe(&self, types: &[&str]) -> Result<tokio::sync::mpsc::Receiver<clacks_core::bus::EventMessage>, BusError> {
+        let types: Vec<String> = types.iter().map(|t| (*t).to_owned()).collect();
+        let validator = self.inner.events.validator();
+        clacks_core::events::filter::subscribe(&self.inner.bus, validator, &types, Default::default()).await
     }
 
     /// The dispatcher, shared with the HTTP endpoint.
@@ -526,16 +537,27 @@ impl Agent {
         }
     }
 
+    /// Whether presence from broker user `sender` is believed: only agents speak for
+    /// nodes, or anyone able to publish could route admins' calls to a queue of theirs.
+    fn speaks_for_nodes(&self, sender: Option<&str>) -> bool {
+        let options = &self.inner.options;
+        match &self.inner.bus {
+            Bus::Local(_) => true,
+            Bus::Amqp(_) => sender.is_some_and(|s| s == self.inner.bus.user() || options.trusted_forwarders.iter().any(|t| t == s)),
+        }
+    }
+
     async fn presence_loop(self, mut events: tokio::sync::mpsc::Receiver<clacks_core::bus::EventMessage>) {
         let own = self.inner.options.node.clone();
         let mut last_reannounce: Option<Instant> = None;
+        let forgers = clacks_core::refusals::Refusals::default();
         loop {
             let message = tokio::select! {
                 _ = self.inner.stopped.cancelled() => return,
                 m = events.recv() => match m { Some(m) => m, None => return },
             };
-            if let Err(e) = self.inner.events.validator().validate(&message.body).await {
-                warn!(error = %e, sender = ?message.user, "dropping an invalid presence event");
+            if !self.speaks_for_nodes(message.user.as_deref()) {
+                forgers.log(message.user.as_deref(), &message.event_type, "dropped presence from a broker user that is not an agent");
                 continue;
             }
             let event = match PresenceEvent::from_xml(&message.body) {

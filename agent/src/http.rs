@@ -40,7 +40,7 @@ struct Session {
 /// Shared state of the endpoint.
 pub struct HttpState {
     dispatcher: Arc<Dispatcher>,
-    events: Option<clacks_core::bus::Bus>,
+    events: Option<(clacks_core::bus::Bus, clacks_core::events::EventValidator)>,
     authenticator: Authenticator,
     sasl: Option<SaslServer>,
     sessions: Mutex<HashMap<String, Session>>,
@@ -56,7 +56,7 @@ impl HttpState {
 
     fn build(
         dispatcher: Arc<Dispatcher>,
-        events: Option<clacks_core::bus::Bus>,
+        events: Option<(clacks_core::bus::Bus, clacks_core::events::EventValidator)>,
         authenticator: Authenticator,
         idle: Duration,
     ) -> Arc<HttpState> {
@@ -67,14 +67,15 @@ impl HttpState {
         Arc::new(HttpState { dispatcher, events, authenticator, sasl, sessions: Mutex::default(), idle, max_body })
     }
 
-    /// State that also serves `GET /events` from `bus`.
+    /// State that also serves `GET /events` from `bus`, validated by `validator`.
     pub fn with_events(
         dispatcher: Arc<Dispatcher>,
         authenticator: Authenticator,
         idle: Duration,
         bus: clacks_core::bus::Bus,
+        validator: clacks_core::events::EventValidator,
     ) -> Arc<HttpState> {
-        HttpState::build(dispatcher, Some(bus), authenticator, idle)
+        HttpState::build(dispatcher, Some((bus, validator)), authenticator, idle)
     }
 
     fn session_user(&self, id: Option<&str>) -> Option<String> {
@@ -368,7 +369,7 @@ async fn events(
             RpcError::new(ErrorCode::NOT_AUTHENTICATED, "log in with POST /rpc login(user, password) first"),
         );
     };
-    let Some(bus) = &state.events else {
+    let Some((bus, validator)) = &state.events else {
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             RpcError::new(ErrorCode::NO_PROVIDER, "this endpoint serves no events"),
@@ -393,7 +394,8 @@ async fn events(
             );
         }
     };
-    let events = match clacks_core::events::filter::subscribe(bus, &types, filter).await {
+    let options = clacks_core::events::filter::SubscribeOptions::filtered(filter);
+    let events = match clacks_core::events::filter::subscribe(bus, validator, &types, options).await {
         Ok(rx) => rx,
         Err(e) => return refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_rpc_error()),
     };

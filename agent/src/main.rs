@@ -67,6 +67,18 @@ enum Command {
     },
     /// Print the effective configuration and exit.
     ShowConfig,
+    /// Print the rabbitmqctl commands that give a broker user the permissions of its role
+    /// in this domain (docs/security.md explains each set).
+    BrokerPermissions {
+        /// The broker user.
+        user: String,
+        /// user (shells, scripts, programs), agent, or client:<client id> (a joined machine).
+        #[arg(long, default_value = "user")]
+        role: clacks_core::bus::permissions::BrokerRole,
+        /// The vhost (default: the one in the configured broker URL, else /).
+        #[arg(long)]
+        vhost: Option<String>,
+    },
     /// Write a self-signed certificate and key for HTTPS (development only).
     MakeCert {
         /// Folder to write cert.pem and key.pem into.
@@ -118,8 +130,8 @@ fn effective_config(cli: &Cli) -> Result<AgentConfig> {
     Ok(config)
 }
 
-async fn run(cli: Cli) -> Result<()> {
-    match cli.command {
+async fn run(mut cli: Cli) -> Result<()> {
+    match cli.command.take() {
         Some(Command::HashPassword { scram, iterations }) => {
             let mut password = String::new();
             std::io::stdin().read_line(&mut password).context("reading the password from stdin")?;
@@ -150,6 +162,16 @@ async fn run(cli: Cli) -> Result<()> {
                 cert_path.display(),
                 key_path.display()
             );
+            return Ok(());
+        }
+        Some(Command::BrokerPermissions { user, role, vhost }) => {
+            let config = effective_config(&cli)?;
+            let domain = Domain::new(&config.domain)?;
+            let vhost = vhost
+                .or_else(|| config.amqp.url.as_deref().map(clacks_core::bus::amqp::vhost_of))
+                .unwrap_or_else(|| "/".to_owned());
+            let permissions = clacks_core::bus::permissions::BrokerPermissions::for_role(&domain, &role);
+            print!("{}", permissions.rabbitmqctl_script(&vhost, &user));
             return Ok(());
         }
         Some(Command::ShowConfig) => {
@@ -222,6 +244,8 @@ async fn run(cli: Cli) -> Result<()> {
                 wait_for_broker: true,
                 ca_pem: ca_pem.clone(),
                 client_identity,
+                // Replies from the agents this one forwards to.
+                agent_users: config.amqp.trusted_forwarders.clone(),
                 ..AmqpSettings::default()
             };
             info!(url = %clacks_core::bus::amqp::redact_url(url), "connecting to the broker");
@@ -249,6 +273,7 @@ async fn run(cli: Cli) -> Result<()> {
             authenticator,
             secs(config.http.session_idle_secs as f64),
             agent.bus().clone(),
+            agent.events().validator().clone(),
         );
         let listener =
             tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;

@@ -68,7 +68,13 @@ impl From<BusError> for ClientError {
 }
 
 enum Transport {
-    Bus { bus: Bus, domain: Domain, targets: RwLock<HashMap<String, String>> },
+    Bus {
+        bus: Bus,
+        domain: Domain,
+        targets: RwLock<HashMap<String, String>>,
+        /// Checks received events; started with the first subscription.
+        validator: std::sync::OnceLock<crate::events::EventValidator>,
+    },
     Http { http: reqwest::Client, url: String },
 }
 
@@ -89,7 +95,7 @@ impl Client {
     /// Calls through an existing bus (AMQP or embedded).
     pub fn over_bus(bus: Bus, domain: Domain, timeout: Duration) -> Client {
         Client {
-            transport: Transport::Bus { bus, domain, targets: RwLock::default() },
+            transport: Transport::Bus { bus, domain, targets: RwLock::default(), validator: Default::default() },
             timeout,
             next_id: AtomicU64::new(1),
         }
@@ -215,7 +221,7 @@ impl Client {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let request = Request::new(method, params, Value::from(id));
         match &self.transport {
-            Transport::Bus { bus, domain, targets } => {
+            Transport::Bus { bus, domain, targets, .. } => {
                 let target = targets
                     .read()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -279,17 +285,44 @@ impl Client {
     /// Receives events whose type matches one of `types` (`*` for all, `Client*` for a
     /// prefix) and, when given, the XPath `filter`. A bad filter is refused here, before
     /// anything is subscribed. Over HTTP there is no event stream (use `GET /events`).
+    ///
+    /// Events are validated against the shipped schemas on arrival; what fails, and
+    /// types without a schema here, are dropped.
     pub async fn subscribe(
         &self,
         types: &[String],
         filter: Option<&str>,
+    ) -> Result<tokio::sync::mpsc::Receiver<crate::bus::EventMessage>, ClientError> {
+        self.subscribe_counted(types, filter, false, Default::default()).await
+    }
+
+    /// [`Client::subscribe`], counting dropped events in `dropped`; with `unknown_types`
+    /// events of types without a schema here (a plugin's own) pass unvalidated.
+    pub async fn subscribe_counted(
+        &self,
+        types: &[String],
+        filter: Option<&str>,
+        unknown_types: bool,
+        dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
     ) -> Result<tokio::sync::mpsc::Receiver<crate::bus::EventMessage>, ClientError> {
         let filter = filter
             .map(crate::events::Filter::parse)
             .transpose()
             .map_err(|e| ClientError::Rpc(RpcError::new(ErrorCode::custom("EVENT_FILTER_INVALID"), e.to_string())))?;
         match &self.transport {
-            Transport::Bus { bus, .. } => Ok(crate::events::filter::subscribe(bus, types, filter).await?),
+            Transport::Bus { bus, validator, .. } => {
+                let validator = match validator.get() {
+                    Some(v) => v.clone(),
+                    None => {
+                        let started = crate::events::EventValidator::start(&[]).map_err(|e| {
+                            ClientError::Connect(format!("cannot start the event validator: {e}"))
+                        })?;
+                        validator.get_or_init(|| started).clone()
+                    }
+                };
+                let options = crate::events::filter::SubscribeOptions { filter, unknown_types, dropped };
+                Ok(crate::events::filter::subscribe(bus, &validator, types, options).await?)
+            }
             Transport::Http { url, .. } => Err(ClientError::Connect(format!(
                 "{url} is an HTTP endpoint: events need amqp:// or the embedded domain (or GET /events)"
             ))),

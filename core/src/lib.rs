@@ -8,8 +8,8 @@
 //! local handler or to the agent that provides it ([`dispatch`]), node presence events
 //! and their XSD validation ([`events`]), the message bus with its RabbitMQ and
 //! in-process implementations ([`bus`]), the caller-side [`client`], the object layer
-//! ([`objects`]), the ACL engine ([`acl`]) and the SCRAM pieces both ends of a SASL
-//! login share ([`sasl`]).
+//! ([`objects`]), the ACL engine ([`acl`]), the SCRAM pieces both ends of a SASL
+//! login share ([`sasl`]) and the bounded memory of refused senders ([`refusals`]).
 //!
 //! Nothing here reads configuration files or parses command lines: that is the job of
 //! the `clacks-agent` and `clacks` binaries.
@@ -26,6 +26,7 @@ pub mod dispatch;
 pub mod domain;
 pub mod events;
 pub mod objects;
+pub mod refusals;
 pub mod registry;
 pub mod rpc;
 pub mod sasl;

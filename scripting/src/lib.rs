@@ -133,19 +133,70 @@ pub struct ConversionError {
     pub reason: String,
 }
 
+/// How deeply nested a value may be to cross between Rhai and JSON. The conversions
+/// recurse; a limit well below what the stack holds keeps a hostile document or a
+/// script building `[[[[…]]]]` from aborting the process.
+pub const MAX_VALUE_DEPTH: usize = 128;
+
 /// Rhai → JSON.
 pub fn to_json(value: &Dynamic) -> Result<Value, ConversionError> {
     // Object proxies show as their attributes (for tables, JSON and completion).
     if let Some(proxy) = value.read_lock::<objects::ObjectProxy>() {
         return Ok(proxy.to_json());
     }
+    if dynamic_depth(value) > MAX_VALUE_DEPTH {
+        return Err(ConversionError {
+            type_name: value.type_name().to_owned(),
+            reason: format!("it is nested deeper than {MAX_VALUE_DEPTH} levels"),
+        });
+    }
     rhai::serde::from_dynamic::<Value>(value)
         .map_err(|e| ConversionError { type_name: value.type_name().to_owned(), reason: e.to_string() })
 }
 
-/// JSON → Rhai. Integers beyond Rhai's `i64` become floats.
+/// JSON → Rhai. Integers beyond Rhai's `i64` become floats. A value nested deeper than
+/// [`MAX_VALUE_DEPTH`] (no parser of ours produces one) becomes a string saying so.
 pub fn from_json(value: &Value) -> Dynamic {
+    if json_depth(value) > MAX_VALUE_DEPTH {
+        return Dynamic::from(format!("(a value nested deeper than {MAX_VALUE_DEPTH} levels, left out)"));
+    }
     rhai::serde::to_dynamic(value).unwrap_or(Dynamic::UNIT)
+}
+
+/// How deeply `value` nests, counted without recursion (stopping early past the limit).
+fn json_depth(value: &Value) -> usize {
+    let mut deepest = 0;
+    let mut pending = vec![(value, 1)];
+    while let Some((value, depth)) = pending.pop() {
+        deepest = deepest.max(depth);
+        if deepest > MAX_VALUE_DEPTH {
+            break;
+        }
+        match value {
+            Value::Array(items) => pending.extend(items.iter().map(|v| (v, depth + 1))),
+            Value::Object(map) => pending.extend(map.values().map(|v| (v, depth + 1))),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// [`json_depth`] for Rhai values.
+fn dynamic_depth(value: &Dynamic) -> usize {
+    let mut deepest = 0;
+    let mut pending = vec![(value.clone(), 1)];
+    while let Some((value, depth)) = pending.pop() {
+        deepest = deepest.max(depth);
+        if deepest > MAX_VALUE_DEPTH {
+            break;
+        }
+        if let Some(items) = value.read_lock::<rhai::Array>() {
+            pending.extend(items.iter().map(|v| (v.clone(), depth + 1)));
+        } else if let Some(map) = value.read_lock::<rhai::Map>() {
+            pending.extend(map.values().map(|v| (v.clone(), depth + 1)));
+        }
+    }
+    deepest
 }
 
 /// The first paragraph of a Rhai doc comment, without its `///` or `/** */` leaders.
@@ -181,6 +232,27 @@ mod tests {
     fn json_round_trip() {
         let value = json!({"a": [1, 2.5, "x", true, null], "b": {"c": "d"}});
         assert_eq!(to_json(&from_json(&value)), Ok(value));
+    }
+
+    #[test]
+    fn deep_values_are_refused_not_overflowing() {
+        let mut deep = json!(1);
+        for _ in 0..20_000 {
+            deep = json!([deep]);
+        }
+        let converted = from_json(&deep);
+        assert!(converted.is_string(), "{converted:?}");
+        // serde_json's own drop recurses too; unwrap it level by level.
+        while let Value::Array(mut items) = deep {
+            deep = items.pop().unwrap_or(Value::Null);
+        }
+
+        let engine = sandboxed_engine(&Limits::default());
+        let built = engine.eval::<Dynamic>("let a = 1; for i in 0..300 { a = [a]; } a");
+        let built = built.unwrap_or_else(|e| panic!("{e}"));
+        let error = to_json(&built).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("nested deeper than 128 levels"), "{error}");
+        assert_eq!(to_json(&engine.eval::<Dynamic>("[[[1]]]").unwrap_or_default()), Ok(json!([[[1]]])));
     }
 
     #[test]

@@ -59,6 +59,9 @@ pub(crate) struct Cli {
     /// PEM file of the CA that signed the broker's or agent's certificate (amqps://, https://), instead of the system's roots.
     #[arg(long, env = "CLACKS_CA_FILE", global = true)]
     pub(crate) ca_file: Option<PathBuf>,
+    /// Broker users of the domain's agents (comma-separated): over amqp[s]:// replies are believed only from them and from your own user.
+    #[arg(long, env = "CLACKS_AGENT_USERS", value_delimiter = ',', global = true)]
+    pub(crate) agent_users: Vec<String>,
     /// Folder of .rhai plugins loaded by the embedded domain.
     #[arg(long, env = "CLACKS_PLUGINS_DIR", global = true)]
     pub(crate) plugins: Option<PathBuf>,
@@ -154,7 +157,21 @@ pub(crate) enum EventsCommand {
         /// Line format.
         #[arg(long, value_enum, default_value_t = EventFormat::Json)]
         format: EventFormat,
+        /// Also show events of types this shell has no schema for (a plugin's own), unvalidated.
+        #[arg(long)]
+        unknown_types: bool,
     },
+}
+
+/// What `events tail` was asked for.
+#[derive(Debug)]
+pub(crate) struct TailRequest {
+    types: Vec<String>,
+    filter: Option<String>,
+    count: Option<usize>,
+    timeout: Option<f64>,
+    format: EventFormat,
+    unknown_types: bool,
 }
 
 /// How `events tail` prints each event.
@@ -189,6 +206,7 @@ fn resolve_target(cli: &Cli, config: &ShellConfig) -> Result<Target, String> {
         timeout: Duration::from_secs_f64(timeout),
         plugins: cli.plugins.clone().or(config.plugins.clone()),
         ca_file: cli.ca_file.clone().or(config.ca_file.clone()),
+        agent_users: if cli.agent_users.is_empty() { config.agent_users.clone() } else { cli.agent_users.clone() },
     })
 }
 
@@ -217,7 +235,7 @@ fn build_params(args: &[String], named: bool) -> Result<Params, String> {
 /// What to run once connected.
 enum Mode {
     Call { method: String, params: Params, node: Option<String> },
-    Tail { types: Vec<String>, filter: Option<String>, count: Option<usize>, timeout: Option<f64>, format: EventFormat },
+    Tail(TailRequest),
     Code { code: String, args: Vec<String>, script: Option<PathBuf> },
     Interactive,
 }
@@ -265,15 +283,19 @@ pub(crate) fn run(cli: Cli, handle: tokio::runtime::Handle) -> u8 {
             Ok(params) => Mode::Call { method: method.clone(), params, node: node.clone() },
             Err(e) => return usage_error(e),
         },
-        (Some(Command::Events { command: EventsCommand::Tail { types, filter, count, timeout, format } }), _) => {
-            Mode::Tail {
-                types: types.clone(),
-                filter: filter.clone(),
-                count: *count,
-                timeout: *timeout,
-                format: *format,
-            }
-        }
+        (
+            Some(Command::Events {
+                command: EventsCommand::Tail { types, filter, count, timeout, format, unknown_types },
+            }),
+            _,
+        ) => Mode::Tail(TailRequest {
+            types: types.clone(),
+            filter: filter.clone(),
+            count: *count,
+            timeout: *timeout,
+            format: *format,
+            unknown_types: *unknown_types,
+        }),
         (Some(Command::Run { file, args }), _) => match read_script(file) {
             Ok(code) => Mode::Code { code, args: args.clone(), script: Some(file.clone()) },
             Err(e) => return usage_error(e),
@@ -314,10 +336,10 @@ pub(crate) fn run(cli: Cli, handle: tokio::runtime::Handle) -> u8 {
                 Err(e) => report(&e),
             }
         }
-        Mode::Tail { types, filter, count, timeout, format } => {
+        Mode::Tail(request) => {
             let interrupt = crate::runner::Interrupt::default();
             let _guard = crate::install_interrupt(&handle, interrupt.clone());
-            handle.block_on(tail_events(&client, &types, filter.as_deref(), count, timeout, format, &interrupt))
+            handle.block_on(tail_events(&client, &request, &interrupt))
         }
         Mode::Code { code, args, script } => {
             let format = cli.output.unwrap_or_else(default_format);
@@ -358,22 +380,21 @@ pub(crate) fn run(cli: Cli, handle: tokio::runtime::Handle) -> u8 {
 
 async fn tail_events(
     client: &clacks_core::client::Client,
-    types: &[String],
-    filter: Option<&str>,
-    count: Option<usize>,
-    timeout: Option<f64>,
-    format: EventFormat,
+    request: &TailRequest,
     interrupt: &crate::runner::Interrupt,
 ) -> u8 {
     use std::io::Write;
-    let events = match client.subscribe(types, filter).await {
+    let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let subscribed =
+        client.subscribe_counted(&request.types, request.filter.as_deref(), request.unknown_types, dropped.clone()).await;
+    let events = match subscribed {
         Ok(rx) => rx,
         Err(e) => return report(&e),
     };
-    let timeout = timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
-    let mut events = crate::runner::BoundedEvents::new(events, count, timeout);
+    let timeout = request.timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
+    let mut events = crate::runner::BoundedEvents::new(events, request.count, timeout);
     while let Some(message) = events.next(interrupt).await {
-        let line = match format {
+        let line = match request.format {
             EventFormat::Json => clacks_core::events::event_json(&message.event_type, &message.body).to_string(),
             EventFormat::Xml => String::from_utf8_lossy(&message.body).replace(['\n', '\r'], " "),
         };
@@ -382,6 +403,12 @@ async fn tail_events(
         if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
             break;
         }
+    }
+    match dropped.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => {}
+        n => eprintln!(
+            "clacks: {n} event(s) dropped: invalid, or of a type without a schema here (--unknown-types shows those)"
+        ),
     }
     EXIT_OK
 }

@@ -5,6 +5,7 @@
 //! url = "amqp://broker.example.net/%2f"
 //! domain = "org.clacks"
 //! user = "ada"
+//! agent_users = ["clacks-agent"]
 //! timeout_secs = 30
 //! scripts_path = ["~/clacks-scripts"]
 //! [limits]
@@ -32,6 +33,8 @@ pub(crate) struct ShellConfig {
     pub(crate) plugins: Option<PathBuf>,
     /// PEM file of the CA that signed the broker's certificate (`amqps://`).
     pub(crate) ca_file: Option<PathBuf>,
+    /// Broker users of the domain's agents, whose replies are believed (`amqp[s]://`).
+    pub(crate) agent_users: Vec<String>,
     /// Folders `import "name"` looks in (after the running script's own folder).
     pub(crate) scripts_path: Vec<PathBuf>,
     /// Script resource limits.

@@ -20,6 +20,8 @@ pub(crate) struct Target {
     pub(crate) plugins: Option<std::path::PathBuf>,
     /// The CA for `amqps://` brokers, when not the system's roots.
     pub(crate) ca_file: Option<std::path::PathBuf>,
+    /// Broker users of the domain's agents (besides `user`), for `amqp[s]://`.
+    pub(crate) agent_users: Vec<String>,
 }
 
 /// A live connection plus whatever keeps it alive (the embedded agent).
@@ -123,6 +125,7 @@ pub(crate) async fn connect(target: &Target) -> Result<Session, ClientError> {
             let settings = AmqpSettings {
                 connection_name: format!("clacks shell {}", target.user),
                 ca_pem,
+                agent_users: target.agent_users.clone(),
                 ..AmqpSettings::default()
             };
             let bus = AmqpBus::connect(&url, target.domain.clone(), settings).await?;

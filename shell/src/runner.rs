@@ -387,6 +387,8 @@ struct EventQuery {
     filter: Option<String>,
     count: Option<usize>,
     timeout: Option<Duration>,
+    /// `#{unknown: true}`: also events without a schema here, unvalidated.
+    unknown_types: bool,
 }
 
 impl EventQuery {
@@ -401,7 +403,8 @@ impl EventQuery {
             .get("timeout")
             .and_then(|t| t.as_float().ok().or_else(|| t.as_int().ok().map(|i| i as f64)))
             .map(|secs| Duration::from_secs_f64(secs.max(0.0)));
-        EventQuery { types, filter, count, timeout }
+        let unknown_types = options.get("unknown").and_then(|u| u.as_bool().ok()).unwrap_or(false);
+        EventQuery { types, filter, count, timeout, unknown_types }
     }
 }
 
@@ -488,7 +491,7 @@ impl EventContext {
         query: &EventQuery,
     ) -> Result<tokio::sync::mpsc::Receiver<clacks_core::bus::EventMessage>, Box<EvalAltResult>> {
         self.client
-            .subscribe(&query.types, query.filter.as_deref())
+            .subscribe_counted(&query.types, query.filter.as_deref(), query.unknown_types, Default::default())
             .await
             .map_err(|e| clacks_scripting::bindings::remote_error(to_remote_error(e)))
     }

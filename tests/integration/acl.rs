@@ -108,6 +108,7 @@ async fn server_sent_events_reach_a_session_only_with_e_on_their_type() {
         clacks_agent::auth::Authenticator::Users(users),
         Duration::from_secs(60),
         Bus::Local(bus.clone()),
+        agent.events().validator().clone(),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
     let address = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));

@@ -136,7 +136,8 @@ async fn a_machine_joins_serves_commands_through_the_agent_and_leaves() {
     let other = ok(&admin, "joinClient", json!(["other-machine"])).await;
     let other_bus = machine_bus(&login_url(&broker, &domain, &other), &domain).await;
     let request = br#"{"jsonrpc":"2.0","method":"ping","id":1}"#.to_vec();
-    let reply = other_bus.call(&domain.client_queue(&id), request, CallOptions::timeout(Duration::from_secs(5))).await;
+    let options = CallOptions::timeout(Duration::from_secs(5)).answered_by(id.clone());
+    let reply = other_bus.call(&domain.client_queue(&id), request, options).await;
     let reply = String::from_utf8(reply.unwrap_or_default()).unwrap_or_default();
     assert!(reply.contains("PERMISSION_EXEC") && reply.contains("may not call this client"), "{reply}");
     let mut forged = json!(joined.clone());

@@ -44,6 +44,7 @@ async fn http_login_sessions_batches_and_errors() {
         Authenticator::Broker { url: url.clone(), ca_pem: None },
         Duration::from_secs(60),
         agent.bus().clone(),
+        agent.events().validator().clone(),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
     let address = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));

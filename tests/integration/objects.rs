@@ -308,11 +308,11 @@ async fn a_change_made_with_ldapmodify_reaches_the_index_and_the_bus() {
     let domain = clacks_core::testing::unique_domain();
     let bus = clacks_core::testing::amqp_bus(&domain).await;
     let validator = EventValidator::start(&[]).expect("validator");
-    store.set_publisher(clacks_core::events::publish::EventPublisher::new(bus.clone(), validator));
-    let mut events =
-        clacks_core::events::filter::subscribe(&bus, &["BackendChange".to_owned()], None).await.expect("subscribe");
-    let mut changes =
-        clacks_core::events::filter::subscribe(&bus, &["ObjectChanged".to_owned()], None).await.expect("subscribe");
+    store.set_publisher(clacks_core::events::publish::EventPublisher::new(bus.clone(), validator.clone()));
+    let (backend, changed) = (["BackendChange".to_owned()], ["ObjectChanged".to_owned()]);
+    let subscribe = |types| clacks_core::events::filter::subscribe(&bus, &validator, types, Default::default());
+    let mut events = subscribe(&backend).await.expect("subscribe");
+    let mut changes = subscribe(&changed).await.expect("subscribe");
     // One agent scans at a time: while another holds the scan lock, this one leaves it.
     assert!(store.index().try_lock("index-scan", "other-agent", 60).await.expect("lock"));
     assert_eq!(store.scan("test").await.expect("scan"), None);

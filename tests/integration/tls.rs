@@ -63,7 +63,12 @@ async fn an_agent_logs_in_with_its_client_certificate() {
     let agent = Agent::start(fast_options(&domain, "certified"), Bus::Amqp(agent_bus), vec![Arc::new(Probe)])
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let caller_settings = AmqpSettings { ca_pem: broker.ca_pem.clone(), ..AmqpSettings::default() };
+    // The caller believes replies from the agent's certificate identity.
+    let caller_settings = AmqpSettings {
+        ca_pem: broker.ca_pem.clone(),
+        agent_users: vec![node_user.to_owned()],
+        ..AmqpSettings::default()
+    };
     let caller_bus = AmqpBus::connect(&broker.amqps_url().expect("amqps"), domain.clone(), caller_settings)
         .await
         .unwrap_or_else(|e| panic!("{e}"));

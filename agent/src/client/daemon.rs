@@ -205,7 +205,13 @@ impl ClientDaemon {
         };
         let queue = client.inner.options.domain.client_queue(&client.inner.options.id);
         client.inner.bus.serve(&queue, ServeOptions { private: true, prefetch: 8 }, handler).await?;
-        let polls = client.inner.bus.subscribe(&["ClientPoll".to_owned()]).await?;
+        let polls = clacks_core::events::filter::subscribe(
+            &client.inner.bus,
+            client.inner.events.validator(),
+            &["ClientPoll".to_owned()],
+            Default::default(),
+        )
+        .await?;
         client.announce().await;
         tokio::spawn(client.clone().presence_loop(polls));
         if let Some(every) = client.inner.options.inventory_every {
@@ -327,8 +333,11 @@ impl ClientDaemon {
                     self.report_sessions(false).await;
                 }
                 poll = polls.recv() => {
-                    if poll.is_none() {
-                        return;
+                    let Some(poll) = poll else { return };
+                    // Only agents ask; anyone else could make every machine talk at once.
+                    if !self.allowed(poll.user.as_deref()) {
+                        debug!(sender = ?poll.user, "ignoring a ClientPoll that no agent sent");
+                        continue;
                     }
                     // Every client hears the poll; a random wait spreads their answers.
                     self.announce_later().await;

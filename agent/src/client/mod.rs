@@ -38,6 +38,7 @@ pub async fn connect(config: &ClientConfig, wait_for_broker: bool) -> Result<Bus
         ca_pem,
         // A client may not configure the domain's exchange, only use it.
         passive_exchange: true,
+        agent_users: config.agent_users.clone(),
         ..AmqpSettings::default()
     };
     let url = config.login_url()?;

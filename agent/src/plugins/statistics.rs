@@ -40,13 +40,17 @@ pub struct StatisticsPlugin {
 
 impl StatisticsPlugin {
     /// Subscribes to `Call` events on `bus` and starts counting.
-    pub async fn start(bus: &Bus) -> Result<Arc<StatisticsPlugin>, clacks_core::bus::BusError> {
-        let mut events = bus.subscribe(&["Call".to_owned()]).await?;
+    pub async fn start(
+        bus: &Bus,
+        validator: clacks_core::events::EventValidator,
+    ) -> Result<Arc<StatisticsPlugin>, clacks_core::bus::BusError> {
+        let mut events =
+            clacks_core::events::filter::subscribe(bus, &validator, &["Call".to_owned()], Default::default()).await?;
         let calls: Arc<Mutex<Calls>> = Arc::default();
         let counting = calls.clone();
         tokio::spawn(async move {
             while let Some(message) = events.recv().await {
-                // Events were validated by their publisher; a malformed one is skipped.
+                // Validated on arrival; the checks below only pick the fields.
                 let Ok(call) = open_envelope(&message.body) else { continue };
                 let (Ok(id), Ok(kind), Ok(callee), Ok(started)) = (
                     call.child_text("Id"),

@@ -9,11 +9,12 @@
 //!
 //! Calls publish with `mandatory` on a confirm-mode channel: a request to a queue no
 //! agent consumes comes back from the broker at once as `NoProvider` instead of
-//! waiting out its deadline. Replies use RabbitMQ's direct reply-to, matched by
-//! correlation id; a late reply to a call that already gave up is dropped.
+//! waiting out its deadline. Replies use RabbitMQ's direct reply-to, matched by a
+//! random correlation id; a reply counts only when the broker-vouched `user_id` is the
+//! identity the call addressed ([`ReplyFrom`]), and a late reply to a call that already
+//! gave up is dropped. Replies carry the server's `user_id` so callers can check it.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -31,7 +32,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use super::{BusError, CallOptions, EventMessage, RequestHandler, RequestMessage, ServeOptions, backoff_delay};
+use super::{
+    BusError, CallOptions, EventMessage, ReplyFrom, RequestHandler, RequestMessage, ServeOptions, backoff_delay,
+};
 use crate::domain::Domain;
 
 /// The pseudo-queue of RabbitMQ's direct reply-to.
@@ -67,6 +70,9 @@ pub struct AmqpSettings {
     /// Only check that the domain's event exchange exists instead of declaring it:
     /// joined clients may not configure it (declaring would let them delete it too).
     pub passive_exchange: bool,
+    /// Broker users that are agents of the domain, besides this bus's own user: replies
+    /// to agent calls are believed only from them.
+    pub agent_users: Vec<String>,
 }
 
 impl Default for AmqpSettings {
@@ -81,6 +87,7 @@ impl Default for AmqpSettings {
             wait_for_broker: false,
             ca_pem: None,
             client_identity: None,
+            agent_users: Vec::new(),
         }
     }
 }
@@ -110,7 +117,17 @@ struct Topology {
     serving_stopped: bool,
 }
 
-type PendingMap = HashMap<String, oneshot::Sender<Result<Vec<u8>, BusError>>>;
+/// A call waiting for its reply.
+struct Pending {
+    reply_from: ReplyFrom,
+    reply: oneshot::Sender<Result<Vec<u8>, BusError>>,
+    /// A reply someone else sent in the addressed identity's place, for the timeout
+    /// message (a misconfigured agent set shows up here rather than as a bare timeout).
+    refused_from: Option<String>,
+}
+
+type PendingMap = HashMap<String, Pending>;
+
 
 struct Inner {
     uri: AMQPUri,
@@ -124,8 +141,10 @@ struct Inner {
     reconnections: watch::Sender<u64>,
     topology: AsyncMutex<Topology>,
     pending: Mutex<PendingMap>,
-    call_prefix: String,
-    next_call: AtomicU64,
+    /// Own user plus `settings.agent_users`.
+    agent_users: HashSet<String>,
+    /// Senders of replies nobody asked them for.
+    refused_senders: crate::refusals::Refusals,
     shutdown: CancellationToken,
     stop_consuming: CancellationToken,
     handlers: TaskTracker,
@@ -200,6 +219,7 @@ impl AmqpBus {
             uri.query.connection_timeout = Some(settings.connect_timeout.as_millis() as u64);
         }
         let user = uri.authority.userinfo.username.clone();
+        let agent_users = settings.agent_users.iter().cloned().chain([user.clone()]).collect();
         let (live, _) = watch::channel(None);
         let inner = Arc::new(Inner {
             uri,
@@ -211,8 +231,8 @@ impl AmqpBus {
             reconnections: watch::channel(0).0,
             topology: AsyncMutex::default(),
             pending: Mutex::default(),
-            call_prefix: uuid::Uuid::new_v4().simple().to_string()[..12].to_owned(),
-            next_call: AtomicU64::new(1),
+            agent_users,
+            refused_senders: crate::refusals::Refusals::default(),
             shutdown: CancellationToken::new(),
             stop_consuming: CancellationToken::new(),
             handlers: TaskTracker::new(),
@@ -262,9 +282,11 @@ impl AmqpBus {
             return Err(BusError::Closed);
         }
         let live = self.live_until(options.deadline).await?;
-        let id = format!("{}-{}", self.inner.call_prefix, self.inner.next_call.fetch_add(1, Ordering::Relaxed));
+        // Unguessable: whoever sees one request learns nothing about the next one.
+        let id = uuid::Uuid::new_v4().simple().to_string();
         let (tx, mut rx) = oneshot::channel();
-        lock(&self.inner.pending).insert(id.clone(), tx);
+        let pending = Pending { reply_from: options.reply_from.clone(), reply: tx, refused_from: None };
+        lock(&self.inner.pending).insert(id.clone(), pending);
         let _cleanup = RemovePending { inner: &self.inner, id: id.clone() };
 
         let remaining = options.deadline.saturating_duration_since(Instant::now()).as_millis().max(1);
@@ -311,7 +333,14 @@ impl AmqpBus {
                         Err(e) => return Err(BusError::ConnectionLost(e.to_string())),
                     }
                 }
-                _ = tokio::time::sleep_until(options.deadline) => return Err(BusError::Timeout(String::new())),
+                _ = tokio::time::sleep_until(options.deadline) => {
+                    let refused = lock(&self.inner.pending).get(&id).and_then(|p| p.refused_from.clone());
+                    let note = refused.map(|sender| format!(
+                        " (a reply from broker user '{sender}' was refused: it is not {})",
+                        describe(&options.reply_from)
+                    ));
+                    return Err(BusError::Timeout(note.unwrap_or_default()));
+                }
             }
         }
     }
@@ -415,9 +444,44 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn fail_pending(inner: &Inner, reason: &str) {
     let pending: Vec<_> = lock(&inner.pending).drain().collect();
-    for (_, tx) in pending {
-        let _ = tx.send(Err(BusError::ConnectionLost(reason.to_owned())));
+    for (_, pending) in pending {
+        let _ = pending.reply.send(Err(BusError::ConnectionLost(reason.to_owned())));
     }
+}
+
+/// Who a call expected its reply from, for messages.
+fn describe(reply_from: &ReplyFrom) -> String {
+    match reply_from {
+        ReplyFrom::Agent => "an agent identity (agent_users)".to_owned(),
+        ReplyFrom::User(user) => format!("'{user}' (the identity that was called) or an agent identity"),
+    }
+}
+
+/// Hands a reply to its waiting call when the broker-vouched sender is the identity the
+/// call addressed; anything else is dropped (and logged once per sender), and the call
+/// goes on waiting for the real reply.
+fn deliver_reply(inner: &Inner, id: &str, sender: Option<&str>, body: Vec<u8>) {
+    let mut pending = lock(&inner.pending);
+    let Some(call) = pending.get_mut(id) else {
+        debug!(correlation_id = %id, "dropping a late reply to a call that already ended");
+        return;
+    };
+    let believed = match (&call.reply_from, sender) {
+        (ReplyFrom::Agent, Some(sender)) => inner.agent_users.contains(sender),
+        // Agents are trusted with everything a client is (as for client events).
+        (ReplyFrom::User(expected), Some(sender)) => expected == sender || inner.agent_users.contains(sender),
+        (_, None) => false,
+    };
+    if believed {
+        if let Some(call) = pending.remove(id) {
+            let _ = call.reply.send(Ok(body));
+        }
+        return;
+    }
+    let why = format!("refused a reply: the call expected it from {}", describe(&call.reply_from));
+    call.refused_from = Some(sender.unwrap_or("(no user_id)").to_owned());
+    drop(pending);
+    inner.refused_senders.log(sender, "reply", &why);
 }
 
 /// Whether the broker refused the login (wrong user or password), as opposed to being
@@ -510,13 +574,7 @@ async fn establish(inner: &Arc<Inner>) -> Result<Arc<Live>, BusError> {
     topology.subscriptions.retain(|s| !s.sender.is_closed());
     let rpc = connection.create_channel().await.map_err(lapin_err)?;
     rpc.confirm_select(ConfirmSelectOptions::default()).await.map_err(lapin_err)?;
-    let publish = connection.create_channel().await.map_err(lapin_err)?;
-    let declare =
-        ExchangeDeclareOptions { passive: inner.settings.passive_exchange, ..ExchangeDeclareOptions::default() };
-    publish
-        .exchange_declare(inner.domain.event_exchange().into(), ExchangeKind::Topic, declare, FieldTable::default())
-        .await
-        .map_err(lapin_err)?;
+    let publish = declare_event_exchange(inner, &connection, inner.settings.passive_exchange).await?;
     let live = Arc::new(Live { connection, rpc, publish, failed: CancellationToken::new() });
     start_reply_pump(inner, &live).await?;
     for served in &topology.served {
@@ -526,6 +584,27 @@ async fn establish(inner: &Arc<Inner>) -> Result<Arc<Live>, BusError> {
         start_subscription(inner, &live, subscription).await?;
     }
     Ok(live)
+}
+
+/// Declares the domain's event exchange on a new channel and returns the channel. A
+/// user the broker lets only use the exchange (not configure it: every ordinary user
+/// under the shipped permission model) checks that it exists instead.
+async fn declare_event_exchange(inner: &Inner, connection: &Connection, passive: bool) -> Result<Channel, BusError> {
+    let channel = connection.create_channel().await.map_err(lapin_err)?;
+    let exchange = inner.domain.event_exchange();
+    let declare = ExchangeDeclareOptions { passive, ..ExchangeDeclareOptions::default() };
+    match channel.exchange_declare(exchange.as_str().into(), ExchangeKind::Topic, declare, FieldTable::default()).await {
+        Ok(()) => Ok(channel),
+        Err(e) if !passive && e.to_string().contains("ACCESS_REFUSED") => {
+            debug!(%exchange, "not allowed to declare the event exchange; checking that it exists");
+            Box::pin(declare_event_exchange(inner, connection, true)).await
+        }
+        Err(e) if passive && e.to_string().contains("NOT_FOUND") => Err(BusError::Refused(format!(
+            "the event exchange {exchange} does not exist: no agent of domain {} has run on this broker yet",
+            inner.domain
+        ))),
+        Err(e) => Err(lapin_err(e)),
+    }
 }
 
 async fn supervise(inner: Arc<Inner>, mut live: Arc<Live>) {
@@ -600,12 +679,8 @@ async fn start_reply_pump(inner: &Arc<Inner>, live: &Arc<Live>) -> Result<(), Bu
         while let Some(delivery) = consumer.next().await {
             let Ok(delivery) = delivery else { break };
             let Some(id) = delivery.properties.correlation_id() else { continue };
-            match lock(&inner.pending).remove(id.as_str()) {
-                Some(tx) => {
-                    let _ = tx.send(Ok(delivery.data));
-                }
-                None => debug!(correlation_id = %id, "dropping a late reply to a call that already ended"),
-            }
+            let sender = delivery.properties.user_id().as_ref().map(ShortString::as_str);
+            deliver_reply(&inner, id.as_str(), sender, delivery.data);
         }
         failed.cancel();
     });
@@ -702,7 +777,10 @@ async fn serve_one(
     let correlation_id = props.correlation_id().clone();
     let reply = handler(message).await;
     if let (Some(reply), Some(reply_to)) = (reply, reply_to) {
-        let mut properties = BasicProperties::default().with_content_type("application/json".into());
+        // The broker checks `user_id` against the login, so the caller can believe it.
+        let mut properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_user_id(inner.user.as_str().into());
         if let Some(id) = correlation_id {
             properties = properties.with_correlation_id(id);
         }

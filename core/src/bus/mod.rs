@@ -13,6 +13,7 @@
 
 pub mod amqp;
 pub mod local;
+pub mod permissions;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,6 +65,20 @@ pub struct ServeOptions {
     pub prefetch: u16,
 }
 
+/// Whose reply a call believes. Anyone who can publish to the default exchange can
+/// send something to a caller's reply address, so a reply counts only when the broker
+/// vouches (`user_id`) that it comes from the identity that was addressed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ReplyFrom {
+    /// An agent: one of the bus's agent identities ([`amqp::AmqpSettings::agent_users`]
+    /// and the bus's own user).
+    #[default]
+    Agent,
+    /// One broker user, e.g. the joined machine whose queue was called (or an agent,
+    /// trusted with everything a client is).
+    User(String),
+}
+
 /// Options of one call.
 #[derive(Clone, Debug)]
 pub struct CallOptions {
@@ -71,12 +86,20 @@ pub struct CallOptions {
     pub deadline: Instant,
     /// The original caller, when forwarding.
     pub on_behalf_of: Option<String>,
+    /// Who may answer.
+    pub reply_from: ReplyFrom,
 }
 
 impl CallOptions {
-    /// A call that gives up after `timeout`.
+    /// A call to agents that gives up after `timeout`.
     pub fn timeout(timeout: Duration) -> CallOptions {
-        CallOptions { deadline: Instant::now() + timeout, on_behalf_of: None }
+        CallOptions { deadline: Instant::now() + timeout, on_behalf_of: None, reply_from: ReplyFrom::Agent }
+    }
+
+    /// The same call, answered only by broker user `user`.
+    pub fn answered_by(mut self, user: impl Into<String>) -> CallOptions {
+        self.reply_from = ReplyFrom::User(user.into());
+        self
     }
 }
 

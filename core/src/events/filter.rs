@@ -1,4 +1,5 @@
-//! Subscription filters: an XPath 3.1 predicate over the event document (xee-xpath),
+//! Subscriptions: every event is validated where it is received ([`subscribe`]), then
+//! narrowed by a filter, an XPath 3.1 predicate over the event document (xee-xpath),
 //! evaluated by the subscriber because RabbitMQ has no XQuery exchange.
 //!
 //! Accepted forms:
@@ -12,13 +13,15 @@
 //! is refused at subscribe time with the parser's message. Compiled queries are not
 //! `Send` (xee uses `Rc`), so each subscription evaluates on a thread of its own.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 
 use tokio::sync::mpsc;
 use xee_xpath::context::StaticContextBuilder;
 use xee_xpath::{Documents, Item, Queries, Query};
 
-use super::EVENT_NAMESPACE;
+use super::{EVENT_NAMESPACE, EventValidator};
 use crate::bus::EventMessage;
 
 /// Why a filter was refused.
@@ -124,18 +127,79 @@ impl CompiledFilter {
     }
 }
 
-/// Subscribes to `types` on `bus`, narrowed by `filter` when there is one: the one way
-/// every subscriber (client, SSE endpoint) gets its events.
+/// How a subscriber wants its events.
+#[derive(Clone, Debug, Default)]
+pub struct SubscribeOptions {
+    /// Only events this XPath filter matches.
+    pub filter: Option<Filter>,
+    /// Also pass events of types the validator has no schema for, unvalidated.
+    pub unknown_types: bool,
+    /// Counts the events dropped because they failed validation (or, without
+    /// `unknown_types`, had no schema).
+    pub dropped: Arc<AtomicU64>,
+}
+
+impl SubscribeOptions {
+    /// Options with `filter`, validated events only.
+    pub fn filtered(filter: Option<Filter>) -> SubscribeOptions {
+        SubscribeOptions { filter, ..SubscribeOptions::default() }
+    }
+}
+
+/// Subscribes to `types` on `bus`: the one way every subscriber (agent plugins, SSE,
+/// the shell) gets its events. Each event is validated against `validator`'s schemas
+/// first and must be of the type its routing key says; what fails is dropped and
+/// counted, so nothing downstream (XPath, XML→JSON, scripts) sees a document that no
+/// schema vouches for. Then the filter, if any, narrows.
 pub async fn subscribe(
     bus: &crate::bus::Bus,
+    validator: &EventValidator,
     types: &[String],
-    filter: Option<Filter>,
+    options: SubscribeOptions,
 ) -> Result<mpsc::Receiver<EventMessage>, crate::bus::BusError> {
-    let events = bus.subscribe(types).await?;
-    Ok(match filter {
+    let events = validated(bus.subscribe(types).await?, validator.clone(), options.unknown_types, options.dropped);
+    Ok(match options.filter {
         Some(filter) => filtered(events, filter),
         None => events,
     })
+}
+
+/// Passes on only the events that pass `validator` (see [`subscribe`]).
+fn validated(
+    mut events: mpsc::Receiver<EventMessage>,
+    validator: EventValidator,
+    unknown_types: bool,
+    dropped: Arc<AtomicU64>,
+) -> mpsc::Receiver<EventMessage> {
+    let (out, rx) = mpsc::channel(1024);
+    let invalid_senders = crate::refusals::Refusals::default();
+    tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            let verdict = if validator.knows(&event.event_type) {
+                match validator.validate(&event.body).await {
+                    Ok(found) if found == event.event_type => Ok(()),
+                    Ok(found) => Err(format!("routing key says {} but the document is a {found}", event.event_type)),
+                    Err(e) => Err(e.to_string()),
+                }
+            } else if unknown_types {
+                Ok(())
+            } else {
+                Err(format!("no schema for event type {}", event.event_type))
+            };
+            match verdict {
+                Ok(()) => {
+                    if out.send(event).await.is_err() {
+                        return;
+                    }
+                }
+                Err(why) => {
+                    dropped.fetch_add(1, Ordering::Relaxed);
+                    invalid_senders.log(event.user.as_deref(), &event.event_type, &format!("dropped an event: {why}"));
+                }
+            }
+        }
+    });
+    rx
 }
 
 /// Passes on only the events `filter` matches, evaluating on a thread of its own. The

@@ -26,6 +26,10 @@ pub const EVENT_NAMESPACE: &str = "http://clacks.org/ns/events";
 
 /// The largest event accepted anywhere (publish, receive, validate), in bytes.
 pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
+/// How deeply elements may nest in a document read by [`parse_xml`]. Events and object
+/// descriptions need a handful of levels; the tree, its JSON form and their drops are
+/// recursive, so a hostile document 20,000 deep must stop here.
+pub const MAX_XML_DEPTH: usize = 64;
 
 /// Why an event could not be read, built or published.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -133,6 +137,11 @@ pub fn parse_xml(xml: &[u8]) -> Result<XmlNode, EventError> {
         counted_to = at;
         match reader.read_event().map_err(malformed)? {
             XmlEvent::Start(start) => {
+                if stack.len() >= MAX_XML_DEPTH {
+                    return Err(EventError::Malformed(format!(
+                        "line {line}: elements nest deeper than {MAX_XML_DEPTH} levels"
+                    )));
+                }
                 let name = start.local_name().as_ref().to_owned();
                 stack.push(XmlNode { name, attributes: attributes(&start)?, line, ..XmlNode::default() });
             }
@@ -458,5 +467,14 @@ mod tests {
         ] {
             assert!(PresenceEvent::from_xml(bad.as_bytes()).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn deep_documents_are_refused_without_recursion() {
+        let deep = format!("<Event><Call>{}{}</Call></Event>", "<a>".repeat(20_000), "</a>".repeat(20_000));
+        let error = open_envelope(deep.as_bytes()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("nest deeper than 64 levels"), "{error}");
+        let shown = event_json("Call", deep.as_bytes());
+        assert!(shown["error"].as_str().is_some_and(|e| e.contains("deeper")), "{shown}");
     }
 }

@@ -120,6 +120,11 @@ impl EventValidator {
         self.types.read().map(|t| t.clone()).unwrap_or_default()
     }
 
+    /// Whether there is a schema for `event_type`.
+    pub fn knows(&self, event_type: &str) -> bool {
+        self.types.read().is_ok_and(|t| t.binary_search_by(|known| known.as_str().cmp(event_type)).is_ok())
+    }
+
     /// Validates from a thread outside the async runtime (fuzzing, scripts).
     pub fn validate_blocking(&self, xml: &[u8]) -> Result<String, EventError> {
         self.submit(xml)?.blocking_recv().map_err(|_| EventError::ValidatorStopped)?
