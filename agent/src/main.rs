@@ -99,7 +99,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let outcome = runtime.block_on(run(cli));
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    // No thread may be inside libxml2 while the process tears it down.
+    clacks_core::events::schema::quiesce();
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");

@@ -47,6 +47,7 @@ pub fn run_cli() -> ExitCode {
     let code = args::run(cli, runtime.handle().clone());
     // Background tasks (heartbeats, consumers) must not keep the process alive.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    clacks_core::events::schema::quiesce();
     ExitCode::from(code)
 }
 

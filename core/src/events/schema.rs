@@ -232,42 +232,75 @@ fn envelope_schema(types: &[&String]) -> String {
     )
 }
 
+/// Held (shared) by every validator thread while it calls into libxml2; taken for good
+/// by [`quiesce`]. Exiting the process runs libxml2's library destructors, and a thread
+/// still inside libxml2 then crashes the process (seen as SIGSEGV at the end of one-shot
+/// runs); with the gate closed no thread is inside, and none enters again.
+static LIBXML_IN_USE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Waits until no thread is inside libxml2 and keeps every thread out from then on. Call
+/// it last thing before the process exits; validations asked for after it never finish.
+pub fn quiesce() {
+    let guard = LIBXML_IN_USE.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+    std::mem::forget(guard);
+}
+
+/// Runs `work` with the libxml2 gate held open (see [`quiesce`]).
+fn inside_libxml<T>(work: impl FnOnce() -> T) -> T {
+    let _in_use = LIBXML_IN_USE.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+    work()
+}
+
+/// What the thread keeps of libxml2 between jobs.
+struct LibxmlState {
+    events: SchemaValidationContext,
+    parser: Parser,
+    /// Other documents' schemas, by their text; there are few (object descriptions).
+    others: HashMap<std::sync::Arc<str>, SchemaValidationContext>,
+}
+
 fn validator_thread(
     sources: BTreeMap<String, String>,
     jobs: mpsc::Receiver<Job>,
     ready: mpsc::Sender<Result<(), EventError>>,
 ) {
-    let mut ctx = match build_context(&sources) {
-        Ok(ctx) => {
+    let started = inside_libxml(|| {
+        build_context(&sources).map(|events| LibxmlState { events, parser: Parser::default(), others: HashMap::new() })
+    });
+    let mut state = match started {
+        Ok(state) => {
             let _ = ready.send(Ok(()));
-            ctx
+            state
         }
         Err(e) => {
             let _ = ready.send(Err(e));
             return;
         }
     };
-    let parser = Parser::default();
-    // Other documents' schemas, by their text; there are few (object descriptions).
-    let mut others: HashMap<std::sync::Arc<str>, SchemaValidationContext> = HashMap::new();
     while let Some(job) = next_job(&jobs) {
-        match job {
-            Job::Validate { xml, reply } => {
-                let _ = reply.send(validate_one(&parser, &mut ctx, &xml));
-            }
-            Job::ValidateDocument { schema, xml, reply } => {
-                let result = match others.entry(schema) {
-                    std::collections::hash_map::Entry::Occupied(entry) => Ok(entry.into_mut()),
-                    std::collections::hash_map::Entry::Vacant(entry) => {
-                        compile_schema_text(entry.key()).map(|compiled| entry.insert(compiled))
-                    }
+        inside_libxml(|| run_job(&mut state, job));
+    }
+    // Freeing is a libxml2 call too.
+    inside_libxml(|| drop(state));
+}
+
+fn run_job(state: &mut LibxmlState, job: Job) {
+    match job {
+        Job::Validate { xml, reply } => {
+            let _ = reply.send(validate_one(&state.parser, &mut state.events, &xml));
+        }
+        Job::ValidateDocument { schema, xml, reply } => {
+            let result = match state.others.entry(schema) {
+                std::collections::hash_map::Entry::Occupied(entry) => Ok(entry.into_mut()),
+                std::collections::hash_map::Entry::Vacant(entry) => {
+                    compile_schema_text(entry.key()).map(|compiled| entry.insert(compiled))
                 }
-                .and_then(|compiled| check_document(&parser, compiled, &xml).map(|_| ()));
-                let _ = reply.send(result);
             }
-            Job::Reload { sources, reply } => {
-                let _ = reply.send(build_context(&sources).map(|fresh| ctx = fresh));
-            }
+            .and_then(|compiled| check_document(&state.parser, compiled, &xml).map(|_| ()));
+            let _ = reply.send(result);
+        }
+        Job::Reload { sources, reply } => {
+            let _ = reply.send(build_context(&sources).map(|fresh| state.events = fresh));
         }
     }
 }
