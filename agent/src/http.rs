@@ -46,6 +46,9 @@ pub struct HttpState {
     sessions: Mutex<HashMap<String, Session>>,
     idle: Duration,
     max_body: usize,
+    /// Cancelled when the server begins to stop: open event streams end with it, or a
+    /// graceful stop would wait for clients that never hang up.
+    stopping: tokio_util::sync::CancellationToken,
 }
 
 impl HttpState {
@@ -64,7 +67,16 @@ impl HttpState {
         // Without SASL, `login` still works; say why once.
         let sasl =
             SaslServer::new(&authenticator).inspect_err(|e| tracing::warn!(error = %e, "SASL logins are off")).ok();
-        Arc::new(HttpState { dispatcher, events, authenticator, sasl, sessions: Mutex::default(), idle, max_body })
+        Arc::new(HttpState {
+            dispatcher,
+            events,
+            authenticator,
+            sasl,
+            sessions: Mutex::default(),
+            idle,
+            max_body,
+            stopping: tokio_util::sync::CancellationToken::new(),
+        })
     }
 
     /// State that also serves `GET /events` from `bus`, validated by `validator`.
@@ -109,7 +121,20 @@ pub async fn serve(
     state: Arc<HttpState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let shutdown = end_streams_on(&state, shutdown);
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}
+
+/// `shutdown`, ending the open event streams when it resolves.
+fn end_streams_on(
+    state: &HttpState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let stopping = state.stopping.clone();
+    async move {
+        shutdown.await;
+        stopping.cancel();
+    }
 }
 
 /// The HTTPS settings from a certificate (chain) and key in PEM files; read at start,
@@ -132,6 +157,7 @@ pub async fn serve_tls(
 ) -> std::io::Result<()> {
     // tokio and axum-server want a non-blocking listener.
     listener.set_nonblocking(true)?;
+    let shutdown = end_streams_on(&state, shutdown);
     let handle = axum_server::Handle::new();
     let stopper = handle.clone();
     tokio::spawn(async move {
@@ -427,6 +453,7 @@ async fn events(
             }
         }
     });
+    let stream = futures_util::StreamExt::take_until(stream, state.stopping.clone().cancelled_owned());
     axum::response::sse::Sse::new(stream).keep_alive(axum::response::sse::KeepAlive::default()).into_response()
 }
 

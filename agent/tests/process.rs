@@ -434,3 +434,50 @@ async fn the_client_role_serves_a_joined_machine_until_sigterm() {
     }
     agent.stop().await;
 }
+
+/// An HTTP-only agent on a free port with user `ada` (password `s3cret`), an admin.
+fn http_agent_config(dir: &Path) -> (std::path::PathBuf, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0);
+    let hash = clacks_agent::auth::hash_password("s3cret").unwrap_or_else(|e| panic!("{e}"));
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:{port}\"\nauth = \"users\"\n[http.users]\nada = \"{hash}\"\n\
+             [objects]\nenabled = false\n[acl]\nadmins = [\"ada\"]\n"
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    (config, port)
+}
+
+async fn wait_listening(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the agent did not listen on {port}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn sigterm_ends_open_event_streams_at_once() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (config, port) = http_agent_config(dir.path());
+    let mut agent = spawn_http_agent(&config);
+    wait_listening(port).await;
+    let http = reqwest::Client::builder().cookie_store(true).build().unwrap_or_else(|e| panic!("{e}"));
+    let base = format!("http://127.0.0.1:{port}");
+    let login = json!({"jsonrpc": "2.0", "method": "login", "params": ["ada", "s3cret"], "id": 1});
+    let response = http.post(format!("{base}/rpc")).json(&login).send().await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(response.status().is_success());
+    let stream = http.get(format!("{base}/events?types=*")).send().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(stream.status(), 200);
+
+    let started = Instant::now();
+    agent.signal("TERM");
+    let status = agent.wait_exit(Duration::from_secs(10)).unwrap_or_else(|| panic!("still running after 10 s"));
+    // Before streams ended with the agent, this took 6.3 s.
+    assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "stopping took {:?}", started.elapsed());
+    drop(stream);
+}

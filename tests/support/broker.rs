@@ -24,9 +24,32 @@ pub struct PrivateBroker {
     server: Option<Child>,
 }
 
-/// A loopback port nobody listens on right now.
+/// Where test services listen: below the kernel's ephemeral range (32768–60999 here),
+/// so an outgoing connection can never take a private node's port while it restarts
+/// (a node on 35672 once failed `start_app` with `eaddrinuse`).
+const SERVICE_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A loopback port below the ephemeral range that nobody listens on right now. Ports
+/// are handed out in turn from a random start, so tests in one process never get the
+/// same one while their services are still starting.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let span = SERVICE_PORTS.end - SERVICE_PORTS.start;
+    let _ = NEXT.compare_exchange(0, rand_offset(span) + 1, Ordering::Relaxed, Ordering::Relaxed);
+    for _ in 0..span {
+        let port = SERVICE_PORTS.start + NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {SERVICE_PORTS:?}")
+}
+
+/// A start offset that differs between test processes (time and process id).
+fn rand_offset(span: u16) -> u16 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    ((nanos ^ std::process::id().wrapping_mul(2_654_435_761)) % u32::from(span)) as u16
 }
 
 impl PrivateBroker {

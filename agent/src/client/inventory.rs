@@ -104,6 +104,7 @@ pub async fn collect(client_id: &str) -> Map<String, Value> {
     let mut disk_rows: Vec<Value> = disks
         .list()
         .iter()
+        .filter(|d| is_storage(&d.file_system().to_string_lossy()))
         .map(|d| {
             json!({
                 "Device": d.name().to_string_lossy(), "MountPoint": d.mount_point().to_string_lossy(),
@@ -129,6 +130,15 @@ pub async fn collect(client_id: &str) -> Map<String, Value> {
     fields.insert("Package".into(), Value::Array(packages().await));
     fields.insert("Service".into(), Value::Array(services().await));
     fields
+}
+
+/// Whether a file system type is storage worth listing: memory-backed and pseudo file
+/// systems (tmpfs, overlay layers, snap images) come and go with containers and
+/// sandboxes, and would change the inventory's checksum without anything installed.
+fn is_storage(file_system: &str) -> bool {
+    const VOLATILE: &[&str] =
+        &["tmpfs", "devtmpfs", "ramfs", "overlay", "squashfs", "proc", "sysfs", "cgroup", "cgroup2", "devpts", "fuse.snapfuse"];
+    !VOLATILE.contains(&file_system)
 }
 
 /// The checksum of an inventory: SHA-256 over its JSON without `Checksum` and the
@@ -168,5 +178,18 @@ mod tests {
         assert_eq!(checksum(&fields), before);
         fields.insert("Hostname".into(), json!("renamed"));
         assert_ne!(checksum(&fields), before);
+    }
+
+    #[tokio::test]
+    async fn collecting_twice_gives_the_same_checksum() {
+        for _ in 0..5 {
+            assert_eq!(checksum(&collect("c1").await), checksum(&collect("c1").await));
+        }
+    }
+
+    #[test]
+    fn memory_file_systems_are_not_disks() {
+        assert!(is_storage("ext4") && is_storage("xfs"));
+        assert!(!is_storage("tmpfs") && !is_storage("overlay"));
     }
 }

@@ -20,8 +20,8 @@ pub fn network_information() -> Vec<Value> {
             continue;
         }
         let mut device = Map::from_iter([("Name".to_owned(), json!(name))]);
-        let v4 = data.ip_networks().iter().find(|n| matches!(n.addr, IpAddr::V4(_)));
-        let v6 = data.ip_networks().iter().find(|n| matches!(n.addr, IpAddr::V6(_)));
+        let v4 = preferred(data.ip_networks(), |a| a.is_ipv4());
+        let v6 = preferred(data.ip_networks(), |a| a.is_ipv6());
         if let Some(net) = v4 {
             device.insert("IPAddress".into(), json!(net.addr.to_string()));
         }
@@ -41,9 +41,31 @@ pub fn network_information() -> Vec<Value> {
     devices.into_iter().map(|(_, d)| d).collect()
 }
 
+/// The address an interface is shown with, among those `family` accepts: global before
+/// link-local, then the lowest. sysinfo hands the addresses over in a different order on
+/// every call, and the inventory checksum must not change with it.
+fn preferred(networks: &[sysinfo::IpNetwork], family: impl Fn(&IpAddr) -> bool) -> Option<&sysinfo::IpNetwork> {
+    let link_local = |a: &IpAddr| match a {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => v6.is_unicast_link_local(),
+    };
+    networks.iter().filter(|n| family(&n.addr)).min_by_key(|n| (link_local(&n.addr), n.addr, n.prefix))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shown_address_does_not_depend_on_the_listing_order() {
+        let net = |text: &str, prefix| sysinfo::IpNetwork { addr: text.parse().unwrap_or_else(|e| panic!("{e}")), prefix };
+        let mut networks = vec![net("fe80::fc:ff:fe00:1", 64), net("fd00::2", 64), net("192.0.2.2", 24), net("10.0.0.9", 8)];
+        for _ in 0..networks.len() {
+            networks.rotate_left(1);
+            assert_eq!(preferred(&networks, IpAddr::is_ipv6).map(|n| n.addr.to_string()), Some("fd00::2".to_owned()));
+            assert_eq!(preferred(&networks, IpAddr::is_ipv4).map(|n| n.addr.to_string()), Some("10.0.0.9".to_owned()));
+        }
+    }
 
     #[test]
     fn netmasks_from_prefixes() {
