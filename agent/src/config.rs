@@ -213,6 +213,24 @@ pub struct HttpSection {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// Calls in one JSON-RPC batch.
+    pub max_batch: usize,
+    /// Requests in progress from one peer address.
+    pub max_concurrent_per_peer: usize,
+    /// Requests in progress in one session.
+    pub max_concurrent_per_session: usize,
+}
+
+impl HttpSection {
+    /// The endpoint's limits.
+    pub fn limits(&self) -> crate::http_limits::HttpLimits {
+        crate::http_limits::HttpLimits {
+            max_batch: self.max_batch.max(1),
+            per_peer: self.max_concurrent_per_peer.max(1),
+            per_session: self.max_concurrent_per_session.max(1),
+            ..crate::http_limits::HttpLimits::default()
+        }
+    }
 }
 
 /// `[plugins]`.
@@ -288,6 +306,7 @@ impl Default for AmqpSection {
 
 impl Default for HttpSection {
     fn default() -> HttpSection {
+        let limits = crate::http_limits::HttpLimits::default();
         HttpSection {
             listen: None,
             auth: None,
@@ -295,6 +314,9 @@ impl Default for HttpSection {
             users: BTreeMap::new(),
             tls_cert: None,
             tls_key: None,
+            max_batch: limits.max_batch,
+            max_concurrent_per_peer: limits.per_peer,
+            max_concurrent_per_session: limits.per_session,
         }
     }
 }

@@ -7,16 +7,23 @@
 //!
 //! `login(user, password)` — or a SASL exchange: `saslMechanisms()`, `saslStart`,
 //! `saslStep` (see [`crate::sasl`]) — opens a session and sets the `clacks_session`
-//! cookie (HttpOnly, SameSite=Strict); `logout()` ends it. Any other call without a live
-//! session is answered with HTTP 401 and a `NOT_AUTHENTICATED` error. JSON-RPC errors
-//! travel with HTTP 200, except 401 (no session, failed login) and 413 (body too large).
+//! cookie (HttpOnly, SameSite=Strict, and Secure over HTTPS); `logout()` ends it.
+//! JSON-RPC errors travel with HTTP 200, except 401 (no session, failed login), 413
+//! (body or batch too large) and 429 (too many requests at once, or logins too fast).
+//!
+//! Nothing is given away before login ([`crate::http_limits`]): the session is checked
+//! before the body is read; without one only a small body is read, and the first call
+//! that needs a session ends the request with a short fixed 401. Requests in progress
+//! are bounded per peer address and per session, batches in length, and failed logins
+//! make the next one from that user or address wait longer each time.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response as HttpResponse};
@@ -27,6 +34,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::auth::Authenticator;
+use crate::http_limits::{HttpLimits, InFlight, LoginThrottle};
 use crate::sasl::{SaslServer, Step};
 
 /// Name of the session cookie.
@@ -49,19 +57,27 @@ pub struct HttpState {
     /// Cancelled when the server begins to stop: open event streams end with it, or a
     /// graceful stop would wait for clients that never hang up.
     stopping: tokio_util::sync::CancellationToken,
+    limits: HttpLimits,
+    in_flight: InFlight,
+    logins: LoginThrottle,
+    /// Served over HTTPS: the session cookie is `Secure`.
+    tls: AtomicBool,
 }
 
 impl HttpState {
     /// State for an endpoint over `dispatcher`.
     pub fn new(dispatcher: Arc<Dispatcher>, authenticator: Authenticator, idle: Duration) -> Arc<HttpState> {
-        HttpState::build(dispatcher, None, authenticator, idle)
+        HttpState::configured(dispatcher, None, authenticator, idle, HttpLimits::default())
     }
 
-    fn build(
+    /// State with every setting given: events served from a bus (with its validator)
+    /// when `events` is set, and `limits`.
+    pub fn configured(
         dispatcher: Arc<Dispatcher>,
         events: Option<(clacks_core::bus::Bus, clacks_core::events::EventValidator)>,
         authenticator: Authenticator,
         idle: Duration,
+        limits: HttpLimits,
     ) -> Arc<HttpState> {
         let max_body = dispatcher.config().max_request_bytes;
         // Without SASL, `login` still works; say why once.
@@ -76,6 +92,10 @@ impl HttpState {
             idle,
             max_body,
             stopping: tokio_util::sync::CancellationToken::new(),
+            limits,
+            in_flight: InFlight::default(),
+            logins: LoginThrottle::default(),
+            tls: AtomicBool::new(false),
         })
     }
 
@@ -87,7 +107,7 @@ impl HttpState {
         bus: clacks_core::bus::Bus,
         validator: clacks_core::events::EventValidator,
     ) -> Arc<HttpState> {
-        HttpState::build(dispatcher, Some((bus, validator)), authenticator, idle)
+        HttpState::configured(dispatcher, Some((bus, validator)), authenticator, idle, HttpLimits::default())
     }
 
     fn session_user(&self, id: Option<&str>) -> Option<String> {
@@ -122,7 +142,8 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let shutdown = end_streams_on(&state, shutdown);
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    let service = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, service).with_graceful_shutdown(shutdown).await
 }
 
 /// `shutdown`, ending the open event streams when it resolves.
@@ -157,6 +178,7 @@ pub async fn serve_tls(
 ) -> std::io::Result<()> {
     // tokio and axum-server want a non-blocking listener.
     listener.set_nonblocking(true)?;
+    state.tls.store(true, Ordering::Relaxed);
     let shutdown = end_streams_on(&state, shutdown);
     let handle = axum_server::Handle::new();
     let stopper = handle.clone();
@@ -164,14 +186,21 @@ pub async fn serve_tls(
         shutdown.await;
         stopper.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
     });
-    axum_server::from_tcp_rustls(listener, config)?.handle(handle).serve(router(state).into_make_service()).await
+    let service = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum_server::from_tcp_rustls(listener, config)?.handle(handle).serve(service).await
 }
 
 /// A self-signed certificate and its key (PEM) for `names` (host names or IP
-/// addresses), for development and tests: browsers and clients must be told to trust it.
-pub fn self_signed_certificate(names: &[String]) -> Result<(String, String), String> {
+/// addresses), valid from yesterday (clocks differ) for `days` days, for development and
+/// tests: browsers and clients must be told to trust it.
+pub fn self_signed_certificate(names: &[String], days: u32) -> Result<(String, String), String> {
+    use chrono::Datelike;
     let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
     let mut params = rcgen::CertificateParams::new(names.to_vec()).map_err(|e| e.to_string())?;
+    let date = |day: chrono::NaiveDate| rcgen::date_time_ymd(day.year(), day.month() as u8, day.day() as u8);
+    let today = chrono::Utc::now().date_naive();
+    params.not_before = date(today - chrono::Days::new(1));
+    params.not_after = date(today + chrono::Days::new(u64::from(days.max(1))));
     params.distinguished_name.push(rcgen::DnType::CommonName, names.first().cloned().unwrap_or_default());
     let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
     Ok((cert.pem(), key.serialize_pem()))
@@ -198,12 +227,64 @@ fn session_cookie(headers: &HeaderMap) -> Option<String> {
 struct Effects {
     new_session: Option<String>,
     logged_out: bool,
+    /// A login failed: HTTP 401 with the JSON-RPC error.
     unauthorized: bool,
+    /// A call needed a session and there was none: the request ends at once.
+    needs_session: bool,
+    /// Logins come too fast from this user or address: HTTP 429.
+    throttled: Option<Duration>,
 }
 
-async fn rpc(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Body) -> HttpResponse {
-    let body = match axum::body::to_bytes(body, state.max_body).await {
+/// Who is asking, as far as the endpoint can tell before a password is checked.
+struct Peer {
+    /// The peer's address, for limits (`peer:ADDRESS`).
+    key: String,
+}
+
+/// The one answer to a request that needs a session and has none: short and the same
+/// every time, so an unauthenticated flood costs nothing to answer.
+fn not_logged_in() -> HttpResponse {
+    static BODY: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let body = BODY.get_or_init(|| {
+        let error = RpcError::new(ErrorCode::NOT_AUTHENTICATED, "not logged in or session expired; call login(user, password) first");
+        Response::error(Value::Null, error).to_bytes()
+    });
+    json_reply(StatusCode::UNAUTHORIZED, body.clone(), None)
+}
+
+fn too_many(status: StatusCode, error: RpcError, retry_after: Option<Duration>) -> HttpResponse {
+    let mut response = json_reply(status, Response::error(Value::Null, error).to_bytes(), None);
+    if let Some(wait) = retry_after.and_then(|w| HeaderValue::from_str(&w.as_secs().max(1).to_string()).ok()) {
+        response.headers_mut().insert(header::RETRY_AFTER, wait);
+    }
+    response
+}
+
+async fn rpc(State(state): State<Arc<HttpState>>, request: axum::extract::Request) -> HttpResponse {
+    let (parts, body) = request.into_parts();
+    let address = parts.extensions.get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let peer = Peer { key: format!("peer:{}", address.map_or_else(|| "unknown".to_owned(), |a| a.to_string())) };
+    let busy = |what: &str| {
+        let error = RpcError::new(ErrorCode::TOO_MANY_REQUESTS, format!("too many requests in progress {what}"));
+        too_many(StatusCode::TOO_MANY_REQUESTS, error, Some(Duration::from_secs(1)))
+    };
+    let Some(_peer_pass) = state.in_flight.enter(peer.key.clone(), state.limits.per_peer) else {
+        return busy("from this address");
+    };
+    // The session first: without one only a login fits in what is read.
+    let mut session = session_cookie(&parts.headers);
+    let logged_in = state.session_user(session.as_deref()).is_some();
+    let _session_pass = match (&session, logged_in) {
+        (Some(id), true) => match state.in_flight.enter(format!("session:{id}"), state.limits.per_session) {
+            Some(pass) => Some(pass),
+            None => return busy("in this session"),
+        },
+        _ => None,
+    };
+    let limit = if logged_in { state.max_body } else { state.limits.unauthenticated_body.min(state.max_body) };
+    let body = match axum::body::to_bytes(body, limit).await {
         Ok(bytes) => bytes,
+        Err(_) if !logged_in => return not_logged_in(),
         Err(_) => {
             let err = RpcError::new(
                 ErrorCode::MESSAGE_TOO_LARGE,
@@ -212,12 +293,18 @@ async fn rpc(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Body
             return json_reply(StatusCode::PAYLOAD_TOO_LARGE, Response::error(Value::Null, err).to_bytes(), None);
         }
     };
-    let mut session = session_cookie(&headers);
     let mut effects = Effects::default();
     let reply = match decode_request_body(&body) {
         Incoming::Single(Err(response)) => Some(response.to_bytes()),
         Incoming::Single(Ok(request)) => {
-            handle(&state, request, &mut session, &mut effects).await.map(|r| r.to_bytes())
+            handle(&state, &peer, request, &mut session, &mut effects).await.map(|r| r.to_bytes())
+        }
+        Incoming::Batch(entries) if entries.len() > state.limits.max_batch => {
+            let err = RpcError::new(
+                ErrorCode::MESSAGE_TOO_LARGE,
+                format!("a batch holds at most {} calls; this one has {}", state.limits.max_batch, entries.len()),
+            );
+            return json_reply(StatusCode::PAYLOAD_TOO_LARGE, Response::error(Value::Null, err).to_bytes(), None);
         }
         Incoming::Batch(entries) => {
             // Sequential, so a `login` early in a batch authenticates the calls after it.
@@ -225,16 +312,30 @@ async fn rpc(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Body
             for entry in entries {
                 match entry {
                     Err(response) => answers.push(response),
-                    Ok(request) => answers.extend(handle(&state, request, &mut session, &mut effects).await),
+                    Ok(request) => answers.extend(handle(&state, &peer, request, &mut session, &mut effects).await),
+                }
+                if effects.needs_session || effects.throttled.is_some() {
+                    break;
                 }
             }
             (!answers.is_empty()).then(|| serde_json::to_vec(&answers).unwrap_or_default())
         }
     };
+    if effects.needs_session {
+        return not_logged_in();
+    }
+    if let Some(wait) = effects.throttled {
+        let error = RpcError::new(
+            ErrorCode::LOGIN_THROTTLED,
+            format!("too many failed logins; try again in {} s", wait.as_secs().max(1)),
+        );
+        return too_many(StatusCode::TOO_MANY_REQUESTS, error, Some(wait));
+    }
     let status = if effects.unauthorized { StatusCode::UNAUTHORIZED } else { StatusCode::OK };
+    let secure = if state.tls.load(Ordering::Relaxed) { "; Secure" } else { "" };
     let cookie = match (effects.new_session, effects.logged_out) {
-        (Some(id), _) => Some(format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict")),
-        (None, true) => Some(format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")),
+        (Some(id), _) => Some(format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict{secure}")),
+        (None, true) => Some(format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict{secure}; Max-Age=0")),
         _ => None,
     };
     match reply {
@@ -245,15 +346,16 @@ async fn rpc(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Body
 
 async fn handle(
     state: &HttpState,
+    peer: &Peer,
     request: Request,
     session: &mut Option<String>,
     effects: &mut Effects,
 ) -> Option<Response> {
     let id = request.id.clone();
     let outcome = match request.method.as_str() {
-        "login" => login(state, request.params, session, effects).await,
+        "login" => login(state, peer, request.params, session, effects).await,
         "saslMechanisms" => Ok(Value::from(state.sasl.as_ref().map(|s| s.mechanisms().to_vec()).unwrap_or_default())),
-        "saslStart" | "saslStep" => sasl(state, &request.method, request.params, session, effects).await,
+        "saslStart" | "saslStep" => sasl(state, peer, &request.method, request.params, session, effects).await,
         "logout" => {
             state.close_session(session.as_deref());
             *session = None;
@@ -262,11 +364,8 @@ async fn handle(
         }
         _ => match state.session_user(session.as_deref()) {
             None => {
-                effects.unauthorized = true;
-                Err(RpcError::new(
-                    ErrorCode::NOT_AUTHENTICATED,
-                    "not logged in or session expired; call login(user, password) first",
-                ))
+                effects.needs_session = true;
+                return None;
             }
             Some(user) => {
                 let origin = state.dispatcher.local_origin(Some(user), None);
@@ -283,6 +382,7 @@ async fn handle(
 
 async fn login(
     state: &HttpState,
+    peer: &Peer,
     params: Params,
     session: &mut Option<String>,
     effects: &mut Effects,
@@ -295,24 +395,50 @@ async fn login(
     let (Some(Value::String(user)), Some(Value::String(password))) = (user, password) else {
         return Err(RpcError::new(ErrorCode::INVALID_PARAMS, "login(user: string, password: string)"));
     };
-    check_and_open(state, &user, &password, "login", session, effects).await.map(|()| Value::Bool(true))
+    check_and_open(state, peer, &user, &password, "login", session, effects).await.map(|()| Value::Bool(true))
+}
+
+/// The throttling keys of a login attempt.
+fn login_keys(peer: &Peer, user: &str) -> [String; 2] {
+    [format!("user:{user}"), peer.key.clone()]
+}
+
+/// Whether logins of `user` from `peer` must wait; sets the effect when they must.
+fn throttled(state: &HttpState, peer: &Peer, user: &str, effects: &mut Effects) -> bool {
+    effects.throttled = state.logins.wait(&login_keys(peer, user), &state.limits);
+    if let Some(wait) = effects.throttled {
+        tracing::warn!(%user, peer = %peer.key, ?wait, "HTTP login refused: too many failures");
+    }
+    effects.throttled.is_some()
+}
+
+/// Records the outcome of a password or proof check for the throttle.
+fn login_outcome(state: &HttpState, peer: &Peer, user: &str, accepted: bool) {
+    let keys = login_keys(peer, user);
+    if accepted { state.logins.succeeded(&keys) } else { state.logins.failed(&keys) }
 }
 
 /// Checks a password and, when it is right, opens a session for `user`.
 async fn check_and_open(
     state: &HttpState,
+    peer: &Peer,
     user: &str,
     password: &str,
     how: &str,
     session: &mut Option<String>,
     effects: &mut Effects,
 ) -> Result<(), RpcError> {
+    if throttled(state, peer, user, effects) {
+        return Err(RpcError::new(ErrorCode::LOGIN_THROTTLED, "too many failed logins"));
+    }
     match state.authenticator.verify(user, password).await {
         Ok(true) => {
+            login_outcome(state, peer, user, true);
             open(state, user, how, session, effects);
             Ok(())
         }
         Ok(false) => {
+            login_outcome(state, peer, user, false);
             effects.unauthorized = true;
             tracing::warn!(%user, how, "HTTP login refused");
             Err(RpcError::new(ErrorCode::LOGIN_FAILED, format!("login of user '{user}' failed")))
@@ -333,6 +459,7 @@ fn open(state: &HttpState, user: &str, how: &str, session: &mut Option<String>, 
 /// the last one opens the session.
 async fn sasl(
     state: &HttpState,
+    peer: &Peer,
     method: &str,
     params: Params,
     session: &mut Option<String>,
@@ -354,6 +481,11 @@ async fn sasl(
         ));
     };
     let data = data.as_ref().and_then(Value::as_str);
+    // The user is known only once the exchange ends; until then the address decides.
+    if let Some(wait) = state.logins.wait(std::slice::from_ref(&peer.key), &state.limits) {
+        effects.throttled = Some(wait);
+        return Err(RpcError::new(ErrorCode::LOGIN_THROTTLED, "too many failed logins"));
+    }
     let step = if method == "saslStart" { server.start(&key, data) } else { server.step(&key, data) };
     match step {
         Ok(Step::Continue { conversation, data }) => {
@@ -361,13 +493,22 @@ async fn sasl(
         }
         Ok(Step::Finished { claim, data }) => {
             match &claim.password {
-                Some(password) => check_and_open(state, &claim.user, password, "SASL PLAIN", session, effects).await?,
-                None => open(state, &claim.user, "SASL SCRAM", session, effects),
+                Some(password) => {
+                    check_and_open(state, peer, &claim.user, password, "SASL PLAIN", session, effects).await?
+                }
+                None => {
+                    if throttled(state, peer, &claim.user, effects) {
+                        return Err(RpcError::new(ErrorCode::LOGIN_THROTTLED, "too many failed logins"));
+                    }
+                    login_outcome(state, peer, &claim.user, true);
+                    open(state, &claim.user, "SASL SCRAM", session, effects)
+                }
             }
             Ok(serde_json::json!({"done": true, "user": claim.user, "data": crate::sasl::encode(&data)}))
         }
         Err(e) => {
             if e.symbolic() == ErrorCode::LOGIN_FAILED {
+                state.logins.failed(std::slice::from_ref(&peer.key));
                 effects.unauthorized = true;
                 tracing::warn!(method, "SASL login refused: {}", e.message);
             }

@@ -20,6 +20,7 @@ pub mod core_plugin;
 pub mod daemon;
 pub mod embedded;
 pub mod http;
+pub mod http_limits;
 pub mod inventory;
 pub mod objects_plugin;
 pub mod plugins;

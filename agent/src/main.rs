@@ -87,6 +87,9 @@ enum Command {
         /// Host names and IP addresses the certificate is for.
         #[arg(default_values_t = ["localhost".to_owned(), "127.0.0.1".to_owned()])]
         names: Vec<String>,
+        /// How many days the certificate is valid (from yesterday, for clocks that differ).
+        #[arg(long, default_value_t = 365)]
+        days: u32,
     },
 }
 
@@ -153,8 +156,8 @@ async fn run(mut cli: Cli) -> Result<()> {
             }
             return Ok(());
         }
-        Some(Command::MakeCert { out, names }) => {
-            let (cert, key) = clacks_agent::http::self_signed_certificate(&names).map_err(anyhow::Error::msg)?;
+        Some(Command::MakeCert { out, names, days }) => {
+            let (cert, key) = clacks_agent::http::self_signed_certificate(&names, days).map_err(anyhow::Error::msg)?;
             let (cert_path, key_path) = (out.join("cert.pem"), out.join("key.pem"));
             std::fs::write(&cert_path, cert).with_context(|| format!("cannot write {}", cert_path.display()))?;
             write_private(&key_path, &key)?;
@@ -272,12 +275,12 @@ async fn run(mut cli: Cli) -> Result<()> {
             (_, Some(url)) => Authenticator::Broker { url: url.clone(), ca_pem: ca_pem.clone() },
             (Some(_), None) => bail!("http.auth = \"broker\" needs a broker URL"),
         };
-        let state = clacks_agent::http::HttpState::with_events(
+        let state = clacks_agent::http::HttpState::configured(
             agent.dispatcher().clone(),
+            Some((agent.bus().clone(), agent.events().validator().clone())),
             authenticator,
             secs(config.http.session_idle_secs as f64),
-            agent.bus().clone(),
-            agent.events().validator().clone(),
+            config.http.limits(),
         );
         let listener =
             tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;

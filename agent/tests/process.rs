@@ -279,6 +279,18 @@ async fn https_with_a_made_certificate_and_refusals_for_the_wrong_ca_or_name() {
     use std::os::unix::fs::PermissionsExt;
     let key_mode = std::fs::metadata(dir.path().join("key.pem")).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
     assert_eq!(key_mode, 0o600, "the key is private");
+    // Valid now and for a year, not for ever (rcgen's default runs to the year 4096).
+    let valid_for = |seconds: u64| {
+        Command::new("openssl")
+            .args(["x509", "-noout", "-checkend", &seconds.to_string(), "-in"])
+            .arg(dir.path().join("cert.pem"))
+            .output()
+            .unwrap_or_else(|e| panic!("openssl: {e}"))
+            .status
+            .success()
+    };
+    assert!(valid_for(0) && valid_for(360 * 86_400), "valid now and for the next year");
+    assert!(!valid_for(367 * 86_400), "expires after a year");
 
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0);
     let hash = clacks_agent::auth::hash_password("s3cret").unwrap_or_else(|e| panic!("{e}"));

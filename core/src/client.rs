@@ -32,6 +32,32 @@ fn with_causes(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// How a password sent to `url` would travel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PasswordTransport {
+    /// Inside TLS (`https://`).
+    Encrypted,
+    /// Unencrypted, but to this machine (a loopback address or `localhost`).
+    Loopback,
+    /// Unencrypted over the network.
+    Clear,
+}
+
+/// How a password sent to `url` would travel.
+pub fn password_transport(url: &str) -> PasswordTransport {
+    let Ok(parsed) = reqwest::Url::parse(url) else { return PasswordTransport::Clear };
+    if parsed.scheme() == "https" {
+        return PasswordTransport::Encrypted;
+    }
+    let loopback = match parsed.host() {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    if loopback { PasswordTransport::Loopback } else { PasswordTransport::Clear }
+}
+
 /// Why a call failed, sorted the way a command line reports it.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
@@ -83,6 +109,9 @@ pub struct Client {
     transport: Transport,
     timeout: Duration,
     next_id: AtomicU64,
+    /// What the user should know about how the login went (a password sent without
+    /// SCRAM); the shell prints it as a warning.
+    login_notice: Option<String>,
 }
 
 impl std::fmt::Debug for Client {
@@ -98,6 +127,7 @@ impl Client {
             transport: Transport::Bus { bus, domain, targets: RwLock::default(), validator: Default::default() },
             timeout,
             next_id: AtomicU64::new(1),
+            login_notice: None,
         }
     }
 
@@ -123,33 +153,65 @@ impl Client {
             builder = builder.tls_certs_only(certs);
         }
         let http = builder.build().map_err(|e| ClientError::Connect(format!("cannot set up HTTP: {e}")))?;
-        let client =
-            Client { transport: Transport::Http { http, url: url.to_owned() }, timeout, next_id: AtomicU64::new(1) };
+        let mut client = Client {
+            transport: Transport::Http { http, url: url.to_owned() },
+            timeout,
+            next_id: AtomicU64::new(1),
+            login_notice: None,
+        };
         // SCRAM when the agent offers it: the password never crosses the wire, and the
         // agent proves it knows the verifier too.
         let offered = match client.call("saslMechanisms", Params::None).await {
             Ok(Value::Array(names)) => names.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
             _ => Vec::new(),
         };
-        let login = || client.call("login", Params::Positional(vec![user.into(), password.into()]));
+        // `login` hands the agent the password itself: only over TLS, or to this machine,
+        // and the user is told either way.
+        let caller = &client;
+        let login = |why: &str| {
+            let why = why.to_owned();
+            async move {
+                let notice = match password_transport(url) {
+                    PasswordTransport::Encrypted => format!("{why}; logged in with the password over TLS"),
+                    PasswordTransport::Loopback => {
+                        format!("{why}; the password went unencrypted to this machine ({url})")
+                    }
+                    PasswordTransport::Clear => {
+                        return Err(ClientError::Auth(format!(
+                            "{why}, and {url} is not encrypted: the password is not sent in clear; use https://"
+                        )));
+                    }
+                };
+                caller.call("login", Params::Positional(vec![user.into(), password.into()])).await.map(|_| Some(notice))
+            }
+        };
         let outcome = if offered.iter().any(|m| m == crate::sasl::SCRAM_SHA_256) {
             match client.scram_login(user, password).await {
                 // The agent has no SCRAM credentials for this user: it says so up front.
                 Err(ClientError::Rpc(e))
                     if e.data.as_ref().and_then(|d| d.details.as_ref()).is_some_and(|d| d.get("use").is_some()) =>
                 {
-                    login().await.map(drop)
+                    login(&format!("the agent has no SCRAM credentials for '{user}'")).await
                 }
-                other => other,
+                other => other.map(|()| None),
             }
         } else {
-            login().await.map(drop)
+            login("the agent offers no SCRAM login").await
         };
         match outcome {
-            Ok(()) => Ok(client),
+            Ok(notice) => {
+                client.login_notice = notice;
+                Ok(client)
+            }
             Err(ClientError::Rpc(e)) if e.symbolic() == ErrorCode::LOGIN_FAILED => Err(ClientError::Auth(e.message)),
             Err(e) => Err(e),
         }
+    }
+
+    /// What the user should know about how the login went, e.g. that the agent offered
+    /// no SCRAM and the password itself was sent (over TLS, or to this machine).
+    pub fn login_notice(&self) -> Option<&str> {
+        self.login_notice.as_deref()
     }
 
     /// A SASL SCRAM-SHA-256 exchange over `saslStart`/`saslStep`.
@@ -333,6 +395,27 @@ impl Client {
     pub async fn close(&self) {
         if let Transport::Http { .. } = &self.transport {
             let _ = self.call_with_timeout("logout", Params::None, Duration::from_secs(2)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_travel_in_clear_only_to_this_machine() {
+        use super::{PasswordTransport::*, password_transport};
+        for (url, expected) in [
+            ("https://agent.example.net/rpc", Encrypted),
+            ("http://127.0.0.1:8080/rpc", Loopback),
+            ("http://127.8.9.10/rpc", Loopback),
+            ("http://[::1]:8080/rpc", Loopback),
+            ("http://LocalHost:8080/rpc", Loopback),
+            ("http://agent.example.net/rpc", Clear),
+            ("http://localhost.example.net/rpc", Clear),
+            ("http://10.0.0.1/rpc", Clear),
+            ("not a url", Clear),
+        ] {
+            assert_eq!(password_transport(url), expected, "{url}");
         }
     }
 }

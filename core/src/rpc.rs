@@ -76,6 +76,10 @@ error_codes! {
     AGENT_STOPPING = -32010,
     /// `login` was refused.
     LOGIN_FAILED = -32011,
+    /// HTTP: too many requests in progress from this address or in this session (429).
+    TOO_MANY_REQUESTS = -32012,
+    /// HTTP: too many failed logins from this user or address; `Retry-After` says when (429).
+    LOGIN_THROTTLED = -32013,
     /// No object with that DN or UUID (or the parent of a new one is missing).
     OBJECT_NOT_FOUND = -32100,
     /// The entry matches no object type, or more than one.

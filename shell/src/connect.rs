@@ -143,6 +143,9 @@ pub(crate) async fn connect(target: &Target) -> Result<Session, ClientError> {
             let ca_pem = read_ca(target)?;
             let client =
                 Client::connect_http_with_ca(url, &target.user, password, target.timeout, ca_pem.as_deref()).await?;
+            if let Some(notice) = client.login_notice() {
+                eprintln!("clacks: warning: {notice}");
+            }
             Ok(Session { client: std::sync::Arc::new(client), embedded: None })
         }
         Some(url) => {

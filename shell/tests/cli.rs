@@ -525,7 +525,12 @@ async fn scripts_over_http_json_rpc() {
         .map(|(u, p)| (u.to_owned(), p.to_owned()))
         .unwrap_or(("guest".into(), "guest".into()));
     let endpoint = format!("http://{address}/rpc");
-    let expected = format!("exit=0\nstdout:\n\"{user} pong\"\nstderr:\n");
+    // The agent checks passwords with the broker (no SCRAM): the password goes to it
+    // unencrypted, which is tolerated only because it is this machine — and said.
+    let expected = format!(
+        "exit=0\nstdout:\n\"{user} pong\"\nstderr:\nclacks: warning: the agent offers no SCRAM login; \
+         the password went unencrypted to this machine ({endpoint})\n"
+    );
     let (ok, refused) = tokio::task::spawn_blocking(move || {
         let ok = run(
             &["-c", "`${getSessionUser()} ${ping()}`", "-u", &user],
@@ -905,4 +910,30 @@ fn one_shot_runs_never_crash_at_exit() {
         halves.into_iter().flat_map(|h| h.join().unwrap_or_else(|_| vec!["worker panicked".into()])).collect()
     });
     assert!(abnormal.is_empty(), "{} of {} runs failed:\n{}", abnormal.len(), runs.len(), abnormal.join("\n"));
+}
+
+/// `--ca-file` pins the broker's CA: the system's roots no longer count. (rustls reads
+/// the system's roots from SSL_CERT_FILE, so the test can make the broker's CA one of
+/// them.) Before, the file was added to the system's roots and this connected.
+#[test]
+fn a_ca_file_replaces_the_system_roots() {
+    let broker = clacks_tests::broker::PrivateBroker::start_tls();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (right, other) = (dir.path().join("broker-ca.pem"), dir.path().join("other-ca.pem"));
+    std::fs::write(&right, broker.ca_pem.clone().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&other, clacks_tests::directory::TestPki::new().ca_pem).unwrap_or_else(|e| panic!("{e}"));
+    let url = broker.amqps_url().unwrap_or_else(|| panic!("an AMQPS listener"));
+    let exit_code = |ca: &std::path::Path, system_roots: &std::path::Path| {
+        let env = [("SSL_CERT_FILE", system_roots.to_str().unwrap_or_default())];
+        let out = run(&["--url", &url, "--ca-file", ca.to_str().unwrap_or_default(), "call", "ping"], &env);
+        (out.lines().next().unwrap_or_default().to_owned(), out)
+    };
+    // Trusted: connected; nobody serves ping on this broker, so the call fails (1).
+    let (code, out) = exit_code(&right, &other);
+    assert_eq!(code, "exit=1", "{out}");
+    assert!(out.contains("NO_PROVIDER") || out.contains("no agent"), "{out}");
+    // The broker's CA only among the system's roots, another one pinned: refused (3).
+    let (code, out) = exit_code(&other, &right);
+    assert_eq!(code, "exit=3", "{out}");
+    assert!(out.contains("UnknownIssuer") || out.contains("certificate"), "{out}");
 }

@@ -58,7 +58,7 @@ async fn http_login_sessions_batches_and_errors() {
         .unwrap_or_else(|e| panic!("{e}"));
     let endpoint = Endpoint { url: format!("http://{address}/rpc"), http };
 
-    endpoint.check(r#"{"jsonrpc":"2.0","method":"ping","id":1}"#, expect![[r#"401 {"jsonrpc":"2.0","error":{"code":-32008,"message":"not logged in or session expired; call login(user, password) first","data":{"code":"NOT_AUTHENTICATED"}},"id":1}"#]]).await;
+    endpoint.check(r#"{"jsonrpc":"2.0","method":"ping","id":1}"#, expect![[r#"401 {"jsonrpc":"2.0","error":{"code":-32008,"message":"not logged in or session expired; call login(user, password) first","data":{"code":"NOT_AUTHENTICATED"}},"id":null}"#]]).await;
     endpoint.check(r#"{"jsonrpc":"2.0","method":"login","params":["guest","wrong"],"id":2}"#, expect![[r#"401 {"jsonrpc":"2.0","error":{"code":-32011,"message":"login of user 'guest' failed","data":{"code":"LOGIN_FAILED"}},"id":2}"#]]).await;
     endpoint.check(r#"{"jsonrpc":"2.0","method":"login","params":["guest"],"id":3}"#, expect![[r#"200 {"jsonrpc":"2.0","error":{"code":-32602,"message":"login(user: string, password: string)","data":{"code":"INVALID_PARAMS"}},"id":3}"#]]).await;
     endpoint
@@ -106,7 +106,7 @@ async fn http_login_sessions_batches_and_errors() {
             expect![[r#"200 {"jsonrpc":"2.0","result":true,"id":10}"#]],
         )
         .await;
-    endpoint.check(r#"{"jsonrpc":"2.0","method":"ping","id":11}"#, expect![[r#"401 {"jsonrpc":"2.0","error":{"code":-32008,"message":"not logged in or session expired; call login(user, password) first","data":{"code":"NOT_AUTHENTICATED"}},"id":11}"#]]).await;
+    endpoint.check(r#"{"jsonrpc":"2.0","method":"ping","id":11}"#, expect![[r#"401 {"jsonrpc":"2.0","error":{"code":-32008,"message":"not logged in or session expired; call login(user, password) first","data":{"code":"NOT_AUTHENTICATED"}},"id":null}"#]]).await;
     // A batch may log in first and call after.
     endpoint.check(
         r#"[{"jsonrpc":"2.0","method":"login","params":["guest","guest"],"id":1},{"jsonrpc":"2.0","method":"ping","id":2}]"#,

@@ -491,7 +491,8 @@ fn is_access_refused(e: &lapin::Error) -> bool {
 }
 
 /// Opens a connection; over `amqps://` the broker's certificate is checked against
-/// `ca_pem` when given (else the system's roots), and its name against the URL's host.
+/// `ca_pem` when given — and then only against it, so a private CA can be pinned — else
+/// against the system's roots; its name against the URL's host.
 async fn open_connection(
     uri: AMQPUri,
     properties: ConnectionProperties,
@@ -499,12 +500,61 @@ async fn open_connection(
     identity: Option<&(String, String)>,
 ) -> lapin::Result<Connection> {
     use lapin::Connect;
+    let runtime = lapin::runtime::default_runtime()?;
+    if let (Some(ca_pem), lapin::uri::AMQPScheme::AMQPS) = (ca_pem, &uri.scheme) {
+        let connector = pinned_connector(ca_pem, identity).map_err(|e| lapin::Error::from(e))?;
+        return Connection::connector(
+            uri,
+            runtime,
+            async move |uri: AMQPUri, runtime| {
+                use lapin::tcp::AMQPUriTcpExt;
+                // TCP first, then TLS with our connector (lapin's own would add the
+                // system's roots to the CA).
+                let mut plain = uri.clone();
+                plain.scheme = lapin::uri::AMQPScheme::AMQP;
+                let no_tls = lapin::tcp::TLSConfig::default();
+                let stream = plain.connect_with_config_async(no_tls, &runtime).await;
+                let stream = stream.map_err(|e| lapin::Error::from(e))?;
+                stream.into_rustls(&connector, &uri.authority.host).await.map_err(|e| lapin::Error::from(e))
+            },
+            properties,
+        )
+        .await;
+    }
     let identity = identity.map(|(cert, key)| lapin::tcp::OwnedIdentity::PKCS8 {
         pem: cert.as_bytes().to_vec(),
         key: key.as_bytes().to_vec(),
     });
-    let tls = lapin::tcp::OwnedTLSConfig { identity, cert_chain: ca_pem.map(str::to_owned) };
-    uri.connect_with_config(properties, tls, lapin::runtime::default_runtime()?).await
+    let tls = lapin::tcp::OwnedTLSConfig { identity, cert_chain: None };
+    uri.connect_with_config(properties, tls, runtime).await
+}
+
+/// A TLS connector that trusts only the CA certificates in `ca_pem`, presenting the
+/// client certificate and key of `identity` (PEM) when given.
+fn pinned_connector(ca_pem: &str, identity: Option<&(String, String)>) -> std::io::Result<lapin::tcp::RustlsConnector> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let invalid = |what: &str, e: &dyn std::fmt::Display| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{what}: {e}"));
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let cert = cert.map_err(|e| invalid("the CA file", &e))?;
+        roots.add(cert).map_err(|e| invalid("a CA certificate", &e))?;
+    }
+    if roots.is_empty() {
+        return Err(invalid("the CA file", &"it holds no certificate"));
+    }
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let config = match identity {
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| invalid("the client certificate", &e))?;
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| invalid("the client key", &e))?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| invalid("the client certificate", &e))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(lapin::tcp::RustlsConnector::from(config))
 }
 
 /// Checks `user` and `password` by opening a connection to the broker at `url` with them
