@@ -937,3 +937,42 @@ fn a_ca_file_replaces_the_system_roots() {
     assert_eq!(code, "exit=3", "{out}");
     assert!(out.contains("UnknownIssuer") || out.contains("certificate"), "{out}");
 }
+
+/// `clacks events tail` against raw hostile events: a document nested 20,000 deep used to
+/// overflow its stack; now it and a schema-invalid one are dropped, counted on stderr,
+/// and the tail goes on to the valid event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_tail_drops_what_fails_its_schema_and_survives_deep_documents() {
+    use clacks_core::events::envelope;
+    let url = amqp_url();
+    let domain = unique_domain();
+    let domain_name = domain.to_string();
+    let args = ["events", "tail", "Call", "--count", "1", "--timeout", "20"];
+    let tail = {
+        let (url, domain_name) = (url.clone(), domain_name.clone());
+        tokio::task::spawn_blocking(move || run(&args, &[("CLACKS_URL", &url), ("CLACKS_DOMAIN", &domain_name)]))
+    };
+    let bus = clacks_core::testing::amqp_bus(&domain).await;
+    let deep = envelope("Call", &format!("{}{}", "<a>".repeat(20_000), "</a>".repeat(20_000)));
+    let invalid = envelope("Call", "<Type>missed</Type>");
+    let good = envelope(
+        "Call",
+        "<Type>missed</Type><Id>c-good</Id><Caller>200</Caller><Callee>100</Callee><Started>2026-11-22T10:00:00Z</Started>",
+    );
+    // Until the tail has subscribed, what is sent is lost: send the set again and again.
+    for _ in 0..60 {
+        if tail.is_finished() {
+            break;
+        }
+        for xml in [&deep, &invalid, &good] {
+            bus.publish_event("Call", xml.as_bytes().to_vec()).await.unwrap_or_else(|e| panic!("{e}"));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let out = tail.await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.starts_with("exit=0\n"), "{out}");
+    let stdout = out.split("stderr:").next().unwrap_or_default();
+    assert_eq!(stdout.matches("c-good").count(), 1, "{out}");
+    assert!(!stdout.contains("error"), "{out}");
+    assert!(out.contains("event(s) dropped"), "{out}");
+}

@@ -190,3 +190,117 @@ async fn telephony_and_statistics_meet_only_through_events() {
     bridge.stop().await;
     stats.stop().await;
 }
+
+/// Reads the `data:` lines of an SSE response until one contains `wanted` (or 10 s).
+async fn sse_until(mut response: reqwest::Response, wanted: &str) -> Vec<String> {
+    let (mut text, mut lines) = (String::new(), Vec::new());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(deadline, response.chunk()).await {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some((line, rest)) = text.split_once('\n') {
+            if let Some(data) = line.strip_prefix("data:") {
+                lines.push(data.trim().to_owned());
+            }
+            text = rest.to_owned();
+        }
+        if lines.iter().any(|l| l.contains(wanted)) {
+            break;
+        }
+    }
+    lines
+}
+
+/// What nobody vouches for reaches no subscriber: raw events that fail their schema,
+/// are not XML, claim another type than their routing key, or nest 20,000 deep are
+/// dropped by every receiver — SSE, the shell's subscription, the agent's own plugins —
+/// and nothing crashes (the deep one used to overflow the agent's stack).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receivers_drop_raw_events_no_schema_vouches_for() {
+    use lapin::options::BasicPublishOptions;
+    let url = amqp_url();
+    let domain = unique_domain();
+    let mut options = fast_options(&domain, "ev");
+    options.enable = vec!["statistics".into()];
+    let agent = start_agent(&url, options, vec![Arc::new(Probe)]).await;
+    let caller = client(&url, &domain, Duration::from_secs(5)).await;
+
+    let state = clacks_agent::http::HttpState::with_events(
+        agent.dispatcher().clone(),
+        clacks_agent::auth::Authenticator::Broker { url: url.clone(), ca_pem: None },
+        Duration::from_secs(60),
+        agent.bus().clone(),
+        agent.events().validator().clone(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+    let address = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let server = tokio::spawn(clacks_agent::http::serve(listener, state, std::future::pending()));
+    let http = reqwest::Client::builder().cookie_store(true).build().unwrap_or_else(|e| panic!("{e}"));
+    let login = json!({"jsonrpc": "2.0", "method": "login", "params": ["guest", "guest"], "id": 1});
+    http.post(format!("http://{address}/rpc")).json(&login).send().await.unwrap_or_else(|e| panic!("{e}"));
+    let sse = http.get(format!("http://{address}/events?types=*")).send().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(sse.status(), 200);
+
+    let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tail = caller
+        .subscribe_counted(&["*".to_owned()], None, false, dropped.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut unknown_too =
+        caller.subscribe_counted(&["Mystery".to_owned()], None, true, Default::default()).await.unwrap_or_else(|e| panic!("{e}"));
+
+    let connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let channel = connection.create_channel().await.unwrap_or_else(|e| panic!("{e}"));
+    let deep = envelope("Call", &format!("{}{}", "<a>".repeat(20_000), "</a>".repeat(20_000)));
+    let status = clacks_core::events::PresenceEvent::Status { id: "ev".into(), load: 0.0, workers: 0 }.to_xml();
+    let raw = [
+        ("Call", envelope("Call", "<Type>missed</Type>")),
+        ("Call", "<Event><Call>".to_owned()),
+        ("Call", status),
+        ("Call", deep),
+        ("Mystery", envelope("Mystery", "<Id>m</Id>")),
+        ("Call", call_event("missed", "good")),
+    ];
+    for (routing_key, xml) in &raw {
+        channel
+            .basic_publish(
+                domain.event_exchange().as_str().into(),
+                (*routing_key).into(),
+                BasicPublishOptions::default(),
+                xml.as_bytes(),
+                lapin::BasicProperties::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    // The tail sees the good call and heartbeats, nothing else.
+    let mut seen = Vec::new();
+    while let Ok(Some(event)) = tokio::time::timeout(Duration::from_secs(5), tail.recv()).await {
+        let body = String::from_utf8_lossy(&event.body).into_owned();
+        let good = body.contains("c-good");
+        seen.push((event.event_type, body));
+        if good {
+            break;
+        }
+    }
+    assert!(seen.last().is_some_and(|(_, b)| b.contains("c-good")), "{seen:?}");
+    assert!(seen.iter().all(|(t, b)| t == "NodeStatus" || b.contains("c-good")), "{seen:?}");
+    assert_eq!(dropped.load(std::sync::atomic::Ordering::Relaxed), 5, "four invalid, one without a schema");
+    let mystery = tokio::time::timeout(Duration::from_secs(5), unknown_too.recv()).await.ok().flatten();
+    assert!(mystery.is_some_and(|m| m.event_type == "Mystery"), "asked for unknown types, it passes");
+
+    let lines = sse_until(sse, "c-good").await;
+    assert!(lines.last().is_some_and(|l| l.contains("c-good")), "{lines:?}");
+    assert!(lines.iter().all(|l| !l.contains("\"error\"") && !l.contains("Mystery")), "{lines:?}");
+
+    // The agent is alive, and its statistics plugin counted only the good call.
+    assert_eq!(caller.call("ping", Params::None).await.ok(), Some(json!("pong")));
+    let stats = caller.call("callStatistics", Params::None).await.unwrap_or_else(|e| panic!("{e}"));
+    let only_the_good_one =
+        json!([{"extension": "good", "hour": "2026-11-22T10", "calls": 1, "missed": 1, "missed_ratio": 1.0}]);
+    assert_eq!(stats, only_the_good_one);
+    server.abort();
+    agent.stop().await;
+}

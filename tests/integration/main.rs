@@ -6,6 +6,7 @@ mod acl_store;
 mod api;
 mod clients;
 mod events;
+mod hostile;
 mod http;
 mod identity;
 mod malformed;
