@@ -317,6 +317,13 @@ async fn https_with_a_made_certificate_and_refusals_for_the_wrong_ca_or_name() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(client.call("ping", Params::None).await.ok(), Some(json!("pong")));
+    // Over HTTPS the session cookie never travels over plain HTTP.
+    let certificate = reqwest::Certificate::from_pem(ca.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    let raw = reqwest::Client::builder().tls_certs_only([certificate]).build().unwrap_or_else(|e| panic!("{e}"));
+    let login = json!({"jsonrpc": "2.0", "method": "login", "params": ["ada", "s3cret"], "id": 1});
+    let response = raw.post(&url).json(&login).send().await.unwrap_or_else(|e| panic!("{e}"));
+    let cookie = response.headers().get("set-cookie").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    assert!(cookie.contains("; Secure") && cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
 
     // Not trusted (the system's roots), or trusted but for another name: refused, saying why.
     let untrusted =
@@ -492,4 +499,33 @@ async fn sigterm_ends_open_event_streams_at_once() {
     assert!(status.success(), "{status:?}");
     assert!(started.elapsed() < Duration::from_secs(2), "stopping took {:?}", started.elapsed());
     drop(stream);
+}
+
+#[test]
+fn broker_permissions_prints_the_rabbitmqctl_recipe_of_each_role() {
+    let run = |args: &[&str]| {
+        let output = Command::new(AGENT).env_remove("CLACKS_AMQP_URL").args(args).output().unwrap_or_else(|e| panic!("{e}"));
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+    };
+    let printed = [
+        run(&["--domain", "org.clacks", "broker-permissions", "ada", "--role", "user"]),
+        run(&["--domain", "org.clacks", "broker-permissions", "clacks-agent", "--role", "agent", "--vhost", "clacks"]),
+        run(&["--domain", "org.clacks", "broker-permissions", "0c4f", "--role", "client:0c4f"]),
+        run(&["broker-permissions", "ada", "--role", "root"]),
+    ];
+    expect_test::expect![[r#"
+        rabbitmqctl set_permissions -p / ada '^amq\.gen-.*$' '^(amq\.default|amq\.gen-.*)$' '^(org\.clacks\.event|amq\.gen-.*)$'
+        rabbitmqctl set_topic_permissions -p / ada org.clacks.event '^$' '.*'
+        ---
+        rabbitmqctl set_permissions -p clacks clacks-agent '^(org\.clacks\.event|org\.clacks\.command\..+|amq\.gen-.*)$' '^(amq\.default|org\.clacks\.event|org\.clacks\.command\..+|amq\.gen-.*)$' '^(org\.clacks\.event|org\.clacks\.command\..+|amq\.gen-.*)$'
+        rabbitmqctl set_topic_permissions -p clacks clacks-agent org.clacks.event '.*' '.*'
+        ---
+        rabbitmqctl set_permissions -p / 0c4f '^(org\.clacks\.client\.0c4f|amq\.gen-.*)$' '^(org\.clacks\.client\.0c4f|amq\.gen-.*|amq\.default|org\.clacks\.event)$' '^(org\.clacks\.client\.0c4f|amq\.gen-.*|org\.clacks\.event)$'
+        rabbitmqctl set_topic_permissions -p / 0c4f org.clacks.event '^(ClientAnnounce|ClientSignature|ClientPing|ClientLeave|Inventory|UserSession)$' '^ClientPoll$'
+        ---
+        error: invalid value 'root' for '--role <ROLE>': unknown role 'root': use user, agent or client:<client id>
+
+        For more information, try '--help'.
+    "#]]
+    .assert_eq(&printed.join("---\n"));
 }

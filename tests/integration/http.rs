@@ -163,3 +163,95 @@ async fn http_login_sessions_batches_and_errors() {
     assert!(matches!(refused, Err(clacks_core::client::ClientError::Auth(_))), "{refused:?}");
     agent.stop().await;
 }
+
+/// What a peer gets before and around login (issue 12): nothing worth a flood, bounded
+/// work in progress, and a growing wait after wrong passwords.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_given_away_before_login_and_work_in_progress_is_bounded() {
+    let url = amqp_url();
+    let domain = unique_domain();
+    let agent = start_agent(&url, fast_options(&domain, "web"), vec![Arc::new(Probe)]).await;
+    let users = ["ada", "bob"].map(|u| (u.to_owned(), clacks_agent::auth::hash_password("s3cret").unwrap_or_default()));
+    let limits = clacks_agent::http_limits::HttpLimits { max_batch: 50, per_peer: 3, per_session: 2, ..Default::default() };
+    let state = HttpState::configured(
+        agent.dispatcher().clone(),
+        None,
+        Authenticator::Users(users.into_iter().collect()),
+        Duration::from_secs(60),
+        limits,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+    let address = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    tokio::spawn(clacks_agent::http::serve(listener, state, std::future::pending()));
+    let endpoint = |http: reqwest::Client| Endpoint { url: format!("http://{address}/rpc"), http };
+    let anonymous = endpoint(reqwest::Client::new());
+
+    // Without a session: one short fixed answer, however large or long the request.
+    let fixed = r#"401 {"jsonrpc":"2.0","error":{"code":-32008,"message":"not logged in or session expired; call login(user, password) first","data":{"code":"NOT_AUTHENTICATED"}},"id":null}"#;
+    let ping = r#"{"jsonrpc":"2.0","method":"ping","id":1}"#;
+    let large = format!("[{}]", vec![ping; 30_000].join(","));
+    let many = format!("[{}]", vec![ping; 40].join(","));
+    for body in [ping, many.as_str(), large.as_str()] {
+        let (status, text) = anonymous.post(body).await;
+        assert_eq!(format!("{status} {text}"), fixed, "{} bytes", body.len());
+    }
+
+    // Logged in: the cookie cannot be read by scripts or sent cross-site.
+    let login = |user: &str, password: &str| {
+        format!(r#"{{"jsonrpc":"2.0","method":"login","params":["{user}","{password}"],"id":1}}"#)
+    };
+    let ada_http = reqwest::Client::builder().cookie_store(true).build().unwrap_or_else(|e| panic!("{e}"));
+    let response = ada_http
+        .post(format!("http://{address}/rpc"))
+        .body(login("ada", "s3cret"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cookie = response.headers().get("set-cookie").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict") && !cookie.contains("Secure"), "{cookie}");
+    let ada = endpoint(ada_http);
+    let (status, text) = ada.post(&format!("[{}]", vec![ping; 51].join(","))).await;
+    assert!(status == 413 && text.contains("a batch holds at most 50 calls; this one has 51"), "{status} {text}");
+    assert_eq!(ada.post(&format!("[{}]", vec![ping; 50].join(","))).await.0, 200);
+
+    // Two calls at once per session, three per address.
+    let nap = r#"{"jsonrpc":"2.0","method":"nap","params":[1500],"id":1}"#;
+    let bob_http = reqwest::Client::builder().cookie_store(true).build().unwrap_or_else(|e| panic!("{e}"));
+    bob_http.post(format!("http://{address}/rpc")).body(login("bob", "s3cret")).send().await.unwrap_or_else(|e| panic!("{e}"));
+    let bob = endpoint(bob_http);
+    let ada_naps = futures_util::future::join3(ada.post(nap), ada.post(nap), async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        ada.post(nap).await
+    });
+    let bob_naps = async {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let later = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            bob.post(nap).await
+        };
+        futures_util::future::join(bob.post(nap), later).await
+    };
+    let ((first, second, third), (fourth, fifth)) = futures_util::future::join(ada_naps, bob_naps).await;
+    assert_eq!((first.0, second.0, fourth.0), (200, 200, 200));
+    assert!(third.0 == 429 && third.1.contains("in this session"), "{third:?}");
+    assert!(fifth.0 == 429 && fifth.1.contains("from this address"), "{fifth:?}");
+    assert_eq!(bob.post(nap).await.0, 200, "free again once the calls ended");
+
+    // Wrong passwords: three are checked, then the user waits, told how long.
+    for _ in 0..3 {
+        assert_eq!(anonymous.post(&login("bob", "wrong")).await.0, 401);
+    }
+    let response = reqwest::Client::new()
+        .post(format!("http://{address}/rpc"))
+        .body(login("bob", "s3cret"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(response.status().as_u16(), 429, "even the right password waits");
+    assert_eq!(response.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    assert!(response.text().await.unwrap_or_default().contains("LOGIN_THROTTLED"));
+    assert_eq!(anonymous.post(&login("ada", "s3cret")).await.0, 200, "another user from the address is not held up");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(anonymous.post(&login("bob", "s3cret")).await.0, 200, "after the wait, the right password works");
+    agent.stop().await;
+}
