@@ -49,6 +49,20 @@ async fn publish_raw(channel: &Channel, domain: &Domain, user: &str, event_type:
         .unwrap_or_else(|e| panic!("publishing {event_type}: {e}"));
 }
 
+/// Declares and consumes client `id`'s queue raw, logged in at `url` (as that client):
+/// the test then sees each request as the called machine does.
+async fn serve_raw(url: &str, domain: &Domain, id: &str) -> (Connection, Channel, lapin::Consumer) {
+    let (connection, channel) = raw_channel(url).await;
+    let queue = domain.client_queue(id);
+    let exclusive = QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() };
+    channel.queue_declare(queue.as_str().into(), exclusive, FieldTable::default()).await.unwrap_or_else(|e| panic!("{e}"));
+    let requests = channel
+        .basic_consume(queue.as_str().into(), id.into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    (connection, channel, requests)
+}
+
 /// Answers `delivery` on its reply address as whoever `channel` is logged in as.
 async fn reply(channel: &Channel, reply_to: &str, correlation_id: &str, user: &str, result: &str) {
     let body = json!({"jsonrpc": "2.0", "result": result, "id": 1}).to_string();
@@ -145,14 +159,8 @@ async fn a_reply_counts_only_from_the_identity_that_was_called() {
 
     // The victim's queue, consumed raw so the test sees what the called machine sees:
     // the worst case, a correlation id that leaked.
-    let (_victim_connection, victim) = raw_channel(&victim_url).await;
+    let (_victim_connection, victim, mut requests) = serve_raw(&victim_url, &domain, "victim").await;
     let queue = domain.client_queue("victim");
-    let exclusive = QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() };
-    victim.queue_declare(queue.as_str().into(), exclusive, FieldTable::default()).await.unwrap_or_else(|e| panic!("{e}"));
-    let mut requests = victim
-        .basic_consume(queue.as_str().into(), "victim".into(), BasicConsumeOptions::default(), FieldTable::default())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
     let (_mallory_connection, mallory) = raw_channel(&mallory_url).await;
 
     for victim_answers in [true, false] {
@@ -222,14 +230,7 @@ async fn a_joined_machine_cannot_answer_a_fan_out_for_another() {
 
     // Mallory is a joined machine too, but answers raw: she sees every request the
     // agent sends her, with its reply address and correlation id.
-    let (_mallory_connection, mallory) = raw_channel(&mallory_url).await;
-    let queue = domain.client_queue("mallory");
-    let exclusive = QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() };
-    mallory.queue_declare(queue.as_str().into(), exclusive, FieldTable::default()).await.unwrap_or_else(|e| panic!("{e}"));
-    let mut requests = mallory
-        .basic_consume(queue.as_str().into(), "mallory".into(), BasicConsumeOptions::default(), FieldTable::default())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (_mallory_connection, mallory, mut requests) = serve_raw(&mallory_url, &domain, "mallory").await;
     let mallory_bus = Bus::Amqp(
         AmqpBus::connect(&mallory_url, domain.clone(), AmqpSettings::default()).await.unwrap_or_else(|e| panic!("{e}")),
     );
