@@ -157,9 +157,23 @@ async fn main() {
     tokio::spawn(async move { axum::serve(listener, bare).await });
     let floor = flood(&floor_url, &body).await;
 
-    println!("HTTP flood: {CONCURRENT} concurrent × {ROUNDS} rounds of a {} KiB batch, no session cookie", body.len() / 1024);
-    println!("  clacks-agent: idle RSS {} MiB, peak {} MiB ({:.2}× idle), after {} MiB", idle / 1024, peak / 1024, peak as f64 / idle as f64, after / 1024);
-    println!("  clacks-agent: {} in {:.2} s, largest answer {} bytes", summary(&clacks.statuses), clacks.elapsed.as_secs_f64(), clacks.largest_answer);
+    println!(
+        "HTTP flood: {CONCURRENT} concurrent × {ROUNDS} rounds of a {} KiB batch, no session cookie",
+        body.len() / 1024
+    );
+    println!(
+        "  clacks-agent: idle RSS {} MiB, peak {} MiB ({:.2}× idle), after {} MiB",
+        idle / 1024,
+        peak / 1024,
+        peak as f64 / idle as f64,
+        after / 1024
+    );
+    println!(
+        "  clacks-agent: {} in {:.2} s, largest answer {} bytes",
+        summary(&clacks.statuses),
+        clacks.elapsed.as_secs_f64(),
+        clacks.largest_answer
+    );
     println!("  floor (bare axum 401): {} in {:.2} s", summary(&floor.statuses), floor.elapsed.as_secs_f64());
     println!("  time ratio clacks / floor: {:.2}×", clacks.elapsed.as_secs_f64() / floor.elapsed.as_secs_f64());
 

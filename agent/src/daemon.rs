@@ -204,11 +204,9 @@ impl Agent {
                         Arc::new(crate::plugins::telephony::TelephonyPlugin { events: events.clone() }).commands(),
                     );
                 }
-                "statistics" => {
-                    commands.extend(
-                        crate::plugins::statistics::StatisticsPlugin::start(&bus, validator.clone()).await?.commands(),
-                    )
-                }
+                "statistics" => commands.extend(
+                    crate::plugins::statistics::StatisticsPlugin::start(&bus, validator.clone()).await?.commands(),
+                ),
                 other => return Err(AgentError::UnknownPlugin(other.to_owned())),
             }
         }
@@ -370,7 +368,10 @@ impl Agent {
 
     /// Events of `types` that passed this agent's schemas (see
     /// [`clacks_core::events::filter::subscribe`]).
-    async fn subscribe(&self, types: &[&str]) -> Result<tokio::sync::mpsc::Receiver<clacks_core::bus::EventMessage>, BusError> {
+    async fn subscribe(
+        &self,
+        types: &[&str],
+    ) -> Result<tokio::sync::mpsc::Receiver<clacks_core::bus::EventMessage>, BusError> {
         let types: Vec<String> = types.iter().map(|t| (*t).to_owned()).collect();
         let validator = self.inner.events.validator();
         clacks_core::events::filter::subscribe(&self.inner.bus, validator, &types, Default::default()).await
@@ -543,7 +544,9 @@ impl Agent {
         let options = &self.inner.options;
         match &self.inner.bus {
             Bus::Local(_) => true,
-            Bus::Amqp(_) => sender.is_some_and(|s| s == self.inner.bus.user() || options.trusted_forwarders.iter().any(|t| t == s)),
+            Bus::Amqp(_) => {
+                sender.is_some_and(|s| s == self.inner.bus.user() || options.trusted_forwarders.iter().any(|t| t == s))
+            }
         }
     }
 
@@ -557,7 +560,11 @@ impl Agent {
                 m = events.recv() => match m { Some(m) => m, None => return },
             };
             if !self.speaks_for_nodes(message.user.as_deref()) {
-                forgers.log(message.user.as_deref(), &message.event_type, "dropped presence from a broker user that is not an agent");
+                forgers.log(
+                    message.user.as_deref(),
+                    &message.event_type,
+                    "dropped presence from a broker user that is not an agent",
+                );
                 continue;
             }
             let event = match PresenceEvent::from_xml(&message.body) {

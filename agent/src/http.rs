@@ -246,7 +246,10 @@ struct Peer {
 fn not_logged_in() -> HttpResponse {
     static BODY: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
     let body = BODY.get_or_init(|| {
-        let error = RpcError::new(ErrorCode::NOT_AUTHENTICATED, "not logged in or session expired; call login(user, password) first");
+        let error = RpcError::new(
+            ErrorCode::NOT_AUTHENTICATED,
+            "not logged in or session expired; call login(user, password) first",
+        );
         Response::error(Value::Null, error).to_bytes()
     });
     json_reply(StatusCode::UNAUTHORIZED, body.clone(), None)

@@ -114,8 +114,11 @@ impl LoginThrottle {
         keys.iter()
             .filter_map(|key| Some((key, failures.get(key)?)))
             .filter_map(|(key, f)| {
-                let free =
-                    if key.starts_with("peer:") { limits.free_login_failures_per_peer } else { limits.free_login_failures };
+                let free = if key.starts_with("peer:") {
+                    limits.free_login_failures_per_peer
+                } else {
+                    limits.free_login_failures
+                };
                 let beyond = f.count.checked_sub(free)?;
                 let wait = Duration::from_secs(1u64 << beyond.min(16)).min(limits.max_login_wait);
                 (f.last + wait).checked_duration_since(now).filter(|left| !left.is_zero())

@@ -323,7 +323,10 @@ async fn https_with_a_made_certificate_and_refusals_for_the_wrong_ca_or_name() {
     let login = json!({"jsonrpc": "2.0", "method": "login", "params": ["ada", "s3cret"], "id": 1});
     let response = raw.post(&url).json(&login).send().await.unwrap_or_else(|e| panic!("{e}"));
     let cookie = response.headers().get("set-cookie").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-    assert!(cookie.contains("; Secure") && cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    assert!(
+        cookie.contains("; Secure") && cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
 
     // Not trusted (the system's roots), or trusted but for another name: refused, saying why.
     let untrusted =
@@ -504,7 +507,8 @@ async fn sigterm_ends_open_event_streams_at_once() {
 #[test]
 fn broker_permissions_prints_the_rabbitmqctl_recipe_of_each_role() {
     let run = |args: &[&str]| {
-        let output = Command::new(AGENT).env_remove("CLACKS_AMQP_URL").args(args).output().unwrap_or_else(|e| panic!("{e}"));
+        let output =
+            Command::new(AGENT).env_remove("CLACKS_AMQP_URL").args(args).output().unwrap_or_else(|e| panic!("{e}"));
         format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
     };
     let printed = [

@@ -101,7 +101,10 @@ enum Transport {
         /// Checks received events; started with the first subscription.
         validator: std::sync::OnceLock<crate::events::EventValidator>,
     },
-    Http { http: reqwest::Client, url: String },
+    Http {
+        http: reqwest::Client,
+        url: String,
+    },
 }
 
 /// A connection to a domain for making calls.
@@ -376,9 +379,8 @@ impl Client {
                 let validator = match validator.get() {
                     Some(v) => v.clone(),
                     None => {
-                        let started = crate::events::EventValidator::start(&[]).map_err(|e| {
-                            ClientError::Connect(format!("cannot start the event validator: {e}"))
-                        })?;
+                        let started = crate::events::EventValidator::start(&[])
+                            .map_err(|e| ClientError::Connect(format!("cannot start the event validator: {e}")))?;
                         validator.get_or_init(|| started).clone()
                     }
                 };

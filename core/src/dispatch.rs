@@ -302,7 +302,8 @@ impl Dispatcher {
         let queue = self.config.domain.node_queue(&spec.target, node);
         debug!(method = %spec.name, %node, "forwarding");
         let request = Request::new(spec.name.clone(), params, Value::from(1));
-        let options = CallOptions { deadline: origin.deadline, on_behalf_of: origin.user.clone(), reply_from: ReplyFrom::Agent };
+        let options =
+            CallOptions { deadline: origin.deadline, on_behalf_of: origin.user.clone(), reply_from: ReplyFrom::Agent };
         let reply = self.bus.call(&queue, request.to_bytes(), options).await.map_err(|e| e.to_rpc_error())?;
         decode_response(&reply)?.into_result()
     }

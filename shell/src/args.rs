@@ -385,8 +385,9 @@ async fn tail_events(
 ) -> u8 {
     use std::io::Write;
     let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let subscribed =
-        client.subscribe_counted(&request.types, request.filter.as_deref(), request.unknown_types, dropped.clone()).await;
+    let subscribed = client
+        .subscribe_counted(&request.types, request.filter.as_deref(), request.unknown_types, dropped.clone())
+        .await;
     let events = match subscribed {
         Ok(rx) => rx,
         Err(e) => return report(&e),

@@ -245,8 +245,10 @@ async fn receivers_drop_raw_events_no_schema_vouches_for() {
         .subscribe_counted(&["*".to_owned()], None, false, dropped.clone())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let mut unknown_too =
-        caller.subscribe_counted(&["Mystery".to_owned()], None, true, Default::default()).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut unknown_too = caller
+        .subscribe_counted(&["Mystery".to_owned()], None, true, Default::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
 
     let connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
         .await

@@ -44,7 +44,13 @@ async fn raw_channel(url: &str) -> (Connection, Channel) {
 async fn publish_raw(channel: &Channel, domain: &Domain, user: &str, event_type: &str, xml: &[u8]) {
     let properties = BasicProperties::default().with_user_id(user.into()).with_type(event_type.into());
     channel
-        .basic_publish(domain.event_exchange().as_str().into(), event_type.into(), BasicPublishOptions::default(), xml, properties)
+        .basic_publish(
+            domain.event_exchange().as_str().into(),
+            event_type.into(),
+            BasicPublishOptions::default(),
+            xml,
+            properties,
+        )
         .await
         .unwrap_or_else(|e| panic!("publishing {event_type}: {e}"));
 }
@@ -55,7 +61,10 @@ async fn serve_raw(url: &str, domain: &Domain, id: &str) -> (Connection, Channel
     let (connection, channel) = raw_channel(url).await;
     let queue = domain.client_queue(id);
     let exclusive = QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() };
-    channel.queue_declare(queue.as_str().into(), exclusive, FieldTable::default()).await.unwrap_or_else(|e| panic!("{e}"));
+    channel
+        .queue_declare(queue.as_str().into(), exclusive, FieldTable::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let requests = channel
         .basic_consume(queue.as_str().into(), id.into(), BasicConsumeOptions::default(), FieldTable::default())
         .await
@@ -66,8 +75,7 @@ async fn serve_raw(url: &str, domain: &Domain, id: &str) -> (Connection, Channel
 /// Answers `delivery` on its reply address as whoever `channel` is logged in as.
 async fn reply(channel: &Channel, reply_to: &str, correlation_id: &str, user: &str, result: &str) {
     let body = json!({"jsonrpc": "2.0", "result": result, "id": 1}).to_string();
-    let properties =
-        BasicProperties::default().with_correlation_id(correlation_id.into()).with_user_id(user.into());
+    let properties = BasicProperties::default().with_correlation_id(correlation_id.into()).with_user_id(user.into());
     channel
         .basic_publish("".into(), reply_to.into(), BasicPublishOptions::default(), body.as_bytes(), properties)
         .await
@@ -116,7 +124,12 @@ async fn a_hostile_user_can_neither_pose_as_a_node_nor_answer_for_agents() {
     // Mallory consumes the shared queue beside the agent and answers what she takes.
     let core_queue = domain.command_queue("core");
     let mut stolen = channel
-        .basic_consume(core_queue.as_str().into(), "mallory".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            core_queue.as_str().into(),
+            "mallory".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .unwrap_or_else(|e| panic!("`.*` lets mallory consume {core_queue}: {e}"));
     let answering = channel.clone();
@@ -143,10 +156,7 @@ async fn a_hostile_user_can_neither_pose_as_a_node_nor_answer_for_agents() {
     assert!(outcomes.iter().all(|o| o.as_ref().map_or(true, |v| v == "pong")), "{outcomes:?}");
     let refused: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
     assert!(!refused.is_empty(), "mallory took none of the calls: {outcomes:?}");
-    assert!(
-        refused.iter().all(|e| e.contains("TIMEOUT") && e.contains("'mallory' was refused")),
-        "{refused:?}"
-    );
+    assert!(refused.iter().all(|e| e.contains("TIMEOUT") && e.contains("'mallory' was refused")), "{refused:?}");
     agent.stop().await;
 }
 
@@ -264,16 +274,31 @@ async fn a_joined_machine_cannot_answer_a_fan_out_for_another() {
         }
     });
     let fanned = admin
-        .call("clientFanOut", Params::Named(json!({"method": "work", "options": {"timeout": 1.5}}).as_object().cloned().unwrap_or_default()))
+        .call(
+            "clientFanOut",
+            Params::Named(
+                json!({"method": "work", "options": {"timeout": 1.5}}).as_object().cloned().unwrap_or_default(),
+            ),
+        )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let status = |id: &str| {
-        fanned["results"].as_array().into_iter().flatten().find(|r| r["client"] == json!(id)).cloned().unwrap_or_default()
+        fanned["results"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["client"] == json!(id))
+            .cloned()
+            .unwrap_or_default()
     };
     assert_eq!(status("victim")["status"], json!("timeout"), "{fanned}");
     assert_eq!(status("mallory")["result"], json!("done"), "her own answer counts: {fanned}");
     let dispatched = admin
-        .call_with_timeout("clientDispatch", Params::Positional(vec![json!("victim"), json!("work")]), Duration::from_secs(2))
+        .call_with_timeout(
+            "clientDispatch",
+            Params::Positional(vec![json!("victim"), json!("work")]),
+            Duration::from_secs(2),
+        )
         .await
         .map_err(|e| e.code());
     assert_eq!(dispatched, Err(ErrorCode::TIMEOUT));
@@ -325,15 +350,20 @@ async fn the_shipped_permissions_let_users_call_and_listen_but_nothing_more() {
     assert!(heard.is_ok_and(|e| e.is_some()), "ada hears the agent's heartbeat");
 
     // What she may not do, each refused by the broker itself.
-    let ada_connection = Connection::connect(&ada_url, ConnectionProperties::default())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let ada_connection =
+        Connection::connect(&ada_url, ConnectionProperties::default()).await.unwrap_or_else(|e| panic!("{e}"));
     let exchange = domain.event_exchange();
     let status = PresenceEvent::Status { id: "evil".into(), load: 0.0, workers: 0 }.to_xml();
     let publish_event = allowed(&ada_connection, |channel| async move {
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
         let confirm = channel
-            .basic_publish(exchange.as_str().into(), "NodeStatus".into(), BasicPublishOptions::default(), status.as_bytes(), BasicProperties::default())
+            .basic_publish(
+                exchange.as_str().into(),
+                "NodeStatus".into(),
+                BasicPublishOptions::default(),
+                status.as_bytes(),
+                BasicProperties::default(),
+            )
             .await?;
         confirm.await.map(drop)
     })
@@ -352,9 +382,11 @@ async fn the_shipped_permissions_let_users_call_and_listen_but_nothing_more() {
         channel.queue_declare(private_queue.as_str().into(), exclusive, FieldTable::default()).await.map(drop)
     })
     .await;
-    for (what, outcome) in
-        [("publish to the event exchange", publish_event), ("consume the shared queue", consume_core), ("declare a node's queue", declare_private)]
-    {
+    for (what, outcome) in [
+        ("publish to the event exchange", publish_event),
+        ("consume the shared queue", consume_core),
+        ("declare a node's queue", declare_private),
+    ] {
         let refusal = outcome.err().unwrap_or_else(|| panic!("ada may {what}"));
         assert!(refusal.contains("ACCESS_REFUSED"), "{what}: {refusal}");
     }

@@ -172,7 +172,8 @@ async fn nothing_is_given_away_before_login_and_work_in_progress_is_bounded() {
     let domain = unique_domain();
     let agent = start_agent(&url, fast_options(&domain, "web"), vec![Arc::new(Probe)]).await;
     let users = ["ada", "bob"].map(|u| (u.to_owned(), clacks_agent::auth::hash_password("s3cret").unwrap_or_default()));
-    let limits = clacks_agent::http_limits::HttpLimits { max_batch: 50, per_peer: 3, per_session: 2, ..Default::default() };
+    let limits =
+        clacks_agent::http_limits::HttpLimits { max_batch: 50, per_peer: 3, per_session: 2, ..Default::default() };
     let state = HttpState::configured(
         agent.dispatcher().clone(),
         None,
@@ -208,7 +209,10 @@ async fn nothing_is_given_away_before_login_and_work_in_progress_is_bounded() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let cookie = response.headers().get("set-cookie").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict") && !cookie.contains("Secure"), "{cookie}");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict") && !cookie.contains("Secure"),
+        "{cookie}"
+    );
     let ada = endpoint(ada_http);
     let (status, text) = ada.post(&format!("[{}]", vec![ping; 51].join(","))).await;
     assert!(status == 413 && text.contains("a batch holds at most 50 calls; this one has 51"), "{status} {text}");
@@ -217,7 +221,12 @@ async fn nothing_is_given_away_before_login_and_work_in_progress_is_bounded() {
     // Two calls at once per session, three per address.
     let nap = r#"{"jsonrpc":"2.0","method":"nap","params":[1500],"id":1}"#;
     let bob_http = reqwest::Client::builder().cookie_store(true).build().unwrap_or_else(|e| panic!("{e}"));
-    bob_http.post(format!("http://{address}/rpc")).body(login("bob", "s3cret")).send().await.unwrap_or_else(|e| panic!("{e}"));
+    bob_http
+        .post(format!("http://{address}/rpc"))
+        .body(login("bob", "s3cret"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let bob = endpoint(bob_http);
     let ada_naps = futures_util::future::join3(ada.post(nap), ada.post(nap), async {
         tokio::time::sleep(Duration::from_millis(400)).await;

@@ -136,8 +136,19 @@ pub async fn collect(client_id: &str) -> Map<String, Value> {
 /// systems (tmpfs, overlay layers, snap images) come and go with containers and
 /// sandboxes, and would change the inventory's checksum without anything installed.
 fn is_storage(file_system: &str) -> bool {
-    const VOLATILE: &[&str] =
-        &["tmpfs", "devtmpfs", "ramfs", "overlay", "squashfs", "proc", "sysfs", "cgroup", "cgroup2", "devpts", "fuse.snapfuse"];
+    const VOLATILE: &[&str] = &[
+        "tmpfs",
+        "devtmpfs",
+        "ramfs",
+        "overlay",
+        "squashfs",
+        "proc",
+        "sysfs",
+        "cgroup",
+        "cgroup2",
+        "devpts",
+        "fuse.snapfuse",
+    ];
     !VOLATILE.contains(&file_system)
 }
 

@@ -58,8 +58,10 @@ mod tests {
 
     #[test]
     fn the_shown_address_does_not_depend_on_the_listing_order() {
-        let net = |text: &str, prefix| sysinfo::IpNetwork { addr: text.parse().unwrap_or_else(|e| panic!("{e}")), prefix };
-        let mut networks = vec![net("fe80::fc:ff:fe00:1", 64), net("fd00::2", 64), net("192.0.2.2", 24), net("10.0.0.9", 8)];
+        let net =
+            |text: &str, prefix| sysinfo::IpNetwork { addr: text.parse().unwrap_or_else(|e| panic!("{e}")), prefix };
+        let mut networks =
+            vec![net("fe80::fc:ff:fe00:1", 64), net("fd00::2", 64), net("192.0.2.2", 24), net("10.0.0.9", 8)];
         for _ in 0..networks.len() {
             networks.rotate_left(1);
             assert_eq!(preferred(&networks, IpAddr::is_ipv6).map(|n| n.addr.to_string()), Some("fd00::2".to_owned()));

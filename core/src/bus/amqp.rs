@@ -128,7 +128,6 @@ struct Pending {
 
 type PendingMap = HashMap<String, Pending>;
 
-
 struct Inner {
     uri: AMQPUri,
     display_url: String,
@@ -534,7 +533,9 @@ async fn open_connection(
 fn pinned_connector(ca_pem: &str, identity: Option<&(String, String)>) -> std::io::Result<lapin::tcp::RustlsConnector> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let invalid = |what: &str, e: &dyn std::fmt::Display| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{what}: {e}"));
+    let invalid = |what: &str, e: &dyn std::fmt::Display| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{what}: {e}"))
+    };
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         let cert = cert.map_err(|e| invalid("the CA file", &e))?;
@@ -643,7 +644,8 @@ async fn declare_event_exchange(inner: &Inner, connection: &Connection, passive:
     let channel = connection.create_channel().await.map_err(lapin_err)?;
     let exchange = inner.domain.event_exchange();
     let declare = ExchangeDeclareOptions { passive, ..ExchangeDeclareOptions::default() };
-    match channel.exchange_declare(exchange.as_str().into(), ExchangeKind::Topic, declare, FieldTable::default()).await {
+    match channel.exchange_declare(exchange.as_str().into(), ExchangeKind::Topic, declare, FieldTable::default()).await
+    {
         Ok(()) => Ok(channel),
         Err(e) if !passive && e.to_string().contains("ACCESS_REFUSED") => {
             debug!(%exchange, "not allowed to declare the event exchange; checking that it exists");

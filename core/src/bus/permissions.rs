@@ -118,7 +118,8 @@ impl BrokerPermissions {
     /// [`BrokerPermissions::rabbitmqctl`] as shell lines, arguments quoted where the
     /// shell would read them otherwise.
     pub fn rabbitmqctl_script(&self, vhost: &str, user: &str) -> String {
-        let plain = |arg: &str| !arg.is_empty() && arg.chars().all(|c| c.is_ascii_alphanumeric() || "_./:-".contains(c));
+        let plain =
+            |arg: &str| !arg.is_empty() && arg.chars().all(|c| c.is_ascii_alphanumeric() || "_./:-".contains(c));
         let quote = |arg: &str| if plain(arg) { arg.to_owned() } else { format!("'{}'", arg.replace('\'', r"'\''")) };
         self.rabbitmqctl(vhost, user)
             .iter()
