@@ -261,8 +261,9 @@ async fn shell_scripts_become_client_commands_and_follow_the_folder() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let methods = || async { ok(&admin, "getClientMethods", json!(["shellhost-0001"])).await };
+    // Until the agent has heard the announcement the client is unknown to it.
     wait_for("the scripts are offered", Duration::from_secs(10), || async {
-        methods().await.get("shell_greet").is_some()
+        call(&admin, "getClientMethods", json!(["shellhost-0001"])).await.is_ok_and(|m| m.get("shell_greet").is_some())
     })
     .await;
     let offered = methods().await;
