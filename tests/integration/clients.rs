@@ -553,8 +553,9 @@ async fn d_bus_methods_become_client_commands_while_the_service_runs() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let methods = || async { ok(&admin, "getClientMethods", json!(["dbushost-01"])).await };
+    // Until the agent has heard the announcement the client is unknown to it.
     wait_for("the D-Bus methods are offered", Duration::from_secs(10), || async {
-        methods().await.get("dbus_Add").is_some()
+        call(&admin, "getClientMethods", json!(["dbushost-01"])).await.is_ok_and(|m| m.get("dbus_Add").is_some())
     })
     .await;
     let offered = methods().await;
