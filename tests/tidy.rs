@@ -68,3 +68,21 @@ fn ci_runs_the_readme_test_command() {
     assert!(readme.contains(command), "README.md must give the test command `{command}`");
     assert!(ci.contains(command), ".ci/run must run the README's test command `{command}`");
 }
+
+#[test]
+fn the_documented_error_codes_are_the_catalogue() {
+    // Rows of protocol.md's table: | `CODE` | -NNNNN | meaning |
+    let protocol = std::fs::read_to_string(workspace_root().join("docs/protocol.md")).unwrap_or_default();
+    let documented: std::collections::BTreeMap<String, i64> = protocol
+        .lines()
+        .filter_map(|line| {
+            let mut cells = line.split('|').map(str::trim).skip(1);
+            let code = cells.next()?.strip_prefix('`')?.strip_suffix('`')?.to_owned();
+            let numeric = cells.next()?.parse().ok()?;
+            Some((code, numeric))
+        })
+        .collect();
+    let catalogue: std::collections::BTreeMap<String, i64> =
+        clacks_core::rpc::ErrorCode::catalogue().iter().map(|(code, n)| ((*code).to_owned(), *n)).collect();
+    assert_eq!(documented, catalogue, "docs/protocol.md's error table and ErrorCode's catalogue differ");
+}

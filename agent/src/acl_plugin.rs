@@ -16,10 +16,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use clacks_core::acl::{Acl, AclEngine, AclError, Action, Grant, RoleEntry, Scope};
+use clacks_acl::SharedAcl;
+use clacks_acl::{Acl, AclEngine, AclError, Action, Grant, RoleEntry, Scope};
 use clacks_core::command::{CallContext, CommandError, CommandResult};
-use clacks_core::dispatch::SharedAcl;
-use clacks_core::objects::backend::{dn_key, parent_dn};
+use clacks_core::dn::{dn_key, parent_dn};
 use clacks_core::objects::{ObjectError, ObjectState, ObjectStore};
 use clacks_core::rpc::{ErrorCode, RpcError};
 use serde_json::{Map, Value, json};
@@ -40,7 +40,7 @@ pub struct AclPlugin {
     /// Administrators and service identities from the configuration: they are never
     /// stored, so no edit can lock them out.
     admins: Vec<String>,
-    domain: String,
+    domain: clacks_core::domain::Domain,
     /// Who holds the edit lock: `<domain>:<node>`.
     holder: String,
     /// One edit at a time within this agent (the index lock orders agents).
@@ -143,12 +143,18 @@ fn from_documents<T: serde::de::DeserializeOwned>(
 }
 
 impl AclPlugin {
-    pub(crate) fn new(store: Arc<ObjectStore>, acl: SharedAcl, admins: Vec<String>, domain: &str, node: &str) -> Self {
+    pub(crate) fn new(
+        store: Arc<ObjectStore>,
+        acl: SharedAcl,
+        admins: Vec<String>,
+        domain: &clacks_core::domain::Domain,
+        node: &str,
+    ) -> Self {
         AclPlugin {
             store,
             acl,
             admins,
-            domain: domain.to_owned(),
+            domain: domain.clone(),
             holder: format!("{domain}:{node}"),
             editing: tokio::sync::Mutex::default(),
             sources: Mutex::default(),
@@ -261,8 +267,8 @@ impl AclPlugin {
 
     /// Refuses unless the caller has `letters` on `<domain>.acl` at `target`.
     fn require(&self, ctx: &CallContext, letters: &str, target: &str) -> CommandResult<()> {
-        let topic = format!("{}.acl", self.domain);
-        let request = clacks_core::acl::Request {
+        let topic = self.domain.acl_topic();
+        let request = clacks_acl::Request {
             user: ctx.user.as_deref(),
             topic: &topic,
             letters,
@@ -271,7 +277,7 @@ impl AclPlugin {
         };
         let user = ctx.user.as_deref().unwrap_or("nobody");
         let verb = if letters == "r" { "read" } else { "change" };
-        clacks_core::acl::require(&self.acl, &request, &clacks_core::acl::NoRelatives, || {
+        clacks_acl::require(&self.acl, &request, &clacks_acl::NoRelatives, || {
             format!("{user} may not {verb} the ACLs at {target}")
         })
         .map_err(CommandError::from)
@@ -580,7 +586,7 @@ impl AclPlugin {
     ) -> CommandResult<bool> {
         let target = target.unwrap_or_else(|| self.store.base().to_owned());
         self.require(ctx, "r", &target)?;
-        let request = clacks_core::acl::Request {
+        let request = clacks_acl::Request {
             user: Some(&user),
             topic: &topic,
             letters: &letters,
@@ -589,7 +595,7 @@ impl AclPlugin {
         };
         let engine = self.acl.read().unwrap_or_else(PoisonError::into_inner);
         // Owner and manager relations are not looked up here: `o` and `m` grants count as not given.
-        engine.check(&request, &clacks_core::acl::NoRelatives).map_err(acl_error)
+        engine.check(&request, &clacks_acl::NoRelatives).map_err(acl_error)
     }
 
     /// What the last load of the stored ACLs left out, and why.

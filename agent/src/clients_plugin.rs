@@ -70,7 +70,7 @@ pub struct ClientsPlugin {
     bus: Bus,
     events: EventPublisher,
     store: Option<Arc<ObjectStore>>,
-    acl: Option<clacks_core::dispatch::SharedAcl>,
+    acl: Option<Arc<dyn clacks_core::dispatch::Authorizer>>,
     options: ClientsOptions,
     /// Senders who may speak for any client: the agents.
     trusted: Vec<String>,
@@ -96,7 +96,7 @@ impl ClientsPlugin {
         bus: Bus,
         events: EventPublisher,
         store: Option<Arc<ObjectStore>>,
-        acl: Option<clacks_core::dispatch::SharedAcl>,
+        acl: Option<Arc<dyn clacks_core::dispatch::Authorizer>>,
         mut options: ClientsOptions,
         trusted: Vec<String>,
     ) -> ClientsPlugin {
@@ -430,13 +430,10 @@ impl ClientsPlugin {
     /// `x` on `<domain>.client.<id>.<method>`, with the call's arguments as options.
     fn check_dispatch(&self, ctx: &CallContext, client: &str, method: &str, args: &Value) -> CommandResult<()> {
         let Some(acl) = &self.acl else { return Ok(()) };
-        let topic = format!("{}.client.{client}.{method}", self.domain);
-        let options = args.as_object();
-        let request =
-            clacks_core::acl::Request { user: ctx.user.as_deref(), topic: &topic, letters: "x", target: None, options };
-        let user = ctx.user.as_deref().unwrap_or("nobody");
-        clacks_core::acl::require(acl, &request, &clacks_core::acl::NoRelatives, || {
-            format!("{user} may not call {method} on client {client}")
+        let topic = self.domain.client_topic(client, method);
+        let user = ctx.user.as_deref();
+        acl.authorize(user, &topic, "x", args.as_object(), &|| {
+            format!("{} may not call {method} on client {client}", user.unwrap_or("nobody"))
         })
         .map_err(CommandError::from)
     }

@@ -16,16 +16,10 @@ use tokio_util::sync::CancellationToken;
 impl CorePlugin {
     fn check_send(&self, ctx: &CallContext, event_type: &str) -> CommandResult<()> {
         let Some(acl) = &self.acl else { return Ok(()) };
-        let topic = format!("{}.event.{event_type}", self.domain);
-        let request = clacks_core::acl::Request {
-            user: ctx.user.as_deref(),
-            topic: &topic,
-            letters: "x",
-            target: None,
-            options: None,
-        };
-        clacks_core::acl::require(acl, &request, &clacks_core::acl::NoRelatives, || {
-            format!("{} may not send {event_type} events", ctx.user.as_deref().unwrap_or("nobody"))
+        let topic = self.domain.event_topic(event_type);
+        let user = ctx.user.as_deref();
+        acl.authorize(user, &topic, "x", None, &|| {
+            format!("{} may not send {event_type} events", user.unwrap_or("nobody"))
         })
         .map_err(CommandError::from)
     }
@@ -38,7 +32,7 @@ pub struct CorePlugin {
     pub(crate) registry: Arc<Registry>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) events: clacks_core::events::EventPublisher,
-    pub(crate) acl: Option<clacks_core::dispatch::SharedAcl>,
+    pub(crate) acl: Option<Arc<dyn clacks_core::dispatch::Authorizer>>,
 }
 
 #[clacks_core::plugin(target = "core")]

@@ -10,10 +10,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clacks_core::acl::AclEngine;
+use clacks_acl::{AclEngine, SharedAcl};
 use clacks_core::bus::{Bus, BusError, RequestHandler, ServeOptions};
 use clacks_core::command::{Command, Plugin};
-use clacks_core::dispatch::{DispatchConfig, Dispatcher, SharedAcl};
+use clacks_core::dispatch::{Authorizer, DispatchConfig, Dispatcher};
 use clacks_core::domain::Domain;
 use clacks_core::events::{EventError, EventPublisher, EventValidator, PresenceEvent};
 use clacks_core::registry::Registry;
@@ -153,6 +153,9 @@ struct Inner {
     events: EventPublisher,
     objects: Option<Arc<ObjectStore>>,
     acl_plugin: Option<Arc<crate::acl_plugin::AclPlugin>>,
+    /// The ACL engine, when this agent checks ACLs (the dispatcher sees it as its
+    /// authorizer).
+    acl: Option<SharedAcl>,
     shutdown_requested: CancellationToken,
     stopped: CancellationToken,
 }
@@ -188,13 +191,16 @@ impl Agent {
             let admins = acl.admins.iter().cloned().chain([bus.user().to_owned()]);
             Arc::new(std::sync::RwLock::new(AclEngine::new(&options.base, admins)))
         });
+        // Plain topic checks (commands, events, client commands) see only this.
+        let authorizer: Option<Arc<dyn Authorizer>> =
+            acl.clone().map(|engine| Arc::new(clacks_acl::AclAuthorizer(engine)) as Arc<dyn Authorizer>);
         let core = Arc::new(CorePlugin {
             domain: options.domain.clone(),
             base: options.base.clone(),
             registry: registry.clone(),
             shutdown: shutdown_requested.clone(),
             events: events.clone(),
-            acl: acl.clone(),
+            acl: authorizer.clone(),
         });
         let mut commands: Vec<Command> = core.commands();
         for name in &options.enable {
@@ -218,8 +224,7 @@ impl Agent {
                 }
                 let store = ObjectStore::open(&store_config, &config.default_sql, validator.clone()).await?;
                 store.set_publisher(events.clone());
-                let plugin =
-                    ObjectsPlugin { store: store.clone(), acl: acl.clone(), domain: options.domain.to_string() };
+                let plugin = ObjectsPlugin { store: store.clone(), acl: acl.clone(), domain: options.domain.clone() };
                 commands.extend(Arc::new(plugin).commands());
                 Some(store)
             }
@@ -233,7 +238,7 @@ impl Agent {
                     store.clone(),
                     engine.clone(),
                     admins,
-                    options.domain.as_str(),
+                    &options.domain,
                     &options.node,
                 ));
                 if let Err(e) = plugin.reload().await {
@@ -252,7 +257,7 @@ impl Agent {
                 bus.clone(),
                 events.clone(),
                 objects.clone(),
-                acl.clone(),
+                authorizer.clone(),
                 options.clients.clone(),
                 trusted.clone(),
             )
@@ -281,7 +286,7 @@ impl Agent {
                 default_timeout: options.rpc_timeout,
                 max_request_bytes: options.max_request_bytes,
                 trusted_forwarders: trusted,
-                acl: acl.clone(),
+                authorizer: authorizer.clone(),
             },
             registry.clone(),
             bus.clone(),
@@ -302,6 +307,7 @@ impl Agent {
                 events,
                 objects,
                 acl_plugin: acl_plugin.clone(),
+                acl: acl.clone(),
                 shutdown_requested,
                 stopped: CancellationToken::new(),
             }),
@@ -353,7 +359,7 @@ impl Agent {
             let private = ServeOptions { private: true, prefetch: opts.prefetch };
             let queue = opts.domain.node_queue(target, &opts.node);
             self.inner.bus.serve(&queue, private, handler.clone()).await.map_err(|e| match e {
-                BusError::Refused(reason) if reason.contains("RESOURCE_LOCKED") || reason.contains("exclusive use") => {
+                BusError::InUse(_) => {
                     AgentError::NodeIdInUse { node: opts.node.clone(), domain: opts.domain.to_string() }
                 }
                 other => AgentError::Bus(other),
@@ -436,7 +442,7 @@ impl Agent {
 
     /// The ACL engine, when this agent checks ACLs.
     pub fn acl(&self) -> Option<&SharedAcl> {
-        self.inner.dispatcher.config().acl.as_ref()
+        self.inner.acl.as_ref()
     }
 
     /// The object store, when this agent serves objects.

@@ -558,10 +558,7 @@ async fn events(
         None => None,
         Some(Ok(filter)) => Some(filter),
         Some(Err(e)) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                RpcError::new(ErrorCode::custom("EVENT_FILTER_INVALID"), e.to_string()),
-            );
+            return refuse(StatusCode::BAD_REQUEST, RpcError::new(ErrorCode::EVENT_FILTER_INVALID, e.to_string()));
         }
     };
     let options = clacks_core::events::filter::SubscribeOptions::filtered(filter);
@@ -571,23 +568,16 @@ async fn events(
     };
     // Each event reaches the session only with `e` on `<domain>.event.<Type>`; the
     // others are left out silently, as if not subscribed.
-    let acl = state.dispatcher.config().acl.clone();
-    let domain = state.dispatcher.config().domain.to_string();
+    let authorizer = state.dispatcher.config().authorizer.clone();
+    let domain = state.dispatcher.config().domain.clone();
     let stream = futures_util::stream::unfold(events, move |mut events| {
-        let (acl, domain, user) = (acl.clone(), domain.clone(), user.clone());
+        let (authorizer, domain, user) = (authorizer.clone(), domain.clone(), user.clone());
         async move {
             loop {
                 let message = events.recv().await?;
-                if let Some(acl) = &acl {
-                    let topic = format!("{domain}.event.{}", message.event_type);
-                    let request = clacks_core::acl::Request {
-                        user: Some(&user),
-                        topic: &topic,
-                        letters: "e",
-                        target: None,
-                        options: None,
-                    };
-                    if clacks_core::acl::require(acl, &request, &clacks_core::acl::NoRelatives, String::new).is_err() {
+                if let Some(authorizer) = &authorizer {
+                    let topic = domain.event_topic(&message.event_type);
+                    if authorizer.authorize(Some(&user), &topic, "e", None, &String::new).is_err() {
                         continue;
                     }
                 }

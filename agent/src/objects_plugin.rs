@@ -22,8 +22,8 @@ use serde_json::{Map, Value, json};
 pub struct ObjectsPlugin {
     pub(crate) store: Arc<ObjectStore>,
     /// With ACLs: every operation needs its permission on `<domain>.objects.…`.
-    pub(crate) acl: Option<clacks_core::dispatch::SharedAcl>,
-    pub(crate) domain: String,
+    pub(crate) acl: Option<clacks_acl::SharedAcl>,
+    pub(crate) domain: clacks_core::domain::Domain,
 }
 
 /// Who owns and who manages one object, looked up before a check (`o`, `m`).
@@ -32,7 +32,7 @@ struct Relatives {
     managers: Vec<String>,
 }
 
-impl clacks_core::acl::RelativeLookup for Relatives {
+impl clacks_acl::RelativeLookup for Relatives {
     fn owner(&self, _: &str) -> Option<String> {
         self.owner.clone()
     }
@@ -192,17 +192,12 @@ impl Guard<'_> {
             let found = self.plugin.relatives(target).await;
             self.relatives.insert(target.to_owned(), found);
         }
-        let full_topic = format!("{}.objects.{topic}", self.plugin.domain);
-        let request = clacks_core::acl::Request {
-            user: self.user,
-            topic: &full_topic,
-            letters,
-            target: Some(target),
-            options: None,
-        };
+        let full_topic = self.plugin.domain.objects_topic(topic);
+        let request =
+            clacks_acl::Request { user: self.user, topic: &full_topic, letters, target: Some(target), options: None };
         let relatives = self.relatives.get(target).unwrap_or(&NOBODY);
         let user = self.user.unwrap_or("nobody");
-        clacks_core::acl::require(acl, &request, relatives, || {
+        clacks_acl::require(acl, &request, relatives, || {
             format!("{user} may not {} {topic} at {target}", verb(letters))
         })
         .map_err(CommandError::from)

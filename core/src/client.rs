@@ -373,7 +373,7 @@ impl Client {
         let filter = filter
             .map(crate::events::Filter::parse)
             .transpose()
-            .map_err(|e| ClientError::Rpc(RpcError::new(ErrorCode::custom("EVENT_FILTER_INVALID"), e.to_string())))?;
+            .map_err(|e| ClientError::Rpc(RpcError::new(ErrorCode::EVENT_FILTER_INVALID, e.to_string())))?;
         match &self.transport {
             Transport::Bus { bus, validator, .. } => {
                 let validator = match validator.get() {

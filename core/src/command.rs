@@ -324,6 +324,35 @@ pub struct Command {
     pub handler: Handler,
 }
 
+/// Runs `handler` for command `name` here, within `context.deadline`: the one way an
+/// agent or a joined machine executes a command once its arguments are bound. A command
+/// that panics becomes `INTERNAL_ERROR` for its caller alone (caught in place, which
+/// costs less than a task per call); one that overruns is dropped, which cancels it,
+/// and becomes `TIMEOUT`.
+pub async fn run_local(
+    name: &str,
+    handler: &Handler,
+    context: CallContext,
+    args: Vec<Value>,
+) -> Result<Value, RpcError> {
+    use futures_util::FutureExt;
+    let deadline = context.deadline;
+    let run = std::panic::AssertUnwindSafe(handler(context, args)).catch_unwind();
+    match tokio::time::timeout_at(deadline, run).await {
+        Ok(Ok(result)) => result.map_err(RpcError::from),
+        Ok(Err(panic)) => {
+            let reason = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::warn!(command = %name, %reason, "command panicked");
+            Err(RpcError::new(ErrorCode::INTERNAL_ERROR, format!("'{name}' failed unexpectedly")))
+        }
+        Err(_) => Err(RpcError::new(ErrorCode::TIMEOUT, format!("'{name}' did not finish within the deadline"))),
+    }
+}
+
 impl fmt::Debug for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Command").field("spec", &self.spec).finish_non_exhaustive()

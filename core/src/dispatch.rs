@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures_util::FutureExt;
 use futures_util::future::join_all;
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
@@ -40,11 +39,25 @@ pub struct DispatchConfig {
     pub trusted_forwarders: Vec<String>,
     /// Who may execute what; `None` = no checks (a library user's own choice; agents
     /// started from configuration always check).
-    pub acl: Option<SharedAcl>,
+    pub authorizer: Option<Arc<dyn Authorizer>>,
 }
 
-/// The ACL engine as the dispatcher and plugins share it.
-pub type SharedAcl = Arc<std::sync::RwLock<crate::acl::AclEngine>>;
+/// Decides whether a caller may do something, for the dispatcher (`x` on a command's
+/// topic) and the HTTP endpoint (`e` on an event type's). The ACL engine (`clacks-acl`)
+/// implements it, so the wire layer does not depend on the ACL model.
+pub trait Authorizer: Send + Sync + std::fmt::Debug {
+    /// Allows `user` the permission `letters` on `topic`, with `options` (the call's
+    /// arguments by name) for option constraints; or refuses with `PERMISSION_EXEC`,
+    /// whose message `refusal` makes.
+    fn authorize(
+        &self,
+        user: Option<&str>,
+        topic: &str,
+        letters: &str,
+        options: Option<&serde_json::Map<String, Value>>,
+        refusal: &dyn Fn() -> String,
+    ) -> Result<(), RpcError>;
+}
 
 /// Where a call comes from and how it may be routed.
 #[derive(Clone, Debug)]
@@ -228,8 +241,8 @@ impl Dispatcher {
     /// Refuses a call the ACLs do not allow: `x` on `<domain>.command.<target>.<method>`,
     /// with the call's arguments by name for option constraints.
     fn check_execute(&self, spec: &CommandSpec, params: &Params, origin: &Origin) -> Result<(), RpcError> {
-        let Some(acl) = &self.config.acl else { return Ok(()) };
-        let topic = format!("{}.command.{}.{}", self.config.domain, spec.target, spec.name);
+        let Some(authorizer) = &self.config.authorizer else { return Ok(()) };
+        let topic = self.config.domain.command_topic(&spec.target, &spec.name);
         let arguments: serde_json::Map<String, Value> = match params {
             Params::Named(map) => map.clone(),
             Params::Positional(values) => {
@@ -237,15 +250,9 @@ impl Dispatcher {
             }
             Params::None => serde_json::Map::new(),
         };
-        let request = crate::acl::Request {
-            user: origin.user.as_deref(),
-            topic: &topic,
-            letters: "x",
-            target: None,
-            options: Some(&arguments),
-        };
-        crate::acl::require(acl, &request, &crate::acl::NoRelatives, || {
-            format!("{} may not execute {}", origin.user.as_deref().unwrap_or("nobody"), spec.name)
+        let caller = origin.user.as_deref();
+        authorizer.authorize(caller, &topic, "x", Some(&arguments), &|| {
+            format!("{} may not execute {}", caller.unwrap_or("nobody"), spec.name)
         })
     }
 
@@ -271,25 +278,7 @@ impl Dispatcher {
             deadline: origin.deadline,
         };
         let _guard = InFlight::enter(&self.in_flight);
-        // A panicking command is caught here and becomes an error for its caller alone;
-        // catching in place costs less than a task of its own per call.
-        let run = std::panic::AssertUnwindSafe((command.handler)(context, args)).catch_unwind();
-        match tokio::time::timeout_at(origin.deadline, run).await {
-            Ok(Ok(result)) => result.map_err(RpcError::from),
-            Ok(Err(panic)) => {
-                let reason = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                warn!(command = %spec.name, %reason, "command panicked");
-                Err(RpcError::new(ErrorCode::INTERNAL_ERROR, format!("'{}' failed unexpectedly", spec.name)))
-            }
-            // Dropping the future on the timeout cancels the command.
-            Err(_) => {
-                Err(RpcError::new(ErrorCode::TIMEOUT, format!("'{}' did not finish within the deadline", spec.name)))
-            }
-        }
+        crate::command::run_local(&spec.name, &command.handler, context, args).await
     }
 
     async fn forward(

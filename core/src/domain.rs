@@ -88,8 +88,29 @@ impl Domain {
     }
 
     /// The ACL topic of a command, used for permission checks and in error details.
+    /// Every ACL topic is built by one of these functions, nowhere else.
     pub fn command_topic(&self, target: &str, method: &str) -> String {
         format!("{}.command.{target}.{method}", self.0)
+    }
+
+    /// The ACL topic of an event type (`x` to send it, `e` to receive it over HTTP).
+    pub fn event_topic(&self, event_type: &str) -> String {
+        format!("{}.event.{event_type}", self.0)
+    }
+
+    /// The ACL topic of a joined client's command.
+    pub fn client_topic(&self, client: &str, method: &str) -> String {
+        format!("{}.client.{client}.{method}", self.0)
+    }
+
+    /// The ACL topic of an object operation: `what` is e.g. `User.attributes.uid`.
+    pub fn objects_topic(&self, what: &str) -> String {
+        format!("{}.objects.{what}", self.0)
+    }
+
+    /// The ACL topic of the ACLs themselves.
+    pub fn acl_topic(&self) -> String {
+        format!("{}.acl", self.0)
     }
 
     /// Decodes a queue name of this domain into a shared or private command queue.

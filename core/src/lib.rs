@@ -1,14 +1,14 @@
 //! The shared core of Clacks: everything an agent, a shell and a program in another
 //! language must agree on.
 //!
-//! It holds the domain naming rules ([`domain`]), the JSON-RPC 2.0 wire types and the
+//! It holds the domain naming rules ([`domain`]) and those of DNs ([`dn`]), the JSON-RPC 2.0 wire types and the
 //! symbolic error codes ([`rpc`]), the single description of a command that drives
 //! dispatch, `getMethods`, help and completion ([`command`]), the domain-wide view of
 //! nodes and their commands ([`registry`]), the dispatcher that routes a request to a
 //! local handler or to the agent that provides it ([`dispatch`]), node presence events
 //! and their XSD validation ([`events`]), the message bus with its RabbitMQ and
 //! in-process implementations ([`bus`]), the caller-side [`client`], the object layer
-//! ([`objects`]), the ACL engine ([`acl`]), the SCRAM pieces both ends of a SASL
+//! ([`objects`]), the SCRAM pieces both ends of a SASL
 //! login share ([`sasl`]) and the bounded memory of refused senders ([`refusals`]).
 //!
 //! Nothing here reads configuration files or parses command lines: that is the job of
@@ -18,11 +18,11 @@
 // this crate too.
 extern crate self as clacks_core;
 
-pub mod acl;
 pub mod bus;
 pub mod client;
 pub mod command;
 pub mod dispatch;
+pub mod dn;
 pub mod domain;
 pub mod events;
 pub mod objects;

@@ -126,6 +126,14 @@ error_codes! {
     DEVICE_EXISTS = -32162,
     /// The broker's management API refused or could not be reached (joining needs it).
     BROKER_ADMIN_FAILED = -32163,
+    /// A client's D-Bus service answered with an error; `details.name` is its D-Bus name.
+    DBUS_ERROR = -32164,
+    /// The event is not well-formed XML, or declares a document type.
+    EVENT_MALFORMED = -32170,
+    /// The schema refuses the event; `details.violations` says where and why.
+    EVENT_INVALID = -32171,
+    /// An event filter (XPath) does not parse.
+    EVENT_FILTER_INVALID = -32172,
 }
 
 impl ErrorCode {

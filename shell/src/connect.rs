@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clacks_core::bus::Bus;
-use clacks_core::bus::amqp::{AmqpBus, AmqpSettings, percent_encode};
+use clacks_core::bus::amqp::{AmqpBus, AmqpSettings};
 use clacks_core::client::{Client, ClientError};
 use clacks_core::domain::Domain;
 
@@ -43,10 +43,8 @@ impl Session {
 
 /// Whether connecting to `url` needs a password we do not have yet.
 fn needs_password(url: &str) -> bool {
-    let Some((scheme, rest)) = url.split_once("://") else { return false };
-    let authority = rest.split('/').next().unwrap_or_default();
-    let has_password = authority.split_once('@').is_some_and(|(userinfo, _)| userinfo.contains(':'));
-    matches!(scheme, "amqp" | "amqps" | "http" | "https") && !has_password
+    let Ok(parsed) = url::Url::parse(url) else { return false };
+    matches!(parsed.scheme(), "amqp" | "amqps" | "http" | "https") && parsed.password().is_none()
 }
 
 /// On a terminal, asks for what the transport needs: the user (interactive shell only,
@@ -154,15 +152,13 @@ pub(crate) async fn connect(target: &Target) -> Result<Session, ClientError> {
     }
 }
 
-/// Puts user and password into an AMQP URL that has none.
+/// Puts user and password into an AMQP URL that has no login of its own.
 fn with_credentials(url: &str, user: &str, password: Option<&str>) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    if rest.split('/').next().is_some_and(|authority| authority.contains('@')) {
-        return url.to_owned();
-    }
-    match password {
-        Some(pw) => format!("{scheme}://{}:{}@{rest}", percent_encode(user), percent_encode(pw)),
-        None => format!("{scheme}://{}@{rest}", percent_encode(user)),
+    match url::Url::parse(url) {
+        Ok(parsed) if parsed.username().is_empty() => {
+            clacks_core::bus::amqp::with_login(url, user, password).unwrap_or_else(|_| url.to_owned())
+        }
+        _ => url.to_owned(),
     }
 }
 

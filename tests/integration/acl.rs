@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
+use clacks_acl::{Action, Grant, Scope};
 use clacks_agent::daemon::AclOptions;
 use clacks_agent::{Agent, AgentOptions};
-use clacks_core::acl::{Action, Grant, Scope};
 use clacks_core::bus::Bus;
 use clacks_core::bus::local::LocalBus;
 use clacks_core::client::Client;

@@ -128,11 +128,8 @@ impl ClientConfig {
 
     /// The broker URL with the machine identity as login.
     pub fn login_url(&self) -> Result<String, String> {
-        use clacks_core::bus::amqp::{percent_encode, without_credentials};
         // Any credentials the URL carries give way to the machine identity.
-        let bare = without_credentials(&self.url);
-        let (scheme, rest) = bare.split_once("://").ok_or_else(|| format!("'{}' is not a broker URL", self.url))?;
-        Ok(format!("{scheme}://{}:{}@{rest}", percent_encode(&self.id), percent_encode(&self.secret)))
+        clacks_core::bus::amqp::with_login(&self.url, &self.id, Some(&self.secret))
     }
 }
 
@@ -172,6 +169,17 @@ mod tests {
 
     #[test]
     fn the_login_url_carries_the_machine_identity() {
-        assert_eq!(sample().login_url().as_deref(), Ok("amqp://c1:s%2Fe%2Bc@broker:5672/%2f"));
+        let url = sample().login_url().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(url, "amqp://c1:s%2Fe+c@broker:5672/%2f");
+        // What the broker connection reads back is the identity itself.
+        let parsed: lapin::uri::AMQPUri = url.parse().unwrap_or_else(|e: String| panic!("{e}"));
+        assert_eq!(
+            (
+                parsed.authority.userinfo.username.as_str(),
+                parsed.authority.userinfo.password.as_str(),
+                parsed.vhost.as_str()
+            ),
+            ("c1", "s/e+c", "/")
+        );
     }
 }

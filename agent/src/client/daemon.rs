@@ -20,7 +20,6 @@ use clacks_core::command::{CallContext, Command, CommandError, CommandResult, Pl
 use clacks_core::domain::Domain;
 use clacks_core::events::{EventPublisher, EventValidator};
 use clacks_core::rpc::{ErrorCode, Incoming, Response, RpcError, decode_request_body};
-use futures_util::FutureExt;
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -405,15 +404,7 @@ impl ClientDaemon {
                     node: self.inner.options.id.clone(),
                     deadline,
                 };
-                // A panicking command becomes an error for its caller alone.
-                let run = std::panic::AssertUnwindSafe(handler(ctx, args)).catch_unwind();
-                match tokio::time::timeout_at(deadline, run).await {
-                    Ok(Ok(result)) => result.map_err(command_error),
-                    Ok(Err(_)) => {
-                        Err(RpcError::new(ErrorCode::INTERNAL_ERROR, format!("{} failed unexpectedly", spec.name)))
-                    }
-                    Err(_) => Err(RpcError::new(ErrorCode::TIMEOUT, format!("{} did not finish in time", spec.name))),
-                }
+                clacks_core::command::run_local(&spec.name, &handler, ctx, args).await
             }
         };
         Some(
@@ -453,13 +444,5 @@ async fn inventory_loop(core: Arc<CoreClientCommands>, every: Duration, stopped:
                 }
             }
         }
-    }
-}
-
-fn command_error(e: CommandError) -> RpcError {
-    let error = RpcError::new(e.code, e.message);
-    match e.details {
-        Some(d) => error.with_details(d),
-        None => error,
     }
 }

@@ -315,14 +315,14 @@ impl DbusProxy {
                 return Err(CommandError::new(ErrorCode::TIMEOUT, format!("{} did not answer in time", method.name)));
             }
             Ok(Err(zbus::Error::MethodError(name, message, _))) => {
-                return Err(CommandError::new("DBUS_ERROR", message.unwrap_or_default())
+                return Err(CommandError::new(ErrorCode::DBUS_ERROR, message.unwrap_or_default())
                     .with_details(json!({"name": name.as_str()})));
             }
             // zbus turns the standard org.freedesktop.DBus.Error.* replies into this.
             Ok(Err(zbus::Error::FDO(error))) => {
                 let name = zbus::DBusError::name(error.as_ref()).to_string();
                 let message = zbus::DBusError::description(error.as_ref()).unwrap_or_default().to_owned();
-                return Err(CommandError::new("DBUS_ERROR", message).with_details(json!({"name": name})));
+                return Err(CommandError::new(ErrorCode::DBUS_ERROR, message).with_details(json!({"name": name})));
             }
             Ok(Err(e)) => return Err(CommandError::failed(format!("D-Bus: {e}"))),
             Ok(Ok(reply)) => reply,

@@ -11,6 +11,10 @@
 //! Differences from the original, on purpose: option constraints are enforced, roles
 //! and sets sort their entries the same way, and a role cycle is refused when it is
 //! made, not only when it is checked.
+//!
+//! This crate depends on the wire (`clacks-core`: errors, DN rules, the dispatcher's
+//! [`Authorizer`] trait, which the engine implements) and never on the object layer:
+//! ACLs are stored as objects, but checking them needs none.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -18,7 +22,8 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::objects::backend::dn_key;
+use clacks_core::dispatch::Authorizer;
+use clacks_core::dn::dn_key;
 
 /// Every permission letter: read, write, create, delete, search, execute, receive
 /// events, and the owner-only and manager-only modifiers.
@@ -115,15 +120,15 @@ pub enum AclError {
     Loop(String),
 }
 
-impl From<AclError> for crate::rpc::RpcError {
-    fn from(e: AclError) -> crate::rpc::RpcError {
-        use crate::rpc::ErrorCode;
+impl From<AclError> for clacks_core::rpc::RpcError {
+    fn from(e: AclError) -> clacks_core::rpc::RpcError {
+        use clacks_core::rpc::ErrorCode;
         let code = match &e {
             AclError::Invalid(_) | AclError::Loop(_) => ErrorCode::ACL_INVALID,
             AclError::UnknownId(_) | AclError::UnknownRole(_) => ErrorCode::ACL_NOT_FOUND,
             AclError::RoleInUse(..) => ErrorCode::ACL_ROLE_IN_USE,
         };
-        crate::rpc::RpcError::new(code, e.to_string())
+        clacks_core::rpc::RpcError::new(code, e.to_string())
     }
 }
 
@@ -584,7 +589,7 @@ impl AclEngine {
             if key == base_key {
                 return Ok(false);
             }
-            level = crate::objects::backend::parent_dn(&level).to_owned();
+            level = clacks_core::dn::parent_dn(&level).to_owned();
         }
     }
 
@@ -680,6 +685,28 @@ impl AclEngine {
     }
 }
 
+/// The engine as every agent shares it: read on every call, rebuilt when ACL data changes.
+pub type SharedAcl = std::sync::Arc<std::sync::RwLock<AclEngine>>;
+
+/// The engine as the dispatcher, the HTTP endpoint and the plugins that check plain
+/// topics (no target, no relatives) see it.
+#[derive(Clone, Debug)]
+pub struct AclAuthorizer(pub SharedAcl);
+
+impl Authorizer for AclAuthorizer {
+    fn authorize(
+        &self,
+        user: Option<&str>,
+        topic: &str,
+        letters: &str,
+        options: Option<&Map<String, Value>>,
+        refusal: &dyn Fn() -> String,
+    ) -> Result<(), clacks_core::rpc::RpcError> {
+        let request = Request { user, topic, letters, target: None, options };
+        require(&self.0, &request, &NoRelatives, refusal)
+    }
+}
+
 /// Allows `request`, or refuses it as a caller sees it: `PERMISSION_EXEC` with
 /// `refusal` as the message and the topic (and target) in the details. An engine that
 /// cannot decide (a role cycle) refuses too.
@@ -688,8 +715,8 @@ pub fn require(
     request: &Request<'_>,
     relatives: &dyn RelativeLookup,
     refusal: impl FnOnce() -> String,
-) -> Result<(), crate::rpc::RpcError> {
-    use crate::rpc::{ErrorCode, RpcError};
+) -> Result<(), clacks_core::rpc::RpcError> {
+    use clacks_core::rpc::{ErrorCode, RpcError};
     let verdict = acl.read().map(|engine| engine.check(request, relatives)).unwrap_or(Ok(false));
     match verdict {
         Ok(true) => Ok(()),

@@ -178,30 +178,39 @@ pub fn vhost_of(url: &str) -> String {
 }
 
 /// The URL without user and password (what a client config keeps; its own identity
-/// is added when it connects).
+/// is added when it connects). Text that is not a URL comes back as it is.
 pub fn without_credentials(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let (authority, path) = rest.split_once('/').map_or((rest, None), |(a, p)| (a, Some(p)));
-            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-            match path {
-                Some(path) => format!("{scheme}://{host}/{path}"),
-                None => format!("{scheme}://{host}"),
-            }
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            // Only URLs without a host refuse these, and those have no credentials.
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.to_string()
         }
-        None => url.to_owned(),
+        Err(_) => url.to_owned(),
     }
+}
+
+/// `url` logging in as `user` with `password`, replacing whatever login it had; both
+/// are percent-encoded as URLs need.
+pub fn with_login(url: &str, user: &str, password: Option<&str>) -> Result<String, String> {
+    let refused = |why: &str| format!("'{}' {why}", redact_url(url));
+    let mut parsed = url::Url::parse(url).map_err(|e| refused(&format!("is not a URL: {e}")))?;
+    parsed.set_username(user).map_err(|()| refused("cannot carry a login"))?;
+    parsed.set_password(password).map_err(|()| refused("cannot carry a login"))?;
+    Ok(parsed.to_string())
 }
 
 /// Removes the password from an AMQP URL for messages and logs.
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{}{user}@{}", &url[..scheme_end + 3], &url[at + 1..])
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            let _ = parsed.set_password(None);
+            parsed.to_string()
         }
-        _ => url.to_owned(),
+        // Nothing of text that does not parse is shown: it may hold a password.
+        Err(_) if url.contains('@') => "(a URL that does not parse)".to_owned(),
+        Err(_) => url.to_owned(),
     }
 }
 
@@ -362,7 +371,7 @@ impl AmqpBus {
             let outcome = start_consumer(&self.inner, &live, &served).await;
             // A refusal (the queue is someone else's) is the caller's to handle; a lost
             // connection is ours: the supervisor replays the queue on reconnection.
-            if let Err(e @ BusError::Refused(_)) = outcome {
+            if let Err(e @ (BusError::Refused(_) | BusError::Forbidden(_) | BusError::InUse(_))) = outcome {
                 return Err(e);
             }
         }
@@ -588,11 +597,23 @@ pub async fn check_login_with(url: &str, user: &str, password: &str, ca_pem: Opt
 /// A channel-level ("soft") protocol error is a refusal of what was asked; anything
 /// else means the connection is gone.
 fn lapin_err(e: lapin::Error) -> BusError {
+    use lapin::protocol::AMQPSoftError;
+    match soft_error(&e) {
+        Some(AMQPSoftError::ACCESSREFUSED) => BusError::Forbidden(e.to_string()),
+        Some(AMQPSoftError::RESOURCELOCKED) => BusError::InUse(e.to_string()),
+        Some(_) => BusError::Refused(e.to_string()),
+        None => BusError::ConnectionLost(e.to_string()),
+    }
+}
+
+/// What the broker refused on a channel, when `e` is such a refusal.
+fn soft_error(e: &lapin::Error) -> Option<lapin::protocol::AMQPSoftError> {
     match e.kind() {
-        lapin::ErrorKind::ProtocolError(amqp) if matches!(amqp.kind(), lapin::protocol::AMQPErrorKind::Soft(_)) => {
-            BusError::Refused(e.to_string())
-        }
-        _ => BusError::ConnectionLost(e.to_string()),
+        lapin::ErrorKind::ProtocolError(amqp) => match amqp.kind() {
+            lapin::protocol::AMQPErrorKind::Soft(soft) => Some(soft.clone()),
+            lapin::protocol::AMQPErrorKind::Hard(_) => None,
+        },
+        _ => None,
     }
 }
 
@@ -647,14 +668,16 @@ async fn declare_event_exchange(inner: &Inner, connection: &Connection, passive:
     match channel.exchange_declare(exchange.as_str().into(), ExchangeKind::Topic, declare, FieldTable::default()).await
     {
         Ok(()) => Ok(channel),
-        Err(e) if !passive && e.to_string().contains("ACCESS_REFUSED") => {
+        Err(e) if !passive && soft_error(&e) == Some(lapin::protocol::AMQPSoftError::ACCESSREFUSED) => {
             debug!(%exchange, "not allowed to declare the event exchange; checking that it exists");
             Box::pin(declare_event_exchange(inner, connection, true)).await
         }
-        Err(e) if passive && e.to_string().contains("NOT_FOUND") => Err(BusError::Refused(format!(
-            "the event exchange {exchange} does not exist: no agent of domain {} has run on this broker yet",
-            inner.domain
-        ))),
+        Err(e) if passive && soft_error(&e) == Some(lapin::protocol::AMQPSoftError::NOTFOUND) => {
+            Err(BusError::Refused(format!(
+                "the event exchange {exchange} does not exist: no agent of domain {} has run on this broker yet",
+                inner.domain
+            )))
+        }
         Err(e) => Err(lapin_err(e)),
     }
 }

@@ -120,7 +120,7 @@ impl LocalBus {
             let mut queues = self.queues().lock().unwrap_or_else(PoisonError::into_inner);
             let q = queues.entry(queue.to_owned()).or_default();
             if options.private && q.consumers.iter().any(|c| !c.is_closed()) {
-                return Err(BusError::Refused(format!("queue {queue} is already in exclusive use")));
+                return Err(BusError::InUse(format!("queue {queue} is already in exclusive use")));
             }
             q.consumers.push(tx);
         }

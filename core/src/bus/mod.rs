@@ -134,6 +134,12 @@ pub enum BusError {
     /// A declaration or publication was refused.
     #[error("the broker refused: {0}")]
     Refused(String),
+    /// The broker user may not do that (AMQP `ACCESS_REFUSED` on a channel).
+    #[error("the broker does not allow it: {0}")]
+    Forbidden(String),
+    /// An exclusive queue is in use by another connection (AMQP `RESOURCE_LOCKED`).
+    #[error("in exclusive use elsewhere: {0}")]
+    InUse(String),
     /// The bus was closed.
     #[error("the bus is closed")]
     Closed,
@@ -147,7 +153,8 @@ impl BusError {
             BusError::AccessRefused { .. } => ErrorCode::LOGIN_FAILED,
             BusError::NoProvider(_) => ErrorCode::NO_PROVIDER,
             BusError::Timeout(_) => ErrorCode::TIMEOUT,
-            BusError::Refused(_) => ErrorCode::INTERNAL_ERROR,
+            BusError::Refused(_) | BusError::InUse(_) => ErrorCode::INTERNAL_ERROR,
+            BusError::Forbidden(_) => ErrorCode::PERMISSION_EXEC,
         };
         RpcError::new(code, self.to_string())
     }

@@ -59,8 +59,8 @@ impl EventError {
     pub fn code(&self) -> crate::rpc::ErrorCode {
         use crate::rpc::ErrorCode;
         match self {
-            EventError::Malformed(_) => ErrorCode::custom("EVENT_MALFORMED"),
-            EventError::Invalid(_) => ErrorCode::custom("EVENT_INVALID"),
+            EventError::Malformed(_) => ErrorCode::EVENT_MALFORMED,
+            EventError::Invalid(_) => ErrorCode::EVENT_INVALID,
             EventError::TooLarge(_) => ErrorCode::MESSAGE_TOO_LARGE,
             EventError::Publish(_) => ErrorCode::CONNECTION_LOST,
             EventError::Schema(_) | EventError::ValidatorStopped => ErrorCode::INTERNAL_ERROR,

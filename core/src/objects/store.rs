@@ -25,11 +25,12 @@ use serde_json::{Value, json};
 
 use super::backend::ldap::{LdapBackend, LdapSettings};
 use super::backend::sql::{Db, SqlBackend};
-use super::backend::{BackendError, Entry, escape_rdn_value, parent_dn, split_rdn};
+use super::backend::{BackendError, Entry};
 use super::description::{AttributeDef, Catalogue, Diagnostic, HookType, ObjectType};
 use super::filters::{self, BoxFuture, FilterEnv, Props, Scope};
 use super::index::{Index, IndexDoc, SearchScope};
 use super::relation::RelationSpec;
+use crate::dn::{escape_rdn_value, parent_dn, split_rdn};
 use crate::events::{EventPublisher, EventValidator};
 use crate::rpc::ErrorCode;
 
@@ -1678,12 +1679,12 @@ impl ObjectStore {
         if let Some(category) = &options.category {
             categories.insert(category.clone());
         }
-        let base_key = super::backend::dn_key(base);
+        let base_key = crate::dn::dn_key(base);
         let in_scope = |dn: &str| {
-            let key = super::backend::dn_key(dn);
+            let key = crate::dn::dn_key(dn);
             match scope {
                 SearchScope::Base => key == base_key,
-                SearchScope::One => super::backend::dn_key(parent_dn(dn)) == base_key,
+                SearchScope::One => crate::dn::dn_key(parent_dn(dn)) == base_key,
                 SearchScope::Sub => key == base_key || key.ends_with(&format!(",{base_key}")),
                 SearchScope::Children => key.ends_with(&format!(",{base_key}")),
             }
@@ -1767,9 +1768,9 @@ impl ObjectStore {
             (None, Some(t)) => self.index.of_type(t).await?,
             (None, None) => self.index.under(&base, SearchScope::Sub).await?,
         };
-        let base_key = super::backend::dn_key(&base);
+        let base_key = crate::dn::dn_key(&base);
         candidates.retain(|doc| {
-            let key = super::backend::dn_key(&doc.dn);
+            let key = crate::dn::dn_key(&doc.dn);
             key == base_key || key.ends_with(&format!(",{base_key}"))
         });
         for (key, wanted) in conditions {
