@@ -21,7 +21,7 @@ use clacks_acl::{Acl, AclEngine, AclError, Action, Grant, RoleEntry, Scope};
 use clacks_core::command::{CallContext, CommandError, CommandResult};
 use clacks_core::dn::{dn_key, parent_dn};
 use clacks_core::objects::{ObjectError, ObjectState, ObjectStore};
-use clacks_core::rpc::{ErrorCode, RpcError};
+use clacks_core::rpc::ErrorCode;
 use serde_json::{Map, Value, json};
 use tracing::{info, warn};
 
@@ -58,10 +58,6 @@ struct Stored {
     problems: Vec<String>,
     /// Role name → the DN of its object.
     role_dns: BTreeMap<String, String>,
-}
-
-fn acl_error(e: AclError) -> CommandError {
-    CommandError::from(RpcError::from(e))
 }
 
 fn first_text(values: Option<&Vec<Value>>) -> Option<String> {
@@ -290,7 +286,7 @@ impl AclPlugin {
             .sets()
             .find(|(_, acls)| acls.iter().any(|a| a.id == id))
             .map(|(base, _)| base.to_owned())
-            .ok_or_else(|| acl_error(AclError::UnknownId(id)))
+            .ok_or_else(|| CommandError::from(AclError::UnknownId(id)))
     }
 
     /// A set's DN must be an object under the tree's root: checks never look elsewhere.
@@ -299,7 +295,10 @@ impl AclPlugin {
         if key == root || key.ends_with(&format!(",{root}")) {
             Ok(())
         } else {
-            Err(acl_error(AclError::Invalid(format!("{dn} is not below the tree's root {}", self.store.base()))))
+            Err(CommandError::from(AclError::Invalid(format!(
+                "{dn} is not below the tree's root {}",
+                self.store.base()
+            ))))
         }
     }
 
@@ -339,7 +338,7 @@ impl AclPlugin {
     ) -> CommandResult<T> {
         let stored = self.read_stored().await?;
         let mut after = stored.engine.clone();
-        let value = change(&mut after).map_err(acl_error)?;
+        let value = change(&mut after).map_err(CommandError::from)?;
         let user = ctx.user.as_deref();
         let before: BTreeMap<String, (&str, &[Acl])> =
             stored.engine.sets().map(|(dn, acls)| (dn_key(dn), (dn, acls))).collect();
@@ -449,8 +448,8 @@ impl AclPlugin {
     ) -> CommandResult<u64> {
         self.check_set_dn(&base)?;
         self.require(ctx, "w", &base)?;
-        let scope: Scope = scope.parse().map_err(acl_error)?;
-        let grant = grant_of(actions, role).map_err(acl_error)?;
+        let scope: Scope = scope.parse().map_err(CommandError::from)?;
+        let grant = grant_of(actions, role).map_err(CommandError::from)?;
         self.edit(ctx, |engine| engine.add_acl(&base, scope, priority, members, grant)).await
     }
 
@@ -467,8 +466,8 @@ impl AclPlugin {
         role: Option<String>,
     ) -> CommandResult<bool> {
         self.require(ctx, "w", &self.set_holding(id)?)?;
-        let scope = parse_scope(scope.as_deref()).map_err(acl_error)?;
-        let grant = maybe_grant(actions, role).map_err(acl_error)?;
+        let scope = parse_scope(scope.as_deref()).map_err(CommandError::from)?;
+        let grant = maybe_grant(actions, role).map_err(CommandError::from)?;
         self.edit(ctx, |engine| engine.update_acl(id, scope, priority, members, grant)).await?;
         Ok(true)
     }
@@ -501,7 +500,7 @@ impl AclPlugin {
         if let Some(name) = &name
             && !engine.roles().contains_key(name)
         {
-            return Err(acl_error(AclError::UnknownRole(name.clone())));
+            return Err(CommandError::from(AclError::UnknownRole(name.clone())));
         }
         Ok(engine
             .roles()
@@ -517,7 +516,7 @@ impl AclPlugin {
     #[command(name = "addACLRole", needs_user)]
     async fn add_acl_role(&self, ctx: &CallContext, name: String) -> CommandResult<String> {
         self.require(ctx, "w", self.store.base())?;
-        check_role_name(&name).map_err(acl_error)?;
+        check_role_name(&name).map_err(CommandError::from)?;
         self.edit(ctx, |engine| engine.add_role(&name)).await?;
         Ok(format!("cn={name},{}", self.roles_dn()))
     }
@@ -542,8 +541,8 @@ impl AclPlugin {
         uses: Option<String>,
     ) -> CommandResult<u64> {
         self.require(ctx, "w", self.store.base())?;
-        let scope: Scope = scope.parse().map_err(acl_error)?;
-        let grant = grant_of(actions, uses).map_err(acl_error)?;
+        let scope: Scope = scope.parse().map_err(CommandError::from)?;
+        let grant = grant_of(actions, uses).map_err(CommandError::from)?;
         self.edit(ctx, |engine| engine.add_role_entry(&role, scope, priority, grant)).await
     }
 
@@ -559,8 +558,8 @@ impl AclPlugin {
         uses: Option<String>,
     ) -> CommandResult<bool> {
         self.require(ctx, "w", self.store.base())?;
-        let scope = parse_scope(scope.as_deref()).map_err(acl_error)?;
-        let grant = maybe_grant(actions, uses).map_err(acl_error)?;
+        let scope = parse_scope(scope.as_deref()).map_err(CommandError::from)?;
+        let grant = maybe_grant(actions, uses).map_err(CommandError::from)?;
         self.edit(ctx, |engine| engine.update_role_entry(id, scope, priority, grant)).await?;
         Ok(true)
     }
@@ -595,7 +594,7 @@ impl AclPlugin {
         };
         let engine = self.acl.read().unwrap_or_else(PoisonError::into_inner);
         // Owner and manager relations are not looked up here: `o` and `m` grants count as not given.
-        engine.check(&request, &clacks_acl::NoRelatives).map_err(acl_error)
+        engine.check(&request, &clacks_acl::NoRelatives).map_err(CommandError::from)
     }
 
     /// What the last load of the stored ACLs left out, and why.

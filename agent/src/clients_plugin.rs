@@ -19,7 +19,7 @@ use clacks_core::command::{CallContext, CommandError, CommandResult};
 use clacks_core::domain::Domain;
 use clacks_core::events::EventPublisher;
 use clacks_core::objects::ObjectStore;
-use clacks_core::rpc::{ErrorCode, Params, Request, RpcError};
+use clacks_core::rpc::{ErrorCode, Params, Request};
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -366,13 +366,13 @@ impl ClientsPlugin {
                         format!("client '{client}' is not connected"),
                     ));
                 }
-                return Err(rpc_to_command(error));
+                return Err(CommandError::from(error));
             }
         };
         let response: clacks_core::rpc::Response = serde_json::from_slice(&reply).map_err(|e| {
             CommandError::new(ErrorCode::INTERNAL_ERROR, format!("client '{client}' answered badly: {e}"))
         })?;
-        response.into_result().map_err(rpc_to_command)
+        response.into_result().map_err(CommandError::from)
     }
 
     /// The clients a fan-out of `method` reaches, by id.
@@ -498,14 +498,6 @@ fn outcome_row(client: &str, name: &str, result: Result<Value, CommandError>, to
             let status = if e.code == ErrorCode::TIMEOUT { "timeout" } else { "error" };
             json!({"client": client, "name": name, "status": status, "code": e.code.as_str(), "message": e.message, "ms": ms})
         }
-    }
-}
-
-fn rpc_to_command(e: RpcError) -> CommandError {
-    let error = CommandError::new(e.symbolic(), e.message);
-    match e.data.and_then(|d| d.details) {
-        Some(d) => error.with_details(d),
-        None => error,
     }
 }
 

@@ -120,6 +120,12 @@ pub enum AclError {
     Loop(String),
 }
 
+impl From<AclError> for clacks_core::command::CommandError {
+    fn from(e: AclError) -> clacks_core::command::CommandError {
+        clacks_core::rpc::RpcError::from(e).into()
+    }
+}
+
 impl From<AclError> for clacks_core::rpc::RpcError {
     fn from(e: AclError) -> clacks_core::rpc::RpcError {
         use clacks_core::rpc::ErrorCode;
