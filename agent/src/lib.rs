@@ -13,7 +13,6 @@
 pub mod acl_plugin;
 pub mod auth;
 pub mod broker_admin;
-pub mod client;
 pub mod clients_plugin;
 pub mod config;
 pub mod core_plugin;

@@ -314,13 +314,13 @@ async fn run(mut cli: Cli) -> Result<()> {
 
 /// Runs this machine as a joined client until SIGTERM or Ctrl-C.
 async fn run_client(config: Option<&std::path::Path>) -> Result<()> {
-    let path = config.unwrap_or(std::path::Path::new(clacks_agent::client::config::DEFAULT_CLIENT_CONFIG));
-    let config = clacks_agent::client::ClientConfig::load(path)
+    let path = config.unwrap_or(std::path::Path::new(clacks_client::config::DEFAULT_CLIENT_CONFIG));
+    let config = clacks_client::ClientConfig::load(path)
         .with_context(|| "this machine has not joined a domain (run `clacks join` as root first)".to_owned())?;
-    let options = clacks_agent::client::options_from(&config).map_err(anyhow::Error::msg)?;
+    let options = clacks_client::options_from(&config).map_err(anyhow::Error::msg)?;
     info!(id = %config.id, domain = %config.domain, "connecting as a joined client");
-    let bus = clacks_agent::client::connect(&config, true).await.map_err(anyhow::Error::msg)?;
-    let client = clacks_agent::client::ClientDaemon::start(options, bus, Vec::new()).await?;
+    let bus = clacks_client::connect(&config, true).await.map_err(anyhow::Error::msg)?;
+    let client = clacks_client::ClientDaemon::start(options, bus, Vec::new()).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => info!("SIGTERM received"),

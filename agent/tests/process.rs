@@ -410,7 +410,7 @@ async fn the_client_role_serves_a_joined_machine_until_sigterm() {
     let joined = admin.call("joinClient", Params::Positional(vec![json!("process-test-machine")])).await;
     let joined = joined.unwrap_or_else(|e| panic!("joinClient: {e}"));
     let text = |k: &str| joined[k].as_str().unwrap_or_default().to_owned();
-    let config = clacks_agent::client::ClientConfig {
+    let config = clacks_client::ClientConfig {
         domain: domain.to_string(),
         url: broker.url().replace("guest:guest@", ""),
         id: text("id"),

@@ -10,8 +10,8 @@
 
 use std::path::{Path, PathBuf};
 
-use clacks_agent::client::ClientConfig;
-use clacks_agent::client::config::DEFAULT_CLIENT_CONFIG;
+use clacks_client::ClientConfig;
+use clacks_client::config::DEFAULT_CLIENT_CONFIG;
 use clacks_core::client::ClientError;
 use clacks_core::rpc::Params;
 use serde_json::{Map, Value, json};
@@ -84,7 +84,7 @@ pub(crate) fn join(request: JoinRequest, target: &Target, handle: &tokio::runtim
             "cannot read this machine's id (/sys/class/dmi/id/product_uuid, /etc/machine-id); give --device-id",
         );
     };
-    let name = request.name.clone().unwrap_or_else(clacks_agent::client::daemon::host_name);
+    let name = request.name.clone().unwrap_or_else(clacks_client::daemon::host_name);
     handle.block_on(async {
         let session = match connect(target).await {
             Ok(session) => session,

@@ -795,7 +795,7 @@ async fn a_machine_joins_runs_as_a_client_and_leaves_from_the_command_line() {
     let joined = clacks(&[&join[..], &["--type", "virtual"]].concat());
     assert!(joined.starts_with("exit=0\nstdout:\njoined ") && joined.contains("--role client"), "{joined}");
     assert_eq!(std::fs::metadata(&config).map(|m| m.permissions().mode() & 0o777).ok(), Some(0o600));
-    let machine = clacks_agent::client::ClientConfig::load(&config).unwrap_or_else(|e| panic!("{e}"));
+    let machine = clacks_client::ClientConfig::load(&config).unwrap_or_else(|e| panic!("{e}"));
     assert!(!machine.url.contains("guest"), "no admin credentials in the machine's file: {}", machine.url);
     let again = clacks(&join);
     assert!(
@@ -806,12 +806,11 @@ async fn a_machine_joins_runs_as_a_client_and_leaves_from_the_command_line() {
     );
 
     // The machine comes online as itself, the way `clacks-agent --role client` starts it.
-    let bus = clacks_agent::client::connect(&machine, false).await.unwrap_or_else(|e| panic!("{e}"));
-    let mut client_options = clacks_agent::client::options_from(&machine).unwrap_or_else(|e| panic!("{e}"));
+    let bus = clacks_client::connect(&machine, false).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut client_options = clacks_client::options_from(&machine).unwrap_or_else(|e| panic!("{e}"));
     client_options.ping = Duration::from_millis(500);
-    let client = clacks_agent::client::ClientDaemon::start(client_options, bus, Vec::new())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let client =
+        clacks_client::ClientDaemon::start(client_options, bus, Vec::new()).await.unwrap_or_else(|e| panic!("{e}"));
     let admin = clacks_core::client::Client::over_bus(
         clacks_tests::amqp_bus(&broker.url(), &domain, "admin").await,
         domain.clone(),
@@ -827,7 +826,7 @@ async fn a_machine_joins_runs_as_a_client_and_leaves_from_the_command_line() {
 
     let left = clacks(&["leave", "--config", config_arg.as_str()]);
     assert!(left.starts_with("exit=0\nstdout:\nleft ") && !config.exists(), "{left}");
-    let gone = clacks_agent::client::connect(&machine, false).await;
+    let gone = clacks_client::connect(&machine, false).await;
     assert!(gone.is_err(), "the machine's broker login is gone");
     agent.stop().await;
 }
@@ -841,13 +840,11 @@ async fn fanout_from_the_shell_reports_every_client() {
     let agent = clacks_tests::start_agent(&url, clacks_tests::fast_options(&domain, "alpha"), vec![]).await;
     let mut clients = Vec::new();
     for id in ["ws-a", "ws-b", "ws-c"] {
-        let mut options = clacks_agent::client::ClientOptions::new(domain.clone(), id);
+        let mut options = clacks_client::ClientOptions::new(domain.clone(), id);
         options.name = id.to_owned();
         options.inventory_every = None;
         let bus = clacks_tests::amqp_bus(&url, &domain, id).await;
-        clients.push(
-            clacks_agent::client::ClientDaemon::start(options, bus, vec![]).await.unwrap_or_else(|e| panic!("{e}")),
-        );
+        clients.push(clacks_client::ClientDaemon::start(options, bus, vec![]).await.unwrap_or_else(|e| panic!("{e}")));
     }
     let admin = clacks_core::client::Client::over_bus(
         clacks_tests::amqp_bus(&url, &domain, "admin").await,

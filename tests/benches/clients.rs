@@ -15,7 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use clacks_agent::client::{ClientDaemon, ClientOptions};
+use clacks_client::{ClientDaemon, ClientOptions};
 use clacks_core::bus::{Bus, CallOptions};
 use clacks_core::client::Client;
 use clacks_core::rpc::Params;

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use clacks_agent::AgentOptions;
-use clacks_agent::client::{ClientConfig, ClientDaemon, ClientOptions};
+use clacks_client::{ClientConfig, ClientDaemon, ClientOptions};
 use clacks_core::bus::amqp::{AmqpBus, AmqpSettings};
 use clacks_core::bus::{Bus, CallOptions};
 use clacks_core::client::Client;
@@ -543,7 +543,7 @@ async fn d_bus_methods_become_client_commands_while_the_service_runs() {
     let agent = start_agent(&url, fast_options(&domain, "alpha"), vec![]).await;
     let admin = Client::over_bus(amqp_bus(&url, &domain, "admin").await, domain.clone(), Duration::from_secs(10));
     let mut options = client_options(&domain, "dbushost-01", vec![]);
-    options.dbus = Some(clacks_agent::client::dbus_proxy::DbusOptions {
+    options.dbus = Some(clacks_client::dbus_proxy::DbusOptions {
         address: Some(bus.address.clone()),
         service: "org.clacks.Test".into(),
         interface: "org.clacks".into(),

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use clacks_agent::client::{ClientDaemon, ClientOptions};
+use clacks_client::{ClientDaemon, ClientOptions};
 use clacks_core::bus::amqp::{AmqpBus, AmqpSettings};
 use clacks_core::bus::permissions::{BrokerPermissions, BrokerRole};
 use clacks_core::bus::{Bus, CallOptions};

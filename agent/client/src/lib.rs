@@ -1,4 +1,8 @@
-//! The client side of a domain: a managed machine that joined it.
+//! The client side of a domain: a managed machine that joined it (`clacks-agent --role
+//! client` runs it; `clacks join` writes its identity).
+//!
+//! This crate depends on the wire and the bus (`clacks-core`) only — never on the agent,
+//! the object layer or the ACL engine, which live on other machines.
 //!
 //! [`config`] is the machine identity `clacks join` writes; [`daemon`] serves the
 //! client's commands on its own queue and keeps the agents informed of its presence;
