@@ -20,8 +20,8 @@ use clacks_acl::SharedAcl;
 use clacks_acl::{Acl, AclEngine, AclError, Action, Grant, RoleEntry, Scope};
 use clacks_core::command::{CallContext, CommandError, CommandResult};
 use clacks_core::dn::{dn_key, parent_dn};
-use clacks_core::objects::{ObjectError, ObjectState, ObjectStore};
 use clacks_core::rpc::ErrorCode;
+use clacks_objects::{ObjectError, ObjectState, ObjectStore};
 use serde_json::{Map, Value, json};
 use tracing::{info, warn};
 

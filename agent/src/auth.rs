@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use argon2::password_hash::PasswordVerifier;
 use argon2::password_hash::phc::PasswordHash;
-use clacks_core::objects::ObjectStore;
 use clacks_core::sasl::ScramVerifier;
+use clacks_objects::ObjectStore;
 
 /// How passwords are checked.
 #[derive(Clone)]

@@ -18,8 +18,8 @@ use clacks_core::bus::{Bus, CallOptions, EventMessage, ReplyFrom};
 use clacks_core::command::{CallContext, CommandError, CommandResult};
 use clacks_core::domain::Domain;
 use clacks_core::events::EventPublisher;
-use clacks_core::objects::ObjectStore;
 use clacks_core::rpc::{ErrorCode, Params, Request};
+use clacks_objects::ObjectStore;
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -389,7 +389,7 @@ impl ClientsPlugin {
             None => None,
         };
         let capability = filter.capability.as_deref().unwrap_or(method);
-        let glob = clacks_core::objects::store::glob_match;
+        let glob = clacks_objects::store::glob_match;
         let table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
         let mut targets: Vec<(String, ClientEntry)> = table
             .iter()
@@ -482,10 +482,10 @@ fn default_call_timeout() -> f64 {
 }
 
 /// A bad query is the caller's mistake; anything else is the database's.
-fn inventory_error(e: clacks_core::objects::backend::BackendError) -> CommandError {
+fn inventory_error(e: clacks_objects::backend::BackendError) -> CommandError {
     match e {
-        clacks_core::objects::backend::BackendError::Invalid(m) => CommandError::new(ErrorCode::INVALID_PARAMS, m),
-        other => clacks_core::objects::ObjectError::from(other).into(),
+        clacks_objects::backend::BackendError::Invalid(m) => CommandError::new(ErrorCode::INVALID_PARAMS, m),
+        other => clacks_objects::ObjectError::from(other).into(),
     }
 }
 
@@ -669,7 +669,7 @@ impl ClientsPlugin {
             .index()
             .with_value("RegisteredDevice", "deviceUUID", &device_uuid)
             .await
-            .map_err(clacks_core::objects::ObjectError::from)?
+            .map_err(clacks_objects::ObjectError::from)?
             .first()
         {
             return Err(CommandError::new(
@@ -698,7 +698,7 @@ impl ClientsPlugin {
         }
         store.extend(&mut device, "RegisteredDevice")?;
         store.set(&mut device, "deviceUUID", &json!(device_uuid)).await?;
-        let key = clacks_core::objects::password::hash(&secret, "argon2")
+        let key = clacks_objects::password::hash(&secret, "argon2")
             .map_err(|e| CommandError::new(ErrorCode::INTERNAL_ERROR, e))?;
         store.set(&mut device, "deviceKey", &json!(key)).await?;
         for (field, value) in info.into_iter().flatten() {
@@ -729,7 +729,7 @@ impl ClientsPlugin {
     #[command]
     async fn get_inventory(&self, client: String) -> CommandResult<Value> {
         let store = self.inventory()?;
-        let found = store.get(&client).await.map_err(clacks_core::objects::ObjectError::from)?;
+        let found = store.get(&client).await.map_err(clacks_objects::ObjectError::from)?;
         found.ok_or_else(|| {
             CommandError::new(ErrorCode::CLIENT_UNKNOWN, format!("no inventory of client '{client}' is stored"))
         })

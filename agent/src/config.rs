@@ -119,7 +119,7 @@ pub struct ObjectsSection {
     /// Seconds between walks of every backend for objects deleted outside Clacks.
     pub sweep_secs: f64,
     /// `[objects.ldap]`: the directory; none = objects live in SQL.
-    pub ldap: Option<clacks_core::objects::backend::ldap::LdapSettings>,
+    pub ldap: Option<clacks_objects::backend::ldap::LdapSettings>,
 }
 
 impl Default for ObjectsSection {
@@ -146,7 +146,7 @@ impl ObjectsSection {
         }
         let data_dir = self.data_dir.clone().unwrap_or_else(default_data_dir);
         Some(crate::daemon::ObjectsOptions {
-            store: clacks_core::objects::StoreConfig {
+            store: clacks_objects::StoreConfig {
                 ldap: self.ldap.clone(),
                 sql_url: self.sql_url.clone(),
                 index_url: self.index_url.clone(),

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use clacks_core::objects::ObjectStore;
+use clacks_objects::ObjectStore;
 
 use crate::core_plugin::CorePlugin;
 use crate::objects_plugin::{DispatchRunner, ObjectsPlugin};
@@ -79,7 +79,7 @@ pub struct AclOptions {
 #[derive(Clone, Debug)]
 pub struct ObjectsOptions {
     /// Backends, index and description folders.
-    pub store: clacks_core::objects::StoreConfig,
+    pub store: clacks_objects::StoreConfig,
     /// The SQL database when `store.sql_url` is unset (SQLite in the data folder).
     pub default_sql: String,
     /// How often the directory is checked for changes made outside Clacks.
@@ -142,7 +142,7 @@ pub enum AgentError {
     Name(#[from] clacks_core::domain::NameError),
     /// The object store could not be opened (directory or database unreachable).
     #[error("object store: {0}")]
-    Objects(#[from] clacks_core::objects::ObjectError),
+    Objects(#[from] clacks_objects::ObjectError),
 }
 
 struct Inner {

@@ -10,8 +10,8 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 
-use clacks_core::objects::backend::BackendError;
-use clacks_core::objects::backend::sql::Db;
+use clacks_objects::backend::BackendError;
+use clacks_objects::backend::sql::Db;
 use serde_json::{Map, Value, json};
 use sqlx::Row;
 
@@ -269,9 +269,7 @@ impl InventoryStore {
             })
             .collect();
         if let Some(pattern) = &query.os {
-            found.retain(|_, row| {
-                clacks_core::objects::store::glob_match(pattern, row["os"].as_str().unwrap_or_default())
-            });
+            found.retain(|_, row| clacks_objects::store::glob_match(pattern, row["os"].as_str().unwrap_or_default()));
         }
         if let Some(package) = &query.package {
             let rows = self

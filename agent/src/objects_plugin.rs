@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use clacks_core::command::{CallContext, CommandError, CommandResult};
 use clacks_core::dispatch::Dispatcher;
-use clacks_core::objects::filters::BoxFuture;
-use clacks_core::objects::index::SearchScope;
-use clacks_core::objects::store::{CommandRunner, ObjectError, SearchOptions};
-use clacks_core::objects::{ObjectState, ObjectStore};
 use clacks_core::rpc::{ErrorCode, Params};
+use clacks_objects::filters::BoxFuture;
+use clacks_objects::index::SearchScope;
+use clacks_objects::store::{CommandRunner, ObjectError, SearchOptions};
+use clacks_objects::{ObjectState, ObjectStore};
 use serde_json::{Map, Value, json};
 
 /// The `objects` plugin.
@@ -68,7 +68,7 @@ impl ObjectsPlugin {
     async fn relatives(&self, dn: &str) -> Relatives {
         let index = self.store.index();
         let doc = index.by_dn(dn).await.ok().flatten();
-        let uid_of = |d: &clacks_core::objects::index::IndexDoc| d.values.get("uid").and_then(|v| v.first()).cloned();
+        let uid_of = |d: &clacks_objects::index::IndexDoc| d.values.get("uid").and_then(|v| v.first()).cloned();
         let mut managers = Vec::new();
         for manager in doc.as_ref().and_then(|d| d.values.get("manager")).into_iter().flatten() {
             if let Ok(Some(m)) = index.by_dn(manager).await
@@ -497,7 +497,7 @@ impl ObjectsPlugin {
         self.guard(ctx).require("User.attributes.userPassword", "r", &dn).await?;
         let stored =
             state.values.get("userPassword").and_then(|v| v.first()).and_then(Value::as_str).unwrap_or_default();
-        Ok(clacks_core::objects::password::is_locked(stored))
+        Ok(clacks_objects::password::is_locked(stored))
     }
 }
 
@@ -513,7 +513,7 @@ impl ObjectsPlugin {
                 format!("{dn} has no password to lock or unlock"),
             ));
         };
-        let updated = clacks_core::objects::password::set_locked(&stored, lock);
+        let updated = clacks_objects::password::set_locked(&stored, lock);
         if updated == stored {
             return Ok(false);
         }

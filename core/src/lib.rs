@@ -7,9 +7,10 @@
 //! nodes and their commands ([`registry`]), the dispatcher that routes a request to a
 //! local handler or to the agent that provides it ([`dispatch`]), node presence events
 //! and their XSD validation ([`events`]), the message bus with its RabbitMQ and
-//! in-process implementations ([`bus`]), the caller-side [`client`], the object layer
-//! ([`objects`]), the SCRAM pieces both ends of a SASL
-//! login share ([`sasl`]) and the bounded memory of refused senders ([`refusals`]).
+//! in-process implementations ([`bus`]), the caller-side [`client`], the SCRAM pieces
+//! both ends of a SASL login share ([`sasl`]) and the bounded memory of refused senders
+//! ([`refusals`]). The object layer (`clacks-objects`) and the ACL engine (`clacks-acl`)
+//! are crates of their own on top of this one; nothing here knows LDAP or SQL.
 //!
 //! Nothing here reads configuration files or parses command lines: that is the job of
 //! the `clacks-agent` and `clacks` binaries.
@@ -25,7 +26,6 @@ pub mod dispatch;
 pub mod dn;
 pub mod domain;
 pub mod events;
-pub mod objects;
 pub mod refusals;
 pub mod registry;
 pub mod rpc;

@@ -637,7 +637,7 @@ async fn a_user_attribute_added_by_description_is_used_from_the_shell() {
 
     let (url, domain) = (amqp_url(), unique_domain());
     let mut options = AgentOptions::new(domain.clone(), "directory");
-    let store = clacks_core::objects::StoreConfig {
+    let store = clacks_objects::StoreConfig {
         ldap: Some(slapd.settings()),
         dirs: vec![site.path().to_owned()],
         ..Default::default()

@@ -13,9 +13,9 @@
 use std::time::{Duration, Instant};
 
 use clacks_core::events::EventValidator;
-use clacks_core::objects::index::{IndexDoc, SearchScope};
-use clacks_core::objects::store::SearchOptions;
-use clacks_core::objects::{ObjectStore, StoreConfig};
+use clacks_objects::index::{IndexDoc, SearchScope};
+use clacks_objects::store::SearchOptions;
+use clacks_objects::{ObjectStore, StoreConfig};
 use clacks_tests::directory::{BASE, Slapd};
 use ldap3::controls::{Assertion, PostRead};
 use ldap3::{Mod, Scope, SearchEntry};

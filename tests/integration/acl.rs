@@ -139,7 +139,7 @@ async fn server_sent_events_reach_a_session_only_with_e_on_their_type() {
 #[tokio::test]
 async fn object_operations_need_their_permissions() {
     let admins = Some(AclOptions { admins: vec!["root".into()] });
-    let local = clacks_tests::LocalDomain::start(clacks_core::objects::StoreConfig::default(), vec![], admins).await;
+    let local = clacks_tests::LocalDomain::start(clacks_objects::StoreConfig::default(), vec![], admins).await;
     let (agent, domain, base) = (&local.agent, local.domain.clone(), local.base.clone());
     let (root, ada, bob) = (local.caller("root"), local.caller("ada"), local.caller("bob"));
     let people = ok(&root, "openObject", json!([base, "PeopleContainer"])).await["ref"].clone();

@@ -13,8 +13,8 @@ use clacks_core::bus::Bus;
 use clacks_core::bus::local::LocalBus;
 use clacks_core::client::Client;
 use clacks_core::domain::Domain;
-use clacks_core::objects::StoreConfig;
 use clacks_core::rpc::{ErrorCode, Params};
+use clacks_objects::StoreConfig;
 use expect_test::expect_file;
 use serde_json::json;
 

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use clacks_agent::AgentOptions;
 use clacks_core::client::Client;
-use clacks_core::objects::StoreConfig;
 use clacks_core::rpc::{ErrorCode, Params};
+use clacks_objects::StoreConfig;
 use clacks_tests::directory::{BASE, PgSchema, Slapd};
 use clacks_tests::{LocalDomain, amqp_url, client, fast_options, start_agent, unique_domain, wait_for};
 use serde_json::{Value, json};

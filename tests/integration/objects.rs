@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clacks_core::events::EventValidator;
-use clacks_core::objects::{ObjectError, ObjectState, ObjectStore, StoreConfig};
 use clacks_core::rpc::ErrorCode;
+use clacks_objects::{ObjectError, ObjectState, ObjectStore, StoreConfig};
 use clacks_tests::directory::{BASE, PgSchema, Slapd};
 use ldap3::{Scope, SearchEntry};
 use serde_json::{Value, json};
@@ -374,7 +374,7 @@ async fn the_directory_over_ldaps_and_starttls_and_a_wrong_ca_refused() {
     let sqlite = format!("sqlite://{}", data.path().join("objects.db").display());
     let ldaps = slapd.ldaps_url.clone().expect("ldaps");
     for (url, starttls, unit) in [(ldaps.clone(), false, "ldaps"), (slapd.url.clone(), true, "starttls")] {
-        let settings = clacks_core::objects::backend::ldap::LdapSettings {
+        let settings = clacks_objects::backend::ldap::LdapSettings {
             url,
             starttls,
             ca_file: slapd.ca_file.clone(),
@@ -393,8 +393,7 @@ async fn the_directory_over_ldaps_and_starttls_and_a_wrong_ca_refused() {
     let (other_ca, _, _) = clacks_tests::directory::test_certificates();
     let wrong = data.path().join("other-ca.pem");
     std::fs::write(&wrong, other_ca).expect("write");
-    let settings =
-        clacks_core::objects::backend::ldap::LdapSettings { url: ldaps, ca_file: Some(wrong), ..slapd.settings() };
+    let settings = clacks_objects::backend::ldap::LdapSettings { url: ldaps, ca_file: Some(wrong), ..slapd.settings() };
     let config = StoreConfig { ldap: Some(settings), ..StoreConfig::default() };
     let err = ObjectStore::open(&config, &sqlite, EventValidator::start(&[]).expect("validator"))
         .await

@@ -162,8 +162,8 @@ impl Slapd {
     }
 
     /// The store settings for this directory.
-    pub fn settings(&self) -> clacks_core::objects::backend::ldap::LdapSettings {
-        clacks_core::objects::backend::ldap::LdapSettings {
+    pub fn settings(&self) -> clacks_objects::backend::ldap::LdapSettings {
+        clacks_objects::backend::ldap::LdapSettings {
             url: self.url.clone(),
             base: BASE.into(),
             bind_dn: Some(ADMIN_DN.into()),

@@ -174,10 +174,7 @@ pub async fn node_ids(client: &Client) -> Vec<String> {
 
 /// Object store options for tests: `store`'s backends, SQL in `default_sql`, and the
 /// background work (directory polling, reference expiry, sweeps) out of the way.
-pub fn quiet_objects(
-    store: clacks_core::objects::StoreConfig,
-    default_sql: String,
-) -> clacks_agent::daemon::ObjectsOptions {
+pub fn quiet_objects(store: clacks_objects::StoreConfig, default_sql: String) -> clacks_agent::daemon::ObjectsOptions {
     clacks_agent::daemon::ObjectsOptions {
         store,
         default_sql,
@@ -201,7 +198,7 @@ pub fn joining_agent_options(
     dir: &std::path::Path,
 ) -> AgentOptions {
     let mut options = fast_options(domain, node);
-    options.objects = Some(quiet_objects(clacks_core::objects::StoreConfig::default(), sqlite_in(dir)));
+    options.objects = Some(quiet_objects(clacks_objects::StoreConfig::default(), sqlite_in(dir)));
     let api = broker.management_url().unwrap_or_else(|| panic!("the broker was started without its management API"));
     let admin = clacks_agent::broker_admin::BrokerAdmin::new(&api, "guest", "guest", "/");
     options.clients.broker_admin = Some(admin.unwrap_or_else(|e| panic!("{e}")));
@@ -221,7 +218,7 @@ pub struct LocalDomain {
 impl LocalDomain {
     /// Starts it with `plugins`; with `acl`, the agent checks ACLs.
     pub async fn start(
-        store: clacks_core::objects::StoreConfig,
+        store: clacks_objects::StoreConfig,
         plugins: Vec<Arc<dyn Plugin>>,
         acl: Option<clacks_agent::daemon::AclOptions>,
     ) -> LocalDomain {

@@ -41,6 +41,8 @@ use crate::domain::Domain;
 const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 /// Header naming the original caller of a forwarded request.
 pub const ON_BEHALF_OF_HEADER: &str = "x-clacks-user";
+/// How long closing a connection may wait for the broker's answer.
+const CLOSE_DEADLINE: Duration = Duration::from_secs(2);
 /// Shared command queues disappear after this long without any consumer, so calls to a
 /// target whose agents are all gone fail fast again instead of piling up.
 const SHARED_QUEUE_EXPIRY_MS: i64 = 5 * 60 * 1000;
@@ -380,22 +382,26 @@ impl AmqpBus {
     }
 
     pub(crate) async fn publish_event(&self, event_type: &str, xml: Vec<u8>) -> Result<(), BusError> {
-        let live = self.live_until(Instant::now() + Duration::from_secs(5)).await?;
+        // Events are fire-and-forget, but not wait-forever: a broker that blocks
+        // publishers (a memory alarm) gets five seconds.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let live = self.live_until(deadline).await?;
         let properties = BasicProperties::default()
             .with_content_type("application/xml".into())
             .with_user_id(self.inner.user.as_str().into())
             .with_type(event_type.into());
-        live.publish
-            .basic_publish(
-                self.inner.domain.event_exchange().into(),
-                event_type.into(),
-                BasicPublishOptions::default(),
-                &xml,
-                properties,
-            )
-            .await
-            .map_err(|e| BusError::ConnectionLost(e.to_string()))?;
-        Ok(())
+        let publish = live.publish.basic_publish(
+            self.inner.domain.event_exchange().into(),
+            event_type.into(),
+            BasicPublishOptions::default(),
+            &xml,
+            properties,
+        );
+        match tokio::time::timeout_at(deadline, publish).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(BusError::ConnectionLost(e.to_string())),
+            Err(_) => Err(BusError::Timeout(format!(" (publishing {event_type})"))),
+        }
     }
 
     pub(crate) async fn subscribe(&self, types: &[String]) -> Result<mpsc::Receiver<EventMessage>, BusError> {
@@ -429,7 +435,11 @@ impl AmqpBus {
         self.inner.shutdown.cancel();
         let live = self.inner.live.send_replace(None);
         if let Some(live) = live {
-            let _ = live.connection.close(200, "bye".into()).await;
+            // A broker slow to answer the close must not keep a stopping process alive.
+            let bye = live.connection.close(200, "bye".into());
+            if tokio::time::timeout(CLOSE_DEADLINE, bye).await.is_err() {
+                debug!(url = %self.inner.display_url, "the broker did not confirm the close in time");
+            }
         }
         fail_pending(&self.inner, "the bus was closed");
     }
@@ -585,7 +595,7 @@ pub async fn check_login_with(url: &str, user: &str, password: &str, ca_pem: Opt
     let connect = open_connection(uri, ConnectionProperties::default(), ca_pem, None);
     match tokio::time::timeout(Duration::from_secs(6), connect).await {
         Ok(Ok(connection)) => {
-            let _ = connection.close(200, "login check".into()).await;
+            let _ = tokio::time::timeout(CLOSE_DEADLINE, connection.close(200, "login check".into())).await;
             Ok(true)
         }
         Ok(Err(e)) if is_access_refused(&e) => Ok(false),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::events::{EventError, EventValidator, XmlNode, parse_xml};
+use clacks_core::events::{EventError, EventValidator, XmlNode, parse_xml};
 
 use super::filters;
 use super::values::ValueType;

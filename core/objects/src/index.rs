@@ -11,7 +11,7 @@ use sqlx::Row;
 
 use super::backend::BackendError;
 use super::backend::sql::{Db, sql_error};
-use crate::dn::{dn_key, parent_dn};
+use clacks_core::dn::{dn_key, parent_dn};
 
 /// One indexed object.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -240,7 +240,7 @@ impl Index {
         let mut moved = Vec::new();
         for mut doc in Index::docs(&rows) {
             // LIKE treats `_` as a wildcard; only true descendants move.
-            let Some(moved_dn) = crate::dn::rebase_dn(&doc.dn, old, new) else { continue };
+            let Some(moved_dn) = clacks_core::dn::rebase_dn(&doc.dn, old, new) else { continue };
             doc.dn = moved_dn;
             self.put(&doc).await?;
             moved.push(doc);

@@ -20,7 +20,7 @@ use sqlx::{AnyPool, AssertSqlSafe, Row};
 use tokio::sync::Mutex;
 
 use super::{BackendError, Entry};
-use crate::dn::{dn_key, parent_dn};
+use clacks_core::dn::{dn_key, parent_dn};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dialect {
@@ -350,7 +350,7 @@ impl SqlBackend {
         for row in rows {
             let (uuid, dn) = (text(&row, 0).unwrap_or_default(), text(&row, 1).unwrap_or_default());
             // LIKE treats `_` as a wildcard; only true descendants move.
-            let Some(moved_dn) = crate::dn::rebase_dn(&dn, old_dn, new_dn) else { continue };
+            let Some(moved_dn) = clacks_core::dn::rebase_dn(&dn, old_dn, new_dn) else { continue };
             let moved_key = dn_key(&moved_dn);
             let parent = dn_key(parent_dn(&moved_dn));
             self.db

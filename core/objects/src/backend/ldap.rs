@@ -433,7 +433,7 @@ impl LdapBackend {
                 async move { ldap.with_controls(controls).modifydn(dn, new_rdn, true, None).await?.success() }
             })
             .await?;
-        let parent = crate::dn::parent_dn(dn);
+        let parent = clacks_core::dn::parent_dn(dn);
         let new_dn = if parent.is_empty() { new_rdn.to_owned() } else { format!("{new_rdn},{parent}") };
         Ok((new_dn, post_read(&result).get("entryCSN").and_then(|v| v.first()).cloned()))
     }
@@ -443,7 +443,7 @@ impl LdapBackend {
         self.run(|mut ldap| async move { ldap.modifydn(dn, new_rdn, true, new_parent).await?.success() }).await?;
         let parent = match new_parent {
             Some(p) => p.to_owned(),
-            None => crate::dn::parent_dn(dn).to_owned(),
+            None => clacks_core::dn::parent_dn(dn).to_owned(),
         };
         Ok(format!("{new_rdn},{parent}"))
     }

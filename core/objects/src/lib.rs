@@ -5,6 +5,10 @@
 //! attributes their types, transformations and validators; [`backend`] moves data to
 //! and from LDAP and SQL; [`index`] keeps every object searchable; [`store`] ties them
 //! together into open, change, commit, move and remove.
+//!
+//! This crate depends on the wire (`clacks-core`: errors, command types, DN rules, the
+//! libxml2 validator and event publisher) and is the only one that knows ldap3 and sqlx;
+//! `clacks-core` and `clacks-acl` must never depend on it.
 
 pub mod backend;
 pub mod description;
@@ -17,9 +21,9 @@ pub mod values;
 
 pub use store::{ObjectError, ObjectState, ObjectStore, StoreConfig};
 
-impl From<ObjectError> for crate::command::CommandError {
-    fn from(e: ObjectError) -> crate::command::CommandError {
-        let error = crate::command::CommandError::new(e.code, e.message);
+impl From<ObjectError> for clacks_core::command::CommandError {
+    fn from(e: ObjectError) -> clacks_core::command::CommandError {
+        let error = clacks_core::command::CommandError::new(e.code, e.message);
         match e.details {
             Some(d) => error.with_details(d),
             None => error,

@@ -2,10 +2,10 @@
 //! Hermetic (a temporary folder), so it runs with the unit tests.
 
 use clacks_core::events::EventValidator;
-use clacks_core::objects::index::SearchScope;
-use clacks_core::objects::store::SearchOptions;
-use clacks_core::objects::{ObjectStore, StoreConfig};
 use clacks_core::rpc::ErrorCode;
+use clacks_objects::index::SearchScope;
+use clacks_objects::store::SearchOptions;
+use clacks_objects::{ObjectStore, StoreConfig};
 use serde_json::json;
 
 async fn store(dir: &tempfile::TempDir) -> std::sync::Arc<ObjectStore> {

@@ -30,9 +30,9 @@ use super::description::{AttributeDef, Catalogue, Diagnostic, HookType, ObjectTy
 use super::filters::{self, BoxFuture, FilterEnv, Props, Scope};
 use super::index::{Index, IndexDoc, SearchScope};
 use super::relation::RelationSpec;
-use crate::dn::{escape_rdn_value, parent_dn, split_rdn};
-use crate::events::{EventPublisher, EventValidator};
-use crate::rpc::ErrorCode;
+use clacks_core::dn::{escape_rdn_value, parent_dn, split_rdn};
+use clacks_core::events::{EventPublisher, EventValidator};
+use clacks_core::rpc::ErrorCode;
 
 /// An object-layer failure, with the symbolic code callers see.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -1530,7 +1530,7 @@ impl ObjectStore {
             dn: state.dn.clone().unwrap_or_default(),
             object_type: state.base_type.clone(),
             extensions: state.active.iter().cloned().collect(),
-            modified: crate::objects::backend::sql::now(),
+            modified: crate::backend::sql::now(),
             values: text_values(&state.loaded),
         }
     }
@@ -1679,12 +1679,12 @@ impl ObjectStore {
         if let Some(category) = &options.category {
             categories.insert(category.clone());
         }
-        let base_key = crate::dn::dn_key(base);
+        let base_key = clacks_core::dn::dn_key(base);
         let in_scope = |dn: &str| {
-            let key = crate::dn::dn_key(dn);
+            let key = clacks_core::dn::dn_key(dn);
             match scope {
                 SearchScope::Base => key == base_key,
-                SearchScope::One => crate::dn::dn_key(parent_dn(dn)) == base_key,
+                SearchScope::One => clacks_core::dn::dn_key(parent_dn(dn)) == base_key,
                 SearchScope::Sub => key == base_key || key.ends_with(&format!(",{base_key}")),
                 SearchScope::Children => key.ends_with(&format!(",{base_key}")),
             }
@@ -1768,9 +1768,9 @@ impl ObjectStore {
             (None, Some(t)) => self.index.of_type(t).await?,
             (None, None) => self.index.under(&base, SearchScope::Sub).await?,
         };
-        let base_key = crate::dn::dn_key(&base);
+        let base_key = clacks_core::dn::dn_key(&base);
         candidates.retain(|doc| {
-            let key = crate::dn::dn_key(&doc.dn);
+            let key = clacks_core::dn::dn_key(&doc.dn);
             key == base_key || key.ends_with(&format!(",{base_key}"))
         });
         for (key, wanted) in conditions {
