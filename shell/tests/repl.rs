@@ -39,6 +39,15 @@ fn type_keys(session: &mut PtySession, text: &str) {
     session.flush().unwrap_or_default();
 }
 
+/// Waits for the prompt of a new line, not the prompt rustyline redraws while the last
+/// line is still being typed: keys sent before the next read starts are discarded when
+/// the terminal goes back into raw mode. Each new read turns bracketed paste on first.
+#[track_caller]
+fn expect_next_prompt(session: &mut PtySession) {
+    expect(session, "\x1b[?2004h");
+    expect(session, PROMPT);
+}
+
 #[track_caller]
 fn expect(session: &mut PtySession, text: &str) -> String {
     session.exp_string(text).unwrap_or_else(|e| panic!("expected {text:?}: {e}"))
@@ -74,7 +83,7 @@ fn an_admin_session_on_the_embedded_domain() {
 
     // Properties of a value in scope complete too.
     s.send_line("let n = getNodes()[0];").unwrap_or_default();
-    expect(&mut s, PROMPT);
+    expect_next_prompt(&mut s);
     type_keys(&mut s, "n.wor\t");
     type_keys(&mut s, "\r");
     expect(&mut s, "n.workers");
@@ -82,7 +91,7 @@ fn an_admin_session_on_the_embedded_domain() {
 
     // So do the attributes of an open object.
     s.send_line("let top = open_object(getBase());").unwrap_or_default();
-    expect(&mut s, PROMPT);
+    expect_next_prompt(&mut s);
     type_keys(&mut s, "top.descr\t");
     type_keys(&mut s, " = \"Root\"; top.commit(); top.description\r");
     expect(&mut s, "top.description");
