@@ -546,12 +546,13 @@ impl Agent {
 
     /// Whether presence from broker user `sender` is believed: only agents speak for
     /// nodes, or anyone able to publish could route admins' calls to a queue of theirs.
+    /// The agent identities are the dispatcher's trusted forwarders (own user included).
     fn speaks_for_nodes(&self, sender: Option<&str>) -> bool {
-        let options = &self.inner.options;
         match &self.inner.bus {
             Bus::Local(_) => true,
             Bus::Amqp(_) => {
-                sender.is_some_and(|s| s == self.inner.bus.user() || options.trusted_forwarders.iter().any(|t| t == s))
+                let agents = &self.inner.dispatcher.config().trusted_forwarders;
+                sender.is_some_and(|s| agents.iter().any(|a| a == s))
             }
         }
     }

@@ -255,9 +255,15 @@ fn not_logged_in() -> HttpResponse {
     json_reply(StatusCode::UNAUTHORIZED, body.clone(), None)
 }
 
-fn too_many(status: StatusCode, error: RpcError, retry_after: Option<Duration>) -> HttpResponse {
-    let mut response = json_reply(status, Response::error(Value::Null, error).to_bytes(), None);
-    if let Some(wait) = retry_after.and_then(|w| HeaderValue::from_str(&w.as_secs().max(1).to_string()).ok()) {
+/// Seconds to wait, rounded up: a client told "1" for 1.4 s would come back too early.
+fn whole_seconds(wait: Duration) -> u64 {
+    (wait.as_secs_f64().ceil() as u64).max(1)
+}
+
+/// HTTP 429 with `error`, saying in `Retry-After` when to come back.
+fn too_many(error: RpcError, retry_after: Duration) -> HttpResponse {
+    let mut response = json_reply(StatusCode::TOO_MANY_REQUESTS, Response::error(Value::Null, error).to_bytes(), None);
+    if let Ok(wait) = HeaderValue::from_str(&whole_seconds(retry_after).to_string()) {
         response.headers_mut().insert(header::RETRY_AFTER, wait);
     }
     response
@@ -269,7 +275,7 @@ async fn rpc(State(state): State<Arc<HttpState>>, request: axum::extract::Reques
     let peer = Peer { key: format!("peer:{}", address.map_or_else(|| "unknown".to_owned(), |a| a.to_string())) };
     let busy = |what: &str| {
         let error = RpcError::new(ErrorCode::TOO_MANY_REQUESTS, format!("too many requests in progress {what}"));
-        too_many(StatusCode::TOO_MANY_REQUESTS, error, Some(Duration::from_secs(1)))
+        too_many(error, Duration::from_secs(1))
     };
     let Some(_peer_pass) = state.in_flight.enter(peer.key.clone(), state.limits.per_peer) else {
         return busy("from this address");
@@ -330,9 +336,9 @@ async fn rpc(State(state): State<Arc<HttpState>>, request: axum::extract::Reques
     if let Some(wait) = effects.throttled {
         let error = RpcError::new(
             ErrorCode::LOGIN_THROTTLED,
-            format!("too many failed logins; try again in {} s", wait.as_secs().max(1)),
+            format!("too many failed logins; try again in {} s", whole_seconds(wait)),
         );
-        return too_many(StatusCode::TOO_MANY_REQUESTS, error, Some(wait));
+        return too_many(error, wait);
     }
     let status = if effects.unauthorized { StatusCode::UNAUTHORIZED } else { StatusCode::OK };
     let secure = if state.tls.load(Ordering::Relaxed) { "; Secure" } else { "" };

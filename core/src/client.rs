@@ -134,6 +134,15 @@ impl Client {
         }
     }
 
+    /// The same client checking received events with `validator` (an embedding process's
+    /// own, with its schemas) instead of starting a libxml2 thread of its own.
+    pub fn with_validator(self, validator: crate::events::EventValidator) -> Client {
+        if let Transport::Bus { validator: slot, .. } = &self.transport {
+            let _ = slot.set(validator);
+        }
+        self
+    }
+
     /// Connects to an agent's JSON-RPC endpoint (`http[s]://host:port/rpc`) and logs in.
     pub async fn connect_http(url: &str, user: &str, password: &str, timeout: Duration) -> Result<Client, ClientError> {
         Client::connect_http_with_ca(url, user, password, timeout, None).await

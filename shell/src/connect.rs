@@ -108,7 +108,9 @@ pub(crate) async fn connect(target: &Target) -> Result<Session, ClientError> {
             let embedded = clacks_agent::embedded::start(&target.user, options, Vec::new())
                 .await
                 .map_err(|e| ClientError::Connect(format!("cannot start the embedded domain: {e}")))?;
-            let client = Client::over_bus(embedded.caller_bus.clone(), target.domain.clone(), target.timeout);
+            // The embedded agent's validator already holds the schemas (its plugins' too).
+            let client = Client::over_bus(embedded.caller_bus.clone(), target.domain.clone(), target.timeout)
+                .with_validator(embedded.agent.events().validator().clone());
             Ok(Session { client: std::sync::Arc::new(client), embedded: Some(embedded) })
         }
         Some(url) if url.starts_with("amqp://") || url.starts_with("amqps://") => {

@@ -670,26 +670,31 @@ async fn establish(inner: &Arc<Inner>) -> Result<Arc<Live>, BusError> {
 
 /// Declares the domain's event exchange on a new channel and returns the channel. A
 /// user the broker lets only use the exchange (not configure it: every ordinary user
-/// under the shipped permission model) checks that it exists instead.
+/// under the shipped permission model) checks that it exists instead; a refused
+/// declaration closes its channel, so the check takes a new one.
 async fn declare_event_exchange(inner: &Inner, connection: &Connection, passive: bool) -> Result<Channel, BusError> {
-    let channel = connection.create_channel().await.map_err(lapin_err)?;
-    let exchange = inner.domain.event_exchange();
-    let declare = ExchangeDeclareOptions { passive, ..ExchangeDeclareOptions::default() };
-    match channel.exchange_declare(exchange.as_str().into(), ExchangeKind::Topic, declare, FieldTable::default()).await
-    {
-        Ok(()) => Ok(channel),
-        Err(e) if !passive && soft_error(&e) == Some(lapin::protocol::AMQPSoftError::ACCESSREFUSED) => {
+    use lapin::protocol::AMQPSoftError;
+    let exchange = &inner.domain.event_exchange();
+    let declare = |passive: bool| async move {
+        let channel = connection.create_channel().await?;
+        let options = ExchangeDeclareOptions { passive, ..ExchangeDeclareOptions::default() };
+        channel.exchange_declare(exchange.as_str().into(), ExchangeKind::Topic, options, FieldTable::default()).await?;
+        Ok::<_, lapin::Error>(channel)
+    };
+    let declared = match declare(passive).await {
+        Err(e) if !passive && soft_error(&e) == Some(AMQPSoftError::ACCESSREFUSED) => {
             debug!(%exchange, "not allowed to declare the event exchange; checking that it exists");
-            Box::pin(declare_event_exchange(inner, connection, true)).await
+            declare(true).await
         }
-        Err(e) if passive && soft_error(&e) == Some(lapin::protocol::AMQPSoftError::NOTFOUND) => {
-            Err(BusError::Refused(format!(
-                "the event exchange {exchange} does not exist: no agent of domain {} has run on this broker yet",
-                inner.domain
-            )))
-        }
-        Err(e) => Err(lapin_err(e)),
-    }
+        other => other,
+    };
+    declared.map_err(|e| match soft_error(&e) {
+        Some(AMQPSoftError::NOTFOUND) => BusError::Refused(format!(
+            "the event exchange {exchange} does not exist: no agent of domain {} has run on this broker yet",
+            inner.domain
+        )),
+        _ => lapin_err(e),
+    })
 }
 
 async fn supervise(inner: Arc<Inner>, mut live: Arc<Live>) {
