@@ -44,7 +44,7 @@ mod tests {
         for i in 0..MAX_REMEMBERED * 2 {
             refusals.first(&format!("sender-{i}"));
         }
-        assert_eq!(refusals.seen.lock().unwrap().len(), MAX_REMEMBERED);
+        assert_eq!(refusals.seen.lock().expect("lock").len(), MAX_REMEMBERED);
         assert!(!refusals.first("someone new"));
     }
 }

@@ -68,3 +68,58 @@ async fn a_first_session_creates_extends_searches_and_removes_users() {
         store.search(&base, SearchScope::Sub, "lovelace", &SearchOptions::default()).await.expect("search").is_empty()
     );
 }
+
+/// A commit the database refuses half-way (after the rename) puts every step back: the
+/// old name, the old types, the old values.
+#[tokio::test]
+async fn a_refused_row_undoes_the_rename_and_the_new_extension() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store(&dir).await;
+    let base = store.base().to_owned();
+    let mut people = store.new_object(&base, "PeopleContainer").await.expect("people");
+    store.commit(&mut people, Some("admin")).await.expect("commit people");
+    let people_dn = people.dn.clone().expect("dn");
+    let mut bob = store.new_object(&people_dn, "User").await.expect("new user");
+    for (name, value) in
+        [("uid", json!("bob")), ("givenName", json!("Bob")), ("sn", json!("Builder")), ("title", json!("Analyst"))]
+    {
+        store.set(&mut bob, name, &value).await.expect(name);
+    }
+    store.commit(&mut bob, Some("admin")).await.expect("commit bob");
+    let dn = bob.dn.clone().expect("dn");
+
+    // The site's database refuses one title, as a CHECK constraint or trigger would.
+    let url = format!("sqlite://{}", dir.path().join("objects.db").display());
+    let db = sqlx::SqlitePool::connect(&url).await.expect("sqlite");
+    for when in ["INSERT", "UPDATE"] {
+        let trigger = format!(
+            "CREATE TRIGGER refuse_{when} BEFORE {when} ON clacks_obj_user WHEN NEW.title = 'Saboteur' \
+             BEGIN SELECT RAISE(ABORT, 'that title is refused'); END"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(trigger)).execute(&db).await.expect("trigger");
+    }
+
+    let mut state = store.load(&dn).await.expect("load");
+    store.set(&mut state, "uid", &json!("robert")).await.expect("uid");
+    store.set(&mut state, "title", &json!("Saboteur")).await.expect("title");
+    store.extend(&mut state, "PosixUser").expect("extend");
+    let err = store.commit(&mut state, Some("admin")).await.expect_err("refused");
+    assert_eq!(err.code, ErrorCode::BACKEND_FAILED);
+    assert!(err.message.contains("that title is refused") && err.message.contains("old name was put back"), "{err}");
+    assert_eq!(state.dn.as_deref(), Some(dn.as_str()), "the open object is as before the commit");
+
+    let after = store.load(&dn).await.expect("still under its old name");
+    assert_eq!(
+        (after.values["uid"].clone(), after.values["title"].clone()),
+        (vec![json!("bob")], vec![json!("Analyst")])
+    );
+    assert!(!after.active.contains("PosixUser"), "the extension was not added");
+    let renamed = format!("uid=robert,{people_dn}");
+    assert_eq!(store.load(&renamed).await.expect_err("no new name").code, ErrorCode::OBJECT_NOT_FOUND);
+
+    // The same editor corrects the value and commits again.
+    store.set(&mut state, "title", &json!("Architect")).await.expect("title");
+    store.commit(&mut state, Some("admin")).await.expect("commit after the fix");
+    assert_eq!(state.dn.as_deref(), Some(renamed.as_str()));
+    assert!(store.load(&renamed).await.expect("renamed").active.contains("PosixUser"));
+}

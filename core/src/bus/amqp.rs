@@ -520,7 +520,7 @@ async fn open_connection(
     use lapin::Connect;
     let runtime = lapin::runtime::default_runtime()?;
     if let (Some(ca_pem), lapin::uri::AMQPScheme::AMQPS) = (ca_pem, &uri.scheme) {
-        let connector = pinned_connector(ca_pem, identity).map_err(|e| lapin::Error::from(e))?;
+        let connector = pinned_connector(ca_pem, identity).map_err(lapin::Error::from)?;
         return Connection::connector(
             uri,
             runtime,
@@ -532,8 +532,8 @@ async fn open_connection(
                 plain.scheme = lapin::uri::AMQPScheme::AMQP;
                 let no_tls = lapin::tcp::TLSConfig::default();
                 let stream = plain.connect_with_config_async(no_tls, &runtime).await;
-                let stream = stream.map_err(|e| lapin::Error::from(e))?;
-                stream.into_rustls(&connector, &uri.authority.host).await.map_err(|e| lapin::Error::from(e))
+                let stream = stream.map_err(lapin::Error::from)?;
+                stream.into_rustls(&connector, &uri.authority.host).await.map_err(lapin::Error::from)
             },
             properties,
         )

@@ -136,12 +136,12 @@ mod tests {
     use super::*;
 
     fn matches(pattern: &str, name: &str) -> bool {
-        regex::Regex::new(pattern).unwrap().is_match(name)
+        regex::Regex::new(pattern).expect("a valid pattern").is_match(name)
     }
 
     #[test]
     fn users_reach_queues_only_through_the_default_exchange() {
-        let domain = Domain::new("org.clacks").unwrap();
+        let domain = Domain::new("org.clacks").expect("domain");
         let user = BrokerPermissions::for_role(&domain, &BrokerRole::User);
         assert!(matches(&user.write, "amq.default"));
         assert!(!matches(&user.write, "org.clacks.event"), "events go through sendEvent");
@@ -165,7 +165,7 @@ mod tests {
     fn roles_parse_and_the_recipe_quotes_its_arguments() {
         assert_eq!("client:m1".parse::<BrokerRole>(), Ok(BrokerRole::Client("m1".into())));
         assert!("root".parse::<BrokerRole>().is_err());
-        let domain = Domain::new("org.clacks").unwrap();
+        let domain = Domain::new("org.clacks").expect("domain");
         let script = BrokerPermissions::for_role(&domain, &BrokerRole::User).rabbitmqctl_script("/", "o'neil");
         expect_test::expect![[r#"
             rabbitmqctl set_permissions -p / 'o'\''neil' '^amq\.gen-.*$' '^(amq\.default|amq\.gen-.*)$' '^(org\.clacks\.event|amq\.gen-.*)$'

@@ -97,11 +97,21 @@ impl std::fmt::Debug for LdapBackend {
     }
 }
 
+/// LDAP result codes the store needs to tell apart (RFC 4511 §4.1.9, RFC 4528 §3).
+const ENTRY_ALREADY_EXISTS: u32 = 68;
+const ASSERTION_FAILED: u32 = 122;
+const NO_SUCH_ATTRIBUTE: u32 = 16;
+
 fn ldap_error(e: LdapError) -> BackendError {
     match e {
         LdapError::LdapResult { result } => {
             let text = if result.text.is_empty() { String::new() } else { format!(": {}", result.text) };
-            BackendError::Refused { code: result.rc, message: format!("LDAP result {}{text}", result.rc) }
+            let message = format!("LDAP result {}{text}", result.rc);
+            match result.rc {
+                ENTRY_ALREADY_EXISTS => BackendError::Exists(message),
+                ASSERTION_FAILED => BackendError::Conflict(message),
+                code => BackendError::Refused { code, message },
+            }
         }
         LdapError::Timeout { .. } => BackendError::Unavailable("the directory did not answer in time".into()),
         other => BackendError::Unavailable(format!("directory: {other}")),
@@ -286,13 +296,6 @@ impl LdapBackend {
         Ok(found.first().map(LdapBackend::entry))
     }
 
-    /// The entry with this entryUUID, searched below the base.
-    pub async fn entry_by_uuid(&self, uuid: &str) -> Result<Option<Entry>, BackendError> {
-        let filter = format!("(entryUUID={})", ldap3::ldap_escape(uuid));
-        let found = self.search(&self.settings.base, Scope::Subtree, &filter, META.map(str::to_owned).to_vec()).await?;
-        Ok(found.first().map(LdapBackend::entry))
-    }
-
     /// Reads `attrs` of `dn`; binary ones (`binary` holds their names) come base64 encoded.
     pub async fn load(
         &self,
@@ -380,7 +383,7 @@ impl LdapBackend {
     }
 
     /// Like [`LdapBackend::modify`], but only if the entry is still at version `expect`
-    /// (an assertion the server checks atomically; `Refused { code: 122 }` otherwise).
+    /// (an assertion the server checks atomically; [`BackendError::Conflict`] otherwise).
     /// Returns the new version, or `None` when there was nothing to change.
     pub async fn modify_checked(
         &self,
@@ -418,34 +421,25 @@ impl LdapBackend {
         Ok(post_read(&result).get("entryCSN").and_then(|v| v.first()).cloned())
     }
 
-    /// Renames (new RDN) the entry if it is still at version `expect`; returns the new
-    /// DN and version.
+    /// Renames (new RDN) and/or moves (new parent) the entry if it is still at version
+    /// `expect`; returns the new DN and version.
     pub async fn rename_checked(
         &self,
         dn: &str,
         new_rdn: &str,
+        new_parent: Option<&str>,
         expect: Option<&str>,
     ) -> Result<(String, Option<String>), BackendError> {
         let controls = checked_controls(expect);
         let result = self
             .run(|mut ldap| {
                 let controls = controls.clone();
-                async move { ldap.with_controls(controls).modifydn(dn, new_rdn, true, None).await?.success() }
+                async move { ldap.with_controls(controls).modifydn(dn, new_rdn, true, new_parent).await?.success() }
             })
             .await?;
-        let parent = clacks_core::dn::parent_dn(dn);
+        let parent = new_parent.unwrap_or_else(|| clacks_core::dn::parent_dn(dn));
         let new_dn = if parent.is_empty() { new_rdn.to_owned() } else { format!("{new_rdn},{parent}") };
         Ok((new_dn, post_read(&result).get("entryCSN").and_then(|v| v.first()).cloned()))
-    }
-
-    /// Renames and/or moves; returns the new DN.
-    pub async fn rename(&self, dn: &str, new_rdn: &str, new_parent: Option<&str>) -> Result<String, BackendError> {
-        self.run(|mut ldap| async move { ldap.modifydn(dn, new_rdn, true, new_parent).await?.success() }).await?;
-        let parent = match new_parent {
-            Some(p) => p.to_owned(),
-            None => clacks_core::dn::parent_dn(dn).to_owned(),
-        };
-        Ok(format!("{new_rdn},{parent}"))
     }
 
     pub async fn delete(&self, dn: &str) -> Result<(), BackendError> {
@@ -499,7 +493,7 @@ impl LdapBackend {
                         vec![("cn".to_owned(), vec!["clacks-idpool".to_owned()]), (attr.to_owned(), vec![start])];
                     let classes = ["device".to_owned(), "extensibleObject".to_owned()];
                     match self.create(&pool, &classes, &attrs, &HashSet::new()).await {
-                        Ok(_) | Err(BackendError::Refused { code: 68, .. }) => continue, // 68: already exists
+                        Ok(_) | Err(BackendError::Exists(_)) => continue, // someone else created it
                         Err(e) => return Err(e),
                     }
                 }
@@ -523,7 +517,7 @@ impl LdapBackend {
                 .await;
             match outcome {
                 Ok(_) => return Ok(current),
-                Err(BackendError::Refused { code: 16, .. }) => continue, // noSuchAttributeValue: lost the race
+                Err(BackendError::Refused { code: NO_SUCH_ATTRIBUTE, .. }) => continue, // lost the race
                 Err(e) => return Err(e),
             }
         }

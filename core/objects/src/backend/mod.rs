@@ -26,7 +26,14 @@ pub enum BackendError {
     /// The server cannot be reached or did not answer in time.
     #[error("{0}")]
     Unavailable(String),
-    /// The server refused the operation (LDAP result code / SQL error).
+    /// The name (DN) or a unique value is taken already.
+    #[error("{0}")]
+    Exists(String),
+    /// The entry is no longer at the version the write asserted: someone else changed it.
+    #[error("{0}")]
+    Conflict(String),
+    /// The server refused the operation for another reason (LDAP result code, or 0
+    /// for an SQL error).
     #[error("{message}")]
     Refused { code: u32, message: String },
     #[error("no entry {0}")]

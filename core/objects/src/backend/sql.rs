@@ -37,6 +37,9 @@ pub struct Db {
 
 pub(crate) fn sql_error(e: sqlx::Error) -> BackendError {
     match e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            BackendError::Exists(format!("database: {}", db.message()))
+        }
         sqlx::Error::Database(db) => BackendError::Refused { code: 0, message: format!("database: {}", db.message()) },
         sqlx::Error::PoolTimedOut => BackendError::Unavailable("the database did not answer in time".into()),
         other => BackendError::Unavailable(format!("database: {other}")),
@@ -313,9 +316,7 @@ impl SqlBackend {
             .await
         {
             Ok(_) => Ok(uuid),
-            Err(BackendError::Refused { message, .. }) if message.to_lowercase().contains("unique") => {
-                Err(BackendError::Refused { code: 68, message: format!("{dn} already exists") })
-            }
+            Err(BackendError::Exists(_)) => Err(BackendError::Exists(format!("{dn} already exists"))),
             Err(e) => Err(e),
         }
     }
@@ -336,7 +337,7 @@ impl SqlBackend {
     pub async fn rename_subtree(&self, old_dn: &str, new_dn: &str) -> Result<(), BackendError> {
         let (old_key, new_key) = (dn_key(old_dn), dn_key(new_dn));
         if self.entry_by_dn(new_dn).await?.is_some() && old_key != new_key {
-            return Err(BackendError::Refused { code: 68, message: format!("{new_dn} already exists") });
+            return Err(BackendError::Exists(format!("{new_dn} already exists")));
         }
         let suffix = format!("%,{old_key}");
         let rows = self
@@ -361,14 +362,6 @@ impl SqlBackend {
                 )
                 .await?;
         }
-        Ok(())
-    }
-
-    /// Marks the entry changed (its version moves on).
-    pub async fn touch(&self, uuid: &str) -> Result<(), BackendError> {
-        self.db
-            .execute("UPDATE clacks_entries SET modified = $1 WHERE uuid = $2".into(), &[Some(&now()), Some(uuid)])
-            .await?;
         Ok(())
     }
 
@@ -442,10 +435,7 @@ mod tests {
 
             let ou = sql.create_entry("ou=people,dc=x", &["PeopleContainer".into()]).await.expect("ou");
             sql.create_entry("uid=ada,ou=people,dc=x", &["User".into()]).await.expect("user");
-            assert!(matches!(
-                sql.create_entry("UID=ada, ou=people,dc=x", &[]).await,
-                Err(BackendError::Refused { code: 68, .. })
-            ));
+            assert!(matches!(sql.create_entry("UID=ada, ou=people,dc=x", &[]).await, Err(BackendError::Exists(_))));
             sql.rename_subtree("ou=people,dc=x", "ou=staff,dc=x").await.expect("move");
             assert_eq!(
                 sql.children("ou=staff,dc=x").await.expect("children"),

@@ -1,0 +1,156 @@
+//! Keeping the index in line with the backends: objects reindexed after a write, the
+//! periodic scan of every backend, polling the directory for changes made outside
+//! Clacks, and the ObjectChanged / BackendChange events that announce them.
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+use serde_json::json;
+
+use super::{ObjectState, ObjectStore, Result, text_values};
+use crate::backend::Entry;
+use crate::index::IndexDoc;
+use clacks_core::rpc::ErrorCode;
+
+/// What a scan did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ScanReport {
+    pub indexed: usize,
+    pub removed: usize,
+    /// Entries of no known type.
+    pub skipped: usize,
+}
+
+impl ObjectStore {
+    /// Reads the object again from its backends and puts it into the index.
+    pub async fn reindex(&self, uuid: &str) -> Result<()> {
+        let state = self.load(uuid).await?;
+        self.index.put(&self.index_doc(&state)).await?;
+        Ok(())
+    }
+
+    pub(super) fn index_doc(&self, state: &ObjectState) -> IndexDoc {
+        IndexDoc {
+            uuid: state.uuid.clone().unwrap_or_default(),
+            dn: state.dn.clone().unwrap_or_default(),
+            object_type: state.base_type.clone(),
+            extensions: state.active.iter().cloned().collect(),
+            modified: crate::backend::sql::now(),
+            values: text_values(&state.loaded),
+        }
+    }
+
+    /// Publishes a change made through Clacks (ObjectChanged).
+    pub(super) async fn announce(&self, uuid: &str, dn: &str, change: &str) {
+        let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        self.publish_change("ObjectChanged", uuid, dn, change, &time).await;
+    }
+
+    /// Publishes a change noticed in a backend, made outside Clacks (BackendChange).
+    async fn announce_backend_change(&self, uuid: &str, dn: &str, change: &str, time: &str) {
+        self.publish_change("BackendChange", uuid, dn, change, time).await;
+    }
+
+    async fn publish_change(&self, event_type: &str, uuid: &str, dn: &str, change: &str, time: &str) {
+        let Some(publisher) = self.events.read().ok().and_then(|p| p.clone()) else { return };
+        let mut fields = serde_json::Map::new();
+        fields.insert("UUID".into(), json!(uuid));
+        fields.insert("DN".into(), json!(dn));
+        fields.insert("ModificationTime".into(), json!(time));
+        fields.insert("ChangeType".into(), json!(change));
+        if let Err(e) = publisher.publish_fields(event_type, &fields).await {
+            tracing::warn!("cannot publish {event_type} for {dn}: {e}");
+        }
+    }
+
+    /// Walks every backend and brings the index in line: new and changed objects are
+    /// indexed, vanished ones dropped and announced as BackendChange `delete`. Only one agent scans at a time (a shared lock in
+    /// the index database); the others return `Ok(None)`.
+    pub async fn scan(&self, holder: &str) -> Result<Option<ScanReport>> {
+        if !self.index.try_lock("index-scan", holder, 600).await? {
+            return Ok(None);
+        }
+        let outcome = self.scan_locked().await;
+        let _ = self.index.unlock("index-scan", holder).await;
+        outcome.map(Some)
+    }
+
+    async fn scan_locked(&self) -> Result<ScanReport> {
+        let mut report = ScanReport::default();
+        let known = self.index.all_modified().await?;
+        let mut seen = BTreeSet::new();
+        let mut entries: Vec<Entry> = Vec::new();
+        for primary in self.primaries() {
+            entries.extend(primary.entries(&self.base).await?);
+        }
+        // Parents before children, so relation attributes find what they point at.
+        entries.sort_by_key(|e| e.dn.matches(',').count());
+        for entry in entries {
+            seen.insert(entry.uuid.clone());
+            let modified = entry.modified.clone().unwrap_or_default();
+            let stamp = |m: &str| crate::values::parse_timestamp(m).map(|t| t.timestamp());
+            let unchanged = known.get(&entry.uuid).is_some_and(|(indexed, dn)| {
+                dn == &entry.dn && stamp(indexed).zip(stamp(&modified)).is_some_and(|(i, m)| i >= m)
+            });
+            if unchanged {
+                continue;
+            }
+            match self.reindex(&entry.uuid).await {
+                Ok(()) => report.indexed += 1,
+                Err(e) if e.code == ErrorCode::OBJECT_TYPE_MISMATCH => report.skipped += 1,
+                Err(e) => return Err(e),
+            }
+        }
+        // Gone from every backend: removed behind Clacks' back (ldapdelete, say).
+        for (uuid, (_, dn)) in known.iter().filter(|(u, _)| !seen.contains(*u)) {
+            self.index.remove(uuid).await?;
+            self.announce_backend_change(uuid, dn, "delete", &chrono::Utc::now().format("%Y%m%d%H%M%SZ").to_string())
+                .await;
+            report.removed += 1;
+        }
+        Ok(report)
+    }
+
+    /// Picks up directory changes made outside Clacks since the last poll: re-indexes
+    /// them and publishes BackendChange. Returns the number of changes seen.
+    pub async fn poll_directory(&self) -> Result<usize> {
+        let Some(ldap) = &self.ldap else { return Ok(0) };
+        let since = match self.index.meta("ldap-poll").await? {
+            Some(s) => s,
+            None => {
+                self.index.set_meta("ldap-poll", &chrono::Utc::now().format("%Y%m%d%H%M%SZ").to_string()).await?;
+                return Ok(0);
+            }
+        };
+        let started = chrono::Utc::now().format("%Y%m%d%H%M%SZ").to_string();
+        let mut seen = 0;
+        for entry in ldap.changed_since(&since).await? {
+            let indexed = self.index.by_uuid(&entry.uuid).await?;
+            // Our own commits are indexed already with at least this version's values.
+            let state = match self.load(&entry.uuid).await {
+                Ok(s) => s,
+                Err(e) if e.code == ErrorCode::OBJECT_TYPE_MISMATCH => continue,
+                Err(e) => return Err(e),
+            };
+            let doc = self.index_doc(&state);
+            let same = indexed
+                .as_ref()
+                .is_some_and(|i| i.dn == doc.dn && i.values == doc.values && i.extensions == doc.extensions);
+            if same {
+                continue;
+            }
+            let change = match &indexed {
+                None => "add",
+                Some(i) if i.dn != doc.dn => "modrdn",
+                Some(_) => "modify",
+            };
+            self.index.put(&doc).await?;
+            self.announce_backend_change(&doc.uuid, &doc.dn, change, entry.modified.as_deref().unwrap_or_default())
+                .await;
+            seen += 1;
+        }
+        // Deletions leave no modifyTimestamp behind; the periodic scan finds them.
+        self.index.set_meta("ldap-poll", &started).await?;
+        Ok(seen)
+    }
+}
