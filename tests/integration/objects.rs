@@ -414,3 +414,35 @@ async fn the_directory_over_ldaps_and_starttls_and_a_wrong_ca_refused() {
     assert_eq!(err.code, ErrorCode::BACKEND_UNAVAILABLE, "{err}");
     assert!(err.message.to_lowercase().contains("certificate"), "{err}");
 }
+
+/// A name with characters a DN must escape: created, found under every spelling of its
+/// DN, changed without a spurious rename, and renamed.
+#[tokio::test]
+async fn names_that_need_escaping_work_under_every_spelling() {
+    let (slapd, pg) = (Slapd::start().await, PgSchema::create().await);
+    let store = store(&slapd, &pg, vec![]).await;
+    let unit = create(&store, BASE, "OrganizationalUnit", &[("ou", json!("Sales, Europe + Asia"))], &[]).await;
+    let dn = unit.dn.clone().expect("dn");
+    let raw_entry = raw(&slapd, &dn).await.expect("in the directory");
+    assert_eq!(raw_entry.attrs["ou"], ["Sales, Europe + Asia"]);
+
+    for spelling in [format!("ou=Sales\\, Europe \\+ Asia,{BASE}"), format!("OU=sales\\2C europe \\2b asia, {BASE}")] {
+        let loaded = store.load(&spelling).await.unwrap_or_else(|e| panic!("{spelling}: {e}"));
+        assert_eq!(loaded.uuid, unit.uuid, "{spelling}");
+    }
+    assert_eq!(store.children(BASE).await.expect("children").len(), 1);
+
+    // Changing something else keeps the name.
+    let mut state = store.load(&dn).await.expect("load");
+    store.set(&mut state, "description", &json!("Both continents")).await.expect("description");
+    store.commit(&mut state, Some("admin")).await.expect("commit");
+    let key = clacks_core::dn::dn_key;
+    assert_eq!(key(state.dn.as_deref().unwrap_or_default()), key(&dn), "no rename");
+
+    store.set(&mut state, "ou", &json!("Sales; Asia")).await.expect("ou");
+    store.commit(&mut state, Some("admin")).await.expect("rename");
+    let renamed = state.dn.clone().expect("dn");
+    assert_eq!(key(&renamed), key(&format!("ou=Sales\\; Asia,{BASE}")));
+    assert_eq!(raw(&slapd, &renamed).await.expect("renamed").attrs["ou"], ["Sales; Asia"]);
+    assert!(raw(&slapd, &dn).await.is_none(), "the old name is gone");
+}

@@ -123,3 +123,23 @@ async fn a_refused_row_undoes_the_rename_and_the_new_extension() {
     assert_eq!(state.dn.as_deref(), Some(renamed.as_str()));
     assert!(store.load(&renamed).await.expect("renamed").active.contains("PosixUser"));
 }
+
+/// The database keys DNs by one spelling: a name that needs escaping is found however
+/// its DN is written.
+#[tokio::test]
+async fn names_that_need_escaping_are_found_under_every_spelling() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store(&dir).await;
+    let base = store.base().to_owned();
+    let mut unit = store.new_object(&base, "OrganizationalUnit").await.expect("new");
+    store.set(&mut unit, "ou", &json!("Sales, Europe + Asia")).await.expect("ou");
+    store.commit(&mut unit, Some("admin")).await.expect("commit");
+    for spelling in [format!("ou=Sales\\, Europe \\+ Asia,{base}"), format!("OU=sales\\2C europe \\2b asia, {base}")] {
+        let loaded = store.load(&spelling).await.unwrap_or_else(|e| panic!("{spelling}: {e}"));
+        assert_eq!(loaded.values["ou"], vec![json!("Sales, Europe + Asia")], "{spelling}");
+    }
+    store.set(&mut unit, "description", &json!("Both")).await.expect("description");
+    let before = unit.dn.clone();
+    store.commit(&mut unit, Some("admin")).await.expect("commit");
+    assert_eq!(unit.dn, before, "no rename");
+}

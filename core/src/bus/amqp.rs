@@ -505,7 +505,7 @@ fn deliver_reply(inner: &Inner, id: &str, sender: Option<&str>, body: Vec<u8>) {
 /// Whether the broker refused the login (wrong user or password), as opposed to being
 /// unreachable.
 fn is_access_refused(e: &lapin::Error) -> bool {
-    e.to_string().contains("ACCESS_REFUSED")
+    matches!(soft_error(e), Some(lapin::protocol::AMQPSoftError::ACCESSREFUSED))
 }
 
 /// Opens a connection; over `amqps://` the broker's certificate is checked against

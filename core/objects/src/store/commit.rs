@@ -27,7 +27,7 @@ use crate::backend::BackendError;
 use crate::description::{Catalogue, HookType, ObjectType};
 use crate::filters::{self, Props, Scope};
 use crate::index::IndexDoc;
-use clacks_core::dn::{escape_rdn_value, split_rdn};
+use clacks_core::dn::{split_rdn, unescape_rdn_value};
 use clacks_core::rpc::ErrorCode;
 
 /// How long a commit's lock on an object lives if its holder dies.
@@ -612,7 +612,7 @@ fn renamed_rdn(
         .into_iter()
         .find(|(_, a)| a.backend_name.eq_ignore_ascii_case(rdn_attr))?;
     let new_value = first_text(props, &attr.name).filter(|_| changed.contains(&attr.name))?;
-    (unescape_rdn_value(rdn_value) != new_value).then(|| format!("{rdn_attr}={}", escape_rdn_value(&new_value)))
+    (unescape_rdn_value(rdn_value) != new_value).then(|| format!("{rdn_attr}={}", ldap3::dn_escape(new_value.as_str())))
 }
 
 /// Whether `rdn` (`attr=value`) is named by the attribute `backend_name`.
@@ -620,28 +620,12 @@ fn names(rdn: &str, backend_name: &str) -> bool {
     rdn.split_once('=').is_some_and(|(attr, _)| attr.eq_ignore_ascii_case(backend_name))
 }
 
-fn unescape_rdn_value(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    let mut chars = value.chars();
-    while let Some(c) = chars.next() {
-        if c == '\\' {
-            if let Some(next) = chars.next() {
-                out.push(next);
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn rdn_values_unescape() {
-        assert_eq!(unescape_rdn_value("Smith\\, John"), "Smith, John");
+    fn rdn_attributes_name_rdns() {
         assert!(names("uid=ada", "UID") && !names("cn=ada", "uid"));
     }
 }

@@ -53,7 +53,7 @@ use crate::description::{AttributeDef, Catalogue, Diagnostic, ObjectType};
 use crate::filters::{self, BoxFuture, FilterEnv, Props};
 use crate::index::Index;
 use crate::relation::RelationSpec;
-use clacks_core::dn::{escape_rdn_value, split_rdn};
+use clacks_core::dn::split_rdn;
 use clacks_core::events::{EventPublisher, EventValidator};
 use clacks_core::rpc::ErrorCode;
 
@@ -475,7 +475,7 @@ fn new_dn(t: &ObjectType, parent: &str, props: &Props) -> Result<String> {
     for rdn_attr in t.rdn_attributes() {
         if let Some(value) = props.get(&rdn_attr).and_then(|v| v.first()) {
             let backend_name = t.attribute(&rdn_attr).map(|a| a.backend_name.clone()).unwrap_or(rdn_attr);
-            return Ok(format!("{backend_name}={},{parent}", escape_rdn_value(&filters::text(value))));
+            return Ok(format!("{backend_name}={},{parent}", ldap3::dn_escape(filters::text(value))));
         }
     }
     Err(ObjectError::new(
