@@ -5,7 +5,7 @@ use clacks_core::events::EventValidator;
 use clacks_core::rpc::ErrorCode;
 use clacks_objects::index::SearchScope;
 use clacks_objects::store::SearchOptions;
-use clacks_objects::{ObjectStore, StoreConfig};
+use clacks_objects::{ObjectState, ObjectStore, StoreConfig};
 use serde_json::json;
 
 async fn store(dir: &tempfile::TempDir) -> std::sync::Arc<ObjectStore> {
@@ -14,15 +14,23 @@ async fn store(dir: &tempfile::TempDir) -> std::sync::Arc<ObjectStore> {
     ObjectStore::open(&StoreConfig::default(), &url, validator).await.expect("store")
 }
 
+/// A new object of `kind` below `parent` with `values`, committed.
+async fn create(store: &ObjectStore, parent: &str, kind: &str, values: &[(&str, serde_json::Value)]) -> ObjectState {
+    let mut state = store.new_object(parent, kind).await.unwrap_or_else(|e| panic!("new {kind}: {e}"));
+    for (name, value) in values {
+        store.set(&mut state, name, value).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    store.commit(&mut state, Some("admin")).await.unwrap_or_else(|e| panic!("commit {kind}: {e}"));
+    state
+}
+
 #[tokio::test]
 async fn a_first_session_creates_extends_searches_and_removes_users() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = store(&dir).await;
     let base = store.base().to_owned();
 
-    let mut people = store.new_object(&base, "PeopleContainer").await.expect("people");
-    store.commit(&mut people, Some("admin")).await.expect("commit people");
-    let people_dn = people.dn.clone().expect("dn");
+    let people_dn = create(&store, &base, "PeopleContainer", &[]).await.dn.expect("dn");
     assert_eq!(people_dn, format!("ou=people,{base}"));
 
     let mut ada = store.new_object(&people_dn, "User").await.expect("new user");
@@ -76,17 +84,10 @@ async fn a_refused_row_undoes_the_rename_and_the_new_extension() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = store(&dir).await;
     let base = store.base().to_owned();
-    let mut people = store.new_object(&base, "PeopleContainer").await.expect("people");
-    store.commit(&mut people, Some("admin")).await.expect("commit people");
-    let people_dn = people.dn.clone().expect("dn");
-    let mut bob = store.new_object(&people_dn, "User").await.expect("new user");
-    for (name, value) in
-        [("uid", json!("bob")), ("givenName", json!("Bob")), ("sn", json!("Builder")), ("title", json!("Analyst"))]
-    {
-        store.set(&mut bob, name, &value).await.expect(name);
-    }
-    store.commit(&mut bob, Some("admin")).await.expect("commit bob");
-    let dn = bob.dn.clone().expect("dn");
+    let people_dn = create(&store, &base, "PeopleContainer", &[]).await.dn.expect("dn");
+    let bob =
+        [("uid", json!("bob")), ("givenName", json!("Bob")), ("sn", json!("Builder")), ("title", json!("Analyst"))];
+    let dn = create(&store, &people_dn, "User", &bob).await.dn.expect("dn");
 
     // The site's database refuses one title, as a CHECK constraint or trigger would.
     let url = format!("sqlite://{}", dir.path().join("objects.db").display());
@@ -131,9 +132,7 @@ async fn names_that_need_escaping_are_found_under_every_spelling() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = store(&dir).await;
     let base = store.base().to_owned();
-    let mut unit = store.new_object(&base, "OrganizationalUnit").await.expect("new");
-    store.set(&mut unit, "ou", &json!("Sales, Europe + Asia")).await.expect("ou");
-    store.commit(&mut unit, Some("admin")).await.expect("commit");
+    let mut unit = create(&store, &base, "OrganizationalUnit", &[("ou", json!("Sales, Europe + Asia"))]).await;
     for spelling in [format!("ou=Sales\\, Europe \\+ Asia,{base}"), format!("OU=sales\\2C europe \\2b asia, {base}")] {
         let loaded = store.load(&spelling).await.unwrap_or_else(|e| panic!("{spelling}: {e}"));
         assert_eq!(loaded.values["ou"], vec![json!("Sales, Europe + Asia")], "{spelling}");
