@@ -446,3 +446,134 @@ async fn names_that_need_escaping_work_under_every_spelling() {
     assert_eq!(raw(&slapd, &renamed).await.expect("renamed").attrs["ou"], ["Sales; Asia"]);
     assert!(raw(&slapd, &dn).await.is_none(), "the old name is gone");
 }
+
+/// Control characters never reach a backend: PostgreSQL refuses NUL after the directory
+/// has taken the entry, and the directory's syntaxes refuse most controls.
+#[tokio::test]
+async fn control_characters_are_refused_before_anything_is_written() {
+    let (slapd, pg) = (Slapd::start().await, PgSchema::create().await);
+    let store = store(&slapd, &pg, vec![]).await;
+    let (people, _) = containers(&store).await;
+    let mut foo = store.new_object(&people, "User").await.expect("new");
+    for (name, value) in person("foo", "Foo", "Bar") {
+        store.set(&mut foo, name, &value).await.expect(name);
+    }
+    let err = expect_code(store.set(&mut foo, "sn", &json!("Foo\u{0}Bar")).await, ErrorCode::ATTRIBUTE_CHECK_FAILED);
+    assert!(err.message.contains("'sn'") && err.message.contains("U+0000"), "{err}");
+    expect_code(store.set(&mut foo, "uid", &json!("foo\nbar")).await, ErrorCode::ATTRIBUTE_CHECK_FAILED);
+    expect_code(store.set(&mut foo, "title", &json!("a\u{1b}[31m")).await, ErrorCode::ATTRIBUTE_CHECK_FAILED);
+    // Text that may span lines keeps its line breaks.
+    store.set(&mut foo, "description", &json!("first line\nsecond line")).await.expect("multi-line description");
+    store.commit(&mut foo, Some("admin")).await.expect("commit");
+    let entry = raw(&slapd, &foo.dn.clone().expect("dn")).await.expect("entry");
+    assert_eq!(
+        (entry.attrs["sn"].clone(), entry.attrs["description"].clone()),
+        (vec!["Bar".to_owned()], vec!["first line\nsecond line".to_owned()])
+    );
+}
+
+/// When the index refuses an object, the backends are put back: nothing exists that
+/// search and find cannot see, and the name stays free.
+#[tokio::test]
+async fn an_index_failure_undoes_the_directory_write() {
+    let (slapd, pg) = (Slapd::start().await, PgSchema::create().await);
+    let store = store(&slapd, &pg, vec![]).await;
+    let (people, _) = containers(&store).await;
+    let dn = create(&store, &people, "User", &person("ada", "Ada", "Lovelace"), &[]).await.dn.expect("dn");
+    pg.execute("ALTER TABLE clacks_index ADD CONSTRAINT no_saboteurs CHECK (doc NOT LIKE '%Saboteur%')").await;
+
+    let mut bob = store.new_object(&people, "User").await.expect("new");
+    for (name, value) in person("bob", "Bob", "Builder").into_iter().chain([("title", json!("Saboteur"))]) {
+        store.set(&mut bob, name, &value).await.expect(name);
+    }
+    let err = expect_code(store.commit(&mut bob, Some("admin")).await, ErrorCode::BACKEND_FAILED);
+    assert!(err.message.contains("index") && err.message.contains("removed again"), "{err}");
+    assert!(raw(&slapd, &format!("uid=bob,{people}")).await.is_none(), "no entry left in the directory");
+    assert!(bob.dn.is_none() && bob.uuid.is_none(), "the open object is still new");
+
+    let mut ada = store.load(&dn).await.expect("load");
+    store.set(&mut ada, "title", &json!("Saboteur")).await.expect("title");
+    let err = expect_code(store.commit(&mut ada, Some("admin")).await, ErrorCode::BACKEND_FAILED);
+    assert!(err.message.contains("restored"), "{err}");
+    assert!(!raw(&slapd, &dn).await.expect("entry").attrs.contains_key("title"), "the directory is as before");
+
+    pg.execute("ALTER TABLE clacks_index DROP CONSTRAINT no_saboteurs").await;
+    store.commit(&mut bob, Some("admin")).await.expect("the same object commits once the index takes it");
+    store.commit(&mut ada, Some("admin")).await.expect("and so does the update");
+    let found = store.find(json!({"title": "Saboteur"}).as_object().expect("map")).await.expect("find");
+    assert_eq!(found.len(), 2);
+}
+
+/// The dispatcher drops a command at its deadline. A commit dropped at any moment is
+/// written whole (directory, PostgreSQL row, index, new name) or not at all, and leaves
+/// no lock behind.
+#[tokio::test]
+async fn a_commit_dropped_at_any_moment_is_whole_or_absent() {
+    let (slapd, pg) = (Slapd::start().await, PgSchema::create().await);
+    let site = tempfile::tempdir().expect("site dir");
+    site_user_with_badge(site.path());
+    let store = store(&slapd, &pg, vec![site.path().to_owned()]).await;
+    let (people, _) = containers(&store).await;
+    let values =
+        person("ada0", "Ada", "Lovelace").into_iter().chain([("title", json!("T0")), ("badgeNumber", json!("B0"))]);
+    let uuid = create(&store, &people, "User", &values.collect::<Vec<_>>(), &[]).await.uuid.expect("uuid");
+
+    // Which round's values each place holds: (uid, title, badge, index title, index DN's uid).
+    let rounds = async || {
+        let state = store.load(&uuid).await.expect("load");
+        let text = |name: &str| {
+            state.values.get(name).and_then(|v| v.first()).map(|v| v.as_str().unwrap_or_default().to_owned())
+        };
+        let doc = store.index().by_uuid(&uuid).await.expect("index").expect("indexed");
+        let dn_uid = clacks_core::dn::split_rdn(&doc.dn).0.trim_start_matches("uid=").to_owned();
+        let round = |s: Option<String>, prefix: &str| s.and_then(|s| s.trim_start_matches(prefix).parse::<u32>().ok());
+        [
+            round(text("uid"), "ada"),
+            round(text("title"), "T"),
+            round(text("badgeNumber"), "B"),
+            round(doc.values.get("title").and_then(|v| v.first()).cloned(), "T"),
+            round(Some(dn_uid), "ada"),
+        ]
+    };
+    // Round n polls the commit n times (letting its I/O finish in between), then drops
+    // it: one round for each point where a commit waits, and some to spare.
+    for round in 1..=48u32 {
+        let mut state = store.load(&uuid).await.expect("load");
+        for (name, value) in
+            [("uid", format!("ada{round}")), ("title", format!("T{round}")), ("badgeNumber", format!("B{round}"))]
+        {
+            store.set(&mut state, name, &json!(value)).await.expect(name);
+        }
+        let mut commit = Box::pin(store.commit(&mut state, Some("admin")));
+        for _ in 0..round {
+            let polled = std::future::poll_fn(|cx| std::task::Poll::Ready(commit.as_mut().poll(cx))).await;
+            if polled.is_ready() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        drop(commit);
+        // The commit goes on without its caller; wait until every place agrees and stays so.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut stable = 0;
+        while stable < 2 {
+            let seen = rounds().await;
+            let whole = seen.iter().all(|r| *r == seen[0] && r.is_some());
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round} stayed half-written: {seen:?}"
+            );
+            stable = if whole { stable + 1 } else { 0 };
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let lock = format!("object:{uuid}");
+        assert!(
+            store.index().try_lock(&lock, "probe", 5).await.expect("lock"),
+            "round {round}: the lock was left behind"
+        );
+        store.index().unlock(&lock, "probe").await.expect("unlock");
+    }
+    let mut state = store.load(&uuid).await.expect("load");
+    store.set(&mut state, "title", &json!("T99")).await.expect("title");
+    store.commit(&mut state, Some("admin")).await.expect("an ordinary commit afterwards");
+}

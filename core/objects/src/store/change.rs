@@ -10,6 +10,7 @@ use super::load::apply_defaults;
 use super::{ObjectError, ObjectState, ObjectStore, Result, StoreEnv};
 use crate::description::{AttributeDef, Catalogue, HookType, ObjectType};
 use crate::filters::{self, Props, Scope};
+use crate::values::ValueType;
 use clacks_core::rpc::ErrorCode;
 
 impl ObjectStore {
@@ -81,6 +82,7 @@ impl ObjectStore {
                 .with_details(json!({"attribute": name, "allowed": allowed})));
             }
         }
+        check_text(attr, &accepted)?;
         self.validate(owner, attr, &accepted, &state.values, state.uuid.as_deref()).await?;
         state.values.insert(name.to_owned(), accepted);
         state.changed.insert(name.to_owned());
@@ -265,4 +267,35 @@ pub(super) fn blocked(attr: &AttributeDef, values: &Props) -> Option<(String, St
             values.get(other).and_then(|v| v.first()).is_some_and(|v| filters::text(v).eq_ignore_ascii_case(blocking))
         })
         .cloned()
+}
+
+/// Refuses text with control characters: none at all in a `String`, and elsewhere only
+/// line breaks and tabs (a description may span lines). PostgreSQL refuses NUL and the
+/// directory's syntaxes most controls; found here, the value is refused before any
+/// backend sees it.
+pub(super) fn check_text(attr: &AttributeDef, values: &[Value]) -> Result<()> {
+    let allowed = |c: char| attr.value_type != ValueType::String && matches!(c, '\n' | '\r' | '\t');
+    let mut pending: Vec<&Value> = values.iter().collect();
+    while let Some(value) = pending.pop() {
+        match value {
+            Value::String(text) => {
+                if let Some((position, c)) = text.chars().enumerate().find(|(_, c)| c.is_control() && !allowed(*c)) {
+                    return Err(ObjectError::new(
+                        ErrorCode::ATTRIBUTE_CHECK_FAILED,
+                        format!(
+                            "'{}': control character U+{:04X} at position {} is not allowed",
+                            attr.name,
+                            c as u32,
+                            position + 1
+                        ),
+                    )
+                    .with_details(json!({"attribute": attr.name})));
+                }
+            }
+            Value::Array(items) => pending.extend(items),
+            Value::Object(map) => pending.extend(map.values()),
+            _ => {}
+        }
+    }
+    Ok(())
 }

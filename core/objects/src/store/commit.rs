@@ -24,8 +24,8 @@ use super::{
     first_text, new_dn, text_values, to_backend, with_undo_outcome,
 };
 use crate::backend::BackendError;
-use crate::description::{Catalogue, HookType, ObjectType};
-use crate::filters::{self, Props, Scope};
+use crate::description::{AttributeDef, Catalogue, HookType, ObjectType};
+use crate::filters::{self, BoxFuture, Props, Scope};
 use crate::index::IndexDoc;
 use clacks_core::dn::{split_rdn, unescape_rdn_value};
 use clacks_core::rpc::ErrorCode;
@@ -49,6 +49,10 @@ struct Plan {
     entry_attrs_before: Vec<(String, Vec<String>)>,
     /// SQL rows by type: column values, `None` clearing a column.
     rows: BTreeMap<String, Vec<(String, Option<String>)>>,
+    /// The same columns as they were when the object was opened (and the rows a
+    /// retraction drops), to put back; rows that a new extension adds are removed.
+    rows_before: BTreeMap<String, Vec<(String, Option<String>)>>,
+    new_rows: Vec<String>,
     /// Types whose rows go with a retraction.
     dropped_rows: Vec<String>,
     /// The new RDN when an RDN attribute changed.
@@ -57,9 +61,24 @@ struct Plan {
 
 /// A write step taken, and so one to take back if a later one fails.
 enum Step {
-    Created { uuid: String, dn: String },
-    Renamed { uuid: String, from: String, to: String },
-    Updated { uuid: String, dn: String, inverse: EntryChange },
+    Created {
+        uuid: String,
+        dn: String,
+    },
+    Renamed {
+        uuid: String,
+        from: String,
+        to: String,
+    },
+    Updated {
+        uuid: String,
+        dn: String,
+        inverse: EntryChange,
+    },
+    /// Rows of an existing object written or dropped.
+    Rows {
+        uuid: String,
+    },
 }
 
 /// Where a write stopped.
@@ -70,6 +89,8 @@ enum Failed {
     Entry(BackendError),
     /// Writing SQL rows after the entry.
     Rows(BackendError),
+    /// Indexing the written object.
+    Index(BackendError),
 }
 
 /// What a successful write changed that others may refer to.
@@ -80,16 +101,56 @@ struct Written {
 }
 
 impl ObjectStore {
-    /// Writes the object. On success the state is fresh again (nothing changed).
+    /// Writes the object. On success the state is fresh again (nothing changed); on
+    /// failure nothing was written and the state is as it was.
+    ///
+    /// Planning runs in the caller's task. From the first write on, the commit runs in
+    /// a task of its own to its end — written, or undone — even when the caller stops
+    /// waiting (the dispatcher drops a command at its deadline).
     pub async fn commit(&self, state: &mut ObjectState, user: Option<&str>) -> Result<()> {
         let catalogue = self.catalogue();
         let base = ObjectStore::type_of(&catalogue, &state.base_type)?.clone();
         let primary = if state.is_new() { self.primary_for(&base) } else { self.primary_of(state)? };
         let plan = self.plan(&catalogue, primary, &base, state).await?;
+        let store = self
+            .me
+            .upgrade()
+            .ok_or_else(|| ObjectError::new(ErrorCode::INTERNAL_ERROR, "the object store is shutting down"))?;
+        let (mut job, user) = (state.clone(), user.map(str::to_owned));
+        let task = tokio::spawn(async move {
+            let result = store.carry_out(&catalogue, &base, plan, &mut job, user.as_deref()).await;
+            (result, job)
+        });
+        let (result, done) =
+            task.await.map_err(|e| ObjectError::new(ErrorCode::INTERNAL_ERROR, format!("the commit stopped: {e}")))?;
+        *state = done;
+        result
+    }
 
+    /// A commit of another object from within a commit (relations, references), boxed
+    /// as `Send` so the recursion has a type the commit's task can hold.
+    pub(super) fn commit_boxed<'a>(
+        &'a self,
+        state: &'a mut ObjectState,
+        user: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.commit(state, user))
+    }
+
+    /// Everything of a commit after its plan: the writes (under the object's lock where
+    /// needed), then what follows from them.
+    async fn carry_out(
+        &self,
+        catalogue: &Catalogue,
+        base: &ObjectType,
+        plan: Plan,
+        state: &mut ObjectState,
+        user: Option<&str>,
+    ) -> Result<()> {
+        let primary = if plan.creating { self.primary_for(base) } else { self.primary_of(state)? };
         // A directory write asserts the version it read, so the directory alone needs no
         // lock; SQL parts are checked, then written, which two agents must not interleave.
-        let needs_lock = !plan.creating && (!primary.asserts_versions() || self.has_rows(&catalogue, state));
+        let needs_lock = !plan.creating && (!primary.asserts_versions() || self.has_rows(catalogue, state));
         let lock = match &state.uuid {
             Some(uuid) if needs_lock => {
                 let (name, holder) = (format!("object:{uuid}"), uuid::Uuid::new_v4().to_string());
@@ -98,48 +159,26 @@ impl ObjectStore {
             }
             _ => None,
         };
-        // An update that keeps the DN can be indexed while the backends are written: the
-        // index entry is known before, and a failed write puts the index back from the
-        // backends. Creations and renames learn their UUID or DN from the write.
-        let keeps_dn = !plan.creating && plan.new_rdn.is_none();
-        let early_doc = keeps_dn.then(|| IndexDoc {
-            extensions: plan.types.iter().skip(1).cloned().collect(),
-            values: text_values(&plan.props),
-            ..self.index_doc(state)
-        });
-        let result = match &early_doc {
-            Some(doc) => {
-                let (written, indexed) =
-                    tokio::join!(self.write(&catalogue, primary, state, &plan), self.index.put(doc));
-                if (written.is_err() || indexed.is_err())
-                    && let Err(e) = self.reindex(state.uuid()).await
-                {
-                    tracing::warn!("cannot bring the index back in line for {:?}: {e}", state.dn);
-                }
-                written
-            }
-            None => self.write(&catalogue, primary, state, &plan).await,
-        };
-        if let Some((name, holder)) = lock {
-            let _ = self.index.unlock(&name, &holder).await;
+        let result = self.write(catalogue, primary, state, &plan).await;
+        if let Some((name, holder)) = lock
+            && let Err(e) = self.index.unlock(&name, &holder).await
+        {
+            tracing::warn!("cannot release {name} (it expires in {LOCK_TTL_SECS} s): {e}");
         }
         let written = result?;
 
-        // After the object itself: relations, references, index, events, hooks.
+        // After the object itself: relations, references, the subtree in the index,
+        // events, hooks. Each of these is a whole commit of its own.
         for change in &plan.foreign {
             self.update_foreign(change, user).await?;
         }
         let new_dn = state.dn().to_owned();
         if let Some(old) = &written.old_dn {
             self.index.rename_subtree(old, &new_dn).await?;
-            self.rewrite_references(&catalogue, "dn", &state.base_type, old, Some(&new_dn), user).await?;
+            self.rewrite_references(catalogue, "dn", &state.base_type, old, Some(&new_dn), user).await?;
         }
         for (attr, old, new) in written.renamed_values {
-            self.rewrite_references(&catalogue, &attr, &state.base_type, &old, Some(&new), user).await?;
-        }
-        if early_doc.is_none() {
-            // The state is what the backends now hold: index it as it is.
-            self.index.put(&self.index_doc(state)).await?;
+            self.rewrite_references(catalogue, &attr, &state.base_type, &old, Some(&new), user).await?;
         }
         let change = match (plan.creating, &written.old_dn) {
             (true, _) => "create",
@@ -148,7 +187,7 @@ impl ObjectStore {
         };
         self.announce(state.uuid(), &new_dn, change).await;
         let hook = if plan.creating { HookType::PostCreate } else { HookType::PostUpdate };
-        self.run_hooks(&catalogue, state, hook).await?;
+        self.run_hooks(catalogue, state, hook).await?;
         Ok(())
     }
 
@@ -239,6 +278,7 @@ impl ObjectStore {
         for (owner, attr) in &attributes {
             if active(owner) && changed.contains(&attr.name) && !state.changed.contains(&attr.name) {
                 let values = props.get(&attr.name).cloned().unwrap_or_default();
+                super::change::check_text(attr, &values)?;
                 self.validate(owner, attr, &values, &props, state.uuid.as_deref()).await?;
             }
         }
@@ -251,6 +291,10 @@ impl ObjectStore {
         let mut entry_attrs = Vec::new();
         let mut entry_attrs_before = Vec::new();
         let mut rows: BTreeMap<String, Vec<(String, Option<String>)>> = BTreeMap::new();
+        let mut rows_before: BTreeMap<String, Vec<(String, Option<String>)>> = BTreeMap::new();
+        let loaded_texts = |attr: &AttributeDef| {
+            to_backend(attr, state.loaded.get(&attr.name).map(Vec::as_slice).unwrap_or_default()).unwrap_or_default()
+        };
         for (owner, attr) in &attributes {
             let retracted = state.retract.contains(&owner.name);
             if !(retracted || active(owner) && changed.contains(&attr.name)) {
@@ -264,15 +308,13 @@ impl ObjectStore {
                 // The rename sets the naming value; the directory refuses to drop it by modify.
                 Storage::Entry if new_rdn.as_ref().is_some_and(|rdn| names(rdn, &attr.backend_name)) => {}
                 Storage::Entry => {
-                    let before = to_backend(attr, state.loaded.get(&attr.name).map(Vec::as_slice).unwrap_or_default())
-                        .unwrap_or_default();
                     entry_attrs.push((attr.backend_name.clone(), texts));
-                    entry_attrs_before.push((attr.backend_name.clone(), before));
+                    entry_attrs_before.push((attr.backend_name.clone(), loaded_texts(attr)));
                 }
                 Storage::Rows => {
-                    rows.entry(owner.name.clone())
-                        .or_default()
-                        .push((attr.backend_name.clone(), encode_column(attr, &texts)));
+                    let column = |texts: &[String]| (attr.backend_name.clone(), encode_column(attr, texts));
+                    rows.entry(owner.name.clone()).or_default().push(column(&texts));
+                    rows_before.entry(owner.name.clone()).or_default().push(column(&loaded_texts(attr)));
                 }
                 Storage::Computed | Storage::Relation => {}
             }
@@ -280,9 +322,11 @@ impl ObjectStore {
         // Types the entry does not mark get a row even without values: the row is the
         // marker. A new object's base type gets its row where it keeps values in rows.
         let with_rows = self.types_with_rows(catalogue, primary, &types);
+        let mut new_rows = Vec::new();
         for ext in &state.extend {
             if catalogue.get(ext).is_some_and(|t| !primary.marks(t)) {
                 rows.entry(ext.clone()).or_default();
+                new_rows.push(ext.clone());
             }
         }
         if creating && with_rows.contains(&state.base_type) {
@@ -290,6 +334,9 @@ impl ObjectStore {
         }
         let retracted: Vec<String> = state.retract.iter().cloned().collect();
         let dropped_rows = self.types_with_rows(catalogue, primary, &retracted);
+        for dropped in &dropped_rows {
+            rows_before.entry(dropped.clone()).or_default();
+        }
 
         Ok(Plan {
             creating,
@@ -300,6 +347,8 @@ impl ObjectStore {
             entry_attrs,
             entry_attrs_before,
             rows,
+            rows_before,
+            new_rows,
             dropped_rows,
             new_rdn,
         })
@@ -334,6 +383,19 @@ impl ObjectStore {
             self.write_new(catalogue, primary, state, plan, &mut steps).await
         } else {
             self.write_update(catalogue, primary, state, plan, &mut steps).await
+        };
+        // The index last: when it fails the backends are undone too, so nothing is left
+        // that search and find cannot see.
+        let outcome = match outcome {
+            Ok(done) => {
+                let doc = IndexDoc {
+                    extensions: plan.types.iter().skip(1).cloned().collect(),
+                    values: text_values(&plan.props),
+                    ..self.index_doc(state)
+                };
+                self.index.put(&doc).await.map(|()| done).map_err(Failed::Index)
+            }
+            Err(failed) => Err(failed),
         };
         let (written, version) = match outcome {
             Ok(done) => done,
@@ -435,6 +497,7 @@ impl ObjectStore {
         let inverse = change.inverse(plan.entry_attrs_before.clone(), markers_before);
         steps.push(Step::Updated { uuid: uuid.clone(), dn: dn.clone(), inverse });
 
+        steps.push(Step::Rows { uuid: uuid.clone() });
         self.write_rows(&uuid, &plan.rows).await.map_err(Failed::Rows)?;
         for t in &plan.dropped_rows {
             self.sql.delete(t, &uuid).await.map_err(Failed::Rows)?;
@@ -483,6 +546,13 @@ impl ObjectStore {
                     let at = EntryAt { uuid, dn: to };
                     (primary.rename(at, old_rdn, None, None).await.map(|_| ()), "the old name was put back".to_owned())
                 }
+                Step::Rows { uuid } => {
+                    let mut outcome = self.write_rows(uuid, &plan.rows_before).await;
+                    for t in &plan.new_rows {
+                        outcome = outcome.and(self.sql.delete(t, uuid).await);
+                    }
+                    (outcome, "the database rows were restored".to_owned())
+                }
                 Step::Updated { uuid, dn, inverse } => (
                     primary.update(EntryAt { uuid, dn }, inverse, &binary, None).await.map(|_| ()),
                     format!("{} entry was restored", primary.label()),
@@ -504,6 +574,10 @@ impl ObjectStore {
         match failed {
             Failed::Early(e) => e,
             Failed::Entry(e) => self.entry_failure(state, e, primary.label()).await,
+            Failed::Index(e) => {
+                ObjectError::new(ErrorCode::BACKEND_FAILED, format!("the index refused the change ({e})"))
+                    .with_details(json!({"backend": "index", "reason": e.to_string()}))
+            }
             Failed::Rows(e) => {
                 ObjectError::new(ErrorCode::BACKEND_FAILED, format!("the database refused the change ({e})"))
                     .with_details(json!({"backend": "SQL", "reason": e.to_string()}))

@@ -98,7 +98,7 @@ impl ObjectStore {
             }
             other.values.insert(attr.to_owned(), values);
             other.changed.insert(attr.to_owned());
-            Box::pin(self.commit(&mut other, user)).await?;
+            self.commit_boxed(&mut other, user).await?;
         }
         Ok(())
     }
@@ -151,7 +151,7 @@ impl ObjectStore {
                 }
                 other.values.insert(ref_attr.clone(), updated);
                 other.changed.insert(ref_attr.clone());
-                Box::pin(self.commit(&mut other, user)).await?;
+                self.commit_boxed(&mut other, user).await?;
             }
         }
         Ok(())

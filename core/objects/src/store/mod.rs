@@ -200,6 +200,8 @@ enum Storage {
 
 /// The object layer of one agent.
 pub struct ObjectStore {
+    /// The store itself, for work that must outlive its caller (a commit's writes).
+    me: std::sync::Weak<ObjectStore>,
     catalogue: RwLock<Arc<Catalogue>>,
     validator: EventValidator,
     dirs: Vec<PathBuf>,
@@ -247,21 +249,23 @@ impl ObjectStore {
         for d in &catalogue.diagnostics {
             tracing::warn!("object description: {d}");
         }
-        let store = ObjectStore {
+        let (sql, index) = (SqlBackend::open(db).await?, Index::open(index_db).await?);
+        let store = Arc::new_cyclic(|me| ObjectStore {
+            me: me.clone(),
             catalogue: RwLock::new(Arc::new(catalogue)),
             validator,
             dirs: config.dirs.clone(),
             id_start: config.ldap.as_ref().map_or(10000, |l| l.id_start),
             ldap,
-            sql: SqlBackend::open(db).await?,
-            index: Index::open(index_db).await?,
+            sql,
+            index,
             base,
             idle_secs: config.reference_idle_secs.unwrap_or(3600),
             events: RwLock::new(None),
             runner: RwLock::new(None),
-        };
+        });
         store.ensure_root().await?;
-        Ok(Arc::new(store))
+        Ok(store)
     }
 
     /// Without a directory, the root entry is created on first start so objects have a
