@@ -158,6 +158,12 @@ impl Site {
     /// Note that a badge holder changed.
     #[command]
     fn record_badge_change(&self, uid: String, dn: String) -> clacks_core::command::CommandResult<bool> {
+        if uid == "mallory" {
+            return Err(clacks_core::command::CommandError::new(
+                ErrorCode::COMMAND_FAILED,
+                "mallory may not hold a badge",
+            ));
+        }
         self.changes.lock().map(|mut c| c.push(format!("{uid} {dn}"))).ok();
         Ok(true)
     }
@@ -216,6 +222,23 @@ async fn allowed_values_and_hooks_come_from_commands() {
     ok(&ada, None, "dispatchObjectMethod", json!([user, "commit"])).await;
     let logged = changes.lock().map(|c| c.clone()).unwrap_or_default();
     assert_eq!(logged, vec![format!("ada uid=ada,{}", people_dn.as_str().unwrap_or_default())]);
+
+    // A post hook that fails undoes the commit it followed: the badge keeps its colour.
+    let mallory = ok(&ada, None, "openObject", json!([people_dn, "User"])).await["ref"].clone();
+    for (name, value) in [("uid", "mallory"), ("givenName", "Mal"), ("sn", "Lory")] {
+        ok(&ada, None, "setObjectProperty", json!([mallory, name, value])).await;
+    }
+    ok(&ada, None, "dispatchObjectMethod", json!([mallory, "extend", ["Badge"]])).await;
+    ok(&ada, None, "setObjectProperty", json!([mallory, "badgeColor", "green"])).await;
+    ok(&ada, None, "dispatchObjectMethod", json!([mallory, "commit"])).await;
+    ok(&ada, None, "setObjectProperty", json!([mallory, "badgeColor", "red"])).await;
+    assert_eq!(
+        call(&ada, None, "dispatchObjectMethod", json!([mallory, "commit"])).await,
+        Err(ErrorCode::COMMAND_FAILED)
+    );
+    let reopened =
+        ok(&ada, None, "openObject", json!([format!("uid=mallory,{}", people_dn.as_str().unwrap_or_default())])).await;
+    assert_eq!(reopened["attributes"]["badgeColor"], json!("green"));
 
     // A user found by search brings related objects along (secondary hits).
     let groups = ok(&ada, None, "openObject", json!([base, "GroupContainer"])).await["ref"].clone();

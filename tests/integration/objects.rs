@@ -559,10 +559,7 @@ async fn a_commit_dropped_at_any_moment_is_whole_or_absent() {
         while stable < 2 {
             let seen = rounds().await;
             let whole = seen.iter().all(|r| *r == seen[0] && r.is_some());
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "round {round} stayed half-written: {seen:?}"
-            );
+            assert!(tokio::time::Instant::now() < deadline, "round {round} stayed half-written: {seen:?}");
             stable = if whole { stable + 1 } else { 0 };
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -576,4 +573,28 @@ async fn a_commit_dropped_at_any_moment_is_whole_or_absent() {
     let mut state = store.load(&uuid).await.expect("load");
     store.set(&mut state, "title", &json!("T99")).await.expect("title");
     store.commit(&mut state, Some("admin")).await.expect("an ordinary commit afterwards");
+}
+
+/// A move the index cannot follow is undone: the subtree goes back where it was.
+#[tokio::test]
+async fn a_move_the_index_refuses_puts_the_entry_back() {
+    let (slapd, pg) = (Slapd::start().await, PgSchema::create().await);
+    let store = store(&slapd, &pg, vec![]).await;
+    let (people, _) = containers(&store).await;
+    let ada = create(&store, &people, "User", &person("ada", "Ada", "Lovelace"), &[]).await.dn.expect("dn");
+    let quarantine = create(&store, BASE, "OrganizationalUnit", &[("ou", json!("Quarantine"))], &[]).await;
+    let quarantine = quarantine.dn.expect("dn");
+    // Rows already there stay; no row may name the quarantine from now on.
+    pg.execute("ALTER TABLE clacks_index ADD CONSTRAINT no_quarantine CHECK (dn NOT LIKE '%Quarantine%') NOT VALID")
+        .await;
+    let mut state = store.load(&people).await.expect("load");
+    let err = expect_code(store.move_object(&mut state, &quarantine, Some("admin")).await, ErrorCode::BACKEND_FAILED);
+    assert!(err.message.contains("moved back"), "{err}");
+    assert!(raw(&slapd, &ada).await.is_some(), "the subtree is where it was");
+    assert!(raw(&slapd, &format!("ou=people,{quarantine}")).await.is_none());
+    assert_eq!(state.dn.as_deref(), Some(people.as_str()));
+
+    pg.execute("ALTER TABLE clacks_index DROP CONSTRAINT no_quarantine").await;
+    store.move_object(&mut state, &quarantine, Some("admin")).await.expect("the move once the index takes it");
+    assert!(raw(&slapd, &format!("uid=ada,ou=people,{quarantine}")).await.is_some());
 }

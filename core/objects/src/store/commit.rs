@@ -13,6 +13,7 @@
 //! references, the index, the ObjectChanged event and post hooks.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -89,6 +90,8 @@ enum Failed {
     Entry(BackendError),
     /// Writing SQL rows after the entry.
     Rows(BackendError),
+    /// A post hook, after the backends were written.
+    Hook(ObjectError),
     /// Indexing the written object.
     Index(BackendError),
 }
@@ -112,19 +115,31 @@ impl ObjectStore {
         let base = ObjectStore::type_of(&catalogue, &state.base_type)?.clone();
         let primary = if state.is_new() { self.primary_for(&base) } else { self.primary_of(state)? };
         let plan = self.plan(&catalogue, primary, &base, state).await?;
+        let (mut job, user) = (state.clone(), user.map(str::to_owned));
+        let (result, done) = self
+            .detached(move |store| async move {
+                let result = store.carry_out(&catalogue, &base, plan, &mut job, user.as_deref()).await;
+                (result, job)
+            })
+            .await?;
+        *state = done;
+        result
+    }
+
+    /// Runs `work` in a task of its own, so it goes on to its end when the caller stops
+    /// waiting; returns what it returns when the caller is still there.
+    pub(super) async fn detached<F, T>(&self, work: impl FnOnce(Arc<ObjectStore>) -> F) -> Result<T>
+    where
+        F: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
         let store = self
             .me
             .upgrade()
             .ok_or_else(|| ObjectError::new(ErrorCode::INTERNAL_ERROR, "the object store is shutting down"))?;
-        let (mut job, user) = (state.clone(), user.map(str::to_owned));
-        let task = tokio::spawn(async move {
-            let result = store.carry_out(&catalogue, &base, plan, &mut job, user.as_deref()).await;
-            (result, job)
-        });
-        let (result, done) =
-            task.await.map_err(|e| ObjectError::new(ErrorCode::INTERNAL_ERROR, format!("the commit stopped: {e}")))?;
-        *state = done;
-        result
+        tokio::spawn(work(store))
+            .await
+            .map_err(|e| ObjectError::new(ErrorCode::INTERNAL_ERROR, format!("the change stopped: {e}")))
     }
 
     /// A commit of another object from within a commit (relations, references), boxed
@@ -186,8 +201,6 @@ impl ObjectStore {
             (false, None) => "update",
         };
         self.announce(state.uuid(), &new_dn, change).await;
-        let hook = if plan.creating { HookType::PostCreate } else { HookType::PostUpdate };
-        self.run_hooks(catalogue, state, hook).await?;
         Ok(())
     }
 
@@ -384,6 +397,15 @@ impl ObjectStore {
         } else {
             self.write_update(catalogue, primary, state, plan, &mut steps).await
         };
+        // Post hooks see the object written; when one fails, the write is undone.
+        let post_hook = if plan.creating { HookType::PostCreate } else { HookType::PostUpdate };
+        let outcome = match outcome {
+            Ok(done) => {
+                let written = ObjectState { values: plan.props.clone(), ..state.clone() };
+                self.run_hooks(catalogue, &written, post_hook).await.map(|()| done).map_err(Failed::Hook)
+            }
+            Err(failed) => Err(failed),
+        };
         // The index last: when it fails the backends are undone too, so nothing is left
         // that search and find cannot see.
         let outcome = match outcome {
@@ -572,7 +594,7 @@ impl ObjectStore {
     /// The error for where a write stopped; `state` is as before the write.
     async fn failure(&self, state: &ObjectState, primary: &dyn PrimaryBackend, failed: Failed) -> ObjectError {
         match failed {
-            Failed::Early(e) => e,
+            Failed::Early(e) | Failed::Hook(e) => e,
             Failed::Entry(e) => self.entry_failure(state, e, primary.label()).await,
             Failed::Index(e) => {
                 ObjectError::new(ErrorCode::BACKEND_FAILED, format!("the index refused the change ({e})"))

@@ -3,10 +3,12 @@
 use serde_json::json;
 
 use super::primary::EntryAt;
-use super::{ObjectError, ObjectState, ObjectStore, PrimaryBackend, Result, Storage, backend_failure};
+use super::{
+    ObjectError, ObjectState, ObjectStore, PrimaryBackend, Result, Storage, backend_failure, with_undo_outcome,
+};
 use crate::description::{Catalogue, HookType};
 use crate::filters;
-use clacks_core::dn::split_rdn;
+use clacks_core::dn::{parent_dn, split_rdn};
 use clacks_core::rpc::ErrorCode;
 
 impl ObjectStore {
@@ -80,7 +82,8 @@ impl ObjectStore {
         Ok(out)
     }
 
-    /// Moves an object (and what is below it) under `new_parent`.
+    /// Moves an object (and what is below it) under `new_parent`. Like a commit, the
+    /// move runs to its end (or is undone) even when the caller stops waiting.
     pub async fn move_object(&self, state: &mut ObjectState, new_parent: &str, user: Option<&str>) -> Result<()> {
         if state.is_new() {
             state.parent = new_parent.to_owned();
@@ -89,6 +92,24 @@ impl ObjectStore {
         let catalogue = self.catalogue();
         self.check_container(&catalogue, new_parent, &state.base_type).await?;
         self.check_rows_unchanged(&catalogue, state).await?;
+        let (mut job, parent, user) = (state.clone(), new_parent.to_owned(), user.map(str::to_owned));
+        let (result, done) = self
+            .detached(move |store| async move {
+                let result = store.carry_out_move(&catalogue, &mut job, &parent, user.as_deref()).await;
+                (result, job)
+            })
+            .await?;
+        *state = done;
+        result
+    }
+
+    async fn carry_out_move(
+        &self,
+        catalogue: &Catalogue,
+        state: &mut ObjectState,
+        new_parent: &str,
+        user: Option<&str>,
+    ) -> Result<()> {
         let primary = self.primary_of(state)?;
         let dn = state.dn().to_owned();
         let (rdn, _) = split_rdn(&dn);
@@ -97,11 +118,26 @@ impl ObjectStore {
             Ok((new_dn, _)) => new_dn,
             Err(e) => return Err(self.entry_failure(state, e, primary.label()).await),
         };
+        if let Err(e) = self.index.rename_subtree(&dn, &new_dn).await {
+            // The index must follow, or the object could not be found where it is: move it back.
+            let failure = ObjectError::new(ErrorCode::BACKEND_FAILED, format!("the index refused the move ({e})"))
+                .with_details(json!({"backend": "index", "reason": e.to_string()}));
+            let back = EntryAt { uuid: state.uuid(), dn: &new_dn };
+            return Err(match primary.rename(back, rdn, Some(parent_dn(&dn)), None).await {
+                Ok(_) => {
+                    // Back as it was: the open object may try again without a false conflict.
+                    if let Ok(version) = self.current_version(state).await {
+                        state.version = version;
+                    }
+                    with_undo_outcome(failure, &["the entry was moved back".to_owned()], &[])
+                }
+                Err(u) => with_undo_outcome(failure, &[], &[format!("moving the entry back: {u}")]),
+            });
+        }
         state.dn = Some(new_dn.clone());
         state.parent = new_parent.to_owned();
         state.version = self.current_version(state).await?;
-        self.index.rename_subtree(&dn, &new_dn).await?;
-        self.rewrite_references(&catalogue, "dn", &state.base_type, &dn, Some(&new_dn), user).await?;
+        self.rewrite_references(catalogue, "dn", &state.base_type, &dn, Some(&new_dn), user).await?;
         self.announce(state.uuid(), &new_dn, "move").await;
         Ok(())
     }
