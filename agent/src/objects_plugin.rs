@@ -403,10 +403,12 @@ impl ObjectsPlugin {
         Ok(self.store.schema_of(&object_type)?)
     }
 
-    /// Problems found in the object descriptions (file, line, reason).
+    /// Problems found in the object descriptions (file, line, reason) and entries this node could not index (dn, uuid, reason).
     #[command]
     fn get_object_diagnostics(&self) -> CommandResult<Value> {
-        Ok(json!(self.store.catalogue().diagnostics))
+        let catalogue = self.store.catalogue();
+        let descriptions = catalogue.diagnostics.iter().map(|d| json!(d));
+        Ok(Value::Array(descriptions.chain(self.store.entry_problems().iter().map(|p| json!(p))).collect()))
     }
 
     /// Read the object descriptions again on every node; returns the problems found.

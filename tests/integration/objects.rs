@@ -598,3 +598,59 @@ async fn a_move_the_index_refuses_puts_the_entry_back() {
     store.move_object(&mut state, &quarantine, Some("admin")).await.expect("the move once the index takes it");
     assert!(raw(&slapd, &format!("uid=ada,ou=people,{quarantine}")).await.is_some());
 }
+
+/// One entry the index cannot take (PostgreSQL refuses its NUL) is left out and
+/// reported; polling and sweeping go on for everything else.
+#[tokio::test]
+async fn one_bad_entry_does_not_stop_directory_sync() {
+    let (slapd, pg) = (Slapd::start().await, PgSchema::create().await);
+    let store = store(&slapd, &pg, vec![]).await;
+    let (people, _) = containers(&store).await;
+    store.scan("test").await.expect("scan").expect("lock");
+    assert_eq!(store.poll_directory().await.expect("first poll starts the clock"), 0);
+
+    let mut ldap = slapd.admin().await;
+    let add = |uid: String, sn: &'static str| {
+        let attrs: Vec<(&str, std::collections::HashSet<String>)> = vec![
+            ("objectClass", ["inetOrgPerson".to_owned()].into()),
+            ("uid", [uid.clone()].into()),
+            ("cn", [format!("{uid} {}", sn.replace('\0', ""))].into()),
+            ("sn", [sn.to_owned()].into()),
+        ];
+        (format!("uid={uid},{people}"), attrs)
+    };
+    let (bad_dn, bad) = add("bad".into(), "Foo\0Bar");
+    ldap.add(&bad_dn, bad.iter().map(|(k, v)| (*k, v.iter().map(String::as_str).collect())).collect())
+        .await
+        .expect("add")
+        .success()
+        .expect("the directory takes a NUL");
+    for i in 0..50 {
+        let (dn, attrs) = add(format!("user{i}"), "Good");
+        ldap.add(&dn, attrs.iter().map(|(k, v)| (*k, v.iter().map(String::as_str).collect())).collect())
+            .await
+            .expect("add")
+            .success()
+            .expect("added");
+    }
+
+    assert_eq!(store.poll_directory().await.expect("the poll goes on past the bad entry"), 50);
+    let found = store.find(json!({"sn": "Good"}).as_object().expect("map")).await.expect("find");
+    assert_eq!(found.len(), 50);
+    let problems = store.entry_problems();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(clacks_core::dn::dn_key(&problems[0].dn) == clacks_core::dn::dn_key(&bad_dn), "{problems:?}");
+
+    // The sweep too: it reports the entry and still drops what was deleted.
+    ldap.delete(&format!("uid=user7,{people}")).await.expect("delete").success().expect("deleted");
+    let report = store.scan("test").await.expect("the sweep goes on").expect("lock");
+    assert_eq!((report.removed, report.failed), (1, 1), "{report:?}");
+    assert_eq!(store.find(json!({"sn": "Good"}).as_object().expect("map")).await.expect("find").len(), 49);
+
+    // Repaired, it is indexed and no longer reported.
+    let repaired = ldap3::Mod::Replace("sn", ["Bar"].into());
+    ldap.modify(&bad_dn, vec![repaired]).await.expect("modify").success().expect("modified");
+    store.scan("test").await.expect("scan").expect("lock");
+    assert_eq!(store.entry_problems(), vec![]);
+    assert_eq!(store.find(json!({"uid": "bad"}).as_object().expect("map")).await.expect("find").len(), 1);
+}

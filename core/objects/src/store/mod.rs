@@ -59,7 +59,7 @@ use clacks_core::rpc::ErrorCode;
 
 pub(crate) use primary::PrimaryBackend;
 pub use search::{SearchOptions, glob_match};
-pub use sync::ScanReport;
+pub use sync::{EntryProblem, ScanReport};
 
 /// An object-layer failure, with the symbolic code callers see.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -213,6 +213,7 @@ pub struct ObjectStore {
     idle_secs: i64,
     events: RwLock<Option<EventPublisher>>,
     runner: RwLock<Option<Arc<dyn CommandRunner>>>,
+    problems: sync::Problems,
 }
 
 impl std::fmt::Debug for ObjectStore {
@@ -263,6 +264,7 @@ impl ObjectStore {
             idle_secs: config.reference_idle_secs.unwrap_or(3600),
             events: RwLock::new(None),
             runner: RwLock::new(None),
+            problems: sync::Problems::default(),
         });
         store.ensure_root().await?;
         Ok(store)

@@ -2,7 +2,8 @@
 //! periodic scan of every backend, polling the directory for changes made outside
 //! Clacks, and the ObjectChanged / BackendChange events that announce them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
 
 use serde::Serialize;
 use serde_json::json;
@@ -19,6 +20,8 @@ pub struct ScanReport {
     pub removed: usize,
     /// Entries of no known type.
     pub skipped: usize,
+    /// Entries the index could not take (see [`ObjectStore::entry_problems`]).
+    pub failed: usize,
 }
 
 impl ObjectStore {
@@ -96,14 +99,23 @@ impl ObjectStore {
                 continue;
             }
             match self.reindex(&entry.uuid).await {
-                Ok(()) => report.indexed += 1,
+                Ok(()) => {
+                    self.problems.clear(&entry.uuid);
+                    report.indexed += 1;
+                }
                 Err(e) if e.code == ErrorCode::OBJECT_TYPE_MISMATCH => report.skipped += 1,
-                Err(e) => return Err(e),
+                Err(e) if e.code == ErrorCode::BACKEND_UNAVAILABLE => return Err(e),
+                // One entry the index cannot take must not hold up the others.
+                Err(e) => {
+                    self.problems.note(&entry.uuid, &entry.dn, &e.message);
+                    report.failed += 1;
+                }
             }
         }
         // Gone from every backend: removed behind Clacks' back (ldapdelete, say).
         for (uuid, (_, dn)) in known.iter().filter(|(u, _)| !seen.contains(*u)) {
             self.index.remove(uuid).await?;
+            self.problems.clear(uuid);
             self.announce_backend_change(uuid, dn, "delete", &chrono::Utc::now().format("%Y%m%d%H%M%SZ").to_string())
                 .await;
             report.removed += 1;
@@ -112,7 +124,9 @@ impl ObjectStore {
     }
 
     /// Picks up directory changes made outside Clacks since the last poll: re-indexes
-    /// them and publishes BackendChange. Returns the number of changes seen.
+    /// them and publishes BackendChange. Returns the number of changes seen. An entry
+    /// that cannot be read or indexed is skipped and reported
+    /// ([`ObjectStore::entry_problems`]); the others go on.
     pub async fn poll_directory(&self) -> Result<usize> {
         let Some(ldap) = &self.ldap else { return Ok(0) };
         let since = match self.index.meta("ldap-poll").await? {
@@ -125,32 +139,91 @@ impl ObjectStore {
         let started = chrono::Utc::now().format("%Y%m%d%H%M%SZ").to_string();
         let mut seen = 0;
         for entry in ldap.changed_since(&since).await? {
-            let indexed = self.index.by_uuid(&entry.uuid).await?;
-            // Our own commits are indexed already with at least this version's values.
-            let state = match self.load(&entry.uuid).await {
-                Ok(s) => s,
-                Err(e) if e.code == ErrorCode::OBJECT_TYPE_MISMATCH => continue,
-                Err(e) => return Err(e),
-            };
-            let doc = self.index_doc(&state);
-            let same = indexed
-                .as_ref()
-                .is_some_and(|i| i.dn == doc.dn && i.values == doc.values && i.extensions == doc.extensions);
-            if same {
-                continue;
+            match self.take_change(&entry).await {
+                Ok(true) => {
+                    self.problems.clear(&entry.uuid);
+                    seen += 1;
+                }
+                Ok(false) => self.problems.clear(&entry.uuid),
+                Err(e) if e.code == ErrorCode::BACKEND_UNAVAILABLE => return Err(e),
+                Err(e) => self.problems.note(&entry.uuid, &entry.dn, &e.message),
             }
-            let change = match &indexed {
-                None => "add",
-                Some(i) if i.dn != doc.dn => "modrdn",
-                Some(_) => "modify",
-            };
-            self.index.put(&doc).await?;
-            self.announce_backend_change(&doc.uuid, &doc.dn, change, entry.modified.as_deref().unwrap_or_default())
-                .await;
-            seen += 1;
         }
-        // Deletions leave no modifyTimestamp behind; the periodic scan finds them.
+        // Deletions leave no modifyTimestamp behind; the periodic scan finds them, and
+        // retries the entries skipped here.
         self.index.set_meta("ldap-poll", &started).await?;
         Ok(seen)
+    }
+
+    /// Indexes and announces one entry changed outside Clacks; `false` when there was
+    /// nothing new (our own commits are indexed already) or it is of no known type.
+    async fn take_change(&self, entry: &Entry) -> Result<bool> {
+        let indexed = self.index.by_uuid(&entry.uuid).await?;
+        let state = match self.load(&entry.uuid).await {
+            Ok(s) => s,
+            Err(e) if e.code == ErrorCode::OBJECT_TYPE_MISMATCH => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let doc = self.index_doc(&state);
+        let same = indexed
+            .as_ref()
+            .is_some_and(|i| i.dn == doc.dn && i.values == doc.values && i.extensions == doc.extensions);
+        if same {
+            return Ok(false);
+        }
+        let change = match &indexed {
+            None => "add",
+            Some(i) if i.dn != doc.dn => "modrdn",
+            Some(_) => "modify",
+        };
+        self.index.put(&doc).await?;
+        self.announce_backend_change(&doc.uuid, &doc.dn, change, entry.modified.as_deref().unwrap_or_default()).await;
+        Ok(true)
+    }
+
+    /// Entries the index could not take, with why (for `getObjectDiagnostics`).
+    pub fn entry_problems(&self) -> Vec<EntryProblem> {
+        self.problems.all()
+    }
+}
+
+/// An entry in a backend that the index could not take.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EntryProblem {
+    pub dn: String,
+    pub uuid: String,
+    pub reason: String,
+}
+
+/// The entries that failed to sync, each logged once (again only when its reason
+/// changes), at most [`Problems::KEPT`] of them.
+#[derive(Debug, Default)]
+pub(super) struct Problems {
+    by_uuid: Mutex<BTreeMap<String, EntryProblem>>,
+}
+
+impl Problems {
+    const KEPT: usize = 1000;
+
+    fn note(&self, uuid: &str, dn: &str, reason: &str) {
+        let Ok(mut by_uuid) = self.by_uuid.lock() else { return };
+        let problem = EntryProblem { dn: dn.to_owned(), uuid: uuid.to_owned(), reason: reason.to_owned() };
+        if by_uuid.get(uuid) == Some(&problem) {
+            return;
+        }
+        tracing::warn!("{dn} is left out of the object index: {reason}");
+        if by_uuid.len() < Problems::KEPT || by_uuid.contains_key(uuid) {
+            by_uuid.insert(uuid.to_owned(), problem);
+        }
+    }
+
+    fn clear(&self, uuid: &str) {
+        if let Ok(mut by_uuid) = self.by_uuid.lock() {
+            by_uuid.remove(uuid);
+        }
+    }
+
+    fn all(&self) -> Vec<EntryProblem> {
+        self.by_uuid.lock().map(|p| p.values().cloned().collect()).unwrap_or_default()
     }
 }
