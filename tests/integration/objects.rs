@@ -654,3 +654,43 @@ async fn one_bad_entry_does_not_stop_directory_sync() {
     assert_eq!(store.entry_problems(), vec![]);
     assert_eq!(store.find(json!({"uid": "bad"}).as_object().expect("map")).await.expect("find").len(), 1);
 }
+
+/// A Unix account for any name: GECOS is ASCII by transliteration, a value the
+/// directory's syntax refuses is refused at `set` with the reason, a hand-kept GECOS
+/// stays when `autoGECOS` is off, and `""` clears.
+#[tokio::test]
+async fn unix_accounts_are_right_for_every_name() {
+    let (slapd, pg) = (Slapd::start().await, PgSchema::create().await);
+    let store = store(&slapd, &pg, vec![]).await;
+    let (people, _) = containers(&store).await;
+    let jose = person("jose", "José", "Müller").into_iter().chain([("title", json!("Chef"))]).collect::<Vec<_>>();
+    let dn = create(&store, &people, "User", &jose, &["PosixUser"]).await.dn.expect("dn");
+    let entry = raw(&slapd, &dn).await.expect("entry");
+    assert_eq!(
+        (entry.attrs["cn"].clone(), entry.attrs["gecos"].clone()),
+        (vec!["José Müller".to_owned()], vec!["Jose Muller".to_owned()])
+    );
+
+    // Every later name change too, in any script.
+    let mut state = store.load(&dn).await.expect("load");
+    store.set(&mut state, "sn", &json!("漢字")).await.expect("sn");
+    store.commit(&mut state, Some("admin")).await.expect("rename in another script");
+    let gecos = raw(&slapd, &dn).await.expect("entry").attrs["gecos"].clone();
+    assert!(gecos[0].is_ascii() && gecos[0].starts_with("Jose "), "{gecos:?}");
+
+    // A value the directory's syntax refuses is refused before it is written.
+    store.set(&mut state, "autoGECOS", &json!(false)).await.expect("autoGECOS off");
+    let err = expect_code(store.set(&mut state, "gecos", &json!("Jösé")).await, ErrorCode::ATTRIBUTE_CHECK_FAILED);
+    assert!(err.message.contains("'gecos'") && err.message.contains("ASCII"), "{err}");
+    store.set(&mut state, "gecos", &json!("Pepe,Room 1")).await.expect("a hand-kept gecos");
+    store.set(&mut state, "title", &json!("")).await.expect("empty text clears");
+    store.commit(&mut state, Some("admin")).await.expect("commit");
+
+    let mut state = store.load(&dn).await.expect("load");
+    assert_eq!(state.values["autoGECOS"], vec![json!(false)], "autoGECOS is stored");
+    store.set(&mut state, "givenName", &json!("Josefa")).await.expect("givenName");
+    store.commit(&mut state, Some("admin")).await.expect("commit");
+    let entry = raw(&slapd, &dn).await.expect("entry");
+    assert_eq!(entry.attrs["gecos"], ["Pepe,Room 1"], "the hand-kept gecos stays");
+    assert!(!entry.attrs.contains_key("title"), "cleared");
+}

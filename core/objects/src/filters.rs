@@ -204,6 +204,16 @@ fn map_values(props: &mut Props, attr: &str, f: impl Fn(&Value) -> Result<Value,
     Ok(())
 }
 
+/// One GECOS field: ASCII (the nis schema's gecos is IA5), by transliteration — "José
+/// Müller" becomes "Jose Muller", "漢字" "Han Zi" — without the `,` that separates
+/// fields or the `:` that separates passwd columns, spaces collapsed.
+fn gecos_field(text: &str) -> String {
+    let ascii = deunicode::deunicode_with_tofu(text, "?");
+    let cleaned: String =
+        ascii.chars().map(|c| if c == ',' || c == ':' || c.is_ascii_control() { ' ' } else { c }).collect();
+    cleaned.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 fn as_str(v: &Value) -> String {
     text(v)
 }
@@ -327,7 +337,8 @@ async fn apply_filter(
         "GenerateGecos" => {
             let auto = props.get("autoGECOS").and_then(|v| v.first()).is_none_or(|v| v != &Value::Bool(false));
             if auto {
-                let field = |n: &str| props.get(n).and_then(|v| v.first()).map(as_str).unwrap_or_default();
+                let field =
+                    |n: &str| gecos_field(&props.get(n).and_then(|v| v.first()).map(as_str).unwrap_or_default());
                 let full = format!("{} {}", field("givenName"), field("sn")).trim().to_owned();
                 let gecos =
                     format!("{full},{},{},{}", field("roomNumber"), field("telephoneNumber"), field("homePhone"));
@@ -550,6 +561,12 @@ mod tests {
             a(filter("GenerateGecos", &[], Value::Null, &[("givenName", json!("Ada")), ("sn", json!("Lovelace"))])),
             vec![json!("Ada Lovelace")]
         );
+        let gecos = |given: &str, sn: &str| {
+            a(filter("GenerateGecos", &[], Value::Null, &[("givenName", json!(given)), ("sn", json!(sn))]))
+        };
+        assert_eq!(gecos("José", "Müller"), vec![json!("Jose Muller")]);
+        assert_eq!(gecos("Zoë", "Smith, Jr.:x"), vec![json!("Zoe Smith Jr. x")]);
+        assert!(gecos("漢", "字")[0].as_str().is_some_and(|g| g.is_ascii() && !g.is_empty()));
         let hashed = a(filter("HashPassword", &[], json!("secret"), &[]));
         assert!(hashed[0].as_str().is_some_and(|h| h.starts_with("{ARGON2}$argon2id$")));
         let moved = filter("Target", &["b"], json!("v"), &[]).expect("target");

@@ -15,6 +15,7 @@ use ldap3::controls::{Assertion, Control, ControlType, PostRead, RawControl, Rea
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, LdapResult, Mod, Scope, SearchEntry};
 use tokio::sync::Mutex;
 
+use super::ldap_schema::{self, Syntax};
 use super::{BackendError, Entry};
 
 /// How to reach and bind to the directory.
@@ -89,6 +90,8 @@ pub struct LdapBackend {
     slots: Vec<Mutex<Option<Ldap>>>,
     next: AtomicUsize,
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// Attribute syntaxes from the directory's schema (lowercased names).
+    syntaxes: HashMap<String, Syntax>,
 }
 
 impl std::fmt::Debug for LdapBackend {
@@ -132,9 +135,40 @@ impl LdapBackend {
             next: AtomicUsize::new(0),
             tls,
             settings,
+            syntaxes: HashMap::new(),
         };
         backend.handle().await?;
-        Ok(backend)
+        let syntaxes = backend.read_syntaxes().await;
+        Ok(LdapBackend { syntaxes, ..backend })
+    }
+
+    /// The attribute syntaxes the directory publishes in its subschema entry. A server
+    /// that hides it gets its values checked by itself alone.
+    async fn read_syntaxes(&self) -> HashMap<String, Syntax> {
+        let root = self.search("", Scope::Base, "(objectClass=*)", vec!["subschemaSubentry".to_owned()]).await;
+        let subschema = root.ok().and_then(|found| {
+            found.into_iter().next().and_then(|e| e.attrs.get("subschemaSubentry").and_then(|v| v.first()).cloned())
+        });
+        let Some(subschema) = subschema else {
+            tracing::debug!("the directory publishes no subschema entry; values are checked by the server alone");
+            return HashMap::new();
+        };
+        match self.search(&subschema, Scope::Base, "(objectClass=subschema)", vec!["attributeTypes".to_owned()]).await {
+            Ok(found) => {
+                let definitions =
+                    found.into_iter().flat_map(|e| e.attrs.get("attributeTypes").cloned().unwrap_or_default());
+                ldap_schema::syntaxes(definitions.collect::<Vec<_>>().iter().map(String::as_str))
+            }
+            Err(e) => {
+                tracing::debug!("cannot read the directory's schema ({e}); values are checked by the server alone");
+                HashMap::new()
+            }
+        }
+    }
+
+    /// Why the directory would refuse `value` for `attribute` (by its syntax), if it would.
+    pub fn refuses(&self, attribute: &str, value: &str) -> Option<String> {
+        self.syntaxes.get(&attribute.to_lowercase()).and_then(|syntax| syntax.refuses(value))
     }
 
     pub fn base(&self) -> &str {

@@ -4,6 +4,7 @@
 //! decides which attributes go where and converts values; backends move text.
 
 pub mod ldap;
+pub mod ldap_schema;
 pub mod sql;
 
 /// An entry as a primary backend knows it.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 use super::load::apply_defaults;
-use super::{ObjectError, ObjectState, ObjectStore, Result, StoreEnv};
+use super::{ObjectError, ObjectState, ObjectStore, Result, StoreEnv, to_backend};
 use crate::description::{AttributeDef, Catalogue, HookType, ObjectType};
 use crate::filters::{self, Props, Scope};
 use crate::values::ValueType;
@@ -38,7 +38,7 @@ impl ObjectStore {
                 format!("'{name}' cannot be changed while '{other}' is {blocking}"),
             ));
         }
-        let list: Vec<Value> = match value {
+        let mut list: Vec<Value> = match value {
             Value::Null => Vec::new(),
             Value::Array(items) if attr.multi_value => items.clone(),
             Value::Array(items) if items.len() <= 1 => items.clone(),
@@ -50,6 +50,8 @@ impl ObjectStore {
             }
             single => vec![single.clone()],
         };
+        // An empty text clears, as an empty list does: no backend stores "".
+        list.retain(|v| v.as_str() != Some(""));
         if list.is_empty() && attr.mandatory {
             return Err(ObjectError::new(
                 ErrorCode::ATTRIBUTE_MANDATORY,
@@ -83,6 +85,7 @@ impl ObjectStore {
             }
         }
         check_text(attr, &accepted)?;
+        self.check_entry_syntax(owner, attr, &to_backend(attr, &accepted)?)?;
         self.validate(owner, attr, &accepted, &state.values, state.uuid.as_deref()).await?;
         state.values.insert(name.to_owned(), accepted);
         state.changed.insert(name.to_owned());

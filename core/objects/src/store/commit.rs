@@ -321,6 +321,9 @@ impl ObjectStore {
                 // The rename sets the naming value; the directory refuses to drop it by modify.
                 Storage::Entry if new_rdn.as_ref().is_some_and(|rdn| names(rdn, &attr.backend_name)) => {}
                 Storage::Entry => {
+                    if !retracted {
+                        self.check_entry_syntax(owner, attr, &texts)?;
+                    }
                     entry_attrs.push((attr.backend_name.clone(), texts));
                     entry_attrs_before.push((attr.backend_name.clone(), loaded_texts(attr)));
                 }

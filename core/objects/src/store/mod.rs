@@ -413,6 +413,19 @@ impl ObjectStore {
             .any(|(owner, attr)| types.contains(&owner.name) && self.storage(owner, attr) == Storage::Rows)
     }
 
+    /// Refuses what the directory would refuse for an attribute kept on its entry (the
+    /// attribute's LDAP syntax: ASCII-only gecos, say), before anything is written.
+    fn check_entry_syntax(&self, owner: &ObjectType, attr: &AttributeDef, texts: &[String]) -> Result<()> {
+        let Some(ldap) = self.ldap.as_ref().filter(|_| self.storage(owner, attr) == Storage::Entry) else {
+            return Ok(());
+        };
+        match texts.iter().find_map(|text| ldap.refuses(&attr.backend_name, text)) {
+            None => Ok(()),
+            Some(why) => Err(ObjectError::new(ErrorCode::ATTRIBUTE_CHECK_FAILED, format!("'{}': {why}", attr.name))
+                .with_details(serde_json::json!({"attribute": attr.name}))),
+        }
+    }
+
     fn type_of<'c>(catalogue: &'c Catalogue, name: &str) -> Result<&'c Arc<ObjectType>> {
         catalogue
             .get(name)
