@@ -118,6 +118,9 @@ pub struct ObjectsSection {
     pub poll_secs: f64,
     /// Seconds between walks of every backend for objects deleted outside Clacks.
     pub sweep_secs: f64,
+    /// The lowest uidNumber/gidNumber an account or group may get (below are system
+    /// accounts; 0 is root).
+    pub min_unix_id: i64,
     /// `[objects.ldap]`: the directory; none = objects live in SQL.
     pub ldap: Option<clacks_objects::backend::ldap::LdapSettings>,
 }
@@ -133,6 +136,7 @@ impl Default for ObjectsSection {
             reference_idle_secs: 3600,
             poll_secs: 10.0,
             sweep_secs: 600.0,
+            min_unix_id: clacks_objects::store::DEFAULT_MIN_UNIX_ID,
             ldap: None,
         }
     }
@@ -153,6 +157,7 @@ impl ObjectsSection {
                 base: None,
                 dirs: self.dirs.clone(),
                 reference_idle_secs: Some(self.reference_idle_secs),
+                min_unix_id: Some(self.min_unix_id),
             },
             default_sql: format!("sqlite://{}", data_dir.join("objects.db").display()),
             poll: secs(self.poll_secs),

@@ -479,15 +479,32 @@ impl ObjectsPlugin {
         self.set_lock(ctx, &dn, false).await
     }
 
-    /// Set a user's password (hashed with Argon2).
+    /// Set a user's password (hashed as the User description says, Argon2 as shipped); a locked account stays locked unless unlock is true; a password-ageing account records the day of the change.
     #[command(needs_user)]
-    async fn set_user_password(&self, ctx: &CallContext, dn: String, password: String) -> CommandResult<bool> {
+    async fn set_user_password(
+        &self,
+        ctx: &CallContext,
+        dn: String,
+        password: String,
+        unlock: Option<bool>,
+    ) -> CommandResult<bool> {
         if password.is_empty() {
             return Err(invalid("the password must not be empty"));
         }
         let mut state = self.store.load(&dn).await?;
         self.guard(ctx).require("User.attributes.userPassword", "w", &dn).await?;
-        self.store.set(&mut state, "userPassword", &json!(password)).await?;
+        let stored = state.values.get("userPassword").and_then(|v| v.first()).and_then(Value::as_str);
+        let keep_locked = stored.is_some_and(clacks_objects::password::is_locked) && unlock != Some(true);
+        // Hashed here, so the lock is part of the one write: no moment with the new
+        // password unlocked.
+        let scheme = self.store.password_scheme();
+        let hashed = clacks_objects::password::hash(&password, &scheme).map_err(invalid)?;
+        let value = clacks_objects::password::set_locked(&hashed, keep_locked);
+        self.store.set(&mut state, "userPassword", &json!(value)).await?;
+        if state.effective_types().iter().any(|t| t == "ShadowUser") {
+            let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+            self.store.set_generated(&mut state, "shadowLastChange", &json!(today))?;
+        }
         self.store.commit(&mut state, Some(user_of(ctx)?)).await?;
         Ok(true)
     }

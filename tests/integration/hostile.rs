@@ -23,7 +23,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// A broker user `name` (password `name`) with `.*` on the vhost.
 fn add_user(broker: &PrivateBroker, name: &str) -> String {
@@ -253,9 +253,12 @@ async fn a_joined_machine_cannot_answer_a_fan_out_for_another() {
         let fields = fields.as_object().cloned().unwrap_or_default();
         events.publish_fields(event_type, &fields).await.unwrap_or_else(|e| panic!("{e}"));
     }
+    // Announce and signature are separate events: both machines count only once each
+    // is online and lists its method.
     wait_for("both machines offer work", Duration::from_secs(10), || async {
         let rows = admin.call("getClients", Params::None).await.unwrap_or_default();
-        rows.as_array().map_or(0, |r| r.iter().filter(|c| c["online"] == json!(true)).count()) == 2
+        let offering = |c: &&Value| c["online"] == json!(true) && c["methods"].as_u64().is_some_and(|n| n > 0);
+        rows.as_array().map_or(0, |r| r.iter().filter(offering).count()) == 2
     })
     .await;
 

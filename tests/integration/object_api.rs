@@ -82,6 +82,18 @@ async fn an_open_object_continues_on_whichever_agent_the_next_call_reaches() {
     assert_eq!(ok(&caller, None, "isAccountLocked", json!([dn])).await, json!(true));
     let stored = ldap_value(&slapd, &dn, "userPassword").await;
     assert!(stored.starts_with("{ARGON2}!$argon2id$"), "{stored}");
+    // A new password keeps a locked account locked, unless unlocking is asked for; a
+    // password-ageing account records the day of the change.
+    ok(&caller, None, "dispatchObjectMethod", json!([user_ref, "extend", ["ShadowUser"]])).await;
+    ok(&caller, None, "dispatchObjectMethod", json!([user_ref, "commit"])).await;
+    ok(&caller, None, "dispatchObjectMethod", json!([user_ref, "changePassword", ["n3w"]])).await;
+    assert_eq!(ok(&caller, None, "isAccountLocked", json!([dn])).await, json!(true));
+    let renewed = ldap_value(&slapd, &dn, "userPassword").await;
+    assert!(renewed.starts_with("{ARGON2}!$argon2id$") && renewed != stored, "{renewed}");
+    let today_days = chrono::Utc::now().timestamp() / 86_400;
+    assert_eq!(ldap_value(&slapd, &dn, "shadowLastChange").await, today_days.to_string());
+    ok(&caller, None, "setUserPassword", json!([dn, "n3wer", true])).await;
+    assert_eq!(ok(&caller, None, "isAccountLocked", json!([dn])).await, json!(false));
 
     // Two editors over the API: the second commit is refused and names the attribute.
     let first = ok(&caller, Some("alpha"), "openObject", json!([dn])).await["ref"].clone();

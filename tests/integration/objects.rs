@@ -211,6 +211,14 @@ async fn renames_moves_and_removals_keep_references_right() {
     let unit_dn = unit.dn.clone().expect("dn");
     let err = expect_code(store.remove(&unit_dn, false, None).await, ErrorCode::OBJECT_HAS_CHILDREN);
     assert!(err.message.contains("has 1 object(s) below it"), "{err}");
+    // Nor while grace is the only member of a group of names.
+    let names_dn = names.dn.clone().expect("dn");
+    let err = expect_code(store.remove(&unit_dn, true, None).await, ErrorCode::ATTRIBUTE_MANDATORY);
+    assert!(err.message.contains(&names_dn), "{err}");
+    assert!(raw(&slapd, &moved).await.is_some(), "nothing was removed");
+    let mut leads = store.load(&names_dn).await.expect("leads");
+    store.set(&mut leads, "member", &json!([moved.clone(), worker.dn.clone().expect("dn")])).await.expect("member");
+    store.commit(&mut leads, Some("admin")).await.expect("a second lead");
     let removed = store.remove(&unit_dn, true, None).await.expect("recursive");
     assert_eq!(removed, vec![moved.clone(), unit_people.dn.clone().expect("dn"), unit_dn.clone()]);
     assert!(raw(&slapd, &unit_dn).await.is_none());
@@ -219,6 +227,7 @@ async fn renames_moves_and_removals_keep_references_right() {
     assert!(!worker_entry.attrs.contains_key("manager"), "{worker_entry:?}");
     let group_entry = raw(&slapd, &group.dn.clone().expect("dn")).await.expect("group");
     assert!(!group_entry.attrs.contains_key("memberUid"), "{group_entry:?}");
+    assert_eq!(raw(&slapd, &names_dn).await.expect("leads").attrs["member"], [worker.dn.clone().expect("dn")]);
 }
 
 /// The shipped User with one more attribute, stored in PostgreSQL.
@@ -693,4 +702,56 @@ async fn unix_accounts_are_right_for_every_name() {
     let entry = raw(&slapd, &dn).await.expect("entry");
     assert_eq!(entry.attrs["gecos"], ["Pepe,Room 1"], "the hand-kept gecos stays");
     assert!(!entry.attrs.contains_key("title"), "cleared");
+}
+
+/// The account rules an admin relies on: no system ids, absolute home directories, a
+/// group of names never left without members, and a rename made with ldapmodrdn
+/// followed like one made through Clacks.
+#[tokio::test]
+async fn account_rules_hold_in_the_directory() {
+    let (slapd, pg) = (Slapd::start().await, PgSchema::create().await);
+    let store = store(&slapd, &pg, vec![]).await;
+    let (people, groups) = containers(&store).await;
+
+    let mut root = store.new_object(&people, "User").await.expect("new");
+    store.extend(&mut root, "PosixUser").expect("extend");
+    for (id, refused) in [(0, true), (-5, true), (999, true), (1000, false)] {
+        for attr in ["uidNumber", "gidNumber"] {
+            let result = store.set(&mut root, attr, &json!(id)).await;
+            assert_eq!(result.is_err(), refused, "{attr} = {id}: {result:?}");
+            if refused {
+                let err = expect_code(result, ErrorCode::ATTRIBUTE_CHECK_FAILED);
+                assert!(err.message.contains("1000"), "{err}");
+            }
+        }
+    }
+    expect_code(store.set(&mut root, "homeDirectory", &json!("home/root")).await, ErrorCode::ATTRIBUTE_CHECK_FAILED);
+
+    // Without a gidNumber, the account gets a group id of its own number.
+    let ada = create(&store, &people, "User", &person("ada", "Ada", "Lovelace"), &["PosixUser"]).await;
+    assert_eq!(ada.values["gidNumber"], ada.values["uidNumber"]);
+    let ada_dn = ada.dn.clone().expect("dn");
+    let bob_dn = create(&store, &people, "User", &person("bob", "Bob", "Builder"), &[]).await.dn.expect("dn");
+
+    // The only member of a group of names cannot be removed; with another, it can.
+    let team = [("cn", json!("team")), ("member", json!([ada_dn.clone()]))];
+    let team_dn = create(&store, &groups, "GroupOfNames", &team, &[]).await.dn.expect("dn");
+    let err = expect_code(store.remove(&ada_dn, false, Some("admin")).await, ErrorCode::ATTRIBUTE_MANDATORY);
+    assert!(err.message.contains(&team_dn) && err.message.contains("member"), "{err}");
+    assert!(raw(&slapd, &ada_dn).await.is_some(), "nothing was removed");
+    let mut state = store.load(&team_dn).await.expect("team");
+    store.set(&mut state, "member", &json!([ada_dn.clone(), bob_dn.clone()])).await.expect("members");
+    store.commit(&mut state, Some("admin")).await.expect("commit");
+
+    // A rename made with ldapmodrdn reaches memberUid at the next poll.
+    let staff = [("cn", json!("staff")), ("memberUid", json!(["ada"]))];
+    let staff_dn = create(&store, &groups, "PosixGroup", &staff, &[]).await.dn.expect("dn");
+    assert_eq!(store.poll_directory().await.expect("first poll starts the clock"), 0);
+    let mut ldap = slapd.admin().await;
+    ldap.modifydn(&ada_dn, "uid=augusta", true, None).await.expect("modrdn").success().expect("renamed");
+    assert!(store.poll_directory().await.expect("poll") >= 1);
+    assert_eq!(raw(&slapd, &staff_dn).await.expect("staff").attrs["memberUid"], ["augusta"]);
+    let team = raw(&slapd, &team_dn).await.expect("team");
+    let key = |dn: &str| clacks_core::dn::dn_key(dn);
+    assert!(team.attrs["member"].iter().any(|m| key(m) == key(&format!("uid=augusta,{people}"))), "{team:?}");
 }

@@ -25,6 +25,10 @@ pub type Props = BTreeMap<String, Vec<Value>>;
 pub trait FilterEnv: Send + Sync {
     /// The next free number for `attr` (uidNumber, gidNumber) from the id pool.
     fn next_id<'a>(&'a self, attr: &'a str) -> BoxFuture<'a, Result<i64, String>>;
+    /// The lowest uidNumber/gidNumber `IsUnixId` allows.
+    fn min_unix_id(&self) -> i64 {
+        1000
+    }
     /// Whether an object with this DN exists (and has type `of_type`, when given).
     fn dn_exists<'a>(&'a self, dn: &'a str, of_type: Option<&'a str>) -> BoxFuture<'a, Result<bool, String>>;
     /// Whether another object than `except` (a UUID) of `of_type` has `attr == value`.
@@ -85,6 +89,7 @@ const CONDITIONS: &[(&str, usize, usize)] = &[
     ("IsExistingDnOfType", 1, 1),
     ("ObjectWithPropertyExists", 2, 2),
     ("IsUnique", 0, 2),
+    ("IsUnixId", 0, 0),
 ];
 
 fn check_call(call: &Call, table: &[(&str, usize, usize)], what: &str) -> Result<(), String> {
@@ -453,6 +458,19 @@ async fn check_one(name: &str, params: &[String], values: &[Value], scope: &Scop
                 _ => Some(format!("'{s}' is not a number")),
             },
             "IsValidHostName" => (!valid_host_name(&s)).then(|| format!("'{s}' is not a valid host name")),
+            "IsUnixId" => {
+                // The largest id Linux hands out; 4294967295 is (uid_t)-1, "no id".
+                const MAX_UNIX_ID: i64 = 4_294_967_294;
+                let min = scope.env.min_unix_id();
+                match s.parse::<i64>() {
+                    Ok(id) if (min..=MAX_UNIX_ID).contains(&id) => None,
+                    Ok(id) if id < min => Some(format!(
+                        "{id} is below {min}, the lowest id for accounts and groups (lower ones belong to the system; \
+                         [objects] min_unix_id)"
+                    )),
+                    _ => Some(format!("'{s}' is not an id from {min} to {MAX_UNIX_ID}")),
+                }
+            }
             "IsExistingDN" | "IsExistingDnOfType" => {
                 let of_type = (name == "IsExistingDnOfType").then(|| p(0));
                 match scope.env.dn_exists(&s, of_type).await {

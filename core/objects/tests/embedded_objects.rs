@@ -142,3 +142,20 @@ async fn names_that_need_escaping_are_found_under_every_spelling() {
     store.commit(&mut unit, Some("admin")).await.expect("commit");
     assert_eq!(unit.dn, before, "no rename");
 }
+
+/// The lowest account id is a setting: a site whose accounts start at 500 may use them.
+#[tokio::test]
+async fn the_lowest_account_id_is_configurable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let validator = EventValidator::start(&[]).expect("validator");
+    let url = format!("sqlite://{}", dir.path().join("objects.db").display());
+    let config = StoreConfig { min_unix_id: Some(500), ..StoreConfig::default() };
+    let store = ObjectStore::open(&config, &url, validator).await.expect("store");
+    let people = create(&store, store.base(), "PeopleContainer", &[]).await.dn.expect("dn");
+    let mut user = store.new_object(&people, "User").await.expect("new");
+    store.extend(&mut user, "PosixUser").expect("extend");
+    store.set(&mut user, "uidNumber", &json!(600)).await.expect("600 is allowed here");
+    let err = store.set(&mut user, "uidNumber", &json!(499)).await.expect_err("499 is not");
+    assert_eq!(err.code, ErrorCode::ATTRIBUTE_CHECK_FAILED);
+    assert!(err.message.contains("500"), "{err}");
+}

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use super::load::apply_defaults;
 use super::{ObjectError, ObjectState, ObjectStore, Result, StoreEnv, to_backend};
-use crate::description::{AttributeDef, Catalogue, HookType, ObjectType};
+use crate::description::{AttributeDef, Catalogue, FilterStep, HookType, ObjectType};
 use crate::filters::{self, Props, Scope};
 use crate::values::ValueType;
 use clacks_core::rpc::ErrorCode;
@@ -90,6 +90,39 @@ impl ObjectStore {
         state.values.insert(name.to_owned(), accepted);
         state.changed.insert(name.to_owned());
         Ok(())
+    }
+
+    /// Sets an attribute the system maintains (read-only to users, like the day of the
+    /// last password change); its type is still checked.
+    pub fn set_generated(&self, state: &mut ObjectState, name: &str, value: &Value) -> Result<()> {
+        let catalogue = self.catalogue();
+        let (_, attr) = catalogue.find_attribute(&state.base_type, name).ok_or_else(|| {
+            ObjectError::new(ErrorCode::ATTRIBUTE_NOT_FOUND, format!("{} has no attribute '{name}'", state.base_type))
+        })?;
+        let accepted = attr
+            .value_type
+            .accept(value)
+            .map_err(|e| ObjectError::new(ErrorCode::ATTRIBUTE_INVALID, format!("'{name}': {e}")))?;
+        check_text(attr, std::slice::from_ref(&accepted))?;
+        state.values.insert(name.to_owned(), vec![accepted]);
+        state.changed.insert(name.to_owned());
+        Ok(())
+    }
+
+    /// The scheme new passwords are hashed with: the `HashPassword` filter's of the
+    /// User description's `userPassword` (Argon2 as shipped).
+    pub fn password_scheme(&self) -> String {
+        let catalogue = self.catalogue();
+        let steps = catalogue.find_attribute("User", "userPassword").map(|(_, a)| a.out_filter.concat());
+        steps
+            .unwrap_or_default()
+            .iter()
+            .find_map(|step| match step {
+                FilterStep::Filter(call) if call.name == "HashPassword" => call.params.first().cloned(),
+                _ => None,
+            })
+            .filter(|scheme| !scheme.is_empty())
+            .unwrap_or_else(|| "argon2".to_owned())
     }
 
     /// The allowed values a `<Values populate="command">` command lists: an array of

@@ -31,6 +31,7 @@ impl ObjectStore {
                 removed.extend(Box::pin(self.remove(&child, true, user)).await?);
             }
         }
+        self.check_removable(&catalogue, &state).await?;
         self.run_hooks(&catalogue, &state, HookType::PreRemove).await?;
         let primary = self.primary_of(&state)?;
         let uuid = state.uuid();

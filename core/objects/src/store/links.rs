@@ -114,15 +114,7 @@ impl ObjectStore {
         new: Option<&str>,
         user: Option<&str>,
     ) -> Result<()> {
-        let mut referring: Vec<(String, String)> = Vec::new();
-        for t in catalogue.types() {
-            for a in &t.attributes {
-                if a.references.iter().any(|(rt, ra)| ra == attr && (rt == target_type || rt == "*")) {
-                    referring.push((t.name.clone(), a.name.clone()));
-                }
-            }
-        }
-        for (of_type, ref_attr) in referring {
+        for (of_type, ref_attr, _) in referring(catalogue, attr, target_type) {
             for doc in self.index.with_value(&of_type, &ref_attr, old).await? {
                 let mut other = match self.load(&doc.uuid).await {
                     Ok(o) => o,
@@ -156,4 +148,54 @@ impl ObjectStore {
         }
         Ok(())
     }
+
+    /// Refuses to remove an object that is the last value of a mandatory reference
+    /// elsewhere (the only member of a group of names): the error names those objects.
+    pub(super) async fn check_removable(&self, catalogue: &Catalogue, state: &ObjectState) -> Result<()> {
+        let dn = state.dn().to_owned();
+        let mut held_by: Vec<(String, String)> = vec![("dn".to_owned(), dn.clone())];
+        held_by.extend(state.loaded.iter().filter_map(|(name, v)| v.first().map(|v| (name.clone(), filters::text(v)))));
+        let mut blocking = Vec::new();
+        for (attr, value) in &held_by {
+            for (of_type, ref_attr, mandatory) in referring(catalogue, attr, &state.base_type) {
+                if !mandatory {
+                    continue;
+                }
+                for doc in self.index.with_value(&of_type, &ref_attr, value).await? {
+                    let values = doc.values.get(&ref_attr).map(Vec::as_slice).unwrap_or_default();
+                    if values.iter().all(|v| v.eq_ignore_ascii_case(value)) {
+                        blocking.push(json!({"dn": doc.dn, "attribute": ref_attr}));
+                    }
+                }
+            }
+        }
+        if blocking.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<String> = blocking
+            .iter()
+            .map(|b| {
+                format!("{} of {}", b["attribute"].as_str().unwrap_or_default(), b["dn"].as_str().unwrap_or_default())
+            })
+            .collect();
+        Err(ObjectError::new(
+            ErrorCode::ATTRIBUTE_MANDATORY,
+            format!("{dn} is the only {}; give it another value or remove it first", names.join(", the only ")),
+        )
+        .with_details(json!({"referrers": blocking})))
+    }
+}
+
+/// The attributes declaring a reference to `target_type.attr` (`dn`: an object's DN):
+/// `(type, attribute, mandatory)`.
+fn referring(catalogue: &Catalogue, attr: &str, target_type: &str) -> Vec<(String, String, bool)> {
+    let mut out = Vec::new();
+    for t in catalogue.types() {
+        for a in &t.attributes {
+            if a.references.iter().any(|(rt, ra)| ra == attr && (rt == target_type || rt == "*")) {
+                out.push((t.name.clone(), a.name.clone(), a.mandatory));
+            }
+        }
+    }
+    out
 }

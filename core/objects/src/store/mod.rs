@@ -136,7 +136,14 @@ pub struct StoreConfig {
     /// Seconds an open reference may stay idle (default 3600).
     #[serde(default)]
     pub reference_idle_secs: Option<i64>,
+    /// The lowest uidNumber/gidNumber `IsUnixId` allows (default
+    /// [`DEFAULT_MIN_UNIX_ID`]).
+    #[serde(default)]
+    pub min_unix_id: Option<i64>,
 }
+
+/// Below 1000 are the system's own accounts (Debian's `FIRST_UID`); 0 is root.
+pub const DEFAULT_MIN_UNIX_ID: i64 = 1000;
 
 /// An open object: what was loaded and what changed since.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -210,6 +217,7 @@ pub struct ObjectStore {
     index: Index,
     base: String,
     id_start: i64,
+    min_unix_id: i64,
     idle_secs: i64,
     events: RwLock<Option<EventPublisher>>,
     runner: RwLock<Option<Arc<dyn CommandRunner>>>,
@@ -257,6 +265,7 @@ impl ObjectStore {
             validator,
             dirs: config.dirs.clone(),
             id_start: config.ldap.as_ref().map_or(10000, |l| l.id_start),
+            min_unix_id: config.min_unix_id.unwrap_or(DEFAULT_MIN_UNIX_ID),
             ldap,
             sql,
             index,
@@ -519,6 +528,10 @@ impl FilterEnv for StoreEnv<'_> {
             };
             taken.map_err(|e| e.to_string())
         })
+    }
+
+    fn min_unix_id(&self) -> i64 {
+        self.store.min_unix_id
     }
 
     fn dn_exists<'a>(

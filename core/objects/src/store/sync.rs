@@ -177,6 +177,24 @@ impl ObjectStore {
             Some(_) => "modify",
         };
         self.index.put(&doc).await?;
+        // A rename made outside Clacks (ldapmodrdn) is followed like one made through
+        // it: what is below moves in the index, and references to the old name and
+        // values (a group's memberUid) follow.
+        if let Some(before) = &indexed {
+            let catalogue = self.catalogue();
+            if before.dn != doc.dn {
+                self.index.rename_subtree(&before.dn, &doc.dn).await?;
+                self.rewrite_references(&catalogue, "dn", &doc.object_type, &before.dn, Some(&doc.dn), None).await?;
+            }
+            for (attr, old) in &before.values {
+                let new = doc.values.get(attr).and_then(|v| v.first());
+                if let (Some(old), Some(new)) = (old.first(), new)
+                    && old != new
+                {
+                    self.rewrite_references(&catalogue, attr, &doc.object_type, old, Some(new), None).await?;
+                }
+            }
+        }
         self.announce_backend_change(&doc.uuid, &doc.dn, change, entry.modified.as_deref().unwrap_or_default()).await;
         Ok(true)
     }
