@@ -18,7 +18,8 @@ pub struct AgentConfig {
     pub domain: String,
     /// This node's id; default the host name.
     pub node: Option<String>,
-    /// The directory base DN `getBase` reports; default derived from the domain.
+    /// The directory base DN `getBase` reports; default the directory's (`[objects.ldap]
+    /// base`) when there is one, else derived from the domain.
     pub base: Option<String>,
     /// `[amqp]`.
     pub amqp: AmqpSection,
@@ -436,6 +437,15 @@ pub fn secs(v: f64) -> Duration {
     Duration::from_secs_f64(v.max(0.001))
 }
 
+impl AgentConfig {
+    /// The base DN set for this agent: `base`, else the directory's; `None` leaves the
+    /// one derived from the domain.
+    pub fn effective_base(&self) -> Option<String> {
+        let directory = self.objects.ldap.as_ref().filter(|_| self.objects.enabled).map(|l| l.base.clone());
+        self.base.clone().or(directory)
+    }
+}
+
 /// The base DN derived from a domain: `org.clacks` → `dc=clacks,dc=org`.
 pub fn base_from_domain(domain: &str) -> String {
     domain.split('.').rev().map(|label| format!("dc={label}")).collect::<Vec<_>>().join(",")
@@ -498,5 +508,15 @@ mod tests {
     #[test]
     fn base_dn() {
         assert_eq!(base_from_domain("org.clacks"), "dc=clacks,dc=org");
+        let with_directory: AgentConfig =
+            toml::from_str("[objects.ldap]\nurl = \"ldap://127.0.0.1:1\"\nbase = \"dc=example,dc=org\"\n")
+                .expect("config");
+        assert_eq!(with_directory.effective_base().as_deref(), Some("dc=example,dc=org"), "the directory's base");
+        let both: AgentConfig = toml::from_str(
+            "base = \"dc=site\"\n[objects.ldap]\nurl = \"ldap://127.0.0.1:1\"\nbase = \"dc=example,dc=org\"\n",
+        )
+        .expect("config");
+        assert_eq!(both.effective_base().as_deref(), Some("dc=site"), "an explicit base wins");
+        assert_eq!(AgentConfig::default().effective_base(), None);
     }
 }

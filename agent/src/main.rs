@@ -195,8 +195,8 @@ async fn run(mut cli: Cli) -> Result<()> {
     let domain = Domain::new(&config.domain)?;
     let node = config.node.clone().unwrap_or_else(clacks_core::domain::default_node_id);
     let mut options = AgentOptions::new(domain.clone(), node.clone());
-    if let Some(base) = &config.base {
-        options.base = base.clone();
+    if let Some(base) = config.effective_base() {
+        options.base = base;
     }
     options.rpc_timeout = secs(config.rpc.timeout_secs);
     options.max_request_bytes = config.rpc.max_request_bytes;

@@ -279,6 +279,7 @@ async fn an_attribute_wired_to_postgresql_beside_the_directory() {
     store.set(&mut state, "badgeNumber", &json!("B-1234567890")).await.expect("badge");
     let err = expect_code(store.commit(&mut state, Some("admin")).await, ErrorCode::BACKEND_FAILED);
     assert!(err.message.contains("short_badge") && err.message.contains("restored"), "{err}");
+    assert!(err.message.contains(&format!("User values of {dn}")), "the error names what was written: {err}");
     assert_eq!(raw(&slapd, &dn).await.expect("entry").attrs["title"], ["Analyst"], "directory restored");
     // With a rename in the same commit, the old name comes back too; the open object
     // can try again once the value is right.

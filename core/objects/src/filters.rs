@@ -219,6 +219,16 @@ fn gecos_field(text: &str) -> String {
     cleaned.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// At most 80 characters of someone's input, for a message: enough to recognise it,
+/// never a page of it.
+pub fn clip(text: &str) -> String {
+    const SHOWN: usize = 80;
+    match text.char_indices().nth(SHOWN) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
 fn as_str(v: &Value) -> String {
     text(v)
 }
@@ -275,7 +285,7 @@ async fn apply_filter(
             map_values(props, attr, |v| {
                 chrono::NaiveDate::parse_from_str(&as_str(v), &fmt)
                     .map(|d| Value::String(d.format("%Y-%m-%d").to_string()))
-                    .map_err(|e| format!("'{}' does not match {fmt}: {e}", as_str(v)))
+                    .map_err(|e| format!("'{}' does not match {fmt}: {e}", clip(&as_str(v))))
             })?;
         }
         "DateToString" => {
@@ -283,7 +293,7 @@ async fn apply_filter(
             map_values(props, attr, |v| {
                 chrono::NaiveDate::parse_from_str(&as_str(v), "%Y-%m-%d")
                     .map(|d| Value::String(d.format(&fmt).to_string()))
-                    .map_err(|e| format!("'{}' is not a date: {e}", as_str(v)))
+                    .map_err(|e| format!("'{}' is not a date: {e}", clip(&as_str(v))))
             })?;
         }
         "StringToTime" => {
@@ -291,7 +301,7 @@ async fn apply_filter(
             map_values(props, attr, |v| {
                 chrono::NaiveDateTime::parse_from_str(&as_str(v), &fmt)
                     .map(|t| Value::String(t.and_utc().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)))
-                    .map_err(|e| format!("'{}' does not match {fmt}: {e}", as_str(v)))
+                    .map_err(|e| format!("'{}' does not match {fmt}: {e}", clip(&as_str(v))))
             })?;
         }
         "TimeToString" => {
@@ -299,7 +309,7 @@ async fn apply_filter(
             map_values(props, attr, |v| {
                 parse_timestamp(&as_str(v))
                     .map(|t| Value::String(t.format(&fmt).to_string()))
-                    .ok_or_else(|| format!("'{}' is not a timestamp", as_str(v)))
+                    .ok_or_else(|| format!("'{}' is not a timestamp", clip(&as_str(v))))
             })?;
         }
         "IntegerToDatetime" => map_values(props, attr, |v| ValueType::Integer.convert(&int(v)?, ValueType::Timestamp))?,
@@ -307,7 +317,7 @@ async fn apply_filter(
         "DatetimeToShadowDays" => map_values(props, attr, |v| {
             chrono::NaiveDate::parse_from_str(&as_str(v), "%Y-%m-%d")
                 .map(|d| Value::from(days_since_epoch(d)))
-                .map_err(|_| format!("'{}' is not a date", as_str(v)))
+                .map_err(|_| format!("'{}' is not a date", clip(&as_str(v))))
         })?,
         "ShadowDaysToDatetime" => map_values(props, attr, |v| {
             int(v)?
@@ -434,30 +444,33 @@ async fn check_one(name: &str, params: &[String], values: &[Value], scope: &Scop
     let mut errors = Vec::new();
     for v in values {
         let s = as_str(v);
+        let shown = clip(&s);
         let problem = match name {
             "RegEx" => {
                 let re = regex::Regex::new(p(0)).map_err(|e| vec![e.to_string()])?;
-                (!re.is_match(&s)).then(|| format!("'{s}' does not match {}", p(0)))
+                (!re.is_match(&s)).then(|| format!("'{shown}' does not match {}", p(0)))
             }
             "stringLength" => {
                 let (min, max) = (p(0).parse().unwrap_or(0usize), p(1).parse().unwrap_or(usize::MAX));
                 let n = s.chars().count();
-                (n < min || n > max).then(|| format!("'{s}' must be {min} to {max} characters long, is {n}"))
+                (n < min || n > max).then(|| format!("'{shown}' must be {min} to {max} characters long, is {n}"))
             }
             "Equals" => {
                 let equal =
                     if p(1) == "ignorecase" || p(1) == "true" { s.eq_ignore_ascii_case(p(0)) } else { s == p(0) };
-                (!equal).then(|| format!("'{s}' must equal '{}'", p(0)))
+                (!equal).then(|| format!("'{shown}' must equal '{}'", p(0)))
             }
             "Greater" | "Smaller" => match (number(v), p(0).parse::<f64>()) {
                 (Some(x), Ok(limit)) if name == "Greater" && x > limit => None,
                 (Some(x), Ok(limit)) if name == "Smaller" && x < limit => None,
-                (Some(_), Ok(_)) => {
-                    Some(format!("{s} must be {} than {}", if name == "Greater" { "greater" } else { "smaller" }, p(0)))
-                }
-                _ => Some(format!("'{s}' is not a number")),
+                (Some(_), Ok(_)) => Some(format!(
+                    "{shown} must be {} than {}",
+                    if name == "Greater" { "greater" } else { "smaller" },
+                    p(0)
+                )),
+                _ => Some(format!("'{shown}' is not a number")),
             },
-            "IsValidHostName" => (!valid_host_name(&s)).then(|| format!("'{s}' is not a valid host name")),
+            "IsValidHostName" => (!valid_host_name(&s)).then(|| format!("'{shown}' is not a valid host name")),
             "IsUnixId" => {
                 // The largest id Linux hands out; 4294967295 is (uid_t)-1, "no id".
                 const MAX_UNIX_ID: i64 = 4_294_967_294;
@@ -468,7 +481,7 @@ async fn check_one(name: &str, params: &[String], values: &[Value], scope: &Scop
                         "{id} is below {min}, the lowest id for accounts and groups (lower ones belong to the system; \
                          [objects] min_unix_id)"
                     )),
-                    _ => Some(format!("'{s}' is not an id from {min} to {MAX_UNIX_ID}")),
+                    _ => Some(format!("'{shown}' is not an id from {min} to {MAX_UNIX_ID}")),
                 }
             }
             "IsExistingDN" | "IsExistingDnOfType" => {
@@ -476,15 +489,15 @@ async fn check_one(name: &str, params: &[String], values: &[Value], scope: &Scop
                 match scope.env.dn_exists(&s, of_type).await {
                     Ok(true) => None,
                     Ok(false) => Some(match of_type {
-                        Some(t) => format!("no {t} object with DN '{s}'"),
-                        None => format!("no object with DN '{s}'"),
+                        Some(t) => format!("no {t} object with DN '{shown}'"),
+                        None => format!("no object with DN '{shown}'"),
                     }),
                     Err(e) => Some(e),
                 }
             }
             "ObjectWithPropertyExists" => match scope.env.value_taken(p(0), p(1), &s, None).await {
                 Ok(true) => None,
-                Ok(false) => Some(format!("no {} object has {} '{s}'", p(0), p(1))),
+                Ok(false) => Some(format!("no {} object has {} '{shown}'", p(0), p(1))),
                 Err(e) => Some(e),
             },
             "IsUnique" => {
@@ -492,7 +505,7 @@ async fn check_one(name: &str, params: &[String], values: &[Value], scope: &Scop
                 let attr = if p(1).is_empty() { scope.attr } else { p(1) };
                 match scope.env.value_taken(of_type, attr, &s, scope.uuid).await {
                     Ok(false) => None,
-                    Ok(true) => Some(format!("'{s}' is already used by another {of_type}")),
+                    Ok(true) => Some(format!("'{shown}' is already used by another {of_type}")),
                     Err(e) => Some(e),
                 }
             }

@@ -159,3 +159,18 @@ async fn the_lowest_account_id_is_configurable() {
     assert_eq!(err.code, ErrorCode::ATTRIBUTE_CHECK_FAILED);
     assert!(err.message.contains("500"), "{err}");
 }
+
+/// An error quotes enough of a bad value to recognise it, never all of it.
+#[tokio::test]
+async fn errors_quote_at_most_a_line_of_the_input() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store(&dir).await;
+    let devices = create(&store, store.base(), "DeviceContainer", &[]).await.dn.expect("dn");
+    let mut device = store.new_object(&devices, "Device").await.expect("new");
+    let huge = "x_".repeat(10_000);
+    let err = store.set(&mut device, "cn", &json!(huge)).await.expect_err("not a host name");
+    assert_eq!(err.code, ErrorCode::ATTRIBUTE_CHECK_FAILED);
+    assert!(err.message.len() < 300 && err.message.contains("x_x_x_") && err.message.contains('…'), "{err}");
+    let err = store.load(&format!("cn={huge},{devices}")).await.expect_err("no such object");
+    assert!(err.message.len() < 300, "{}", err.message.len());
+}

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::load::apply_defaults;
 use super::{ObjectError, ObjectState, ObjectStore, Result, StoreEnv, to_backend};
 use crate::description::{AttributeDef, Catalogue, FilterStep, HookType, ObjectType};
-use crate::filters::{self, Props, Scope};
+use crate::filters::{self, Props, Scope, clip};
 use crate::values::ValueType;
 use clacks_core::rpc::ErrorCode;
 
@@ -18,7 +18,10 @@ impl ObjectStore {
     pub async fn set(&self, state: &mut ObjectState, name: &str, value: &Value) -> Result<()> {
         let catalogue = self.catalogue();
         let (owner, attr) = catalogue.find_attribute(&state.base_type, name).ok_or_else(|| {
-            ObjectError::new(ErrorCode::ATTRIBUTE_NOT_FOUND, format!("{} has no attribute '{name}'", state.base_type))
+            ObjectError::new(
+                ErrorCode::ATTRIBUTE_NOT_FOUND,
+                format!("{} has no attribute '{}'", state.base_type, clip(name)),
+            )
         })?;
         if !state.effective_types().contains(&owner.name) {
             return Err(ObjectError::new(
@@ -68,7 +71,7 @@ impl ObjectStore {
                 let allowed: Vec<&str> = attr.values.fixed.iter().map(|(k, _)| k.as_str()).collect();
                 return Err(ObjectError::new(
                     ErrorCode::ATTRIBUTE_INVALID,
-                    format!("'{name}': '{}' is not one of {}", filters::text(&v), allowed.join(", ")),
+                    format!("'{name}': '{}' is not one of {}", clip(&filters::text(&v)), allowed.join(", ")),
                 )
                 .with_details(json!({"attribute": name, "allowed": allowed})));
             }
@@ -79,7 +82,11 @@ impl ObjectStore {
             if let Some(v) = accepted.iter().find(|v| !allowed.contains(&filters::text(v))) {
                 return Err(ObjectError::new(
                     ErrorCode::ATTRIBUTE_INVALID,
-                    format!("'{name}': '{}' is not one of {} (from {command})", filters::text(v), allowed.join(", ")),
+                    format!(
+                        "'{name}': '{}' is not one of {} (from {command})",
+                        clip(&filters::text(v)),
+                        allowed.join(", ")
+                    ),
                 )
                 .with_details(json!({"attribute": name, "allowed": allowed})));
             }
@@ -97,7 +104,10 @@ impl ObjectStore {
     pub fn set_generated(&self, state: &mut ObjectState, name: &str, value: &Value) -> Result<()> {
         let catalogue = self.catalogue();
         let (_, attr) = catalogue.find_attribute(&state.base_type, name).ok_or_else(|| {
-            ObjectError::new(ErrorCode::ATTRIBUTE_NOT_FOUND, format!("{} has no attribute '{name}'", state.base_type))
+            ObjectError::new(
+                ErrorCode::ATTRIBUTE_NOT_FOUND,
+                format!("{} has no attribute '{}'", state.base_type, clip(name)),
+            )
         })?;
         let accepted = attr
             .value_type
@@ -244,7 +254,10 @@ impl ObjectStore {
             .filter_map(|t| catalogue.get(t))
             .find_map(|t| t.methods.iter().find(|m| m.name == name).cloned())
             .ok_or_else(|| {
-                ObjectError::new(ErrorCode::ATTRIBUTE_NOT_FOUND, format!("{} has no method '{name}'", state.base_type))
+                ObjectError::new(
+                    ErrorCode::ATTRIBUTE_NOT_FOUND,
+                    format!("{} has no method '{}'", state.base_type, clip(name)),
+                )
             })?;
         let mut params = BTreeMap::new();
         for (i, p) in method.parameters.iter().enumerate() {

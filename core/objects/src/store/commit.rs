@@ -86,10 +86,10 @@ enum Step {
 enum Failed {
     /// Before anything was written (checks, hooks).
     Early(ObjectError),
-    /// Writing the entry.
-    Entry(BackendError),
-    /// Writing SQL rows after the entry.
-    Rows(BackendError),
+    /// Writing the entry: what was asked ("create", "rename", "update") and the refusal.
+    Entry(&'static str, BackendError),
+    /// Writing the SQL row of a type after the entry.
+    Rows(String, BackendError),
     /// A post hook, after the backends were written.
     Hook(ObjectError),
     /// Indexing the written object.
@@ -470,11 +470,12 @@ impl ObjectStore {
         let dn = new_dn(base, &state.parent, &plan.props).map_err(Failed::Early)?;
         let markers = self.markers(catalogue, primary, &plan.types);
         let binary = catalogue.binary_attributes();
-        let (uuid, version) = primary.create(&dn, &markers, &plan.entry_attrs, binary).await.map_err(Failed::Entry)?;
+        let (uuid, version) =
+            primary.create(&dn, &markers, &plan.entry_attrs, binary).await.map_err(|e| Failed::Entry("create", e))?;
         steps.push(Step::Created { uuid: uuid.clone(), dn: dn.clone() });
         state.uuid = Some(uuid.clone());
         state.dn = Some(dn);
-        self.write_rows(&uuid, &plan.rows).await.map_err(Failed::Rows)?;
+        self.write_rows(&uuid, &plan.rows).await?;
         Ok((Written { old_dn: None, renamed_values: Vec::new() }, version))
     }
 
@@ -494,12 +495,15 @@ impl ObjectStore {
             let dn = state.dn().to_owned();
             let at = EntryAt { uuid: &uuid, dn: &dn };
             let (renamed, after) =
-                primary.rename(at, new_rdn, None, version.as_deref()).await.map_err(Failed::Entry)?;
+                primary.rename(at, new_rdn, None, version.as_deref()).await.map_err(|e| Failed::Entry("rename", e))?;
             steps.push(Step::Renamed { uuid: uuid.clone(), from: dn.clone(), to: renamed.clone() });
             // The rename moved the version on; the update asserts the new one.
             version = match after {
                 Some(v) => Some(v),
-                None => primary.version(EntryAt { uuid: &uuid, dn: &renamed }).await.map_err(Failed::Entry)?,
+                None => primary
+                    .version(EntryAt { uuid: &uuid, dn: &renamed })
+                    .await
+                    .map_err(|e| Failed::Entry("rename", e))?,
             };
             old_dn = Some(dn);
             state.dn = Some(renamed);
@@ -516,16 +520,17 @@ impl ObjectStore {
         };
         let at = EntryAt { uuid: &uuid, dn: &dn };
         let binary = catalogue.binary_attributes();
-        let new_version = primary.update(at, &change, binary, version.as_deref()).await.map_err(Failed::Entry)?;
+        let new_version =
+            primary.update(at, &change, binary, version.as_deref()).await.map_err(|e| Failed::Entry("update", e))?;
         let types_before: Vec<String> = std::iter::once(&state.base_type).chain(&state.active).cloned().collect();
         let markers_before = self.markers(catalogue, primary, &types_before);
         let inverse = change.inverse(plan.entry_attrs_before.clone(), markers_before);
         steps.push(Step::Updated { uuid: uuid.clone(), dn: dn.clone(), inverse });
 
         steps.push(Step::Rows { uuid: uuid.clone() });
-        self.write_rows(&uuid, &plan.rows).await.map_err(Failed::Rows)?;
+        self.write_rows(&uuid, &plan.rows).await?;
         for t in &plan.dropped_rows {
-            self.sql.delete(t, &uuid).await.map_err(Failed::Rows)?;
+            self.sql.delete(t, &uuid).await.map_err(|e| Failed::Rows(t.clone(), e))?;
         }
 
         let mut renamed_values = Vec::new();
@@ -539,13 +544,14 @@ impl ObjectStore {
         Ok((Written { old_dn, renamed_values }, new_version))
     }
 
+    /// Writes each type's row; a refusal names the type.
     async fn write_rows(
         &self,
         uuid: &str,
         rows: &BTreeMap<String, Vec<(String, Option<String>)>>,
-    ) -> std::result::Result<(), BackendError> {
+    ) -> std::result::Result<(), Failed> {
         for (owner, values) in rows {
-            self.sql.write(owner, uuid, values).await?;
+            self.sql.write(owner, uuid, values).await.map_err(|e| Failed::Rows(owner.clone(), e))?;
         }
         Ok(())
     }
@@ -572,7 +578,10 @@ impl ObjectStore {
                     (primary.rename(at, old_rdn, None, None).await.map(|_| ()), "the old name was put back".to_owned())
                 }
                 Step::Rows { uuid } => {
-                    let mut outcome = self.write_rows(uuid, &plan.rows_before).await;
+                    let mut outcome = match self.write_rows(uuid, &plan.rows_before).await {
+                        Err(Failed::Rows(_, e)) => Err(e),
+                        _ => Ok(()),
+                    };
                     for t in &plan.new_rows {
                         outcome = outcome.and(self.sql.delete(t, uuid).await);
                     }
@@ -598,28 +607,41 @@ impl ObjectStore {
     async fn failure(&self, state: &ObjectState, primary: &dyn PrimaryBackend, failed: Failed) -> ObjectError {
         match failed {
             Failed::Early(e) | Failed::Hook(e) => e,
-            Failed::Entry(e) => self.entry_failure(state, e, primary.label()).await,
+            Failed::Entry(doing, e) => self.entry_failure(state, e, primary.label(), doing).await,
             Failed::Index(e) => {
                 ObjectError::new(ErrorCode::BACKEND_FAILED, format!("the index refused the change ({e})"))
                     .with_details(json!({"backend": "index", "reason": e.to_string()}))
             }
-            Failed::Rows(e) => {
-                ObjectError::new(ErrorCode::BACKEND_FAILED, format!("the database refused the change ({e})"))
-                    .with_details(json!({"backend": "SQL", "reason": e.to_string()}))
+            Failed::Rows(of_type, e) => {
+                let what = state.dn.clone().unwrap_or_else(|| format!("the new {}", state.base_type));
+                ObjectError::new(
+                    ErrorCode::BACKEND_FAILED,
+                    format!("the database refused the change ({e}) to the {of_type} values of {what}"),
+                )
+                .with_details(json!({"backend": "SQL", "table": of_type, "reason": e.to_string()}))
             }
         }
     }
 
     /// A refused write of the entry: a conflict names what changed, a vanished entry
     /// says so.
-    pub(super) async fn entry_failure(&self, state: &ObjectState, e: BackendError, label: &str) -> ObjectError {
+    pub(super) async fn entry_failure(
+        &self,
+        state: &ObjectState,
+        e: BackendError,
+        label: &str,
+        doing: &str,
+    ) -> ObjectError {
         match e {
             BackendError::Conflict(_) => self.conflict(state, Vec::new()).await,
             BackendError::NotFound(_) => {
                 let what = state.dn.clone().or_else(|| state.uuid.clone()).unwrap_or_default();
                 ObjectError::new(ErrorCode::OBJECT_NOT_FOUND, format!("{what} was removed meanwhile"))
             }
-            other => backend_failure(other, label),
+            other => {
+                let what = state.dn.clone().unwrap_or_else(|| format!("the new {}", state.base_type));
+                backend_failure(other, label, &format!("{doing} {what}"))
+            }
         }
     }
 

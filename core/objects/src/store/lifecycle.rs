@@ -39,7 +39,10 @@ impl ObjectStore {
         for t in self.types_with_rows(&catalogue, primary, &state.effective_types()) {
             self.sql.delete(&t, uuid).await?;
         }
-        primary.delete(EntryAt { uuid, dn: &dn }).await.map_err(|e| backend_failure(e, primary.label()))?;
+        primary
+            .delete(EntryAt { uuid, dn: &dn })
+            .await
+            .map_err(|e| backend_failure(e, primary.label(), &format!("remove {dn}")))?;
         self.index.remove(uuid).await?;
         // Others referring to it lose the reference.
         self.rewrite_references(&catalogue, "dn", &state.base_type, &dn, None, user).await?;
@@ -117,7 +120,7 @@ impl ObjectStore {
         let at = EntryAt { uuid: state.uuid(), dn: &dn };
         let new_dn = match primary.rename(at, rdn, Some(new_parent), state.version.as_deref()).await {
             Ok((new_dn, _)) => new_dn,
-            Err(e) => return Err(self.entry_failure(state, e, primary.label()).await),
+            Err(e) => return Err(self.entry_failure(state, e, primary.label(), "move").await),
         };
         if let Err(e) = self.index.rename_subtree(&dn, &new_dn).await {
             // The index must follow, or the object could not be found where it is: move it back.

@@ -11,7 +11,7 @@ use super::{
 };
 use crate::backend::ldap::LoadedEntry;
 use crate::description::{AttributeDef, Catalogue, ObjectType};
-use crate::filters::{self, Props, Scope};
+use crate::filters::{self, Props, Scope, clip};
 use clacks_core::dn::parent_dn;
 use clacks_core::rpc::ErrorCode;
 
@@ -171,15 +171,16 @@ impl ObjectStore {
                 } else {
                     Err(ObjectError::new(
                         ErrorCode::OBJECT_NOT_SUB_FOR,
-                        format!("a {type_name} cannot be placed below the {} {parent}", p.base_type),
+                        format!("a {type_name} cannot be placed below the {} {}", p.base_type, clip(parent)),
                     ))
                 }
             }
             // An entry of no known type (the directory's own root, say) takes anything.
             Err(e) if e.code == ErrorCode::OBJECT_TYPE_MISMATCH => Ok(()),
-            Err(e) if e.code == ErrorCode::OBJECT_NOT_FOUND => {
-                Err(ObjectError::new(ErrorCode::OBJECT_NOT_FOUND, format!("the parent {parent} does not exist")))
-            }
+            Err(e) if e.code == ErrorCode::OBJECT_NOT_FOUND => Err(ObjectError::new(
+                ErrorCode::OBJECT_NOT_FOUND,
+                format!("the parent {} does not exist", clip(parent)),
+            )),
             Err(e) => Err(e),
         }
     }

@@ -96,15 +96,18 @@ impl From<BackendError> for ObjectError {
 type Result<T> = std::result::Result<T, ObjectError>;
 
 fn not_found(what: &str) -> ObjectError {
-    ObjectError::new(ErrorCode::OBJECT_NOT_FOUND, format!("no object {what}"))
+    ObjectError::new(ErrorCode::OBJECT_NOT_FOUND, format!("no object {}", filters::clip(what)))
 }
 
-/// A write a backend refused, named after the backend (`which`: "the directory", …).
-fn backend_failure(e: BackendError, which: &str) -> ObjectError {
+/// A write a backend refused, saying which backend (`which`: "the directory", …) and
+/// what it was asked to do (`doing`: "create uid=ada,…").
+fn backend_failure(e: BackendError, which: &str, doing: &str) -> ObjectError {
     match e {
         BackendError::Exists(message) => ObjectError::new(ErrorCode::OBJECT_EXISTS, message),
-        BackendError::Unavailable(m) => ObjectError::new(ErrorCode::BACKEND_UNAVAILABLE, format!("{which}: {m}")),
-        other => ObjectError::new(ErrorCode::BACKEND_FAILED, format!("{which} refused the change: {other}")),
+        BackendError::Unavailable(m) => {
+            ObjectError::new(ErrorCode::BACKEND_UNAVAILABLE, format!("{which} could not {doing}: {m}"))
+        }
+        other => ObjectError::new(ErrorCode::BACKEND_FAILED, format!("{which} refused to {doing}: {other}")),
     }
 }
 
@@ -436,9 +439,9 @@ impl ObjectStore {
     }
 
     fn type_of<'c>(catalogue: &'c Catalogue, name: &str) -> Result<&'c Arc<ObjectType>> {
-        catalogue
-            .get(name)
-            .ok_or_else(|| ObjectError::new(ErrorCode::ATTRIBUTE_NOT_FOUND, format!("unknown object type '{name}'")))
+        catalogue.get(name).ok_or_else(|| {
+            ObjectError::new(ErrorCode::ATTRIBUTE_NOT_FOUND, format!("unknown object type '{}'", filters::clip(name)))
+        })
     }
 }
 

@@ -27,7 +27,7 @@ impl ObjectStore {
         let gone = || {
             ObjectError::new(
                 ErrorCode::REFERENCE_NOT_FOUND,
-                format!("no open object {reference} (closed, expired or never opened)"),
+                format!("no open object {} (closed, expired or never opened)", crate::filters::clip(reference)),
             )
         };
         let (owner, text) = self.index.load_ref(reference, self.idle_secs).await?.ok_or_else(gone)?;
