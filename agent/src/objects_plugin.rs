@@ -467,6 +467,54 @@ impl ObjectsPlugin {
         Ok(visible)
     }
 
+    /// Create objects of one type below parent, one per row (a map of attribute values), each with the given extensions; every row is tried. Returns per row {dn} or {error: {code, message, details}}. At most 1,000 rows per call.
+    #[command(needs_user)]
+    async fn create_objects(
+        &self,
+        ctx: &CallContext,
+        parent: String,
+        object_type: String,
+        rows: Vec<Map<String, Value>>,
+        extensions: Option<Vec<String>>,
+    ) -> CommandResult<Vec<Value>> {
+        // Bounded, so one call finishes well within a command's deadline; an import
+        // sends its rows in batches.
+        const MAX_ROWS: usize = 1000;
+        if rows.len() > MAX_ROWS {
+            return Err(invalid(format!("{} rows in one call; send at most {MAX_ROWS} at a time", rows.len())));
+        }
+        let user = user_of(ctx)?;
+        let extensions = extensions.unwrap_or_default();
+        let mut guard = self.guard(ctx);
+        guard.require(&object_type, "c", &parent).await?;
+        // The parent, the type and the extensions are checked once; every row starts
+        // from the same new object with its defaults.
+        let mut template = self.store.new_object(&parent, &object_type).await?;
+        for ext in &extensions {
+            guard.require(ext, "c", &parent).await?;
+            self.store.extend(&mut template, ext)?;
+        }
+        let mut results = Vec::with_capacity(rows.len());
+        for row in rows {
+            let mut state = template.clone();
+            let created: CommandResult<String> = async {
+                for (name, value) in &row {
+                    let topic = format!("{}.attributes.{name}", self.owner_of(&state, name));
+                    guard.require(&topic, "w", &parent).await?;
+                    self.store.set(&mut state, name, value).await?;
+                }
+                self.store.commit(&mut state, Some(user)).await?;
+                Ok(state.dn.clone().unwrap_or_default())
+            }
+            .await;
+            results.push(match created {
+                Ok(dn) => json!({"dn": dn}),
+                Err(e) => json!({"error": {"code": e.code.as_str(), "message": e.message, "details": e.details}}),
+            });
+        }
+        Ok(results)
+    }
+
     /// Lock a user's password (a '!' after the hash scheme), so logins fail until unlocked.
     #[command(needs_user)]
     async fn lock_account(&self, ctx: &CallContext, dn: String) -> CommandResult<bool> {
