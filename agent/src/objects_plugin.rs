@@ -13,6 +13,7 @@ use clacks_core::command::{CallContext, CommandError, CommandResult};
 use clacks_core::dispatch::Dispatcher;
 use clacks_core::rpc::{ErrorCode, Params};
 use clacks_objects::filters::BoxFuture;
+use clacks_objects::index::IndexDoc;
 use clacks_objects::index::SearchScope;
 use clacks_objects::store::{CommandRunner, ObjectError, SearchOptions};
 use clacks_objects::{ObjectState, ObjectStore};
@@ -66,18 +67,25 @@ fn invalid(message: impl Into<String>) -> CommandError {
 impl ObjectsPlugin {
     /// The owner (its uid) and managers (their uids) of the object at `dn`, from the index.
     async fn relatives(&self, dn: &str) -> Relatives {
-        let index = self.store.index();
-        let doc = index.by_dn(dn).await.ok().flatten();
-        let uid_of = |d: &clacks_objects::index::IndexDoc| d.values.get("uid").and_then(|v| v.first()).cloned();
+        match self.store.index().by_dn(dn).await.ok().flatten() {
+            Some(doc) => self.relatives_of(&doc).await,
+            None => Relatives { owner: None, managers: Vec::new() },
+        }
+    }
+
+    /// The owner and managers of an object whose index document is at hand (a search
+    /// or find hit): only its managers are looked up.
+    async fn relatives_of(&self, doc: &IndexDoc) -> Relatives {
+        let uid_of = |d: &IndexDoc| d.values.get("uid").and_then(|v| v.first()).cloned();
         let mut managers = Vec::new();
-        for manager in doc.as_ref().and_then(|d| d.values.get("manager")).into_iter().flatten() {
-            if let Ok(Some(m)) = index.by_dn(manager).await
+        for manager in doc.values.get("manager").into_iter().flatten() {
+            if let Ok(Some(m)) = self.store.index().by_dn(manager).await
                 && let Some(uid) = uid_of(&m)
             {
                 managers.push(uid);
             }
         }
-        Relatives { owner: doc.as_ref().and_then(uid_of), managers }
+        Relatives { owner: uid_of(doc), managers }
     }
 
     /// The caller's permissions for one command.
@@ -205,6 +213,14 @@ impl Guard<'_> {
 
     async fn allowed(&mut self, topic: &str, letters: &str, target: &str) -> bool {
         self.require(topic, letters, target).await.is_ok()
+    }
+
+    /// Learns a hit's relatives from its index document, sparing a lookup per hit.
+    async fn know(&mut self, doc: &IndexDoc) {
+        if self.plugin.acl.is_some() && !self.relatives.contains_key(&doc.dn) {
+            let found = self.plugin.relatives_of(doc).await;
+            self.relatives.insert(doc.dn.clone(), found);
+        }
     }
 }
 
@@ -449,6 +465,7 @@ impl ObjectsPlugin {
         let mut guard = self.guard(ctx);
         let mut visible = Vec::new();
         for mut d in self.store.find(&conditions).await? {
+            guard.know(&d).await;
             if !guard.allowed(&d.object_type, "s", &d.dn).await {
                 continue;
             }
