@@ -17,12 +17,7 @@ impl ObjectStore {
     /// Sets an attribute after every check that can be made on its own.
     pub async fn set(&self, state: &mut ObjectState, name: &str, value: &Value) -> Result<()> {
         let catalogue = self.catalogue();
-        let (owner, attr) = catalogue.find_attribute(&state.base_type, name).ok_or_else(|| {
-            ObjectError::new(
-                ErrorCode::ATTRIBUTE_NOT_FOUND,
-                format!("{} has no attribute '{}'", state.base_type, clip(name)),
-            )
-        })?;
+        let (owner, attr) = attribute_of(&catalogue, state, name)?;
         if !state.effective_types().contains(&owner.name) {
             return Err(ObjectError::new(
                 ErrorCode::ATTRIBUTE_NOT_FOUND,
@@ -103,12 +98,7 @@ impl ObjectStore {
     /// last password change); its type is still checked.
     pub fn set_generated(&self, state: &mut ObjectState, name: &str, value: &Value) -> Result<()> {
         let catalogue = self.catalogue();
-        let (_, attr) = catalogue.find_attribute(&state.base_type, name).ok_or_else(|| {
-            ObjectError::new(
-                ErrorCode::ATTRIBUTE_NOT_FOUND,
-                format!("{} has no attribute '{}'", state.base_type, clip(name)),
-            )
-        })?;
+        let (_, attr) = attribute_of(&catalogue, state, name)?;
         let accepted = attr
             .value_type
             .accept(value)
@@ -292,6 +282,17 @@ impl ObjectStore {
         let command_args = method.command_parameters.iter().map(|p| parameter_value(p, state, &params)).collect();
         runner.run(user, &method.command, command_args).await
     }
+}
+
+/// The attribute `name` of the object's type or one of its extensions, with its owner.
+fn attribute_of<'c>(
+    catalogue: &'c Catalogue,
+    state: &ObjectState,
+    name: &str,
+) -> Result<(&'c std::sync::Arc<ObjectType>, &'c AttributeDef)> {
+    catalogue.find_attribute(&state.base_type, name).ok_or_else(|| {
+        ObjectError::new(ErrorCode::ATTRIBUTE_NOT_FOUND, format!("{} has no attribute '{}'", state.base_type, clip(name)))
+    })
 }
 
 /// A method or hook argument: an attribute's value, a method parameter, `dn` or `uuid`.
