@@ -395,32 +395,27 @@ impl ObjectStore {
 
         let before = state.clone();
         let mut steps = Vec::new();
-        let outcome = if plan.creating {
-            self.write_new(catalogue, primary, state, plan, &mut steps).await
-        } else {
-            self.write_update(catalogue, primary, state, plan, &mut steps).await
-        };
-        // Post hooks see the object written; when one fails, the write is undone.
-        let post_hook = if plan.creating { HookType::PostCreate } else { HookType::PostUpdate };
-        let outcome = match outcome {
-            Ok(done) => {
-                let written = ObjectState { values: plan.props.clone(), ..state.clone() };
-                self.run_hooks(catalogue, &written, post_hook).await.map(|()| done).map_err(Failed::Hook)
+        // An update that keeps the DN has a known index entry, written beside the
+        // backends; a creation or rename learns its UUID or DN from the write, so its
+        // index entry follows. Either way a failure of one undoes the other, so nothing
+        // is left that search and find see wrongly or not at all.
+        let beside = (!plan.creating && plan.new_rdn.is_none()).then(|| self.planned_doc(state, plan));
+        let outcome = match &beside {
+            Some(doc) => {
+                let (written, indexed) = tokio::join!(
+                    self.write_and_hook(catalogue, primary, state, plan, &mut steps),
+                    self.index.put(doc)
+                );
+                match (written, indexed) {
+                    (Ok(done), Ok(())) => Ok(done),
+                    (Ok(_), Err(e)) => Err(Failed::Index(e)),
+                    (Err(failed), _) => Err(failed),
+                }
             }
-            Err(failed) => Err(failed),
-        };
-        // The index last: when it fails the backends are undone too, so nothing is left
-        // that search and find cannot see.
-        let outcome = match outcome {
-            Ok(done) => {
-                let doc = IndexDoc {
-                    extensions: plan.types.iter().skip(1).cloned().collect(),
-                    values: text_values(&plan.props),
-                    ..self.index_doc(state)
-                };
-                self.index.put(&doc).await.map(|()| done).map_err(Failed::Index)
-            }
-            Err(failed) => Err(failed),
+            None => match self.write_and_hook(catalogue, primary, state, plan, &mut steps).await {
+                Ok(done) => self.index.put(&self.planned_doc(state, plan)).await.map(|()| done).map_err(Failed::Index),
+                Err(failed) => Err(failed),
+            },
         };
         let (written, version) = match outcome {
             Ok(done) => done,
@@ -436,6 +431,12 @@ impl ObjectStore {
                     && let Ok(Some(version)) = self.current_version(state).await
                 {
                     state.version = Some(version);
+                }
+                // The index entry written beside the backends goes back to what they hold.
+                if beside.is_some()
+                    && let Err(e) = self.reindex(state.uuid()).await
+                {
+                    tracing::warn!("cannot bring the index back in line for {}: {e}", state.dn());
                 }
                 let failure = self.failure(state, primary, failed).await;
                 return Err(with_undo_outcome(failure, &undone, &undo_failed));
@@ -455,6 +456,35 @@ impl ObjectStore {
             None => self.current_version(state).await?,
         };
         Ok(written)
+    }
+
+    /// The backend steps, then the post hooks, which see the object written.
+    async fn write_and_hook(
+        &self,
+        catalogue: &Catalogue,
+        primary: &dyn PrimaryBackend,
+        state: &mut ObjectState,
+        plan: &Plan,
+        steps: &mut Vec<Step>,
+    ) -> std::result::Result<(Written, Option<String>), Failed> {
+        let done = if plan.creating {
+            self.write_new(catalogue, primary, state, plan, steps).await?
+        } else {
+            self.write_update(catalogue, primary, state, plan, steps).await?
+        };
+        let post_hook = if plan.creating { HookType::PostCreate } else { HookType::PostUpdate };
+        let written = ObjectState { values: plan.props.clone(), ..state.clone() };
+        self.run_hooks(catalogue, &written, post_hook).await.map_err(Failed::Hook)?;
+        Ok(done)
+    }
+
+    /// The index entry of the object as the plan writes it.
+    fn planned_doc(&self, state: &ObjectState, plan: &Plan) -> IndexDoc {
+        IndexDoc {
+            extensions: plan.types.iter().skip(1).cloned().collect(),
+            values: text_values(&plan.props),
+            ..self.index_doc(state)
+        }
     }
 
     /// Creates the entry, then its rows. Returns the version the create reported.
