@@ -172,10 +172,14 @@ impl ObjectsPlugin {
         let user = user_of(ctx)?;
         let mut guard = self.guard(ctx);
         let mut state = self.store.reference(reference, user).await?;
+        let opened = state.clone();
         let outcome = change(&self.store, &mut state, &mut guard).await;
         // Whatever happened, the reference keeps what succeeded (a failed commit keeps
         // the pending changes, so the caller can fix one attribute and commit again).
-        self.store.save_reference(reference, user, &state).await?;
+        // A call that changed nothing (a read, a refused value) writes nothing back.
+        if state != opened {
+            self.store.save_reference(reference, user, &state).await?;
+        }
         match outcome? {
             Some(value) => Ok(value),
             None => Ok(self.readable_view(&mut guard, &state, self.store.view(reference, &state)).await),

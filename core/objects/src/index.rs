@@ -328,14 +328,18 @@ impl Index {
         Ok(())
     }
 
-    /// `(owner, state)` of a reference idle for less than `idle_secs`.
+    /// `(owner, state)` of a reference idle for less than `idle_secs`; using it counts as
+    /// activity, in the same statement.
     pub async fn load_ref(&self, reference: &str, idle_secs: i64) -> Result<Option<(String, String)>, BackendError> {
-        let oldest = (now_secs() - idle_secs).to_string();
+        let now = now_secs();
+        let (oldest, now) = ((now - idle_secs).to_string(), now.to_string());
         let rows = self
             .db
             .fetch(
-                "SELECT owner, state FROM clacks_refs WHERE ref = $1 AND touched >= CAST($2 AS BIGINT)".into(),
-                &[Some(reference), Some(&oldest)],
+                "UPDATE clacks_refs SET touched = CAST($3 AS BIGINT) \
+                 WHERE ref = $1 AND touched >= CAST($2 AS BIGINT) RETURNING owner, state"
+                    .into(),
+                &[Some(reference), Some(&oldest), Some(&now)],
             )
             .await?;
         Ok(rows.first().and_then(|r| Some((r.try_get::<String, _>(0).ok()?, r.try_get::<String, _>(1).ok()?))))
