@@ -291,7 +291,10 @@ fn attribute_of<'c>(
     name: &str,
 ) -> Result<(&'c std::sync::Arc<ObjectType>, &'c AttributeDef)> {
     catalogue.find_attribute(&state.base_type, name).ok_or_else(|| {
-        ObjectError::new(ErrorCode::ATTRIBUTE_NOT_FOUND, format!("{} has no attribute '{}'", state.base_type, clip(name)))
+        ObjectError::new(
+            ErrorCode::ATTRIBUTE_NOT_FOUND,
+            format!("{} has no attribute '{}'", state.base_type, clip(name)),
+        )
     })
 }
 

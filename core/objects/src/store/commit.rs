@@ -402,10 +402,8 @@ impl ObjectStore {
         let beside = (!plan.creating && plan.new_rdn.is_none()).then(|| self.planned_doc(state, plan));
         let outcome = match &beside {
             Some(doc) => {
-                let (written, indexed) = tokio::join!(
-                    self.write_and_hook(catalogue, primary, state, plan, &mut steps),
-                    self.index.put(doc)
-                );
+                let (written, indexed) =
+                    tokio::join!(self.write_and_hook(catalogue, primary, state, plan, &mut steps), self.index.put(doc));
                 match (written, indexed) {
                     (Ok(done), Ok(())) => Ok(done),
                     (Ok(_), Err(e)) => Err(Failed::Index(e)),
