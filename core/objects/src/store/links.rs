@@ -163,7 +163,12 @@ impl ObjectStore {
                 }
                 for doc in self.index.with_value(&of_type, &ref_attr, value).await? {
                     let values = doc.values.get(&ref_attr).map(Vec::as_slice).unwrap_or_default();
-                    if values.iter().all(|v| v.eq_ignore_ascii_case(value)) {
+                    // DNs match in any spelling, other values case-insensitively.
+                    let same = |v: &String| match attr.as_str() {
+                        "dn" => clacks_core::dn::dn_key(v) == clacks_core::dn::dn_key(value),
+                        _ => v.eq_ignore_ascii_case(value),
+                    };
+                    if values.iter().all(same) {
                         blocking.push(json!({"dn": doc.dn, "attribute": ref_attr}));
                     }
                 }
