@@ -73,9 +73,14 @@ const SCHEMA: &[&str] = &[
 /// prefix, and a megabyte photo is not a search term.
 const MAX_INDEXED_VALUE: usize = 256;
 
+/// How many index writes pass between two refreshes of the tables' statistics.
+const ANALYZE_EVERY: usize = 500;
+
 #[derive(Clone, Debug)]
 pub struct Index {
     db: Db,
+    /// Writes through this handle, shared by its clones.
+    written: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 fn now_secs() -> i64 {
@@ -87,7 +92,7 @@ impl Index {
         for statement in SCHEMA {
             db.execute((*statement).to_owned(), &[]).await?;
         }
-        Ok(Index { db })
+        Ok(Index { db, written: Default::default() })
     }
 
     pub fn db(&self) -> &Db {
@@ -142,7 +147,26 @@ impl Index {
             }
             query.execute(&mut *tx).await.map_err(sql_error)?;
         }
-        tx.commit().await.map_err(sql_error)
+        tx.commit().await.map_err(sql_error)?;
+        if (self.written.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1).is_multiple_of(ANALYZE_EVERY) {
+            self.refresh_statistics();
+        }
+        Ok(())
+    }
+
+    /// Has the database measure the index tables again, in the background. Right after
+    /// a bulk import they have no statistics, and PostgreSQL's generic plan for a value
+    /// lookup then scanned `clacks_index` once per matching value (74 ms instead of
+    /// 1.6 ms for 1,000 hits); autovacuum gets there only after its own delay.
+    fn refresh_statistics(&self) {
+        let db = self.db.clone();
+        tokio::spawn(async move {
+            for table in ["clacks_index", "clacks_values"] {
+                if let Err(e) = db.execute(format!("ANALYZE {table}"), &[]).await {
+                    tracing::debug!("cannot refresh the statistics of {table}: {e}");
+                }
+            }
+        });
     }
 
     pub async fn remove(&self, uuid: &str) -> Result<(), BackendError> {
