@@ -15,7 +15,7 @@ use clacks_core::rpc::{ErrorCode, Params};
 use clacks_objects::filters::BoxFuture;
 use clacks_objects::index::IndexDoc;
 use clacks_objects::index::SearchScope;
-use clacks_objects::store::{CommandRunner, ObjectError, SearchOptions};
+use clacks_objects::store::{CommandRunner, ObjectError, SearchOptions, SearchPage};
 use clacks_objects::{ObjectState, ObjectStore};
 use serde_json::{Map, Value, json};
 
@@ -447,7 +447,7 @@ impl ObjectsPlugin {
         Ok(json!(self.store.reload().await?))
     }
 
-    /// Keyword search below base (default: the tree's root) with scope BASE, ONE, SUB or CHILDREN; options: category, fallback, limit.
+    /// Keyword search below base (default: the tree's root) with scope BASE, ONE, SUB or CHILDREN; options: category, fallback, secondary, limit (default 200, at most 10,000). Returns {hits, truncated}: truncated is true when more objects matched than the limit let through.
     #[command]
     async fn search(
         &self,
@@ -456,20 +456,26 @@ impl ObjectsPlugin {
         base: Option<String>,
         scope: Option<String>,
         options: Option<Map<String, Value>>,
-    ) -> CommandResult<Vec<Value>> {
+    ) -> CommandResult<SearchPage> {
         let scope: SearchScope = scope.as_deref().unwrap_or("SUB").parse().map_err(invalid)?;
         let options: SearchOptions = serde_json::from_value(Value::Object(options.unwrap_or_default()))
             .map_err(|e| invalid(format!("search options: {e}")))?;
         let base = base.unwrap_or_else(|| self.store.base().to_owned());
         let mut guard = self.guard(ctx);
-        let mut visible = Vec::new();
-        for hit in self.store.search(&base, scope, &query, &options).await? {
-            let (kind, dn) = (hit["type"].as_str().unwrap_or_default(), hit["dn"].as_str().unwrap_or_default());
-            if guard.allowed(kind, "s", dn).await {
-                visible.push(hit);
+        let limit = options.effective_limit();
+        // The limit counts what this caller may see, so hidden objects neither take
+        // places nor make a page look complete.
+        let mut page = SearchPage { hits: Vec::new(), truncated: false };
+        for hit in self.store.ranked_search(&base, scope, &query, &options).await? {
+            if guard.allowed(&hit.doc.object_type, "s", &hit.doc.dn).await {
+                if page.hits.len() == limit {
+                    page.truncated = true;
+                    break;
+                }
+                page.hits.push(self.store.search_result(&hit));
             }
         }
-        Ok(visible)
+        Ok(page)
     }
 
     /// Objects matching every condition: attribute: value (or list; * as wildcard), _type, _base, dn.

@@ -94,19 +94,42 @@ fn row_count(n: usize) -> String {
     if n == 1 { "(1 row)".to_owned() } else { format!("({n} rows)") }
 }
 
+fn records(items: &[Value], width: Option<u16>) -> String {
+    let rows: Vec<&Map<String, Value>> = items.iter().filter_map(Value::as_object).collect();
+    let columns = columns(rows.iter().copied());
+    let mut table = new_table(width);
+    table.set_header(columns.clone());
+    for row in rows {
+        table.add_row(columns.iter().map(|c| row.get(c).map(cell).unwrap_or_default()));
+    }
+    format!("{table}\n{}", row_count(items.len()))
+}
+
+/// A page of records (`search`'s `{hits, truncated}`): the one list beside scalars is
+/// shown as rows, and the scalars are said below them.
+fn page(map: &Map<String, Value>, width: Option<u16>) -> Option<String> {
+    let mut lists = map.values().filter_map(Value::as_array);
+    let list = lists.next()?;
+    let scalars: Vec<String> =
+        map.iter().filter(|(_, v)| !v.is_array() && !v.is_object()).map(|(k, v)| format!("{k}: {}", cell(v))).collect();
+    if lists.next().is_some() || scalars.is_empty() || scalars.len() + 1 != map.len() {
+        return None;
+    }
+    let rows = match list.as_slice() {
+        [] => row_count(0),
+        items if items.iter().all(Value::is_object) => records(items, width),
+        items => items.iter().map(cell).collect::<Vec<_>>().join("\n"),
+    };
+    Some(format!("{rows}\n{}", scalars.join(", ")))
+}
+
 fn table(value: &Value, width: Option<u16>) -> String {
+    if let Some(page) = value.as_object().and_then(|map| page(map, width)) {
+        return page;
+    }
     match value {
         Value::Null => String::new(),
-        Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_object) => {
-            let rows: Vec<&Map<String, Value>> = items.iter().filter_map(Value::as_object).collect();
-            let columns = columns(rows.iter().copied());
-            let mut table = new_table(width);
-            table.set_header(columns.clone());
-            for row in rows {
-                table.add_row(columns.iter().map(|c| row.get(c).map(cell).unwrap_or_default()));
-            }
-            format!("{table}\n{}", row_count(items.len()))
-        }
+        Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_object) => records(items, width),
         Value::Array(items) => items.iter().map(cell).collect::<Vec<_>>().join("\n"),
         Value::Object(map) if !map.is_empty() && map.values().all(Value::is_object) => {
             // A map of records (getMethods): one row per key.
@@ -258,6 +281,25 @@ mod tests {
             │ ping ┆ core   ┆ Answer │
             └──────┴────────┴────────┘
             (2 rows)"#]],
+        );
+        check(
+            json!({"hits": [{"dn": "uid=ada", "title": "Ada"}], "truncated": true}),
+            Format::Table,
+            expect![[r#"
+            ┌─────────┬───────┐
+            │ dn      ┆ title │
+            ╞═════════╪═══════╡
+            │ uid=ada ┆ Ada   │
+            └─────────┴───────┘
+            (1 row)
+            truncated: true"#]],
+        );
+        check(
+            json!({"hits": [], "truncated": false}),
+            Format::Table,
+            expect![[r#"
+            (0 rows)
+            truncated: false"#]],
         );
         check(json!("pong"), Format::Table, expect!["pong"]);
         check(

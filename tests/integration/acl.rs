@@ -194,8 +194,11 @@ async fn object_operations_need_their_permissions() {
     assert_eq!(refused(&bob, "dispatchObjectMethod", json!([bobs, "lock"])).await, ErrorCode::PERMISSION_EXEC);
     // Found: users (s on User), not the container (no s on PeopleContainer).
     let hits = ok(&bob, "search", json!(["people lovelace"])).await;
-    let kinds: Vec<&str> = hits.as_array().into_iter().flatten().filter_map(|h| h["type"].as_str()).collect();
+    let kinds: Vec<&str> = hits["hits"].as_array().into_iter().flatten().filter_map(|h| h["type"].as_str()).collect();
     assert!(!kinds.is_empty() && kinds.iter().all(|k| *k == "User"), "{hits}");
+    // Objects bob may not see take no place in his page: one hit is the whole of it.
+    let one = ok(&bob, "search", json!(["people lovelace", null, null, {"limit": kinds.len()}])).await;
+    assert_eq!(one["truncated"], json!(false), "{one}");
     let found = ok(&bob, "find", json!([{"uid": "ada"}])).await;
     assert!(
         found[0]["attributes"].get("givenName").is_none() && found[0]["attributes"].get("uid").is_some(),

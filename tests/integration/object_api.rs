@@ -110,7 +110,8 @@ async fn an_open_object_continues_on_whichever_agent_the_next_call_reaches() {
 
     // Search and find see the committed user; removal closes the reference.
     let hits = ok(&caller, None, "search", json!(["lovelace"])).await;
-    assert_eq!(hits.as_array().map(Vec::len), Some(1), "{hits}");
+    assert_eq!(hits["hits"].as_array().map(Vec::len), Some(1), "{hits}");
+    assert_eq!(hits["truncated"], json!(false));
     let found = ok(&caller, None, "find", json!([{"_type": "PosixUser", "uidNumber": "10000"}])).await;
     assert_eq!(found[0]["dn"], json!(dn));
     assert_eq!(call(&caller, None, "removeObject", json!([people_dn])).await, Err(ErrorCode::OBJECT_HAS_CHILDREN));
@@ -260,10 +261,22 @@ async fn allowed_values_and_hooks_come_from_commands() {
     ok(&ada, None, "setObjectProperty", json!([staff, "memberUid", ["ada"]])).await;
     ok(&ada, None, "dispatchObjectMethod", json!([staff, "commit"])).await;
     let hits = ok(&ada, None, "search", json!(["lovelace"])).await;
-    let titles: Vec<&str> = hits.as_array().into_iter().flatten().filter_map(|h| h["title"].as_str()).collect();
+    let titles: Vec<&str> = hits["hits"].as_array().into_iter().flatten().filter_map(|h| h["title"].as_str()).collect();
     assert_eq!(titles, ["Ada Lovelace", "staff"], "{hits}");
+    assert_eq!(hits["truncated"], json!(false));
     let direct = ok(&ada, None, "search", json!(["lovelace", null, null, {"secondary": false}])).await;
-    assert_eq!(direct.as_array().map(Vec::len), Some(1));
+    assert_eq!(direct["hits"].as_array().map(Vec::len), Some(1));
+    // A limit cuts the page, and the page says so.
+    let first = ok(&ada, None, "search", json!(["lovelace", null, null, {"limit": 1}])).await;
+    assert_eq!(first, json!({"hits": [hits["hits"][0]], "truncated": true}));
+    let none = ok(&ada, None, "search", json!(["lovelace", null, null, {"limit": 0}])).await;
+    assert_eq!(none, json!({"hits": [], "truncated": true}));
+    let exact = ok(&ada, None, "search", json!(["lovelace", null, null, {"limit": 2}])).await;
+    assert_eq!(exact["truncated"], json!(false), "{exact}");
+    assert_eq!(
+        call(&ada, None, "search", json!(["lovelace", null, null, {"limit": -1}])).await,
+        Err(ErrorCode::INVALID_PARAMS)
+    );
     local.agent.stop().await;
 }
 

@@ -61,9 +61,12 @@ async fn a_first_session_creates_extends_searches_and_removes_users() {
     assert_eq!(err.code, ErrorCode::ATTRIBUTE_MANDATORY);
     assert_eq!(err.details, Some(json!({"attributes": ["givenName", "sn", "cn"]})));
 
-    let hits = store.search(&base, SearchScope::Sub, "lovelace", &SearchOptions::default()).await.expect("search");
-    assert_eq!(hits.len(), 1, "{hits:?}");
-    assert_eq!(hits[0]["title"], json!("Ada Lovelace"));
+    let page = store.search(&base, SearchScope::Sub, "lovelace", &SearchOptions::default()).await.expect("search");
+    assert_eq!((page.hits.len(), page.truncated), (1, false), "{page:?}");
+    assert_eq!(page.hits[0]["title"], json!("Ada Lovelace"));
+    let none = SearchOptions { limit: Some(0), ..SearchOptions::default() };
+    let page = store.search(&base, SearchScope::Sub, "lovelace", &none).await.expect("search");
+    assert!(page.hits.is_empty() && page.truncated, "{page:?}");
     let found = store.find(json!({"_type": "PosixUser", "uid": "a*"}).as_object().expect("map")).await.expect("find");
     assert_eq!(found.len(), 1);
 
@@ -73,7 +76,12 @@ async fn a_first_session_creates_extends_searches_and_removes_users() {
     assert_eq!(removed, vec![dn.clone(), people_dn.clone()]);
     assert_eq!(store.load(&dn).await.expect_err("gone").code, ErrorCode::OBJECT_NOT_FOUND);
     assert!(
-        store.search(&base, SearchScope::Sub, "lovelace", &SearchOptions::default()).await.expect("search").is_empty()
+        store
+            .search(&base, SearchScope::Sub, "lovelace", &SearchOptions::default())
+            .await
+            .expect("search")
+            .hits
+            .is_empty()
     );
 }
 

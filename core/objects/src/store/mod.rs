@@ -58,7 +58,7 @@ use clacks_core::events::{EventPublisher, EventValidator};
 use clacks_core::rpc::ErrorCode;
 
 pub(crate) use primary::PrimaryBackend;
-pub use search::{SearchOptions, glob_match};
+pub use search::{DEFAULT_SEARCH_LIMIT, MAX_SEARCH_LIMIT, SearchHit, SearchOptions, SearchPage, glob_match};
 pub use sync::{EntryProblem, ScanReport};
 
 /// An object-layer failure, with the symbolic code callers see.

@@ -15,6 +15,13 @@ use clacks_core::dn::{dn_key, parent_dn, split_rdn};
 /// How many of the best direct search hits have their `<Resolve>` relations followed.
 const RESOLVED_HITS: usize = 20;
 
+/// Hits a search returns when the caller names no limit.
+pub const DEFAULT_SEARCH_LIMIT: usize = 200;
+
+/// The most hits one search returns, whatever limit is asked for: a reply stays well
+/// below the broker's frame sizes and the caller's memory.
+pub const MAX_SEARCH_LIMIT: usize = 10_000;
+
 /// Options of `search`.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct SearchOptions {
@@ -28,20 +35,65 @@ pub struct SearchOptions {
     /// default on.
     #[serde(default)]
     pub secondary: Option<bool>,
+    /// How many hits to return (default [`DEFAULT_SEARCH_LIMIT`], at most
+    /// [`MAX_SEARCH_LIMIT`]).
     #[serde(default)]
     pub limit: Option<usize>,
 }
 
+impl SearchOptions {
+    /// The number of hits to return.
+    pub fn effective_limit(&self) -> usize {
+        self.limit.unwrap_or(DEFAULT_SEARCH_LIMIT).min(MAX_SEARCH_LIMIT)
+    }
+}
+
+/// One search hit, ranked; [`ObjectStore::search_result`] turns it into what callers see.
+#[derive(Clone, Debug)]
+pub struct SearchHit {
+    pub relevance: f64,
+    pub doc: IndexDoc,
+}
+
+/// The hits of one search, and whether more matched than the limit let through.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct SearchPage {
+    pub hits: Vec<Value>,
+    pub truncated: bool,
+}
+
 impl ObjectStore {
-    /// Keyword search below `base`. Each result: `{dn, uuid, type, title, description,
-    /// relevance, lastChanged}`, best first.
+    /// Keyword search below `base`: the first `limit` hits, best first, each
+    /// `{dn, uuid, type, title, description, relevance, lastChanged}`, and whether more
+    /// matched. For a caller who may see every object; the agent filters
+    /// [`ObjectStore::ranked_search`] by its ACLs instead.
     pub async fn search(
         &self,
         base: &str,
         scope: SearchScope,
         query: &str,
         options: &SearchOptions,
-    ) -> Result<Vec<Value>> {
+    ) -> Result<SearchPage> {
+        let ranked = self.ranked_search(base, scope, query, options).await?;
+        let limit = options.effective_limit();
+        let truncated = ranked.len() > limit;
+        Ok(SearchPage { hits: ranked.iter().take(limit).map(|hit| self.search_result(hit)).collect(), truncated })
+    }
+
+    /// What a caller sees of one hit.
+    pub fn search_result(&self, hit: &SearchHit) -> Value {
+        result_entry(&self.catalogue(), hit.relevance, &hit.doc)
+    }
+
+    /// Every hit of a keyword search below `base`, best first (the limit is left to the
+    /// caller, who may drop hits it must not show before counting).
+    pub async fn ranked_search(
+        &self,
+        base: &str,
+        scope: SearchScope,
+        query: &str,
+        options: &SearchOptions,
+    ) -> Result<Vec<SearchHit>> {
         let catalogue = self.catalogue();
         let mut words: Vec<String> = shlex_words(query);
         let whole = query.trim().to_lowercase();
@@ -132,8 +184,7 @@ impl ObjectStore {
             })
             .collect();
         results.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.dn.cmp(&b.1.dn)));
-        results.truncate(options.limit.unwrap_or(200));
-        Ok(results.into_iter().map(|(score, doc)| result_entry(&catalogue, score, &doc)).collect())
+        Ok(results.into_iter().map(|(relevance, doc)| SearchHit { relevance, doc }).collect())
     }
 
     /// Objects matching every condition (`attribute: value`, `*` as wildcard;
