@@ -17,6 +17,7 @@ use clacks_objects::index::IndexDoc;
 use clacks_objects::index::SearchScope;
 use clacks_objects::store::{CommandRunner, ObjectError, SearchOptions, SearchPage};
 use clacks_objects::{ObjectState, ObjectStore};
+use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
 
 /// The `objects` plugin.
@@ -521,6 +522,7 @@ impl ObjectsPlugin {
         // Bounded, so one call finishes well within a command's deadline; an import
         // sends its rows in batches.
         const MAX_ROWS: usize = 1000;
+        const ROWS_AT_ONCE: usize = 4;
         if rows.len() > MAX_ROWS {
             return Err(invalid(format!("{} rows in one call; send at most {MAX_ROWS} at a time", rows.len())));
         }
@@ -535,25 +537,109 @@ impl ObjectsPlugin {
             guard.require(ext, "c", &parent).await?;
             self.store.extend(&mut template, ext)?;
         }
-        let mut results = Vec::with_capacity(rows.len());
-        for row in rows {
+        // Checked before any row is written, in order: what the caller may write (one
+        // answer per attribute name) and values a unique attribute has twice in this
+        // call, which the rows' own checks, running side by side, would each let pass.
+        let mut may_write: HashMap<String, Result<(), CommandError>> = HashMap::new();
+        let mut refused: Vec<Option<CommandError>> = Vec::with_capacity(rows.len());
+        let catalogue = self.store.catalogue();
+        let mut first_row_with: HashMap<(String, String), usize> = HashMap::new();
+        for (number, row) in rows.iter().enumerate() {
+            let mut problem = None;
+            for name in row.keys() {
+                if !may_write.contains_key(name) {
+                    let topic = format!("{}.attributes.{name}", self.owner_of(&template, name));
+                    may_write.insert(name.clone(), guard.require(&topic, "w", &parent).await);
+                }
+                if let Some(Err(e)) = may_write.get(name) {
+                    problem.get_or_insert_with(|| e.clone());
+                }
+            }
+            for (_, attr) in catalogue.attributes_of(&object_type).into_iter().filter(|(_, a)| a.must_be_unique()) {
+                let values = match row.get(&attr.name) {
+                    Some(Value::Array(items)) => items.iter().map(clacks_objects::filters::text).collect(),
+                    Some(one) => vec![clacks_objects::filters::text(one)],
+                    None => Vec::new(),
+                };
+                for value in values {
+                    let key = if attr.case_sensitive { value.clone() } else { value.to_lowercase() };
+                    match first_row_with.entry((attr.name.clone(), key)) {
+                        std::collections::hash_map::Entry::Vacant(slot) => {
+                            slot.insert(number);
+                        }
+                        std::collections::hash_map::Entry::Occupied(first) => {
+                            problem.get_or_insert_with(|| {
+                                CommandError::new(
+                                    ErrorCode::ATTRIBUTE_CHECK_FAILED,
+                                    format!(
+                                        "'{}': '{}' is also in row {} of this call",
+                                        attr.name,
+                                        clacks_objects::filters::clip(&value),
+                                        first.get() + 1
+                                    ),
+                                )
+                            });
+                        }
+                    }
+                }
+            }
+            refused.push(problem);
+        }
+        // Rows are written a few at a time: each spends most of its time waiting for the
+        // directory and the database, and one at a time leaves both idle.
+        let create_row = |(row, refused): (Map<String, Value>, Option<CommandError>)| {
             let mut state = template.clone();
-            let created: CommandResult<String> = async {
+            async move {
+                if let Some(e) = refused {
+                    return Err(e);
+                }
                 for (name, value) in &row {
-                    let topic = format!("{}.attributes.{name}", self.owner_of(&state, name));
-                    guard.require(&topic, "w", &parent).await?;
                     self.store.set(&mut state, name, value).await?;
                 }
                 self.store.commit(&mut state, Some(user)).await?;
-                Ok(state.dn.clone().unwrap_or_default())
+                Ok::<_, CommandError>(state.dn.clone().unwrap_or_default())
             }
-            .await;
-            results.push(match created {
+        };
+        let results: Vec<Value> = futures_util::stream::iter(rows.into_iter().zip(refused))
+            .map(create_row)
+            .buffered(ROWS_AT_ONCE)
+            .map(|created| match created {
                 Ok(dn) => json!({"dn": dn}),
                 Err(e) => json!({"error": {"code": e.code.as_str(), "message": e.message, "details": e.details}}),
-            });
-        }
+            })
+            .collect()
+            .await;
         Ok(results)
+    }
+
+    /// Change the object at a DN or UUID in one call: add the extensions, set each value ("" or null clears it), commit. Returns the committed object's properties; when a value is refused nothing is written.
+    #[command(needs_user)]
+    async fn update_object(
+        &self,
+        ctx: &CallContext,
+        target: String,
+        values: Map<String, Value>,
+        extensions: Option<Vec<String>>,
+    ) -> CommandResult<Value> {
+        let mut state = self.store.load(&target).await?;
+        let at = ObjectsPlugin::target_of(&state);
+        let mut guard = self.guard(ctx);
+        for ext in extensions.unwrap_or_default() {
+            guard.require(&ext, "c", &at).await?;
+            self.store.extend(&mut state, &ext)?;
+        }
+        for (name, value) in &values {
+            let topic = format!("{}.attributes.{name}", self.owner_of(&state, name));
+            guard.require(&topic, "w", &at).await?;
+            self.store.set(&mut state, name, value).await?;
+        }
+        self.store.commit(&mut state, Some(user_of(ctx)?)).await?;
+        let mut view = self.readable_view(&mut guard, &state, self.store.view("", &state)).await;
+        if let Some(fields) = view.as_object_mut() {
+            // Nothing stays open: there is no reference to continue.
+            fields.remove("ref");
+        }
+        Ok(view)
     }
 
     /// Lock a user's password (a '!' after the hash scheme), so logins fail until unlocked.

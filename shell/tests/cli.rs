@@ -564,19 +564,20 @@ fn the_object_scripts_import_report_and_lock_users_in_the_embedded_domain() {
     let csv = data.path().join("users.csv");
     std::fs::write(
         &csv,
-        "uid,givenName,sn,mail\nada,Ada,Lovelace,ada@example.org\ngrace,Grace,Hopper,\nBad Name,X,Y,\n",
+        "uid,givenName,sn,mail\nada,Ada,Lovelace,ada@example.org\ngrace,Grace,Hopper,\nBad Name,X,Y,\nada,Ada,Twice,\n",
     )
     .unwrap_or_else(|e| panic!("{e}"));
     expect![[r#"
         exit=0
         stdout:
-        imported 2 of 3 users into ou=people,dc=clacks,dc=org
+        imported 2 of 4 users into ou=people,dc=clacks,dc=org
         ┌──────────┬────────────────────────────────────────────────────────────────────────────────────┬──────┐
         │ uid      ┆ error                                                                              ┆ line │
         ╞══════════╪════════════════════════════════════════════════════════════════════════════════════╪══════╡
         │ Bad Name ┆ ATTRIBUTE_CHECK_FAILED: 'uid': 'Bad Name' does not match ^[a-z_][a-z0-9_.-]{0,31}$ ┆ 4    │
+        │ ada      ┆ ATTRIBUTE_CHECK_FAILED: 'uid': 'ada' is also in row 1 of this call                 ┆ 5    │
         └──────────┴────────────────────────────────────────────────────────────────────────────────────┴──────┘
-        (1 row)
+        (2 rows)
         stderr:
     "#]]
     .assert_eq(&script("import_users.rhai", &[&csv.to_string_lossy()]));

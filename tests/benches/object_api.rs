@@ -17,6 +17,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use clacks_core::client::Client;
+use clacks_core::dispatch::Origin;
 use clacks_core::rpc::Params;
 use clacks_objects::StoreConfig;
 use clacks_tests::directory::{BASE, PgSchema, Slapd};
@@ -153,9 +154,50 @@ async fn main() {
         call(&caller, "closeObject", json!([reference])).await;
         ours.push(t.elapsed());
     }
+    // Where the time goes: one round trip of a command that does nothing, and the same
+    // four calls run by the agent's dispatcher in its own process.
+    let mut transport = Vec::new();
+    for _ in 0..rounds {
+        let t = Instant::now();
+        call(&caller, "ping", json!([])).await;
+        transport.push(t.elapsed());
+    }
+    let origin = |user: &str| Origin {
+        user: Some(user.to_owned()),
+        queue: String::new(),
+        deadline: tokio::time::Instant::now() + Duration::from_secs(60),
+        pinned: false,
+    };
+    let local = origin("bench");
+    let dispatcher = agent.dispatcher();
+    let in_agent = async |method: &str, args: Value| {
+        let Value::Array(args) = args else { panic!("positional arguments") };
+        dispatcher.call(method, Params::Positional(args), &local).await.unwrap_or_else(|e| panic!("{method}: {e}"))
+    };
+    let (mut in_process, mut each): (Vec<Duration>, [Vec<Duration>; 4]) = (Vec::new(), Default::default());
+    for i in 0..rounds {
+        let title = format!("Local title {i}");
+        let t = Instant::now();
+        let reference = in_agent("openObject", json!([dn])).await["ref"].clone();
+        each[0].push(t.elapsed());
+        let step = Instant::now();
+        in_agent("setObjectProperty", json!([reference, "title", title])).await;
+        each[1].push(step.elapsed());
+        let step = Instant::now();
+        in_agent("dispatchObjectMethod", json!([reference, "commit"])).await;
+        each[2].push(step.elapsed());
+        let step = Instant::now();
+        in_agent("closeObject", json!([reference])).await;
+        each[3].push(step.elapsed());
+        in_process.push(t.elapsed());
+    }
     let (floor_ms, ours_ms) = (p50_ms(floor), p50_ms(ours));
     println!("(c) open + set + commit, p50 of {rounds}");
     println!("    floor: ldap3 search + modify             {floor_ms:9.2} ms");
     println!("    four calls through RabbitMQ              {ours_ms:9.2} ms   ratio {:.2}×", ours_ms / floor_ms);
+    println!("    of which one round trip (ping)           {:9.2} ms", p50_ms(transport));
+    println!("    the four calls in the agent's process    {:9.2} ms", p50_ms(in_process));
+    let [open, set, commit, close] = each.map(p50_ms);
+    println!("      open {open:.2}, set {set:.2}, commit {commit:.2}, close {close:.2} ms");
     agent.stop().await;
 }

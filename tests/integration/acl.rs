@@ -186,6 +186,18 @@ async fn object_operations_need_their_permissions() {
         refused(&ada, "setObjectProperty", json!([own, "givenName", "Augusta"])).await,
         ErrorCode::PERMISSION_EXEC
     );
+    // updateObject checks each attribute like setObjectProperty, before anything is written.
+    let mine = ok(&ada, "updateObject", json!([ada_dn, {"mail": ["lovelace@example.org"]}])).await;
+    assert_eq!(mine["attributes"]["mail"], json!(["lovelace@example.org"]), "{mine}");
+    assert!(mine["attributes"].get("givenName").is_none(), "the view leaves out what ada may not read: {mine}");
+    let both = json!([ada_dn, {"mail": ["other@example.org"], "givenName": "Augusta"}]);
+    assert_eq!(refused(&ada, "updateObject", both).await, ErrorCode::PERMISSION_EXEC);
+    assert_eq!(
+        refused(&ada, "updateObject", json!([grace_dn, {"mail": ["x@example.org"]}])).await,
+        ErrorCode::PERMISSION_EXEC
+    );
+    let unchanged = ok(&bob, "openObject", json!([ada_dn])).await;
+    assert_eq!(unchanged["attributes"]["mail"], json!(["lovelace@example.org"]));
     assert_eq!(refused(&bob, "openObject", json!([people_dn, "User"])).await, ErrorCode::PERMISSION_EXEC);
     assert_eq!(refused(&bob, "removeObject", json!([ada_dn])).await, ErrorCode::PERMISSION_EXEC);
     let bobs = ok(&bob, "openObject", json!([ada_dn])).await["ref"].clone();

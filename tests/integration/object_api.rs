@@ -299,3 +299,63 @@ async fn an_idle_reference_expires() {
     assert_eq!(local.agent.objects().expect("objects").expire_references().await.expect("expire"), 1);
     local.agent.stop().await;
 }
+
+/// `createObjects` writes rows side by side: every Unix account still gets its own
+/// number from the directory's id pool, a value a unique attribute has twice in one call
+/// is refused for the later row (which the rows' own index checks, running at once, would
+/// both let pass), and results come back in the rows' order.
+#[tokio::test]
+async fn bulk_creation_keeps_numbers_and_names_unique() {
+    let (slapd, pg) = (Slapd::start().await, PgSchema::create().await);
+    let (url, domain) = (amqp_url(), unique_domain());
+    let agent = start_agent(&url, with_objects(fast_options(&domain, "alpha"), &slapd, &pg), vec![]).await;
+    let caller = client(&url, &domain, Duration::from_secs(60)).await;
+    let people = ok(&caller, None, "openObject", json!([BASE, "PeopleContainer"])).await["ref"].clone();
+    let people_dn = ok(&caller, None, "dispatchObjectMethod", json!([people, "commit"])).await["dn"].clone();
+
+    let mut rows: Vec<Value> =
+        (0..40).map(|i| json!({"uid": format!("bulk{i}"), "givenName": "Bulk", "sn": format!("Row{i}")})).collect();
+    rows[25]["uid"] = json!("bulk7"); // the name of row 8
+    rows[31]["uid"] = json!("no spaces allowed");
+    let results = ok(&caller, None, "createObjects", json!([people_dn, "User", rows, ["PosixUser"]])).await;
+    let results = results.as_array().expect("one result per row");
+    assert_eq!(results.len(), 40);
+    for (i, result) in results.iter().enumerate() {
+        match i {
+            25 => {
+                assert_eq!(result["error"]["code"], json!("ATTRIBUTE_CHECK_FAILED"), "{result}");
+                assert_eq!(result["error"]["message"], json!("'uid': 'bulk7' is also in row 8 of this call"));
+            }
+            31 => assert_eq!(result["error"]["code"], json!("ATTRIBUTE_CHECK_FAILED"), "{result}"),
+            _ => assert_eq!(result["dn"], json!(format!("uid=bulk{i},ou=people,{BASE}")), "row {i}: {result}"),
+        }
+    }
+    let mut ldap = slapd.admin().await;
+    let (entries, _) = ldap
+        .search(&format!("ou=people,{BASE}"), ldap3::Scope::OneLevel, "(uidNumber=*)", vec!["uidNumber"])
+        .await
+        .expect("search")
+        .success()
+        .expect("ok");
+    let numbers: std::collections::BTreeSet<String> =
+        entries.into_iter().map(|e| ldap3::SearchEntry::construct(e).attrs["uidNumber"][0].clone()).collect();
+    assert_eq!(numbers.len(), 38, "every account has a number of its own: {numbers:?}");
+
+    // updateObject: open, set and commit in one call.
+    let dn = format!("uid=bulk1,ou=people,{BASE}");
+    let updated = ok(&caller, None, "updateObject", json!([dn, {"title": "Engineer", "sn": "Renamed"}])).await;
+    assert_eq!((updated["dn"].clone(), updated.get("ref")), (json!(dn), None), "{updated}");
+    assert_eq!(updated["attributes"]["cn"], json!("Bulk Renamed"), "generated values follow: {updated}");
+    assert_eq!(ldap_value(&slapd, &dn, "title").await, "Engineer");
+    let shadow = json!([dn, {"shadowExpire": "2031-01-01", "title": ""}, ["ShadowUser"]]);
+    let extended = ok(&caller, None, "updateObject", shadow).await;
+    assert_eq!(extended["extensions"]["ShadowUser"], json!(true), "{extended}");
+    assert_eq!(ldap_value(&slapd, &dn, "title").await, "", "\"\" clears the attribute");
+    // A refused value writes nothing, not even the values before it.
+    let refused = json!([dn, {"title": "Kept out", "homeDirectory": "relative/home"}]);
+    assert_eq!(call(&caller, None, "updateObject", refused).await, Err(ErrorCode::ATTRIBUTE_CHECK_FAILED));
+    assert_eq!(ldap_value(&slapd, &dn, "title").await, "");
+    let missing = json!([format!("uid=nobody,ou=people,{BASE}"), {"title": "x"}]);
+    assert_eq!(call(&caller, None, "updateObject", missing).await, Err(ErrorCode::OBJECT_NOT_FOUND));
+    agent.stop().await;
+}

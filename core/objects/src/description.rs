@@ -123,6 +123,21 @@ pub struct AttributeDef {
     pub line: u32,
 }
 
+impl AttributeDef {
+    /// Whether no two objects may share a value: flagged `<Unique>` or validated by
+    /// `IsUnique`.
+    pub fn must_be_unique(&self) -> bool {
+        fn checks_unique(condition: &Condition) -> bool {
+            match condition {
+                Condition::Check(call) => call.name == "IsUnique",
+                Condition::And(a, b) | Condition::Or(a, b) => checks_unique(a) || checks_unique(b),
+                Condition::Not(_) => false,
+            }
+        }
+        self.unique || self.validators.as_ref().is_some_and(checks_unique)
+    }
+}
+
 /// An object method mapped to a command.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct MethodDef {

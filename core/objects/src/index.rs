@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
 use super::backend::BackendError;
-use super::backend::sql::{Db, sql_error};
+use super::backend::sql::{Db, Dialect, sql_error};
 use clacks_core::dn::{dn_key, parent_dn};
 
 /// One indexed object.
@@ -91,6 +91,13 @@ impl Index {
     pub async fn open(db: Db) -> Result<Index, BackendError> {
         for statement in SCHEMA {
             db.execute((*statement).to_owned(), &[]).await?;
+        }
+        if db.dialect == Dialect::Postgres {
+            // Open references are a session's scratch space, rewritten on every call:
+            // PostgreSQL keeps them out of its write-ahead log (no flush to disk per
+            // call). A database crash forgets them, as an idle timeout would; the
+            // objects themselves are never stored there.
+            db.execute("ALTER TABLE clacks_refs SET UNLOGGED".to_owned(), &[]).await?;
         }
         Ok(Index { db, written: Default::default() })
     }
@@ -352,26 +359,48 @@ impl Index {
         Ok(())
     }
 
-    /// `(owner, state)` of a reference idle for less than `idle_secs`; using it counts as
-    /// activity, in the same statement.
+    /// `(owner, state)` of a reference idle for less than `idle_secs`. Using it counts as
+    /// activity: a reference last touched more than a tenth of the idle time ago is
+    /// touched again (reads within that tenth write nothing).
     pub async fn load_ref(&self, reference: &str, idle_secs: i64) -> Result<Option<(String, String)>, BackendError> {
         let now = now_secs();
-        let (oldest, now) = ((now - idle_secs).to_string(), now.to_string());
+        let oldest = (now - idle_secs).to_string();
         let rows = self
             .db
             .fetch(
-                "UPDATE clacks_refs SET touched = CAST($3 AS BIGINT) \
-                 WHERE ref = $1 AND touched >= CAST($2 AS BIGINT) RETURNING owner, state"
+                "SELECT owner, state, CAST(touched AS TEXT) FROM clacks_refs \
+                 WHERE ref = $1 AND touched >= CAST($2 AS BIGINT)"
                     .into(),
-                &[Some(reference), Some(&oldest), Some(&now)],
+                &[Some(reference), Some(&oldest)],
             )
             .await?;
-        Ok(rows.first().and_then(|r| Some((r.try_get::<String, _>(0).ok()?, r.try_get::<String, _>(1).ok()?))))
+        let Some(row) = rows.first() else { return Ok(None) };
+        let (Ok(owner), Ok(state)) = (row.try_get::<String, _>(0), row.try_get::<String, _>(1)) else {
+            return Ok(None);
+        };
+        let touched = row.try_get::<String, _>(2).ok().and_then(|t| t.parse::<i64>().ok()).unwrap_or(0);
+        if now - touched > idle_secs / 10 {
+            self.db
+                .execute(
+                    "UPDATE clacks_refs SET touched = CAST($2 AS BIGINT) WHERE ref = $1".into(),
+                    &[Some(reference), Some(&now.to_string())],
+                )
+                .await?;
+        }
+        Ok(Some((owner, state)))
     }
 
-    pub async fn drop_ref(&self, reference: &str) -> Result<(), BackendError> {
-        self.db.execute("DELETE FROM clacks_refs WHERE ref = $1".into(), &[Some(reference)]).await?;
-        Ok(())
+    /// Forgets `owner`'s reference unless it has expired; whether there was one.
+    pub async fn drop_ref(&self, reference: &str, owner: &str, idle_secs: i64) -> Result<bool, BackendError> {
+        let oldest = (now_secs() - idle_secs).to_string();
+        let dropped = self
+            .db
+            .execute(
+                "DELETE FROM clacks_refs WHERE ref = $1 AND owner = $2 AND touched >= CAST($3 AS BIGINT)".into(),
+                &[Some(reference), Some(owner), Some(&oldest)],
+            )
+            .await?;
+        Ok(dropped > 0)
     }
 
     /// Forgets references idle for `idle_secs` or longer; returns how many.

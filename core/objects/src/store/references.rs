@@ -24,28 +24,30 @@ impl ObjectStore {
 
     /// The state behind a reference; only its owner gets it.
     pub async fn reference(&self, reference: &str, user: &str) -> Result<ObjectState> {
-        let gone = || {
-            ObjectError::new(
-                ErrorCode::REFERENCE_NOT_FOUND,
-                format!("no open object {} (closed, expired or never opened)", crate::filters::clip(reference)),
-            )
-        };
-        let (owner, text) = self.index.load_ref(reference, self.idle_secs).await?.ok_or_else(gone)?;
+        let (owner, text) = self.index.load_ref(reference, self.idle_secs).await?.ok_or_else(|| gone(reference))?;
         if owner != user {
-            return Err(gone());
+            return Err(gone(reference));
         }
         serde_json::from_str(&text)
             .map_err(|e| ObjectError::new(ErrorCode::INTERNAL_ERROR, format!("stored reference unreadable: {e}")))
     }
 
+    /// Forgets a reference; only its owner may.
     pub async fn close_reference(&self, reference: &str, user: &str) -> Result<()> {
-        self.reference(reference, user).await?;
-        self.index.drop_ref(reference).await?;
-        Ok(())
+        if self.index.drop_ref(reference, user, self.idle_secs).await? { Ok(()) } else { Err(gone(reference)) }
     }
 
     /// Forgets references idle for longer than the configured time.
     pub async fn expire_references(&self) -> Result<u64> {
         Ok(self.index.expire_refs(self.idle_secs).await?)
     }
+}
+
+/// The same answer for a reference that never was, has expired, or is someone else's: a
+/// reference is not a secret to probe for.
+fn gone(reference: &str) -> ObjectError {
+    ObjectError::new(
+        ErrorCode::REFERENCE_NOT_FOUND,
+        format!("no open object {} (closed, expired or never opened)", crate::filters::clip(reference)),
+    )
 }
