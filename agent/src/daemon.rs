@@ -428,6 +428,10 @@ impl Agent {
             warn!(?grace, "calls still running after the grace period; stopping anyway");
         }
         self.inner.dispatcher.begin_stopping();
+        if let Some(store) = &self.inner.objects {
+            // Changes answered before the stop still announce themselves.
+            store.flush_events(grace).await;
+        }
         self.inner.bus.close().await;
         info!(%node, "stopped");
     }

@@ -522,7 +522,7 @@ impl ObjectsPlugin {
         // Bounded, so one call finishes well within a command's deadline; an import
         // sends its rows in batches.
         const MAX_ROWS: usize = 1000;
-        const ROWS_AT_ONCE: usize = 4;
+        const ROWS_AT_ONCE: usize = 8;
         if rows.len() > MAX_ROWS {
             return Err(invalid(format!("{} rows in one call; send at most {MAX_ROWS} at a time", rows.len())));
         }

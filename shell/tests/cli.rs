@@ -399,12 +399,12 @@ fn the_example_scripts_run_against_the_embedded_domain() {
     let out = dir.path().join("domain.json");
     let out_path = out.to_string_lossy().into_owned();
     let exported = example("export_json.rhai", &[&out_path]);
-    assert!(exported.contains("exported 52 commands of 1 node(s)"), "{exported}");
+    assert!(exported.contains("exported 53 commands of 1 node(s)"), "{exported}");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out).unwrap_or_default()).unwrap_or_default();
     assert_eq!(json["nodes"], serde_json::json!(["embedded"]));
     assert_eq!(json["exported_by"], serde_json::json!("ada"));
-    assert_eq!(json["commands"].as_array().map(Vec::len), Some(52));
+    assert_eq!(json["commands"].as_array().map(Vec::len), Some(53));
 
     // The embedded agent's heartbeat comes every 2 s.
     let tail = example("tail_events.rhai", &["NodeStatus", "1", "10"]);

@@ -6,8 +6,10 @@
 //! (a) bulk import: `createObjects` with 200 users a call, against ldap3 adds of the
 //!     same entries (users/s and the ratio);
 //! (b) `find` of 1,000 hits, against an ldap3 subtree search returning the same entries;
-//! (c) open + set + commit of one user (`openObject`, `setObjectProperty`,
-//!     `dispatchObjectMethod commit`, `closeObject`), against an ldap3 search + modify.
+//! (c) open + set + commit of one user, as four calls (`openObject`,
+//!     `setObjectProperty`, `dispatchObjectMethod commit`, `closeObject`) and as one
+//!     (`updateObject`), against an ldap3 search + modify; with one round trip of `ping`
+//!     and the same calls run in the agent's process, to say where the time goes.
 //!
 //! Run: `cargo bench -p clacks-tests --bench object_api` (`CLACKS_BENCH_USERS`,
 //! `CLACKS_BENCH_ROUNDS` scale it; `CLACKS_TEST_AMQP_URL`, `CLACKS_TEST_PG_URL` pick
@@ -191,6 +193,16 @@ async fn main() {
         each[3].push(step.elapsed());
         in_process.push(t.elapsed());
     }
+    // The same change in one call.
+    let (mut one_call, mut one_call_in_agent) = (Vec::new(), Vec::new());
+    for i in 0..rounds {
+        let t = Instant::now();
+        call(&caller, "updateObject", json!([dn, {"title": format!("One call {i}")}])).await;
+        one_call.push(t.elapsed());
+        let t = Instant::now();
+        in_agent("updateObject", json!([dn, {"title": format!("One local call {i}")}])).await;
+        one_call_in_agent.push(t.elapsed());
+    }
     let (floor_ms, ours_ms) = (p50_ms(floor), p50_ms(ours));
     println!("(c) open + set + commit, p50 of {rounds}");
     println!("    floor: ldap3 search + modify             {floor_ms:9.2} ms");
@@ -199,5 +211,8 @@ async fn main() {
     println!("    the four calls in the agent's process    {:9.2} ms", p50_ms(in_process));
     let [open, set, commit, close] = each.map(p50_ms);
     println!("      open {open:.2}, set {set:.2}, commit {commit:.2}, close {close:.2} ms");
+    let one_ms = p50_ms(one_call);
+    println!("    updateObject through RabbitMQ            {one_ms:9.2} ms   ratio {:.2}×", one_ms / floor_ms);
+    println!("    of which in the agent's process          {:9.2} ms", p50_ms(one_call_in_agent));
     agent.stop().await;
 }

@@ -73,8 +73,10 @@ const SCHEMA: &[&str] = &[
 /// prefix, and a megabyte photo is not a search term.
 const MAX_INDEXED_VALUE: usize = 256;
 
-/// How many index writes pass between two refreshes of the tables' statistics.
+/// How many index writes pass between two refreshes of the tables' statistics; the
+/// first comes sooner, as a young database's tables have none at all.
 const ANALYZE_EVERY: usize = 500;
+const FIRST_ANALYZE: usize = 100;
 
 #[derive(Clone, Debug)]
 pub struct Index {
@@ -108,9 +110,69 @@ impl Index {
 
     /// Inserts or replaces an object's entry, atomically.
     pub async fn put(&self, doc: &IndexDoc) -> Result<(), BackendError> {
-        let mut tx = self.db.pool.begin().await.map_err(sql_error)?;
         let types = format!(",{},{},", doc.object_type, doc.extensions.join(","));
         let body = serde_json::to_string(doc).map_err(|e| BackendError::Invalid(e.to_string()))?;
+        let values: Vec<(&String, String)> = doc
+            .values
+            .iter()
+            .flat_map(|(attr, values)| {
+                values.iter().map(move |v| (attr, v.to_lowercase().chars().take(MAX_INDEXED_VALUE).collect()))
+            })
+            .collect();
+        match self.db.dialect {
+            Dialect::Postgres => self.put_in_one_statement(doc, types, body, &values).await?,
+            Dialect::Sqlite => self.put_in_a_transaction(doc, types, body, &values).await?,
+        }
+        let written = self.written.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if written == FIRST_ANALYZE || written.is_multiple_of(ANALYZE_EVERY) {
+            self.refresh_statistics();
+        }
+        Ok(())
+    }
+
+    /// PostgreSQL: one statement whose parts (data-modifying `WITH` clauses) see the same
+    /// snapshot, so the old values go and the new ones come in one round trip, atomically.
+    async fn put_in_one_statement(
+        &self,
+        doc: &IndexDoc,
+        types: String,
+        body: String,
+        values: &[(&String, String)],
+    ) -> Result<(), BackendError> {
+        let pairs = serde_json::to_string(values).map_err(|e| BackendError::Invalid(e.to_string()))?;
+        sqlx::query(
+            "WITH gone AS (DELETE FROM clacks_values WHERE uuid = $1), \
+             entry AS (INSERT INTO clacks_index (uuid, dn, dn_key, parent_key, type, types, modified, doc) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (uuid) DO UPDATE SET dn = excluded.dn, dn_key = excluded.dn_key, \
+             parent_key = excluded.parent_key, type = excluded.type, types = excluded.types, \
+             modified = excluded.modified, doc = excluded.doc) \
+             INSERT INTO clacks_values (uuid, attr, value_lc) \
+             SELECT $1, pair->>0, pair->>1 FROM jsonb_array_elements(CAST($9 AS jsonb)) AS pair",
+        )
+        .bind(doc.uuid.clone())
+        .bind(doc.dn.clone())
+        .bind(dn_key(&doc.dn))
+        .bind(dn_key(parent_dn(&doc.dn)))
+        .bind(doc.object_type.clone())
+        .bind(types)
+        .bind(doc.modified.clone())
+        .bind(body)
+        .bind(pairs)
+        .execute(&self.db.pool)
+        .await
+        .map_err(sql_error)?;
+        Ok(())
+    }
+
+    async fn put_in_a_transaction(
+        &self,
+        doc: &IndexDoc,
+        types: String,
+        body: String,
+        values: &[(&String, String)],
+    ) -> Result<(), BackendError> {
+        let mut tx = self.db.pool.begin().await.map_err(sql_error)?;
         sqlx::query("DELETE FROM clacks_values WHERE uuid = $1")
             .bind(doc.uuid.clone())
             .execute(&mut *tx)
@@ -134,16 +196,9 @@ impl Index {
         .execute(&mut *tx)
         .await
         .map_err(sql_error)?;
-        // All values in one statement (in chunks well below both databases' limits on
-        // bound parameters): each statement is a round trip to the database.
-        let rows: Vec<(&String, String)> = doc
-            .values
-            .iter()
-            .flat_map(|(attr, values)| {
-                values.iter().map(move |v| (attr, v.to_lowercase().chars().take(MAX_INDEXED_VALUE).collect()))
-            })
-            .collect();
-        for chunk in rows.chunks(200) {
+        // All values in one statement (in chunks well below the limit on bound
+        // parameters): each statement is a round trip to the database.
+        for chunk in values.chunks(200) {
             let placeholders: Vec<String> =
                 (0..chunk.len()).map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3)).collect();
             // Only placeholders are formatted into the text; every value is bound.
@@ -154,11 +209,7 @@ impl Index {
             }
             query.execute(&mut *tx).await.map_err(sql_error)?;
         }
-        tx.commit().await.map_err(sql_error)?;
-        if (self.written.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1).is_multiple_of(ANALYZE_EVERY) {
-            self.refresh_statistics();
-        }
-        Ok(())
+        tx.commit().await.map_err(sql_error)
     }
 
     /// Has the database measure the index tables again, in the background. Right after

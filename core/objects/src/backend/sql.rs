@@ -35,6 +35,9 @@ pub struct Db {
     pub dialect: Dialect,
 }
 
+/// How long a pooled connection may have been idle before it is checked on its way out.
+const IDLE_BEFORE_PING: Duration = Duration::from_secs(5);
+
 pub(crate) fn sql_error(e: sqlx::Error) -> BackendError {
     match e {
         sqlx::Error::Database(db) if db.is_unique_violation() => {
@@ -68,6 +71,19 @@ impl Db {
         let pool = AnyPoolOptions::new()
             .max_connections(max)
             .acquire_timeout(timeout)
+            // A ping before every statement doubled the round trips of every call on an
+            // open object. A connection idle for a while (the database may have restarted
+            // meanwhile) is still checked; one in steady use proves itself by its answers.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for > IDLE_BEFORE_PING {
+                        use sqlx::Connection;
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if dialect == Dialect::Sqlite {

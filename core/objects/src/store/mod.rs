@@ -222,7 +222,7 @@ pub struct ObjectStore {
     id_start: i64,
     min_unix_id: i64,
     idle_secs: i64,
-    events: RwLock<Option<EventPublisher>>,
+    events: RwLock<Option<sync::ChangeQueue>>,
     runner: RwLock<Option<Arc<dyn CommandRunner>>>,
     problems: sync::Problems,
 }
@@ -361,9 +361,20 @@ impl ObjectStore {
         Ok(diagnostics)
     }
 
+    /// Publishes the store's change events with `publisher` from now on, in the order
+    /// of the changes, without a commit waiting for the broker.
     pub fn set_publisher(&self, publisher: EventPublisher) {
         if let Ok(mut p) = self.events.write() {
-            *p = Some(publisher);
+            *p = Some(sync::ChangeQueue::start(publisher));
+        }
+    }
+
+    /// Waits (at most `within`) until every change event announced so far has been
+    /// handed to the bus; for a stopping agent, before it closes its connection.
+    pub async fn flush_events(&self, within: std::time::Duration) {
+        let queue = self.events.read().ok().and_then(|q| q.clone());
+        if let Some(queue) = queue {
+            queue.flush(within).await;
         }
     }
 

@@ -6,11 +6,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::{ObjectState, ObjectStore, Result, text_values};
 use crate::backend::Entry;
 use crate::index::IndexDoc;
+use clacks_core::events::EventPublisher;
 use clacks_core::rpc::ErrorCode;
 
 /// What a scan did.
@@ -55,15 +56,13 @@ impl ObjectStore {
     }
 
     async fn publish_change(&self, event_type: &str, uuid: &str, dn: &str, change: &str, time: &str) {
-        let Some(publisher) = self.events.read().ok().and_then(|p| p.clone()) else { return };
+        let Some(queue) = self.events.read().ok().and_then(|q| q.clone()) else { return };
         let mut fields = serde_json::Map::new();
         fields.insert("UUID".into(), json!(uuid));
         fields.insert("DN".into(), json!(dn));
         fields.insert("ModificationTime".into(), json!(time));
         fields.insert("ChangeType".into(), json!(change));
-        if let Err(e) = publisher.publish_fields(event_type, &fields).await {
-            tracing::warn!("cannot publish {event_type} for {dn}: {e}");
-        }
+        queue.send(Queued::Change { event_type: event_type.to_owned(), fields }).await;
     }
 
     /// Walks every backend and brings the index in line: new and changed objects are
@@ -243,5 +242,57 @@ impl Problems {
 
     fn all(&self) -> Vec<EntryProblem> {
         self.by_uuid.lock().map(|p| p.values().cloned().collect()).unwrap_or_default()
+    }
+}
+
+/// How many change events may wait for the bus before a commit waits for room.
+const QUEUED_CHANGES: usize = 1024;
+
+enum Queued {
+    Change { event_type: String, fields: serde_json::Map<String, Value> },
+    Flushed(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Change events on their way to the bus: one task publishes them in the order the
+/// changes were made, so a commit answers without waiting for the broker's confirm and
+/// subscribers still never see an object's events out of order.
+#[derive(Clone)]
+pub(super) struct ChangeQueue {
+    sender: tokio::sync::mpsc::Sender<Queued>,
+}
+
+impl ChangeQueue {
+    pub(super) fn start(publisher: EventPublisher) -> ChangeQueue {
+        let (sender, mut queued) = tokio::sync::mpsc::channel(QUEUED_CHANGES);
+        tokio::spawn(async move {
+            while let Some(next) = queued.recv().await {
+                match next {
+                    Queued::Change { event_type, fields } => {
+                        if let Err(e) = publisher.publish_fields(&event_type, &fields).await {
+                            let dn = fields.get("DN").and_then(Value::as_str).unwrap_or_default();
+                            tracing::warn!("cannot publish {event_type} for {dn}: {e}");
+                        }
+                    }
+                    Queued::Flushed(done) => {
+                        let _ = done.send(());
+                    }
+                }
+            }
+        });
+        ChangeQueue { sender }
+    }
+
+    async fn send(&self, queued: Queued) {
+        if self.sender.send(queued).await.is_err() {
+            tracing::warn!("a change event was not published: the event queue has stopped");
+        }
+    }
+
+    pub(super) async fn flush(&self, within: std::time::Duration) {
+        let (done, flushed) = tokio::sync::oneshot::channel();
+        self.send(Queued::Flushed(done)).await;
+        if tokio::time::timeout(within, flushed).await.is_err() {
+            tracing::warn!(?within, "change events still waiting for the bus; stopping anyway");
+        }
     }
 }
