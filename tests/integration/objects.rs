@@ -359,6 +359,20 @@ async fn a_change_made_with_ldapmodify_reaches_the_index_and_the_bus() {
     );
     assert!(announced[1].contains(&format!("<DN>ou=groups,{BASE}</DN>")), "{}", announced[1]);
     assert!(announced[2].contains(&format!("<DN>{dn}</DN>")), "{}", announced[2]);
+    // Commits answer before their events reach the broker, and the events still come in
+    // the order of the commits.
+    let mut created = Vec::new();
+    for i in 0..10 {
+        let uid = format!("order{i}");
+        created.push(create(&store, &people, "User", &person(&uid, "Order", "Kept"), &[]).await.dn.expect("dn"));
+    }
+    store.flush_events(Duration::from_secs(10)).await;
+    for expected in &created {
+        let event =
+            tokio::time::timeout(Duration::from_secs(10), changes.recv()).await.expect("in time").expect("event");
+        let body = String::from_utf8_lossy(&event.body);
+        assert!(body.contains(&format!("<DN>{expected}</DN>")), "expected {expected}, got {body}");
+    }
     assert_eq!(store.poll_directory().await.expect("first poll"), 0, "the first poll only sets the mark");
     // modifyTimestamp has one-second resolution; the poll looks from the second it started.
     tokio::time::sleep(Duration::from_millis(1100)).await;
