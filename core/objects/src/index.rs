@@ -78,6 +78,40 @@ const MAX_INDEXED_VALUE: usize = 256;
 const ANALYZE_EVERY: usize = 500;
 const FIRST_ANALYZE: usize = 100;
 
+/// The statement that writes an object's row in `clacks_index` ($1–$8, bound by
+/// [`bind_entry`]); a macro so both dialects' statements are built from it at compile time.
+macro_rules! upsert_entry {
+    () => {
+        "INSERT INTO clacks_index (uuid, dn, dn_key, parent_key, type, types, modified, doc) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+         ON CONFLICT (uuid) DO UPDATE SET dn = excluded.dn, dn_key = excluded.dn_key, \
+         parent_key = excluded.parent_key, type = excluded.type, types = excluded.types, \
+         modified = excluded.modified, doc = excluded.doc"
+    };
+}
+
+/// What an object's index entry is written as: its type list, its document, and its
+/// values for lookups (attribute, lower-cased value).
+struct EntryRow<'a> {
+    types: String,
+    body: String,
+    values: &'a [(&'a String, String)],
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+fn bind_entry<'q>(query: AnyQuery<'q>, doc: &IndexDoc, types: String, body: String) -> AnyQuery<'q> {
+    query
+        .bind(doc.uuid.clone())
+        .bind(doc.dn.clone())
+        .bind(dn_key(&doc.dn))
+        .bind(dn_key(parent_dn(&doc.dn)))
+        .bind(doc.object_type.clone())
+        .bind(types)
+        .bind(doc.modified.clone())
+        .bind(body)
+}
+
 #[derive(Clone, Debug)]
 pub struct Index {
     db: Db,
@@ -120,8 +154,8 @@ impl Index {
             })
             .collect();
         match self.db.dialect {
-            Dialect::Postgres => self.put_in_one_statement(doc, types, body, &values).await?,
-            Dialect::Sqlite => self.put_in_a_transaction(doc, types, body, &values).await?,
+            Dialect::Postgres => self.put_in_one_statement(doc, EntryRow { types, body, values: &values }).await?,
+            Dialect::Sqlite => self.put_in_a_transaction(doc, EntryRow { types, body, values: &values }).await?,
         }
         let written = self.written.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         if written == FIRST_ANALYZE || written.is_multiple_of(ANALYZE_EVERY) {
@@ -132,70 +166,28 @@ impl Index {
 
     /// PostgreSQL: one statement whose parts (data-modifying `WITH` clauses) see the same
     /// snapshot, so the old values go and the new ones come in one round trip, atomically.
-    async fn put_in_one_statement(
-        &self,
-        doc: &IndexDoc,
-        types: String,
-        body: String,
-        values: &[(&String, String)],
-    ) -> Result<(), BackendError> {
+    async fn put_in_one_statement(&self, doc: &IndexDoc, row: EntryRow<'_>) -> Result<(), BackendError> {
+        let EntryRow { types, body, values } = row;
         let pairs = serde_json::to_string(values).map_err(|e| BackendError::Invalid(e.to_string()))?;
-        sqlx::query(
-            "WITH gone AS (DELETE FROM clacks_values WHERE uuid = $1), \
-             entry AS (INSERT INTO clacks_index (uuid, dn, dn_key, parent_key, type, types, modified, doc) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-             ON CONFLICT (uuid) DO UPDATE SET dn = excluded.dn, dn_key = excluded.dn_key, \
-             parent_key = excluded.parent_key, type = excluded.type, types = excluded.types, \
-             modified = excluded.modified, doc = excluded.doc) \
-             INSERT INTO clacks_values (uuid, attr, value_lc) \
+        let query = sqlx::query(concat!(
+            "WITH gone AS (DELETE FROM clacks_values WHERE uuid = $1), entry AS (",
+            upsert_entry!(),
+            ") INSERT INTO clacks_values (uuid, attr, value_lc) \
              SELECT $1, pair->>0, pair->>1 FROM jsonb_array_elements(CAST($9 AS jsonb)) AS pair",
-        )
-        .bind(doc.uuid.clone())
-        .bind(doc.dn.clone())
-        .bind(dn_key(&doc.dn))
-        .bind(dn_key(parent_dn(&doc.dn)))
-        .bind(doc.object_type.clone())
-        .bind(types)
-        .bind(doc.modified.clone())
-        .bind(body)
-        .bind(pairs)
-        .execute(&self.db.pool)
-        .await
-        .map_err(sql_error)?;
+        ));
+        bind_entry(query, doc, types, body).bind(pairs).execute(&self.db.pool).await.map_err(sql_error)?;
         Ok(())
     }
 
-    async fn put_in_a_transaction(
-        &self,
-        doc: &IndexDoc,
-        types: String,
-        body: String,
-        values: &[(&String, String)],
-    ) -> Result<(), BackendError> {
+    async fn put_in_a_transaction(&self, doc: &IndexDoc, row: EntryRow<'_>) -> Result<(), BackendError> {
+        let EntryRow { types, body, values } = row;
         let mut tx = self.db.pool.begin().await.map_err(sql_error)?;
         sqlx::query("DELETE FROM clacks_values WHERE uuid = $1")
             .bind(doc.uuid.clone())
             .execute(&mut *tx)
             .await
             .map_err(sql_error)?;
-        sqlx::query(
-            "INSERT INTO clacks_index (uuid, dn, dn_key, parent_key, type, types, modified, doc) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-             ON CONFLICT (uuid) DO UPDATE SET dn = excluded.dn, dn_key = excluded.dn_key, \
-             parent_key = excluded.parent_key, type = excluded.type, types = excluded.types, \
-             modified = excluded.modified, doc = excluded.doc",
-        )
-        .bind(doc.uuid.clone())
-        .bind(doc.dn.clone())
-        .bind(dn_key(&doc.dn))
-        .bind(dn_key(parent_dn(&doc.dn)))
-        .bind(doc.object_type.clone())
-        .bind(types)
-        .bind(doc.modified.clone())
-        .bind(body)
-        .execute(&mut *tx)
-        .await
-        .map_err(sql_error)?;
+        bind_entry(sqlx::query(upsert_entry!()), doc, types, body).execute(&mut *tx).await.map_err(sql_error)?;
         // All values in one statement (in chunks well below the limit on bound
         // parameters): each statement is a round trip to the database.
         for chunk in values.chunks(200) {
