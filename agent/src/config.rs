@@ -503,6 +503,16 @@ mod tests {
         let config = AgentConfig::parse(text).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(config, AgentConfig::default());
         assert!(config.validate().is_ok());
+        // The commented directory section is valid too, once uncommented.
+        let directory: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("# [objects.ldap]"))
+            .take_while(|l| l.starts_with('#'))
+            .map(|l| l.trim_start_matches("# "))
+            .collect();
+        let config = AgentConfig::parse(&directory.join("\n")).unwrap_or_else(|e| panic!("{e}"));
+        let ldap = config.objects.ldap.unwrap_or_else(|| panic!("an [objects.ldap] section"));
+        assert_eq!((ldap.base.as_str(), ldap.accesslog.as_str()), ("dc=example,dc=net", "cn=accesslog"));
     }
 
     #[test]

@@ -115,6 +115,12 @@ fn key_spelling(value: &str) -> String {
     out
 }
 
+/// Whether `dn` is `base` or lies below it, however either is spelled.
+pub fn is_at_or_below(dn: &str, base: &str) -> bool {
+    let (key, base_key) = (dn_key(dn), dn_key(base));
+    base_key.is_empty() || key == base_key || key.ends_with(&format!(",{base_key}"))
+}
+
 /// A DN in the form used for comparisons and lookups: attribute names and values
 /// lowercased (LDAP compares names and most values case-insensitively), spaces around
 /// separators dropped, and every value in one spelling whatever escapes it was written

@@ -404,6 +404,65 @@ async fn a_change_made_with_ldapmodify_reaches_the_index_and_the_bus() {
     assert!(body.contains(&format!("<DN>{dn}</DN>")) && body.contains("<ChangeType>delete</ChangeType>"), "{body}");
 }
 
+/// With slapd's accesslog, a deletion made outside Clacks (ldapdelete) leaves the index at
+/// the next poll and is announced, instead of waiting for the periodic scan; Clacks' own
+/// removals are not reported, and an entry deleted and added again under its name is
+/// indexed as the new one.
+#[tokio::test]
+async fn a_deletion_made_outside_clacks_is_seen_at_the_next_poll_with_the_accesslog() {
+    let (slapd, pg) = (Slapd::start_with_accesslog().await, PgSchema::create().await);
+    let store = store(&slapd, &pg, vec![]).await;
+    let domain = clacks_core::testing::unique_domain();
+    let bus = clacks_core::testing::amqp_bus(&domain).await;
+    let validator = EventValidator::start(&[]).expect("validator");
+    store.set_publisher(clacks_core::events::publish::EventPublisher::new(bus.clone(), validator.clone()));
+    let backend = ["BackendChange".to_owned()];
+    let mut events = clacks_core::events::filter::subscribe(&bus, &validator, &backend, Default::default())
+        .await
+        .expect("subscribe");
+    // As an agent starts: the scan indexes what is there, the first poll sets its mark.
+    store.scan("test").await.expect("scan").expect("lock taken");
+    assert_eq!(store.poll_directory().await.expect("first poll"), 0, "the first poll only sets the mark");
+
+    let (people, _) = containers(&store).await;
+    let ada = create(&store, &people, "User", &person("ada", "Ada", "Lovelace"), &[]).await.dn.expect("dn");
+    let grace = create(&store, &people, "User", &person("grace", "Grace", "Hopper"), &[]).await.dn.expect("dn");
+    let alan = create(&store, &people, "User", &person("alan", "Alan", "Turing"), &[]).await.dn.expect("dn");
+    let alan_before = store.load(&alan).await.expect("alan").uuid;
+    slapd.delete(&ada).await;
+    store.remove(&grace, false, None).await.expect("our own removal");
+    slapd.delete(&alan).await;
+    let mut ldap = slapd.admin().await;
+    let again = vec![
+        ("objectClass", ["inetOrgPerson"].into()),
+        ("uid", ["alan"].into()),
+        ("cn", ["Alan Turing"].into()),
+        ("sn", ["Turing"].into()),
+        ("givenName", ["Alan"].into()),
+    ];
+    ldap.add(&alan, again).await.expect("add").success().expect("added again");
+
+    let seen = store.poll_directory().await.expect("poll");
+    assert_eq!(seen, 3, "ada's and alan's deletions and alan's new entry");
+    let find = |uid: &str| json!({"uid": uid}).as_object().cloned().expect("map");
+    assert!(store.find(&find("ada")).await.expect("find").is_empty(), "ada is gone from the index");
+    assert!(store.find(&find("grace")).await.expect("find").is_empty());
+    let alan_now = store.find(&find("alan")).await.expect("find");
+    assert_eq!(alan_now.len(), 1);
+    assert_ne!(Some(alan_now[0].uuid.clone()), alan_before, "the new alan, not the deleted one");
+    let mut announced = Vec::new();
+    while let Ok(Some(event)) = tokio::time::timeout(Duration::from_secs(2), events.recv()).await {
+        announced.push(String::from_utf8_lossy(&event.body).into_owned());
+    }
+    let deleted: Vec<&String> = announced.iter().filter(|e| e.contains("<ChangeType>delete</ChangeType>")).collect();
+    assert_eq!(deleted.len(), 2, "{announced:?}");
+    assert!(deleted[0].contains(&format!("<DN>{ada}</DN>")) && deleted[1].contains(&format!("<DN>{alan}</DN>")));
+    assert!(!announced.iter().any(|e| e.contains(&grace)), "our own removal is not an outside change");
+    // Nothing is left for the scan to find.
+    let report = store.scan("test").await.expect("scan").expect("lock taken");
+    assert_eq!(report.removed, 0);
+}
+
 #[tokio::test]
 async fn the_directory_over_ldaps_and_starttls_and_a_wrong_ca_refused() {
     let slapd = Slapd::start_tls().await;

@@ -38,16 +38,23 @@ impl Drop for Slapd {
 impl Slapd {
     /// Starts slapd with the base entry `dc=example,dc=org` (a `domain`).
     pub async fn start() -> Slapd {
-        Slapd::launch(false).await
+        Slapd::launch(false, false).await
+    }
+
+    /// Like [`Slapd::start`], with the `accesslog` overlay recording every successful
+    /// write in a log database `cn=accesslog`, as an administrator sets it up for Clacks
+    /// to see deletions at once (objects/README.md).
+    pub async fn start_with_accesslog() -> Slapd {
+        Slapd::launch(false, true).await
     }
 
     /// Like [`Slapd::start`], also offering LDAPS and StartTLS with a certificate for
     /// 127.0.0.1 signed by a CA made for this test.
     pub async fn start_tls() -> Slapd {
-        Slapd::launch(true).await
+        Slapd::launch(true, false).await
     }
 
-    async fn launch(tls: bool) -> Slapd {
+    async fn launch(tls: bool, accesslog: bool) -> Slapd {
         let binary = std::env::var("CLACKS_TEST_SLAPD").unwrap_or_else(|_| "/usr/sbin/slapd".into());
         assert!(
             std::path::Path::new(&binary).exists(),
@@ -72,6 +79,27 @@ impl Slapd {
             );
             ca_file = Some(path("ca.pem"));
         }
+        // The log database comes first: the overlay on the main database names it.
+        let (log_database, log_overlay) = if accesslog {
+            let log = dir.path().join("accesslog");
+            std::fs::create_dir(&log).expect("accesslog dir");
+            (
+                format!(
+                    "moduleload accesslog\n\
+                     database mdb\n\
+                     maxsize 104857600\n\
+                     suffix \"cn=accesslog\"\n\
+                     rootdn \"{ADMIN_DN}\"\n\
+                     directory {}\n\
+                     index reqStart eq\n",
+                    log.display()
+                ),
+                "overlay accesslog\nlogdb \"cn=accesslog\"\nlogops writes\nlogsuccess TRUE\nlogpurge 07+00:00 01+00:00\n"
+                    .to_owned(),
+            )
+        } else {
+            (String::new(), String::new())
+        };
         let config = format!(
             "{tls_config}include /etc/ldap/schema/core.schema\n\
              include /etc/ldap/schema/cosine.schema\n\
@@ -81,6 +109,7 @@ impl Slapd {
              moduleload back_mdb\n\
              moduleload argon2\n\
              pidfile {dir}/slapd.pid\n\
+             {log_database}\
              database mdb\n\
              maxsize 104857600\n\
              suffix \"{BASE}\"\n\
@@ -89,7 +118,8 @@ impl Slapd {
              directory {data}\n\
              index objectClass eq\n\
              index entryUUID eq\n\
-             index modifyTimestamp eq\n",
+             index modifyTimestamp eq\n\
+             {log_overlay}",
             dir = dir.path().display(),
             data = data.display()
         );
@@ -173,6 +203,7 @@ impl Slapd {
             pool_size: 4,
             timeout_secs: 10,
             id_start: 10000,
+            accesslog: "cn=accesslog".into(),
         }
     }
 }

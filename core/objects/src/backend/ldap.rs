@@ -44,6 +44,11 @@ pub struct LdapSettings {
     /// First number the id pool hands out for uidNumber/gidNumber.
     #[serde(default = "default_id_start")]
     pub id_start: i64,
+    /// The suffix of slapd's `accesslog` database, read for deletions made outside
+    /// Clacks at every poll (without it they are seen only by the periodic scan); an
+    /// empty string does not look. Absent or unreadable, polling goes on without it.
+    #[serde(default = "default_accesslog")]
+    pub accesslog: String,
 }
 
 // The bind password stays out of logs and `show-config`.
@@ -59,6 +64,7 @@ impl std::fmt::Debug for LdapSettings {
             .field("pool_size", &self.pool_size)
             .field("timeout_secs", &self.timeout_secs)
             .field("id_start", &self.id_start)
+            .field("accesslog", &self.accesslog)
             .finish()
     }
 }
@@ -71,6 +77,9 @@ fn default_timeout() -> u64 {
 }
 fn default_id_start() -> i64 {
     10000
+}
+fn default_accesslog() -> String {
+    "cn=accesslog".into()
 }
 
 /// Operational attributes every read asks for.
@@ -92,6 +101,8 @@ pub struct LdapBackend {
     tls: Option<Arc<rustls::ClientConfig>>,
     /// Attribute syntaxes from the directory's schema (lowercased names).
     syntaxes: HashMap<String, Syntax>,
+    /// The accesslog could not be read once: said once, not at every poll.
+    accesslog_refused: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for LdapBackend {
@@ -136,6 +147,7 @@ impl LdapBackend {
             tls,
             settings,
             syntaxes: HashMap::new(),
+            accesslog_refused: Default::default(),
         };
         backend.handle().await?;
         let syntaxes = backend.read_syntaxes().await;
@@ -510,6 +522,39 @@ impl LdapBackend {
             .iter()
             .map(LdapBackend::entry)
             .collect())
+    }
+
+    /// DNs deleted below the base since `since` (generalized time), oldest first, as
+    /// slapd's accesslog recorded them. Empty when there is no accesslog; one that cannot
+    /// be read is said once in the log and then treated as absent.
+    pub async fn deleted_since(&self, since: &str) -> Vec<String> {
+        let log = self.settings.accesslog.trim();
+        if log.is_empty() {
+            return Vec::new();
+        }
+        let filter = format!("(&(objectClass=auditDelete)(reqResult=0)(reqStart>={}))", ldap3::ldap_escape(since));
+        let attrs = vec!["reqDN".to_owned(), "reqStart".to_owned()];
+        match self.search(log, Scope::OneLevel, &filter, attrs).await {
+            Ok(found) => {
+                let first = |e: &SearchEntry, name: &str| e.attrs.get(name).and_then(|v| v.first()).cloned();
+                let mut deleted: Vec<(String, String)> = found
+                    .iter()
+                    .filter_map(|e| Some((first(e, "reqStart").unwrap_or_default(), first(e, "reqDN")?)))
+                    .filter(|(_, dn)| clacks_core::dn::is_at_or_below(dn, &self.settings.base))
+                    .collect();
+                deleted.sort();
+                deleted.into_iter().map(|(_, dn)| dn).collect()
+            }
+            Err(e) => {
+                if !self.accesslog_refused.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "cannot read the accesslog at {log} ({e}); deletions made outside Clacks are seen only by \
+                         the periodic scan"
+                    );
+                }
+                Vec::new()
+            }
+        }
     }
 
     /// Hands out the next number for `attr` from the pool entry `cn=clacks-idpool,<base>`.

@@ -137,6 +137,13 @@ impl ObjectStore {
         };
         let started = chrono::Utc::now().format("%Y%m%d%H%M%SZ").to_string();
         let mut seen = 0;
+        // Deletions first (where slapd's accesslog tells them), so an entry deleted and
+        // added again under the same name is dropped before its successor is indexed.
+        for dn in ldap.deleted_since(&since).await {
+            if self.take_deletion(&dn).await? {
+                seen += 1;
+            }
+        }
         for entry in ldap.changed_since(&since).await? {
             match self.take_change(&entry).await {
                 Ok(true) => {
@@ -148,10 +155,31 @@ impl ObjectStore {
                 Err(e) => self.problems.note(&entry.uuid, &entry.dn, &e.message),
             }
         }
-        // Deletions leave no modifyTimestamp behind; the periodic scan finds them, and
-        // retries the entries skipped here.
+        // Without an accesslog, deletions leave nothing to poll for: the periodic scan
+        // finds them, and retries the entries skipped here.
         self.index.set_meta("ldap-poll", &started).await?;
         Ok(seen)
+    }
+
+    /// Drops from the index and announces an entry deleted outside Clacks; `false` when
+    /// the index no longer had it (our own removals) or the entry is still there.
+    async fn take_deletion(&self, dn: &str) -> Result<bool> {
+        let Some(doc) = self.index.by_dn(dn).await? else { return Ok(false) };
+        // Moved away rather than gone (deleted, then added elsewhere with its UUID kept),
+        // or an object the database keeps under the same name: not a deletion.
+        let mut still_there = false;
+        for primary in self.primaries() {
+            let binary = self.catalogue().binary_attributes().clone();
+            still_there |= primary.read(&doc.uuid, true, &binary).await?.is_some();
+        }
+        if still_there {
+            return Ok(false);
+        }
+        self.index.remove(&doc.uuid).await?;
+        self.problems.clear(&doc.uuid);
+        let time = chrono::Utc::now().format("%Y%m%d%H%M%SZ").to_string();
+        self.announce_backend_change(&doc.uuid, &doc.dn, "delete", &time).await;
+        Ok(true)
     }
 
     /// Indexes and announces one entry changed outside Clacks; `false` when there was
