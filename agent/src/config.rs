@@ -5,13 +5,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Where the agent looks for its configuration when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/clacks/agent.toml";
 
 /// The whole file.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AgentConfig {
     /// The domain (reverse DNS), default `org.clacks`.
@@ -42,7 +42,7 @@ pub struct AgentConfig {
 }
 
 /// `[clients]`: machines that join the domain.
-#[derive(Clone, Deserialize, PartialEq)]
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClientsSection {
     /// Seconds without a ping after which a client counts as offline.
@@ -82,7 +82,7 @@ impl std::fmt::Debug for ClientsSection {
 }
 
 /// `[acl]`: who may do what.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AclSection {
     /// Check ACLs; what no ACL grants is denied.
@@ -98,7 +98,7 @@ impl Default for AclSection {
 }
 
 /// `[objects]`: the object store (User, Group, … over LDAP and SQL).
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ObjectsSection {
     /// Serve objects at all.
@@ -176,7 +176,7 @@ pub fn default_data_dir() -> PathBuf {
 }
 
 /// `[amqp]`: the broker.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AmqpSection {
     /// `amqp[s]://user:password@host:port/vhost`; none = no broker.
@@ -199,7 +199,7 @@ pub struct AmqpSection {
 }
 
 /// `[http]`: the JSON-RPC endpoint.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpSection {
     /// `host:port` to listen on; none = no HTTP.
@@ -240,7 +240,7 @@ impl HttpSection {
 }
 
 /// `[plugins]`.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct PluginsSection {
     /// Folder of `.rhai` plugins.
@@ -250,7 +250,7 @@ pub struct PluginsSection {
 }
 
 /// `[schemas]`.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct SchemasSection {
     /// Extra folders of event XSD files.
@@ -258,7 +258,7 @@ pub struct SchemasSection {
 }
 
 /// `[rpc]`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RpcSection {
     /// Deadline of calls that do not bring one, in seconds.
@@ -268,7 +268,7 @@ pub struct RpcSection {
 }
 
 /// `[presence]`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct PresenceSection {
     /// Seconds between NodeStatus heartbeats.
@@ -437,7 +437,41 @@ pub fn secs(v: f64) -> Duration {
     Duration::from_secs_f64(v.max(0.001))
 }
 
+/// What stands where a secret was in `show-config`.
+const REDACTED: &str = "<redacted>";
+
 impl AgentConfig {
+    /// The configuration as `agent.toml` would say it, every secret left out: passwords
+    /// in URLs dropped, password settings and the HTTP users' hashes replaced by
+    /// `<redacted>`. Unset settings are not shown.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        let url = |u: &mut Option<String>| {
+            if let Some(text) = u {
+                *text = clacks_core::bus::amqp::redact_url(text);
+            }
+        };
+        let secret = |v: &mut Option<String>| {
+            if v.is_some() {
+                *v = Some(REDACTED.to_owned());
+            }
+        };
+        url(&mut shown.amqp.url);
+        url(&mut shown.objects.sql_url);
+        url(&mut shown.objects.index_url);
+        url(&mut shown.clients.broker_api);
+        secret(&mut shown.clients.broker_api_password);
+        if let Some(ldap) = &mut shown.objects.ldap {
+            ldap.url = clacks_core::bus::amqp::redact_url(&ldap.url);
+            secret(&mut ldap.bind_password);
+        }
+        for hash in shown.http.users.values_mut() {
+            *hash = REDACTED.to_owned();
+        }
+        // Every section is a table of plain values, which TOML always holds.
+        toml::to_string(&shown).unwrap_or_else(|e| format!("# the configuration cannot be shown as TOML: {e}\n"))
+    }
+
     /// The base DN set for this agent: `base`, else the directory's; `None` leaves the
     /// one derived from the domain.
     pub fn effective_base(&self) -> Option<String> {
@@ -513,6 +547,28 @@ mod tests {
         let config = AgentConfig::parse(&directory.join("\n")).unwrap_or_else(|e| panic!("{e}"));
         let ldap = config.objects.ldap.unwrap_or_else(|| panic!("an [objects.ldap] section"));
         assert_eq!((ldap.base.as_str(), ldap.accesslog.as_str()), ("dc=example,dc=net", "cn=accesslog"));
+    }
+
+    #[test]
+    fn show_config_says_toml_without_secrets() {
+        let config = AgentConfig::parse(
+            "[amqp]\nurl = \"amqp://agent:s3cret@broker:5672/%2f\"\n\
+             [http]\nlisten = \"127.0.0.1:8080\"\n[http.users]\nada = \"$argon2id$v=19$secret-hash\"\n\
+             [objects]\nsql_url = \"postgres://clacks:dbpass@db/clacks\"\n\
+             [objects.ldap]\nurl = \"ldap://ldap\"\nbase = \"dc=example,dc=net\"\nbind_password = \"ldappass\"\n\
+             [clients]\nbroker_api = \"http://admin:apipass@broker:15672\"\nbroker_api_password = \"apipass\"\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let shown = config.to_redacted_toml();
+        for secret in ["s3cret", "secret-hash", "dbpass", "ldappass", "apipass"] {
+            assert!(!shown.contains(secret), "{secret} shown:\n{shown}");
+        }
+        let read_back = AgentConfig::parse(&shown).unwrap_or_else(|e| panic!("{e}\n{shown}"));
+        assert_eq!(read_back.amqp.url.as_deref(), Some("amqp://agent@broker:5672/%2f"));
+        assert_eq!(read_back.http.users.get("ada").map(String::as_str), Some(REDACTED));
+        assert_eq!(read_back.objects.ldap.map(|l| l.bind_password), Some(Some(REDACTED.to_owned())));
+        let defaults = AgentConfig::default().to_redacted_toml();
+        assert_eq!(AgentConfig::parse(&defaults).unwrap_or_else(|e| panic!("{e}\n{defaults}")), AgentConfig::default());
     }
 
     #[test]

@@ -65,7 +65,7 @@ enum Command {
         #[arg(long, default_value_t = clacks_core::sasl::DEFAULT_ITERATIONS, requires = "scram")]
         iterations: u32,
     },
-    /// Print the effective configuration and exit.
+    /// Print the effective configuration as TOML, secrets left out, and exit.
     ShowConfig,
     /// Print the rabbitmqctl commands that give a broker user the permissions of its role
     /// in this domain (docs/security.md explains each set).
@@ -111,7 +111,7 @@ fn main() -> ExitCode {
         Err(e) => {
             error!("{e:#}");
             eprintln!("clacks-agent: {e:#}");
-            ExitCode::FAILURE
+            exit_code_of(&e)
         }
     }
 }
@@ -183,7 +183,7 @@ async fn run(mut cli: Cli) -> Result<()> {
         }
         Some(Command::ShowConfig) => {
             let config = effective_config(&cli)?;
-            println!("{config:#?}");
+            print!("{}", config.to_redacted_toml());
             return Ok(());
         }
         None => {}
@@ -243,6 +243,20 @@ async fn run(mut cli: Cli) -> Result<()> {
         )),
         _ => None,
     };
+    // The HTTP address and its certificate are taken before anything is announced: a
+    // port in use or an unreadable key stops the agent before it says it started.
+    let http_listener = match &config.http.listen {
+        Some(listen) => {
+            let listener =
+                tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+            let tls = match (&config.http.tls_cert, &config.http.tls_key) {
+                (Some(cert), Some(key)) => Some(clacks_agent::http::tls_config(cert, key).await?),
+                _ => None,
+            };
+            Some((listener, tls))
+        }
+        None => None,
+    };
     let bus = match &config.amqp.url {
         Some(url) => {
             let settings = AmqpSettings {
@@ -265,7 +279,7 @@ async fn run(mut cli: Cli) -> Result<()> {
 
     let http_stop = tokio_util::sync::CancellationToken::new();
     let mut http_task = None;
-    if let Some(listen) = &config.http.listen {
+    if let Some((listener, tls)) = http_listener {
         let authenticator = match (config.http.auth.as_deref(), &config.amqp.url) {
             (Some("users"), _) | (None, None) => Authenticator::Users(config.http.users.clone()),
             (Some("directory"), _) => match agent.objects() {
@@ -282,19 +296,16 @@ async fn run(mut cli: Cli) -> Result<()> {
             secs(config.http.session_idle_secs as f64),
             config.http.limits(),
         );
-        let listener =
-            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         let stop = http_stop.clone();
-        match (&config.http.tls_cert, &config.http.tls_key) {
-            (Some(cert), Some(key)) => {
-                let tls = clacks_agent::http::tls_config(cert, key).await?;
+        match tls {
+            Some(tls) => {
                 info!(address = %listener.local_addr()?, "serving JSON-RPC over HTTPS on /rpc");
                 let listener = listener.into_std()?;
                 http_task = Some(tokio::spawn(async move {
                     clacks_agent::http::serve_tls(listener, state, tls, async move { stop.cancelled().await }).await
                 }));
             }
-            _ => {
+            None => {
                 info!(address = %listener.local_addr()?, "serving JSON-RPC on /rpc");
                 http_task = Some(tokio::spawn(async move {
                     clacks_agent::http::serve(listener, state, async move { stop.cancelled().await }).await
@@ -358,4 +369,16 @@ async fn wait_for_stop(agent: &Agent) {
         _ = tokio::signal::ctrl_c() => info!("interrupted"),
         _ = agent.shutdown_requested() => info!("shutdown command received"),
     }
+}
+
+/// `3` when the broker refused the agent's login (as the shell exits for a refused
+/// connection: a wrong password is not fixed by trying again), else `1`.
+fn exit_code_of(e: &anyhow::Error) -> ExitCode {
+    let refused = e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<clacks_core::bus::BusError>(),
+            Some(clacks_core::bus::BusError::AccessRefused { .. })
+        )
+    });
+    if refused { ExitCode::from(3) } else { ExitCode::FAILURE }
 }

@@ -533,3 +533,75 @@ fn broker_permissions_prints_the_rabbitmqctl_recipe_of_each_role() {
     "#]]
     .assert_eq(&printed.join("---\n"));
 }
+
+/// Runs the binary with `args` and no configuration file until it exits (at most
+/// `within`); `None` when it is still running then (it is killed).
+fn run_until_exit(args: &[&str], within: Duration) -> Option<(Option<i32>, String)> {
+    let child = Command::new(AGENT)
+        .env_remove("CLACKS_AMQP_URL")
+        .env_remove("CLACKS_HTTP_LISTEN")
+        .env_remove("NO_COLOR")
+        .args(args)
+        .args(["--config", "/dev/null"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {AGENT}: {e}"));
+    let mut agent = AgentProcess(child);
+    let status = agent.wait_exit(within)?;
+    let mut stderr = String::new();
+    if let Some(mut pipe) = agent.0.stderr.take() {
+        use std::io::Read;
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    Some((status.code(), stderr))
+}
+
+/// A wrong broker password ends the agent at once with exit code 3 and one clear line,
+/// while an unreachable broker is waited for; a port in use ends it before it says it
+/// started; logs carry no colour codes when stderr is not a terminal.
+#[test]
+fn a_refused_login_is_fatal_and_an_unreachable_broker_is_waited_for() {
+    let url = amqp_url();
+    let (scheme, rest) = url.split_once("://").unwrap_or_else(|| panic!("a URL: {url}"));
+    let (userinfo, host) = rest.split_once('@').unwrap_or_else(|| panic!("user and password in {url}"));
+    let user = userinfo.split(':').next().unwrap_or_default();
+    let wrong = format!("{scheme}://{user}:not-the-password@{host}");
+    let (code, stderr) = run_until_exit(&["--amqp", &wrong], Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("still retrying a refused login after 20 s"));
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains(&format!("login of user '{user}' refused")), "{stderr}");
+    assert!(!stderr.contains("not-the-password") && !stderr.contains('\u{1b}'), "{stderr}");
+
+    let nobody = format!("amqp://guest:guest@127.0.0.1:{}/%2f", clacks_tests::broker::free_port());
+    assert!(run_until_exit(&["--amqp", &nobody], Duration::from_secs(3)).is_none(), "gave up on a broker not up yet");
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let address = taken.local_addr().unwrap_or_else(|e| panic!("{e}")).to_string();
+    let (code, stderr) = run_until_exit(&["--http", &address, "--amqp", &url], Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("serving on a port already in use"));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("cannot listen on {address}")) && !stderr.contains("agent started"), "{stderr}");
+}
+
+/// `show-config` prints what the agent would run with as TOML, without its secrets.
+#[test]
+fn show_config_prints_toml_without_secrets() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let config = dir.path().join("agent.toml");
+    let text = "[amqp]\nurl = \"amqp://agent:s3cret@broker.example.net/%2f\"\n[objects.ldap]\n\
+                url = \"ldap://ldap.example.net\"\nbase = \"dc=example,dc=net\"\nbind_password = \"ldap-secret\"\n";
+    std::fs::write(&config, text).unwrap_or_else(|e| panic!("{e}"));
+    let output = Command::new(AGENT)
+        .env_remove("CLACKS_AMQP_URL")
+        .arg("--config")
+        .arg(&config)
+        .arg("show-config")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let shown = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{shown}");
+    assert!(shown.contains("url = \"amqp://agent@broker.example.net/%2f\""), "{shown}");
+    assert!(shown.contains("bind_password = \"<redacted>\"") && !shown.contains("secret"), "{shown}");
+    assert!(shown.contains("[objects.ldap]") && shown.contains("base = \"dc=example,dc=net\""), "{shown}");
+}

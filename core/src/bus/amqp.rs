@@ -252,6 +252,9 @@ impl AmqpBus {
             loop {
                 match establish(&inner).await {
                     Ok(live) => break live,
+                    // A broker that refuses the login will refuse it again: waiting for
+                    // it only hides a wrong password. An unreachable one may come up.
+                    Err(e @ BusError::AccessRefused { .. }) => return Err(e),
                     Err(e) if !inner.settings.wait_for_broker => return Err(e),
                     Err(e) => {
                         let delay = backoff_delay(attempt, inner.settings.reconnect_min, inner.settings.reconnect_max);
