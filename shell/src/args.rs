@@ -196,9 +196,17 @@ fn resolve_target(cli: &Cli, config: &ShellConfig) -> Result<Target, String> {
     if !(timeout.is_finite() && timeout > 0.0) {
         return Err(format!("--timeout must be a positive number of seconds, not {timeout}"));
     }
+    let url = cli.url.clone().or(config.url.clone());
+    if let Some(url) = &url
+        && !["amqp://", "amqps://", "http://", "https://"].iter().any(|scheme| url.starts_with(scheme))
+    {
+        // As typed, unless it may carry a password.
+        let shown = if url.contains('@') { clacks_core::bus::amqp::redact_url(url) } else { url.clone() };
+        return Err(format!("unsupported URL '{shown}': use amqp://, amqps://, http:// or https://"));
+    }
     let explicit_user = cli.user.clone().or(config.user.clone());
     Ok(Target {
-        url: cli.url.clone().or(config.url.clone()),
+        url,
         domain,
         user_given: explicit_user.is_some(),
         user: explicit_user.unwrap_or_else(login_name),
@@ -333,7 +341,7 @@ pub(crate) fn run(cli: Cli, handle: tokio::runtime::Handle) -> u8 {
                     print_value(&value, cli.output.unwrap_or(Format::Plain));
                     EXIT_OK
                 }
-                Err(e) => report(&e),
+                Err(e) => report_call(&client, &handle, &method, &e),
             }
         }
         Mode::Tail(request) => {
@@ -384,6 +392,9 @@ async fn tail_events(
     interrupt: &crate::runner::Interrupt,
 ) -> u8 {
     use std::io::Write;
+    if let Some(unknown) = unknown_event_type(client, request).await {
+        return usage_error(unknown);
+    }
     let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let subscribed = client
         .subscribe_counted(&request.types, request.filter.as_deref(), request.unknown_types, dropped.clone())
@@ -412,6 +423,26 @@ async fn tail_events(
         ),
     }
     EXIT_OK
+}
+
+/// A named type (not a `*` pattern) the domain has no schema for, unless
+/// `--unknown-types` asks for such events: a typo would otherwise wait forever.
+/// `None` when every type is known, or the domain cannot say.
+async fn unknown_event_type(client: &clacks_core::client::Client, request: &TailRequest) -> Option<String> {
+    if request.unknown_types {
+        return None;
+    }
+    let named: Vec<&String> = request.types.iter().filter(|t| !t.contains('*')).collect();
+    if named.is_empty() {
+        return None;
+    }
+    let known = client.call("getEventTypes", clacks_core::rpc::Params::None).await.ok()?;
+    let known: Vec<&str> = known.as_array()?.iter().filter_map(Value::as_str).collect();
+    let unknown = named.into_iter().find(|t| !known.contains(&t.as_str()))?;
+    Some(format!(
+        "unknown event type '{unknown}'; the domain knows {} (--unknown-types tails a type without a schema)",
+        known.join(", ")
+    ))
 }
 
 fn default_format() -> Format {
@@ -445,6 +476,33 @@ fn start_runner(
         script_paths,
         interactive,
     })
+}
+
+/// A `call` the domain refused as asked (unknown command, wrong arguments) is a usage
+/// error of the command line: the command's signature is shown when it is known.
+fn report_call(
+    client: &clacks_core::client::Client,
+    handle: &tokio::runtime::Handle,
+    method: &str,
+    error: &ClientError,
+) -> u8 {
+    use clacks_core::rpc::ErrorCode;
+    let ClientError::Rpc(rpc) = error else { return report(error) };
+    let code = rpc.symbolic();
+    if code == ErrorCode::INVALID_PARAMS {
+        eprintln!("clacks: {error}");
+        let methods = handle.block_on(client.call("getMethods", clacks_core::rpc::Params::None));
+        if let Some(signature) = methods.ok().as_ref().and_then(|m| m[method]["signature"].as_str()) {
+            eprintln!("usage: clacks call {signature}   (arguments in order, or --named name=value)");
+        }
+        return EXIT_USAGE;
+    }
+    if code == ErrorCode::COMMAND_NOT_DEFINED {
+        eprintln!("clacks: {error}");
+        eprintln!("clacks call getMethods lists the domain's commands");
+        return EXIT_USAGE;
+    }
+    report(error)
 }
 
 fn report(error: &ClientError) -> u8 {

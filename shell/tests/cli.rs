@@ -105,19 +105,30 @@ fn one_shot_calls_on_the_embedded_domain() {
     check(
         &["call", "noSuchCommand"],
         expect![[r#"
-        exit=1
+        exit=2
         stdout:
         stderr:
         clacks: COMMAND_NOT_DEFINED: no live node provides 'noSuchCommand'
+        clacks call getMethods lists the domain's commands
     "#]],
     );
     check(
         &["call", "echo"],
         expect![[r#"
-        exit=1
+        exit=2
         stdout:
         stderr:
         clacks: INVALID_PARAMS: echo: missing argument 'value' (any)
+        usage: clacks call echo(value: any)   (arguments in order, or --named name=value)
+    "#]],
+    );
+    check(
+        &["events", "tail", "Bogus", "--timeout", "5"],
+        expect![[r#"
+        exit=2
+        stdout:
+        stderr:
+        clacks: unknown event type 'Bogus'; the domain knows BackendChange, Call, ClientAnnounce, ClientLeave, ClientPing, ClientPoll, ClientSignature, Inventory, NodeAnnounce, NodeCapabilities, NodeLeave, NodeStatus, Notification, ObjectChanged, SchedulerUpdate, UserSession (--unknown-types tails a type without a schema)
     "#]],
     );
     check(
@@ -150,7 +161,7 @@ fn one_shot_calls_on_the_embedded_domain() {
     check(
         &["call", "ping", "--url", "ftp://x"],
         expect![[r#"
-        exit=3
+        exit=2
         stdout:
         stderr:
         clacks: unsupported URL 'ftp://x': use amqp://, amqps://, http:// or https://
