@@ -376,7 +376,7 @@ pub(crate) fn run(cli: Cli, handle: tokio::runtime::Handle) -> u8 {
             let mut runner = start_runner(&handle, &client, &config, None, true);
             let _guard = crate::install_interrupt(&handle, runner.interrupt.clone());
             let color = crate::color_enabled();
-            let name = format!("{}@{}", target.user, target.domain);
+            let name = format!("{}@{}", target.login_user(), target.domain);
             let catalog = runner.catalog();
             crate::repl::run(&mut runner, catalog, &name, color, cli.output.unwrap_or(Format::Table));
             EXIT_OK

@@ -24,6 +24,27 @@ pub(crate) struct Target {
     pub(crate) agent_users: Vec<String>,
 }
 
+impl Target {
+    /// The user the transport logs in as: the one the URL names (`amqp://guest@…`), else
+    /// the one given or the login name.
+    pub(crate) fn login_user(&self) -> String {
+        self.url
+            .as_deref()
+            .and_then(|u| url::Url::parse(u).ok())
+            .map(|u| u.username().to_owned())
+            .filter(|name| !name.is_empty())
+            .map(|name| percent_decoded(&name))
+            .unwrap_or_else(|| self.user.clone())
+    }
+}
+
+fn percent_decoded(text: &str) -> String {
+    url::form_urlencoded::parse(format!("x={text}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| text.to_owned())
+}
+
 /// A live connection plus whatever keeps it alive (the embedded agent).
 pub(crate) struct Session {
     pub(crate) client: std::sync::Arc<Client>,
@@ -61,7 +82,7 @@ pub(crate) fn ask_credentials(target: &mut Target, interactive: bool) {
             target.user = answer.trim().to_owned();
         }
     }
-    if let Ok(password) = rpassword::prompt_password(format!("Password for {}: ", target.user)) {
+    if let Ok(password) = rpassword::prompt_password(format!("Password for {}: ", target.login_user())) {
         target.password = Some(password);
     }
 }
@@ -154,12 +175,17 @@ pub(crate) async fn connect(target: &Target) -> Result<Session, ClientError> {
     }
 }
 
-/// Puts user and password into an AMQP URL that has no login of its own.
+/// Puts user and password into an AMQP URL that has no login of its own, and the
+/// password into one that names only its user (`amqps://ada@broker/…`).
 fn with_credentials(url: &str, user: &str, password: Option<&str>) -> String {
     match url::Url::parse(url) {
         Ok(parsed) if parsed.username().is_empty() => {
             clacks_core::bus::amqp::with_login(url, user, password).unwrap_or_else(|_| url.to_owned())
         }
+        Ok(mut parsed) if parsed.password().is_none() && password.is_some() => match parsed.set_password(password) {
+            Ok(()) => parsed.to_string(),
+            Err(()) => url.to_owned(),
+        },
         _ => url.to_owned(),
     }
 }
@@ -180,5 +206,7 @@ mod tests {
     fn credentials_go_into_bare_urls_only() {
         assert_eq!(with_credentials("amqp://h:5672/%2f", "ada", Some("p@ss")), "amqp://ada:p%40ss@h:5672/%2f");
         assert_eq!(with_credentials("amqp://u:p@h/", "ada", Some("x")), "amqp://u:p@h/");
+        assert_eq!(with_credentials("amqps://ada@h/%2f", "root", Some("s3:cret")), "amqps://ada:s3%3Acret@h/%2f");
+        assert_eq!(with_credentials("amqps://ada@h/%2f", "root", None), "amqps://ada@h/%2f");
     }
 }

@@ -266,15 +266,24 @@ impl Highlighter for ShellHelper {
     }
 }
 
+// Every line is handed back on Enter: the REPL itself decides whether the input goes on,
+// so that the next line can show the continuation prompt.
 impl Validator for ShellHelper {
-    fn validate(&self, ctx: &mut ValidationContext<'_>) -> rustyline::Result<ValidationResult> {
-        let input = ctx.input();
-        if input.starts_with(':') || input.starts_with('?') || !scan(input).is_incomplete() {
-            Ok(ValidationResult::Valid(None))
-        } else {
-            Ok(ValidationResult::Incomplete)
-        }
+    fn validate(&self, _ctx: &mut ValidationContext<'_>) -> rustyline::Result<ValidationResult> {
+        Ok(ValidationResult::Valid(None))
     }
+}
+
+/// The prompt of each further line of an input that is not complete yet.
+const CONTINUATION_PROMPT: &str = "...> ";
+
+/// Whether an entry goes into the history file: not when it starts with a space (the
+/// shells' way to keep one line out), and never when it may carry a password.
+fn kept_in_history(entry: &str) -> bool {
+    let lower = entry.to_lowercase();
+    !entry.starts_with(' ')
+        && !lower.contains("password")
+        && !lower.split(|c: char| !c.is_alphanumeric()).any(|w| w == "login")
 }
 
 impl Helper for ShellHelper {}
@@ -323,23 +332,51 @@ pub(crate) fn run(runner: &mut Runner, catalog: Arc<Catalog>, prompt_name: &str,
     println!("Clacks shell on {prompt_name}. help() lists commands, :help the shell's own; Ctrl-D exits.");
     let prompt = format!("{prompt_name}> ");
     let mut last_details: Option<String> = None;
+    // Lines of an input still going on (an open brace, `let x =`).
+    let mut pending = String::new();
     loop {
-        let line = match editor.readline(&prompt) {
+        let shown = if pending.is_empty() { prompt.as_str() } else { CONTINUATION_PROMPT };
+        let line = match editor.readline(shown) {
             Ok(line) => line,
-            Err(ReadlineError::Interrupted) => continue,
+            // Ctrl-C drops an unfinished input; Ctrl-D on a continuation line too.
+            Err(ReadlineError::Interrupted) => {
+                pending.clear();
+                continue;
+            }
+            Err(ReadlineError::Eof) if !pending.is_empty() => {
+                pending.clear();
+                continue;
+            }
             Err(ReadlineError::Eof) => break,
             Err(e) => {
                 eprintln!("clacks: {e}");
                 break;
             }
         };
-        let input = line.trim();
-        if input.is_empty() {
+        if pending.is_empty() && line.trim().is_empty() {
             continue;
         }
-        let _ = editor.add_history_entry(line.as_str());
-        if let Some(path) = &history {
-            let _ = editor.append_history(path);
+        if !pending.is_empty() {
+            pending.push('\n');
+        }
+        pending.push_str(&line);
+        let first = pending.trim_start();
+        if !first.starts_with(':') && !first.starts_with('?') && runner.needs_more(&pending) {
+            continue;
+        }
+        let entry = std::mem::take(&mut pending);
+        let input = entry.trim();
+        if kept_in_history(&entry) {
+            let _ = editor.add_history_entry(input);
+            if let Some(path) = &history {
+                let _ = editor.append_history(path);
+            }
+            if let Ok(mut session) = runner.history.lock() {
+                session.push(input.to_owned());
+            }
+        }
+        if matches!(input, "exit" | "quit" | "exit()" | "quit()") {
+            break;
         }
         if let Some(command) = input.strip_prefix(':') {
             match shell_command(command.trim(), runner, &mut format, &last_details) {
@@ -393,7 +430,7 @@ fn shell_command(command: &str, runner: &mut Runner, format: &mut Format, last_d
             println!("commands reloaded");
         }
         ("help", _) => println!(
-            "Shell commands:\n  :format table|json|yaml|plain   how results are shown\n  :details                         the rest of the last error\n  :refresh                         reload the domain's commands now\n  :quit                            leave (or Ctrl-D)\n  ?name                            help for one command\n\nhelp() lists the domain's commands; every command is a function: getNodes(), echo(\"x\"), add(#{{a: 1, b: 2}})."
+            "Shell commands:\n  :format table|json|yaml|plain   how results are shown\n  :details                         the rest of the last error\n  :refresh                         reload the domain's commands now\n  :quit                            leave (or exit, or Ctrl-D)\n  ?name                            help for one command\n\nhelp() lists the domain's commands; every command is a function: getNodes(), echo(\"x\"), add(#{{a: 1, b: 2}})."
         ),
         (other, _) => eprintln!("unknown shell command ':{other}' (:help lists them)"),
     }

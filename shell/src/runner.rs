@@ -132,6 +132,8 @@ pub struct Runner {
     pub(crate) variables: Arc<RwLock<BTreeMap<String, Value>>>,
     /// Where background tails print (the REPL sets it).
     line_sink: Arc<std::sync::Mutex<Option<LineSink>>>,
+    /// This session's entered inputs, for `history()` (the REPL adds to it).
+    pub(crate) history: Arc<std::sync::Mutex<Vec<String>>>,
     tails: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
@@ -161,6 +163,7 @@ impl Runner {
             functions: AST::empty(),
             variables: Arc::default(),
             line_sink: Arc::default(),
+            history: Arc::default(),
             tails: Arc::default(),
         };
         runner.rebuild_engine();
@@ -221,6 +224,18 @@ impl Runner {
         });
         self.engine = engine;
         self.engine_generation = self.catalog.generation();
+    }
+
+    /// Whether `code` is the start of something longer: an open bracket, string or
+    /// comment, or a statement Rhai finds cut off at the end (`let x =`).
+    pub(crate) fn needs_more(&self, code: &str) -> bool {
+        if crate::syntax::scan(code).is_incomplete() {
+            return true;
+        }
+        matches!(
+            self.engine.compile_with_scope(&self.scope, code),
+            Err(e) if matches!(e.err_type(), rhai::ParseErrorType::UnexpectedEOF)
+        )
     }
 
     /// Runs a piece of code; functions it defines stay available to later runs.
@@ -373,6 +388,13 @@ fn register_shell_functions(engine: &mut Engine, runner: &Runner) {
             }
         },
     );
+
+    // `history()`: what was entered in this session, oldest first (the history file
+    // keeps earlier sessions for Ctrl-R and the arrow keys).
+    let history = runner.history.clone();
+    engine.register_fn("history", move || -> rhai::Array {
+        history.lock().map(|h| h.iter().cloned().map(Dynamic::from).collect()).unwrap_or_default()
+    });
 
     register_event_functions(engine, runner);
 }

@@ -122,7 +122,9 @@ fn an_admin_session_on_the_embedded_domain() {
 
     // Multi-line input while a brace is open; functions persist.
     s.send_line("fn twice(x) {").unwrap_or_default();
+    expect(&mut s, "...> ");
     s.send_line("  x * 2").unwrap_or_default();
+    expect(&mut s, "...> ");
     s.send_line("}").unwrap_or_default();
     expect(&mut s, PROMPT);
     s.send_line("twice(21)").unwrap_or_default();
@@ -188,6 +190,39 @@ fn an_admin_session_on_the_embedded_domain() {
     // History was kept for the next session.
     let history = std::fs::read_to_string(home.path().join("state/clacks/history")).unwrap_or_default();
     assert!(history.contains("twice(21)"), "{history}");
+}
+
+/// The habits of a shell: a continuation prompt while input goes on (also after
+/// `let x =`), lines starting with a space and anything with a password kept out of the
+/// history file, `history()` for this session, `exit` to leave.
+#[test]
+fn continuation_history_and_exit() {
+    let home = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut s = shell(&[], home.path());
+    expect(&mut s, "ada@org.clacks> ");
+    s.send_line("let x =").unwrap_or_default();
+    expect(&mut s, "...> ");
+    s.send_line("21 * 2;").unwrap_or_default();
+    expect_next_prompt(&mut s);
+    s.send_line("[x,").unwrap_or_default();
+    expect(&mut s, "...> ");
+    s.send_line(" x + 1]").unwrap_or_default();
+    expect(&mut s, "43");
+    expect(&mut s, PROMPT);
+    s.send_line(" echo(\"kept out\")").unwrap_or_default();
+    expect(&mut s, "\r\nkept out\r\n");
+    expect(&mut s, PROMPT);
+    s.send_line("let new_password = \"s3cret\";").unwrap_or_default();
+    expect_next_prompt(&mut s);
+    s.send_line("history().len()").unwrap_or_default();
+    expect(&mut s, "\r\n3\r\n");
+    expect(&mut s, PROMPT);
+    s.send_line("exit").unwrap_or_default();
+    expect(&mut s, "Closing session.");
+    s.exp_eof().unwrap_or_else(|e| panic!("the shell did not exit: {e}"));
+    let history = std::fs::read_to_string(home.path().join("state/clacks/history")).unwrap_or_default();
+    assert!(history.contains("let x =") && history.contains("x + 1]"), "{history}");
+    assert!(!history.contains("kept out") && !history.contains("s3cret"), "{history}");
 }
 
 /// `amqp://user:pw@host/vhost` → (`amqp://host/vhost`, user, pw).
