@@ -39,6 +39,25 @@ async fn create(
     state
 }
 
+/// The store's change events on a bus of this test's own, one receiver per list of
+/// event types.
+async fn announced(
+    store: &ObjectStore,
+    subscriptions: &[&[&str]],
+) -> Vec<tokio::sync::mpsc::Receiver<clacks_core::bus::EventMessage>> {
+    let domain = clacks_core::testing::unique_domain();
+    let bus = clacks_core::testing::amqp_bus(&domain).await;
+    let validator = EventValidator::start(&[]).expect("validator");
+    store.set_publisher(clacks_core::events::publish::EventPublisher::new(bus.clone(), validator.clone()));
+    let mut receivers = Vec::new();
+    for types in subscriptions {
+        let types: Vec<String> = types.iter().map(|t| (*t).to_owned()).collect();
+        let subscribed = clacks_core::events::filter::subscribe(&bus, &validator, &types, Default::default()).await;
+        receivers.push(subscribed.expect("subscribe"));
+    }
+    receivers
+}
+
 /// The people and groups containers under the base.
 async fn containers(store: &ObjectStore) -> (String, String) {
     let people = create(store, BASE, "PeopleContainer", &[], &[]).await;
@@ -328,14 +347,8 @@ async fn the_second_of_two_concurrent_commits_is_refused() {
 async fn a_change_made_with_ldapmodify_reaches_the_index_and_the_bus() {
     let (slapd, pg) = (Slapd::start().await, PgSchema::create().await);
     let store = store(&slapd, &pg, vec![]).await;
-    let domain = clacks_core::testing::unique_domain();
-    let bus = clacks_core::testing::amqp_bus(&domain).await;
-    let validator = EventValidator::start(&[]).expect("validator");
-    store.set_publisher(clacks_core::events::publish::EventPublisher::new(bus.clone(), validator.clone()));
-    let (backend, changed) = (["BackendChange".to_owned()], ["ObjectChanged".to_owned()]);
-    let subscribe = |types| clacks_core::events::filter::subscribe(&bus, &validator, types, Default::default());
-    let mut events = subscribe(&backend).await.expect("subscribe");
-    let mut changes = subscribe(&changed).await.expect("subscribe");
+    let [mut events, mut changes]: [_; 2] =
+        announced(&store, &[&["BackendChange"], &["ObjectChanged"]]).await.try_into().expect("two subscriptions");
     // One agent scans at a time: while another holds the scan lock, this one leaves it.
     assert!(store.index().try_lock("index-scan", "other-agent", 60).await.expect("lock"));
     assert_eq!(store.scan("test").await.expect("scan"), None);
@@ -412,14 +425,7 @@ async fn a_change_made_with_ldapmodify_reaches_the_index_and_the_bus() {
 async fn a_deletion_made_outside_clacks_is_seen_at_the_next_poll_with_the_accesslog() {
     let (slapd, pg) = (Slapd::start_with_accesslog().await, PgSchema::create().await);
     let store = store(&slapd, &pg, vec![]).await;
-    let domain = clacks_core::testing::unique_domain();
-    let bus = clacks_core::testing::amqp_bus(&domain).await;
-    let validator = EventValidator::start(&[]).expect("validator");
-    store.set_publisher(clacks_core::events::publish::EventPublisher::new(bus.clone(), validator.clone()));
-    let backend = ["BackendChange".to_owned()];
-    let mut events = clacks_core::events::filter::subscribe(&bus, &validator, &backend, Default::default())
-        .await
-        .expect("subscribe");
+    let mut events = announced(&store, &[&["BackendChange"]]).await.remove(0);
     // As an agent starts: the scan indexes what is there, the first poll sets its mark.
     store.scan("test").await.expect("scan").expect("lock taken");
     assert_eq!(store.poll_directory().await.expect("first poll"), 0, "the first poll only sets the mark");
