@@ -140,8 +140,12 @@ impl ObjectStore {
         // Deletions first (where slapd's accesslog tells them), so an entry deleted and
         // added again under the same name is dropped before its successor is indexed.
         for dn in ldap.deleted_since(&since).await {
-            if self.take_deletion(&dn).await? {
-                seen += 1;
+            match self.take_deletion(&dn).await {
+                Ok(true) => seen += 1,
+                Ok(false) => {}
+                Err(e) if e.code == ErrorCode::BACKEND_UNAVAILABLE => return Err(e),
+                // One the index cannot drop now is left to the sweep; the rest go on.
+                Err(e) => tracing::warn!("cannot take the deletion of {dn} from the accesslog: {e}"),
             }
         }
         for entry in ldap.changed_since(&since).await? {
