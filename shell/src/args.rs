@@ -366,10 +366,19 @@ pub(crate) fn run(cli: Cli, handle: tokio::runtime::Handle) -> u8 {
                     }
                     EXIT_OK
                 }
-                Err(e) => {
-                    crate::print_error(&e.line, false);
-                    if e.interrupted { EXIT_INTERRUPTED } else { EXIT_FAILED }
-                }
+                Err(e) => match e.exit {
+                    // The script's own end: its message, if any, is for stderr as is.
+                    Some(code) => {
+                        if !e.line.is_empty() {
+                            eprintln!("{}", e.line);
+                        }
+                        code
+                    }
+                    None => {
+                        crate::print_error(&e.line, false);
+                        if e.interrupted { EXIT_INTERRUPTED } else { EXIT_FAILED }
+                    }
+                },
             }
         }
         Mode::Interactive => {

@@ -395,6 +395,13 @@ pub(crate) fn run(runner: &mut Runner, catalog: Arc<Catalog>, prompt_name: &str,
                 Ok(json) => println!("{}", render(&json, format, width)),
                 Err(_) => println!("{value}"),
             },
+            // `exit(code)` typed at the prompt leaves the shell.
+            Err(e) if e.exit.is_some() => {
+                if !e.line.is_empty() {
+                    eprintln!("{}", e.line);
+                }
+                break;
+            }
             Err(e) => {
                 crate::print_error(&e.line, color);
                 last_details = e.details.clone();

@@ -55,6 +55,22 @@ pub struct RunError {
     pub details: Option<String>,
     /// Ctrl-C.
     pub interrupted: bool,
+    /// The script ended itself with `exit(code)` or `usage(text)`: the process exits
+    /// with this code (the line, if any, is its message for stderr).
+    pub exit: Option<u8>,
+}
+
+/// What `exit(code)` and `usage(text)` end a script with: not an error of the script but
+/// the end it chose, so `try`/`catch` does not stop it. (Rhai's own `exit` ends with a
+/// value, which a script's last value could not be told apart from.)
+#[derive(Clone, Debug)]
+struct ExitRequest {
+    code: u8,
+    message: Option<String>,
+}
+
+fn exit_with(code: u8, message: Option<String>) -> Box<EvalAltResult> {
+    Box::new(EvalAltResult::ErrorTerminated(Dynamic::from(ExitRequest { code, message }), rhai::Position::NONE))
 }
 
 /// Makes remote calls for scripts: blocks the script thread on the runtime, gives up on
@@ -249,7 +265,12 @@ impl Runner {
             Ok(ast) => ast,
             Err(e) => {
                 self.interrupt.reset();
-                return Err(RunError { line: format!("SYNTAX_ERROR: {e}"), details: None, interrupted: false });
+                return Err(RunError {
+                    line: format!("SYNTAX_ERROR: {e}"),
+                    details: None,
+                    interrupted: false,
+                    exit: None,
+                });
             }
         };
         self.functions = self.functions.merge(&ast.clone_functions_only());
@@ -275,12 +296,19 @@ impl Runner {
 
     fn describe(&self, error: &EvalAltResult) -> RunError {
         let interrupted = self.interrupt.is_set();
+        if let EvalAltResult::ErrorTerminated(value, _) = error
+            && let Some(request) = value.clone().try_cast::<ExitRequest>()
+        {
+            let line = request.message.unwrap_or_default();
+            return RunError { line, details: None, interrupted: false, exit: Some(request.code) };
+        }
         if let Some(remote) = as_remote_error(error) {
             let details = remote.details.as_ref().map(|d| serde_json::to_string_pretty(d).unwrap_or_default());
-            return RunError { line: format!("{}: {}", remote.code, remote.message), details, interrupted };
+            return RunError { line: format!("{}: {}", remote.code, remote.message), details, interrupted, exit: None };
         }
         if interrupted {
-            return RunError { line: "INTERRUPTED: cancelled with Ctrl-C".into(), details: None, interrupted };
+            let line = "INTERRUPTED: cancelled with Ctrl-C".into();
+            return RunError { line, details: None, interrupted, exit: None };
         }
         let position = error.position();
         let at = if position.is_none() { String::new() } else { format!(" ({position})") };
@@ -289,7 +317,8 @@ impl Runner {
         if let Some(stripped) = text.strip_suffix(&format!(" ({position})")) {
             text = stripped.to_owned();
         }
-        RunError { line: format!("SCRIPT_ERROR: {text}{at}"), details: Some(format!("{error:?}")), interrupted }
+        let details = Some(format!("{error:?}"));
+        RunError { line: format!("SCRIPT_ERROR: {text}{at}"), details, interrupted, exit: None }
     }
 
     /// Reloads the command catalogue now (`:refresh`).
@@ -388,6 +417,17 @@ fn register_shell_functions(engine: &mut Engine, runner: &Runner) {
             }
         },
     );
+
+    // `exit(code)` ends a script with that exit code (0–255); `usage(text)` says how a
+    // script is called, on stderr, and ends it with the usage-error code 2.
+    engine.register_fn("exit", || -> Result<(), Box<EvalAltResult>> { Err(exit_with(0, None)) });
+    engine.register_fn("exit", |code: i64| -> Result<(), Box<EvalAltResult>> {
+        let code = u8::try_from(code).map_err(|_| format!("exit codes are 0 to 255, not {code}"))?;
+        Err(exit_with(code, None))
+    });
+    engine.register_fn("usage", |text: &str| -> Result<(), Box<EvalAltResult>> {
+        Err(exit_with(crate::args::EXIT_USAGE, Some(format!("usage: {text}"))))
+    });
 
     // `history()`: what was entered in this session, oldest first (the history file
     // keeps earlier sessions for Ctrl-R and the arrow keys).

@@ -230,6 +230,25 @@ async fn calls_a_real_domain_over_amqp() {
 
 #[test]
 fn scripts_from_flags_files_stdin_and_shebangs() {
+    // A script ends itself with an exit code, past any try/catch; usage() is a usage error.
+    check(
+        &["-c", "print(\"a\"); try { exit(4) } catch (e) { print(\"caught\") } print(\"b\")"],
+        expect![[r#"
+        exit=4
+        stdout:
+        a
+        stderr:
+    "#]],
+    );
+    check(
+        &["-c", "usage(\"report.rhai DAYS\")"],
+        expect![[r#"
+        exit=2
+        stdout:
+        stderr:
+        usage: report.rhai DAYS
+    "#]],
+    );
     check(
         &["-c", "let x = 2; x * 21"],
         expect![[r#"
@@ -414,8 +433,9 @@ fn the_example_scripts_run_against_the_embedded_domain() {
     assert!(imported.starts_with("exit=0\n") && imported.contains("imported 2 of 2 rows"), "{imported}");
     let refused = example("import_csv.rhai", &[&csv, "noSuchCommand"]);
     assert!(refused.contains("imported 0 of 2 rows") && refused.contains("│ COMMAND_NOT_DEFINED"), "{refused}");
+    assert!(refused.starts_with("exit=1\n"), "a failed row fails the run: {refused}");
     let usage = example("import_csv.rhai", &[]);
-    assert!(usage.starts_with("exit=1\n") && usage.contains("usage: import_csv.rhai FILE.csv"), "{usage}");
+    assert!(usage.starts_with("exit=2\n") && usage.contains("stderr:\nusage: import_csv.rhai FILE.csv"), "{usage}");
 
     let out = dir.path().join("domain.json");
     let out_path = out.to_string_lossy().into_owned();
@@ -589,7 +609,7 @@ fn the_object_scripts_import_report_and_lock_users_in_the_embedded_domain() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     expect![[r#"
-        exit=0
+        exit=1
         stdout:
         imported 2 of 4 users into ou=people,dc=clacks,dc=org
         ┌──────────┬────────────────────────────────────────────────────────────────────────────────────┬──────┐
