@@ -53,6 +53,8 @@ const RESERVED: &[&str] = &[
     "progress",
     "tail",
     "exit",
+    "usage",
+    "history",
 ];
 
 /// Whether a command is reachable as a plain function.
