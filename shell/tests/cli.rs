@@ -421,7 +421,9 @@ fn the_example_scripts_run_against_the_embedded_domain() {
     .assert_eq(&example("fanout.rhai", &[]));
     let failing_fanout = example("fanout.rhai", &["noSuchCommand"]);
     assert!(
-        failing_fanout.contains("0 ok, 1 failed") && failing_fanout.contains("COMMAND_NOT_DEFINED"),
+        failing_fanout.starts_with("exit=1\n")
+            && failing_fanout.contains("0 ok, 1 failed")
+            && failing_fanout.contains("COMMAND_NOT_DEFINED"),
         "{failing_fanout}"
     );
 
