@@ -17,6 +17,8 @@ pub(crate) enum Format {
     Yaml,
     /// Strings as they are, everything else as indented JSON.
     Plain,
+    /// Comma-separated values with a header row, for spreadsheets; nested values as JSON.
+    Csv,
 }
 
 impl Format {
@@ -26,6 +28,7 @@ impl Format {
             "json" => Some(Format::Json),
             "yaml" => Some(Format::Yaml),
             "plain" => Some(Format::Plain),
+            "csv" => Some(Format::Csv),
             _ => None,
         }
     }
@@ -42,9 +45,41 @@ pub(crate) fn render(value: &Value, format: Format, width: Option<u16>) -> Strin
             other => serde_json::to_string_pretty(other).unwrap_or_default(),
         },
         Format::Table => table(value, width),
+        Format::Csv => csv(value),
     }
 }
 
+/// CSV: rows of records under a header of their columns, a map as `key,value` rows, a
+/// list one value per row. Cells hold text; nested values their JSON.
+fn csv(value: &Value) -> String {
+    let text = |v: &Value| match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let mut writer = csv::WriterBuilder::new().terminator(csv::Terminator::Any(b'\n')).from_writer(Vec::new());
+    // Writing into memory fails only on a full memory; what was written is shown.
+    let _ = match value {
+        Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_object) => {
+            let rows: Vec<&Map<String, Value>> = items.iter().filter_map(Value::as_object).collect();
+            let columns = columns(rows.iter().copied());
+            let mut result = writer.write_record(&columns);
+            for row in rows {
+                result =
+                    result.and(writer.write_record(columns.iter().map(|c| row.get(c).map(text).unwrap_or_default())));
+            }
+            result
+        }
+        Value::Array(items) => items.iter().try_for_each(|item| writer.write_record([text(item)])),
+        Value::Object(map) => map.iter().try_for_each(|(key, v)| writer.write_record([key.clone(), text(v)])),
+        scalar => writer.write_record([text(scalar)]),
+    };
+    let bytes = writer.into_inner().unwrap_or_default();
+    String::from_utf8_lossy(&bytes).trim_end_matches('\n').to_owned()
+}
+
+/// A value inside a table cell: scalars as text, a list of scalars joined, anything
+/// nested summarised (`{…3 keys}`, `[…12]`) — `:format json` shows it whole.
 fn cell(value: &Value) -> String {
     match value {
         Value::Null => String::new(),
@@ -52,7 +87,9 @@ fn cell(value: &Value) -> String {
         Value::Array(items) if items.iter().all(|v| !v.is_object() && !v.is_array()) => {
             items.iter().map(cell).collect::<Vec<_>>().join(", ")
         }
-        other @ (Value::Array(_) | Value::Object(_)) => other.to_string(),
+        Value::Array(items) => format!("[…{}]", items.len()),
+        Value::Object(map) if map.len() == 1 => "{…1 key}".to_owned(),
+        Value::Object(map) => format!("{{…{} keys}}", map.len()),
         other => other.to_string(),
     }
 }
@@ -129,7 +166,9 @@ fn table(value: &Value, width: Option<u16>) -> String {
     }
     match value {
         Value::Null => String::new(),
-        Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_object) => records(items, width),
+        Value::Array(items) if items.is_empty() => row_count(0),
+        Value::Object(map) if map.is_empty() => "{}".to_owned(),
+        Value::Array(items) if items.iter().all(Value::is_object) => records(items, width),
         Value::Array(items) => items.iter().map(cell).collect::<Vec<_>>().join("\n"),
         Value::Object(map) if !map.is_empty() && map.values().all(Value::is_object) => {
             // A map of records (getMethods): one row per key.
@@ -264,11 +303,11 @@ mod tests {
             json!({"base": "dc=clacks,dc=org", "nodes": 2, "nested": {"a": [1]}}),
             Format::Table,
             expect![[r#"
-            ┌────────┬──────────────────┐
-            │ base   ┆ dc=clacks,dc=org │
-            │ nested ┆ {"a":[1]}        │
-            │ nodes  ┆ 2                │
-            └────────┴──────────────────┘"#]],
+                ┌────────┬──────────────────┐
+                │ base   ┆ dc=clacks,dc=org │
+                │ nested ┆ {…1 key}         │
+                │ nodes  ┆ 2                │
+                └────────┴──────────────────┘"#]],
         );
         check(
             json!({"ping": {"target": "core", "help": "Answer"}, "echo": {"target": "core"}}),
@@ -301,6 +340,19 @@ mod tests {
             (0 rows)
             truncated: false"#]],
         );
+        check(json!([]), Format::Table, expect!["(0 rows)"]);
+        check(json!({}), Format::Table, expect!["{}"]);
+        check(
+            json!([{"dn": "uid=ada", "mail": ["a@x", "b@x"], "groups": [{"cn": "staff"}, {"cn": "dev"}], "acl": {"a": 1, "b": 2, "c": 3}}]),
+            Format::Table,
+            expect![[r#"
+                ┌─────────┬───────────┬────────┬──────────┐
+                │ dn      ┆ acl       ┆ groups ┆ mail     │
+                ╞═════════╪═══════════╪════════╪══════════╡
+                │ uid=ada ┆ {…3 keys} ┆ […2]   ┆ a@x, b@x │
+                └─────────┴───────────┴────────┴──────────┘
+                (1 row)"#]],
+        );
         check(json!("pong"), Format::Table, expect!["pong"]);
         check(
             json!([1, "two"]),
@@ -309,6 +361,33 @@ mod tests {
             1
             two"#]],
         );
+    }
+
+    #[test]
+    fn csv_for_spreadsheets() {
+        check(
+            json!([{"uid": "ada", "cn": "Lovelace, Ada", "mail": ["a@x"], "quote": "say \"hi\""}, {"uid": "bob"}]),
+            Format::Csv,
+            expect![[r#"
+                uid,cn,mail,quote
+                ada,"Lovelace, Ada","[""a@x""]","say ""hi"""
+                bob,,,"#]],
+        );
+        check(
+            json!({"nodes": 2, "base": "dc=x"}),
+            Format::Csv,
+            expect![[r#"
+            base,dc=x
+            nodes,2"#]],
+        );
+        check(
+            json!(["a", 1]),
+            Format::Csv,
+            expect![[r#"
+            a
+            1"#]],
+        );
+        check(json!([]), Format::Csv, expect![""]);
     }
 
     #[test]
