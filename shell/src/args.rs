@@ -523,7 +523,7 @@ fn report(error: &ClientError) -> u8 {
 }
 
 fn print_value(value: &Value, format: Format) {
-    let width = if format == Format::Table { crate::terminal_width() } else { None };
+    let width = if matches!(format, Format::Table | Format::Record) { crate::terminal_width() } else { None };
     let text = render(value, format, width);
     if text.is_empty() {
         return;

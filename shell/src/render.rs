@@ -19,6 +19,8 @@ pub(crate) enum Format {
     Plain,
     /// Comma-separated values with a header row, for spreadsheets; nested values as JSON.
     Csv,
+    /// One `column | value` block per row (chosen by itself when a table would not fit).
+    Record,
 }
 
 impl Format {
@@ -29,6 +31,7 @@ impl Format {
             "yaml" => Some(Format::Yaml),
             "plain" => Some(Format::Plain),
             "csv" => Some(Format::Csv),
+            "record" => Some(Format::Record),
             _ => None,
         }
     }
@@ -46,6 +49,17 @@ pub(crate) fn render(value: &Value, format: Format, width: Option<u16>) -> Strin
         },
         Format::Table => table(value, width),
         Format::Csv => csv(value),
+        Format::Record => match value {
+            Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_object) => {
+                let rows: Vec<&Map<String, Value>> = items.iter().filter_map(Value::as_object).collect();
+                record_view(&columns(rows.iter().copied()), &rows, width)
+            }
+            Value::Object(map) if !map.is_empty() => {
+                let keys: Vec<String> = map.keys().cloned().collect();
+                record_view(&keys, &[map], width)
+            }
+            other => table(other, width),
+        },
     }
 }
 
@@ -134,12 +148,86 @@ fn row_count(n: usize) -> String {
 fn records(items: &[Value], width: Option<u16>) -> String {
     let rows: Vec<&Map<String, Value>> = items.iter().filter_map(Value::as_object).collect();
     let columns = columns(rows.iter().copied());
+    // A table wider than the terminal would split headers and numbers mid-word: each
+    // row becomes a record instead (psql's expanded view).
+    if let Some(width) = width
+        && natural_width(&columns, &rows) > usize::from(width)
+    {
+        return record_view(&columns, &rows, Some(width));
+    }
     let mut table = new_table(width);
     table.set_header(columns.clone());
     for row in rows {
         table.add_row(columns.iter().map(|c| row.get(c).map(cell).unwrap_or_default()));
     }
     format!("{table}\n{}", row_count(items.len()))
+}
+
+/// How wide a table of these rows is when no cell wraps: each column as wide as its
+/// widest line, plus the borders and padding the table style draws.
+fn natural_width(columns: &[String], rows: &[&Map<String, Value>]) -> usize {
+    let widest = |text: &str| text.lines().map(|l| l.chars().count()).max().unwrap_or(0);
+    let content: usize = columns
+        .iter()
+        .map(|c| rows.iter().map(|r| r.get(c).map(|v| widest(&cell(v))).unwrap_or(0)).max().unwrap_or(0).max(widest(c)))
+        .sum();
+    content + 3 * columns.len() + 1
+}
+
+/// One block per row, `column | value` lines under a `-[ RECORD n ]-` rule; values wrap
+/// at spaces to fit `width` (a word longer than the room is split).
+fn record_view(columns: &[String], rows: &[&Map<String, Value>], width: Option<u16>) -> String {
+    let key_width = columns.iter().map(|c| c.chars().count()).max().unwrap_or(0);
+    let room = width.map(|w| usize::from(w).saturating_sub(key_width + 3).max(10));
+    let mut out = String::new();
+    for (i, row) in rows.iter().enumerate() {
+        let rule = format!("-[ RECORD {} ]", i + 1);
+        let rule_width = width.map_or(key_width + 20, |w| usize::from(w).min(key_width + 40));
+        let _ = writeln!(out, "{rule}{}", "-".repeat(rule_width.saturating_sub(rule.chars().count())));
+        for column in columns {
+            let value = row.get(column).map(cell).unwrap_or_default();
+            let lines = match room {
+                Some(room) => wrap(&value, room),
+                None => value.lines().map(str::to_owned).collect(),
+            };
+            let mut lines = lines.into_iter();
+            let _ = writeln!(out, "{column:<key_width$} | {}", lines.next().unwrap_or_default());
+            for more in lines {
+                let _ = writeln!(out, "{:<key_width$} | {more}", "");
+            }
+        }
+    }
+    let _ = write!(out, "{}", row_count(rows.len()));
+    out
+}
+
+/// Lines of at most `room` characters, broken at spaces where there is one.
+fn wrap(text: &str, room: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    for paragraph in text.lines() {
+        let mut line = String::new();
+        for word in paragraph.split(' ') {
+            let mut word: Vec<char> = word.chars().collect();
+            let needed = if line.is_empty() { word.len() } else { line.chars().count() + 1 + word.len() };
+            if needed > room && !line.is_empty() {
+                lines.push(std::mem::take(&mut line));
+            }
+            while word.len() > room {
+                let rest = word.split_off(room);
+                lines.push(word.into_iter().collect());
+                word = rest;
+            }
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.extend(word);
+        }
+        lines.push(line);
+    }
+    if lines.is_empty() {
+        lines.push(String::new());
+    }
+    lines
 }
 
 /// A page of records (`search`'s `{hits, truncated}`): the one list beside scalars is
@@ -186,6 +274,17 @@ fn table(value: &Value, width: Option<u16>) -> String {
             format!("{table}\n{}", row_count(map.len()))
         }
         Value::Object(map) => {
+            // A key/value table is two columns wide: too wide for the terminal, the
+            // values wrap at spaces in the record view instead.
+            let widest = |text: &str| text.lines().map(|l| l.chars().count()).max().unwrap_or(0);
+            let key_width = map.keys().map(|k| k.chars().count()).max().unwrap_or(0);
+            let value_width = map.values().map(|v| widest(&cell(v))).max().unwrap_or(0);
+            if let Some(width) = width
+                && key_width + value_width + 7 > usize::from(width)
+            {
+                let keys: Vec<String> = map.keys().cloned().collect();
+                return record_view(&keys, &[map], Some(width));
+            }
             let mut table = new_table(width);
             for (key, v) in map {
                 table.add_row(vec![key.clone(), cell(v)]);
@@ -395,6 +494,32 @@ mod tests {
         let wide = json!([{"name": "x", "help": "a long help text that will not fit into a narrow terminal at all"}]);
         let text = render(&wide, Format::Table, Some(40));
         assert!(text.lines().all(|l| l.chars().count() <= 40), "{text}");
+        // Rows too wide become records; nothing is split mid-word.
+        let nodes = json!([
+            {"node": "alpha", "description": "the first node", "load": 0.34068793, "workers": 2},
+            {"node": "beta", "description": "a second node with a longer description", "load": 1.5, "workers": 10}
+        ]);
+        expect![[r#"
+            -[ RECORD 1 ]--------------------------------------
+            node        | alpha
+            description | the first node
+            load        | 0.34068793
+            workers     | 2
+            -[ RECORD 2 ]--------------------------------------
+            node        | beta
+            description | a second node with a longer description
+            load        | 1.5
+            workers     | 10
+            (2 rows)"#]]
+        .assert_eq(&render(&nodes, Format::Table, Some(60)));
+        let fits = render(&nodes, Format::Table, Some(120));
+        assert!(fits.starts_with('┌'), "a table when it fits: {fits}");
+        expect![[r#"
+            -[ RECORD 1 ]---------
+            cn | Ada
+            dn | uid=ada
+            (1 row)"#]]
+        .assert_eq(&render(&json!({"dn": "uid=ada", "cn": "Ada"}), Format::Record, None));
     }
 
     #[test]

@@ -437,7 +437,7 @@ fn shell_command(command: &str, runner: &mut Runner, format: &mut Format, last_d
             println!("commands reloaded");
         }
         ("help", _) => println!(
-            "Shell commands:\n  :format table|json|yaml|plain|csv   how results are shown\n  :details                            the rest of the last error\n  :refresh                            reload the domain's commands now\n  :quit                               leave (or exit, or Ctrl-D)\n  ?name                               help for one command\n\nhelp() lists the domain's commands; every command is a function: getNodes(), echo(\"x\"), add(#{{a: 1, b: 2}})."
+            "Shell commands:\n  :format table|record|json|yaml|plain|csv   how results are shown\n  :details                                   the rest of the last error\n  :refresh                                   reload the domain's commands now\n  :quit                                      leave (or exit, or Ctrl-D)\n  ?name                                      help for one command\n\nhelp() lists the domain's commands; every command is a function: getNodes(), echo(\"x\"), add(#{{a: 1, b: 2}})."
         ),
         (other, _) => eprintln!("unknown shell command ':{other}' (:help lists them)"),
     }
