@@ -138,9 +138,18 @@ pub struct ConversionError {
 /// script building `[[[[…]]]]` from aborting the process.
 pub const MAX_VALUE_DEPTH: usize = 128;
 
+/// What completion offers after `value.`: an object's every attribute (set or not), else
+/// the value as JSON.
+pub fn completion_json(value: &Dynamic) -> Result<Value, ConversionError> {
+    if let Some(proxy) = value.read_lock::<objects::ObjectProxy>() {
+        return Ok(proxy.attributes());
+    }
+    to_json(value)
+}
+
 /// Rhai → JSON.
 pub fn to_json(value: &Dynamic) -> Result<Value, ConversionError> {
-    // Object proxies show as their attributes (for tables, JSON and completion).
+    // Object proxies show as their set attributes (for tables and JSON).
     if let Some(proxy) = value.read_lock::<objects::ObjectProxy>() {
         return Ok(proxy.to_json());
     }

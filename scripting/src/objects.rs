@@ -100,10 +100,32 @@ impl ObjectProxy {
         }
     }
 
-    /// What scripts and the REPL see as data: the attributes, plus `dn` and `type`
-    /// (so tables and completion show properties, not the plumbing).
-    pub fn to_json(&self) -> Value {
+    /// Every attribute the object's types give it, set or not, with its value.
+    pub fn attributes(&self) -> Value {
         self.view.get("attributes").cloned().unwrap_or_else(|| json!({}))
+    }
+
+    /// What scripts and the REPL see of the object as data: its set attributes (so
+    /// tables show properties, not empty slots or plumbing). A password attribute shows
+    /// only that it is set — a hash is never printed or exported whole; `u.userPassword`
+    /// still reads it.
+    pub fn to_json(&self) -> Value {
+        let Some(Value::Object(attributes)) = self.view.get("attributes") else { return json!({}) };
+        let set = attributes.iter().filter(|(_, v)| !is_unset(v)).map(|(name, v)| {
+            let shown = if name.to_lowercase().contains("password") { json!("(set)") } else { v.clone() };
+            (name.clone(), shown)
+        });
+        Value::Object(set.collect())
+    }
+}
+
+/// No value: null, an empty string or an empty list.
+fn is_unset(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::String(s) => s.is_empty(),
+        Value::Array(items) => items.is_empty(),
+        _ => false,
     }
 }
 

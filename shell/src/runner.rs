@@ -287,7 +287,7 @@ impl Runner {
         let snapshot: BTreeMap<String, Value> = self
             .scope
             .iter_raw()
-            .filter_map(|(name, _, value)| Some((name.to_owned(), to_json(value).ok()?)))
+            .filter_map(|(name, _, value)| Some((name.to_owned(), clacks_scripting::completion_json(value).ok()?)))
             .collect();
         if let Ok(mut vars) = self.variables.write() {
             *vars = snapshot;

@@ -639,6 +639,10 @@ fn the_object_scripts_import_report_and_lock_users_in_the_embedded_domain() {
         stderr:
     "#]]
     .assert_eq(&run(&["-c", setup], &env));
+    // Shown whole, an object has its set attributes only, and its password only as set.
+    let shown = run(&["-c", "open_object(\"uid=grace,ou=people,dc=clacks,dc=org\")", "-o", "json"], &env);
+    assert!(shown.contains("\"userPassword\": \"(set)\"") && shown.contains("\"uid\": \"grace\""), "{shown}");
+    assert!(!shown.contains("ARGON2") && !shown.contains("null") && !shown.contains("[]"), "{shown}");
 
     expect![[r#"
         exit=0
