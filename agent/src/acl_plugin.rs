@@ -45,6 +45,10 @@ pub struct AclPlugin {
     holder: String,
     /// One edit at a time within this agent (the index lock orders agents).
     editing: tokio::sync::Mutex<()>,
+    /// One rebuild at a time: a rebuild that read the store earlier must not replace the
+    /// engine a later one built (an edit's own rebuild racing one started by the event
+    /// of an earlier change).
+    reloading: tokio::sync::Mutex<()>,
     /// UUIDs of the objects the engine was built from: a change to one means a rebuild.
     sources: Mutex<BTreeSet<String>>,
     /// What the last rebuild left out, and why.
@@ -153,6 +157,7 @@ impl AclPlugin {
             domain: domain.clone(),
             holder: format!("{domain}:{node}"),
             editing: tokio::sync::Mutex::default(),
+            reloading: tokio::sync::Mutex::default(),
             sources: Mutex::default(),
             problems: Mutex::default(),
         }
@@ -208,6 +213,7 @@ impl AclPlugin {
 
     /// Rebuilds the engine from the store. On failure the engine in use stays.
     pub(crate) async fn reload(&self) -> Result<(), ObjectError> {
+        let _one_at_a_time = self.reloading.lock().await;
         let stored = self.read_stored().await?;
         for problem in &stored.problems {
             warn!(%problem, "stored ACL data left out");
