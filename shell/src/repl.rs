@@ -77,6 +77,8 @@ pub(crate) struct ShellHelper {
     pub(crate) catalog: Arc<Catalog>,
     pub(crate) variables: Arc<RwLock<BTreeMap<String, Value>>>,
     pub(crate) color: bool,
+    /// Characters the prompt takes on the screen.
+    pub(crate) prompt_width: usize,
     files: FilenameCompleter,
 }
 
@@ -85,8 +87,9 @@ impl ShellHelper {
         catalog: Arc<Catalog>,
         variables: Arc<RwLock<BTreeMap<String, Value>>>,
         color: bool,
+        prompt_width: usize,
     ) -> ShellHelper {
-        ShellHelper { catalog, variables, color, files: FilenameCompleter::new() }
+        ShellHelper { catalog, variables, color, prompt_width, files: FilenameCompleter::new() }
     }
 }
 
@@ -168,8 +171,9 @@ fn split_index(part: &str) -> (&str, Vec<usize>) {
     (name, indexes)
 }
 
-/// The signature hint for the call the cursor is in.
-pub(crate) fn signature_hint(catalog: &Catalog, line: &str, pos: usize) -> Option<String> {
+/// The signature hint for the call the cursor is in, cut to `room` characters (what is
+/// left of the terminal's width after the prompt and the line; too little room, none).
+pub(crate) fn signature_hint(catalog: &Catalog, line: &str, pos: usize, room: usize) -> Option<String> {
     if pos != line.len() {
         return None;
     }
@@ -179,9 +183,13 @@ pub(crate) fn signature_hint(catalog: &Catalog, line: &str, pos: usize) -> Optio
     let entry = catalog.get(name)?;
     // One line at most: the first sentence of the help, cut to a terminal's width.
     let help = entry.spec.help.split(". ").next().unwrap_or_default();
-    let mut hint = format!("  ⟵ {} — {}", entry.spec.signature(), help);
-    if hint.chars().count() > 100 {
-        hint = hint.chars().take(99).collect::<String>() + "…";
+    let hint = format!("  ⟵ {} — {}", entry.spec.signature(), help);
+    let room = room.min(100);
+    if room < 12 {
+        return None;
+    }
+    if hint.chars().count() > room {
+        return Some(hint.chars().take(room - 1).collect::<String>() + "…");
     }
     Some(hint)
 }
@@ -223,7 +231,12 @@ impl Hinter for ShellHelper {
     type Hint = ShowOnly;
 
     fn hint(&self, line: &str, pos: usize, _ctx: &Context<'_>) -> Option<ShowOnly> {
-        signature_hint(&self.catalog, line, pos).map(ShowOnly)
+        // The hint shares the cursor's terminal line with the prompt and what is typed;
+        // one that runs past the edge would wrap and push the screen around.
+        let width = crate::terminal_width().map_or(100, usize::from);
+        let typed = line.rsplit('\n').next().unwrap_or(line).chars().count();
+        let room = width.saturating_sub(self.prompt_width + typed + 1);
+        signature_hint(&self.catalog, line, pos, room).map(ShowOnly)
     }
 }
 
@@ -311,7 +324,8 @@ pub(crate) fn run(runner: &mut Runner, catalog: Arc<Catalog>, prompt_name: &str,
             return;
         }
     };
-    editor.set_helper(Some(ShellHelper::new(catalog.clone(), runner.variables.clone(), color)));
+    let prompt_width = prompt_name.chars().count() + 2;
+    editor.set_helper(Some(ShellHelper::new(catalog.clone(), runner.variables.clone(), color, prompt_width)));
     // Background tails print through rustyline so their lines land above the prompt.
     match editor.create_external_printer() {
         Ok(printer) => {
@@ -485,10 +499,13 @@ mod tests {
     fn hints_show_the_signature() {
         let catalog = catalog();
         assert_eq!(
-            signature_hint(&catalog, "getMethods(", 11).as_deref(),
+            signature_hint(&catalog, "getMethods(", 11, 80).as_deref(),
             Some("  ⟵ getMethods(queue?: string) — List commands")
         );
-        assert_eq!(signature_hint(&catalog, "echo(1) + 2", 11), None);
-        assert_eq!(signature_hint(&catalog, "nope(", 5), None);
+        // Cut to the room the terminal leaves, and left out when there is almost none.
+        assert_eq!(signature_hint(&catalog, "getMethods(", 11, 20).as_deref(), Some("  ⟵ getMethods(queu…"));
+        assert_eq!(signature_hint(&catalog, "getMethods(", 11, 8), None);
+        assert_eq!(signature_hint(&catalog, "echo(1) + 2", 11, 80), None);
+        assert_eq!(signature_hint(&catalog, "nope(", 5, 80), None);
     }
 }
