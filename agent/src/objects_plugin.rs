@@ -543,6 +543,8 @@ impl ObjectsPlugin {
         let mut may_write: HashMap<String, Result<(), CommandError>> = HashMap::new();
         let mut refused: Vec<Option<CommandError>> = Vec::with_capacity(rows.len());
         let catalogue = self.store.catalogue();
+        let unique: Vec<_> =
+            catalogue.attributes_of(&object_type).into_iter().map(|(_, a)| a).filter(|a| a.must_be_unique()).collect();
         let mut first_row_with: HashMap<(String, String), usize> = HashMap::new();
         for (number, row) in rows.iter().enumerate() {
             let mut problem = None;
@@ -555,7 +557,7 @@ impl ObjectsPlugin {
                     problem.get_or_insert_with(|| e.clone());
                 }
             }
-            for (_, attr) in catalogue.attributes_of(&object_type).into_iter().filter(|(_, a)| a.must_be_unique()) {
+            for attr in &unique {
                 let values = match row.get(&attr.name) {
                     Some(Value::Array(items)) => items.iter().map(clacks_objects::filters::text).collect(),
                     Some(one) => vec![clacks_objects::filters::text(one)],

@@ -28,21 +28,8 @@ impl Target {
     /// The user the transport logs in as: the one the URL names (`amqp://guest@…`), else
     /// the one given or the login name.
     pub(crate) fn login_user(&self) -> String {
-        self.url
-            .as_deref()
-            .and_then(|u| url::Url::parse(u).ok())
-            .map(|u| u.username().to_owned())
-            .filter(|name| !name.is_empty())
-            .map(|name| percent_decoded(&name))
-            .unwrap_or_else(|| self.user.clone())
+        self.url.as_deref().and_then(clacks_core::bus::amqp::user_of).unwrap_or_else(|| self.user.clone())
     }
-}
-
-fn percent_decoded(text: &str) -> String {
-    url::form_urlencoded::parse(format!("x={text}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_else(|| text.to_owned())
 }
 
 /// A live connection plus whatever keeps it alive (the embedded agent).
@@ -208,5 +195,7 @@ mod tests {
         assert_eq!(with_credentials("amqp://u:p@h/", "ada", Some("x")), "amqp://u:p@h/");
         assert_eq!(with_credentials("amqps://ada@h/%2f", "root", Some("s3:cret")), "amqps://ada:s3%3Acret@h/%2f");
         assert_eq!(with_credentials("amqps://ada@h/%2f", "root", None), "amqps://ada@h/%2f");
+        assert_eq!(clacks_core::bus::amqp::user_of("amqp://a%2Bb:pw@h/%2f").as_deref(), Some("a+b"));
+        assert_eq!(clacks_core::bus::amqp::user_of("amqp://h/%2f"), None);
     }
 }

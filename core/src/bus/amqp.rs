@@ -179,6 +179,14 @@ pub fn vhost_of(url: &str) -> String {
     url.parse::<AMQPUri>().map(|uri| uri.vhost).unwrap_or_else(|_| "/".to_owned())
 }
 
+/// The user an AMQP URL logs in as, decoded; `None` when it names none or does not parse.
+pub fn user_of(url: &str) -> Option<String> {
+    let uri = url.parse::<AMQPUri>().ok()?;
+    // lapin fills in `guest` for a URL without a user: only a named one counts.
+    url::Url::parse(url).ok().filter(|u| !u.username().is_empty())?;
+    Some(uri.authority.userinfo.username)
+}
+
 /// The URL without user and password (what a client config keeps; its own identity
 /// is added when it connects). Text that is not a URL comes back as it is.
 pub fn without_credentials(url: &str) -> String {

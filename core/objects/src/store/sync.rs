@@ -171,10 +171,10 @@ impl ObjectStore {
         let Some(doc) = self.index.by_dn(dn).await? else { return Ok(false) };
         // Moved away rather than gone (deleted, then added elsewhere with its UUID kept),
         // or an object the database keeps under the same name: not a deletion.
+        let catalogue = self.catalogue();
         let mut still_there = false;
         for primary in self.primaries() {
-            let binary = self.catalogue().binary_attributes().clone();
-            still_there |= primary.read(&doc.uuid, true, &binary).await?.is_some();
+            still_there |= primary.read(&doc.uuid, true, catalogue.binary_attributes()).await?.is_some();
         }
         if still_there {
             return Ok(false);
