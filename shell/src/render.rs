@@ -24,16 +24,19 @@ pub(crate) enum Format {
 }
 
 impl Format {
+    /// The format called `name` (as `--output` spells it).
     pub(crate) fn parse(name: &str) -> Option<Format> {
-        match name {
-            "table" => Some(Format::Table),
-            "json" => Some(Format::Json),
-            "yaml" => Some(Format::Yaml),
-            "plain" => Some(Format::Plain),
-            "csv" => Some(Format::Csv),
-            "record" => Some(Format::Record),
-            _ => None,
-        }
+        <Format as clap::ValueEnum>::from_str(name, false).ok()
+    }
+
+    /// Every format's name, for messages and completion.
+    pub(crate) fn names() -> Vec<String> {
+        <Format as clap::ValueEnum>::value_variants().iter().map(|f| f.name()).collect()
+    }
+
+    /// The name `--output` and `:format` know this format by.
+    pub(crate) fn name(self) -> String {
+        clap::ValueEnum::to_possible_value(&self).map(|v| v.get_name().to_owned()).unwrap_or_default()
     }
 }
 

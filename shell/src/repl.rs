@@ -393,13 +393,13 @@ pub(crate) fn run(runner: &mut Runner, catalog: Arc<Catalog>, prompt_name: &str,
             break;
         }
         if let Some(command) = input.strip_prefix(':') {
-            match shell_command(command.trim(), runner, &mut format, &last_details) {
+            match shell_command(without_comment(command), runner, &mut format, &last_details, color) {
                 Flow::Continue => continue,
                 Flow::Quit => break,
             }
         }
         if let Some(name) = input.strip_prefix('?') {
-            println!("{}", runner.help_text(Some(name.trim())));
+            println!("{}", runner.help_text(Some(without_comment(name))));
             continue;
         }
         let width = crate::terminal_width();
@@ -425,12 +425,26 @@ pub(crate) fn run(runner: &mut Runner, catalog: Arc<Catalog>, prompt_name: &str,
     println!("Closing session.");
 }
 
+/// Examples the shell's own help gives; the documentation test runs each.
+pub const HELP_EXAMPLES: &[&str] = &["getNodes()", "echo(\"x\")", "search(#{query: \"ada\", options: #{limit: 5}})"];
+
+/// A `:` or `?` line without a trailing `// comment`, as Rhai input may have one.
+fn without_comment(line: &str) -> &str {
+    line.split_once("//").map_or(line, |(head, _)| head).trim()
+}
+
 enum Flow {
     Continue,
     Quit,
 }
 
-fn shell_command(command: &str, runner: &mut Runner, format: &mut Format, last_details: &Option<String>) -> Flow {
+fn shell_command(
+    command: &str,
+    runner: &mut Runner,
+    format: &mut Format,
+    last_details: &Option<String>,
+    color: bool,
+) -> Flow {
     let mut words = command.split_whitespace();
     match (words.next().unwrap_or_default(), words.next()) {
         ("q" | "quit" | "exit", _) => return Flow::Quit,
@@ -439,9 +453,9 @@ fn shell_command(command: &str, runner: &mut Runner, format: &mut Format, last_d
                 *format = f;
                 println!("output format: {name}");
             }
-            None => eprintln!("unknown format '{name}': use table, json, yaml or plain"),
+            None => crate::print_error(&format!("unknown format '{name}': use {}", Format::names().join(", ")), color),
         },
-        ("format", None) => println!("output format: {format:?} (:format table|json|yaml|plain)"),
+        ("format", None) => println!("output format: {} (:format {})", format.name(), Format::names().join("|")),
         ("details", _) => match last_details {
             Some(details) => println!("{details}"),
             None => println!("no details for the last error"),
@@ -451,9 +465,10 @@ fn shell_command(command: &str, runner: &mut Runner, format: &mut Format, last_d
             println!("commands reloaded");
         }
         ("help", _) => println!(
-            "Shell commands:\n  :format table|record|json|yaml|plain|csv   how results are shown\n  :details                                   the rest of the last error\n  :refresh                                   reload the domain's commands now\n  :quit                                      leave (or exit, or Ctrl-D)\n  ?name                                      help for one command\n\nhelp() lists the domain's commands; every command is a function: getNodes(), echo(\"x\"), add(#{{a: 1, b: 2}})."
+            "Shell commands:\n  :format table|record|json|yaml|plain|csv   how results are shown\n  :details                                   the rest of the last error\n  :refresh                                   reload the domain's commands now\n  :quit                                      leave (or exit, or Ctrl-D)\n  ?name                                      help for one command\n\nhelp() lists the domain's commands; every command is a function: {}.",
+            HELP_EXAMPLES.join(", ")
         ),
-        (other, _) => eprintln!("unknown shell command ':{other}' (:help lists them)"),
+        (other, _) => crate::print_error(&format!("unknown shell command ':{other}' (:help lists them)"), color),
     }
     Flow::Continue
 }

@@ -266,7 +266,7 @@ impl Runner {
             Err(e) => {
                 self.interrupt.reset();
                 return Err(RunError {
-                    line: format!("SYNTAX_ERROR: {e}"),
+                    line: format!("SYNTAX_ERROR: {e}{}", syntax_hint(&e)),
                     details: None,
                     interrupted: false,
                     exit: None,
@@ -332,6 +332,17 @@ impl Runner {
     /// The text of `help()` or `help(name)`.
     pub(crate) fn help_text(&self, name: Option<&str>) -> String {
         help_text(&self.catalog, name)
+    }
+}
+
+/// What to do about a syntax error newcomers meet: a regex such as `org\.clacks\..*` in
+/// a double-quoted string, where Rhai reads `\.` as an escape.
+fn syntax_hint(error: &rhai::ParseError) -> &'static str {
+    match error.err_type() {
+        rhai::ParseErrorType::BadInput(rhai::LexError::MalformedEscapeSequence(_)) => {
+            "; write a regex in backticks, where \\ is no escape: `org\\.clacks\\..*`"
+        }
+        _ => "",
     }
 }
 

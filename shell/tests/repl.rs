@@ -3,7 +3,6 @@
 //! during a slow call, formats, errors, Ctrl-D — and, against the real RabbitMQ, a
 //! command appearing when a second agent starts.
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,46 +10,18 @@ use clacks_agent::{Agent, AgentOptions};
 use clacks_core::testing::{amqp_url, unique_domain};
 use rexpect::session::PtySession;
 
+mod pty;
+use pty::{expect, type_keys};
+
 const PROMPT: &str = "ada@";
 
 fn shell(args: &[&str], home: &std::path::Path) -> PtySession {
-    // rexpect's pty has no size; a terminal of 0 columns is no terminal an admin uses.
-    let mut command = Command::new("sh");
-    command.args(["-c", "stty cols 120 rows 40 && exec \"$0\" \"$@\"", env!("CARGO_BIN_EXE_clacks")]);
-    for var in ["CLACKS_URL", "CLACKS_DOMAIN", "CLACKS_USER", "CLACKS_PASSWORD", "CLACKS_PLUGINS_DIR"] {
-        command.env_remove(var);
-    }
-    command
-        .args(args)
-        .env("USER", "ada")
-        .env("HOME", home)
-        .env("XDG_STATE_HOME", home.join("state"))
-        .env("XDG_CONFIG_HOME", home.join("config"))
-        .env("CLACKS_SHELL_CONFIG", home.join("shell.toml"))
-        .env("NO_COLOR", "1")
-        .env("TERM", "xterm");
-    rexpect::session::spawn_command(command, Some(15_000))
-        .unwrap_or_else(|e| panic!("cannot start clacks in a pty: {e}"))
+    pty::spawn(pty::clacks_in_terminal(args, home))
 }
 
-/// Types `text` (rexpect buffers until flushed).
-fn type_keys(session: &mut PtySession, text: &str) {
-    session.send(text).unwrap_or_default();
-    session.flush().unwrap_or_default();
-}
-
-/// Waits for the prompt of a new line, not the prompt rustyline redraws while the last
-/// line is still being typed: keys sent before the next read starts are discarded when
-/// the terminal goes back into raw mode. Each new read turns bracketed paste on first.
 #[track_caller]
 fn expect_next_prompt(session: &mut PtySession) {
-    expect(session, "\x1b[?2004h");
-    expect(session, PROMPT);
-}
-
-#[track_caller]
-fn expect(session: &mut PtySession, text: &str) -> String {
-    session.exp_string(text).unwrap_or_else(|e| panic!("expected {text:?}: {e}"))
+    pty::expect_next_prompt_ending(session, PROMPT);
 }
 
 fn plugins() -> tempfile::TempDir {
