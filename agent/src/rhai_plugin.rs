@@ -6,18 +6,21 @@
 //! fn add(a, b) { a + b }
 //! ```
 //!
-//! Parameters are untyped (`any`) because Rhai is; the doc comment's first paragraph is
-//! the help text; functions without one, and `private fn`s, stay internal. A script
+//! Rhai has no parameter types, so the doc comment gives them: a line
+//! `- ms (integer): how long` types and describes `ms` (`- who (string, optional): …`
+//! makes one optional), and the agent refuses a call with the wrong types before the
+//! script runs; undocumented parameters take any value. The first paragraph is the
+//! help text; functions without one, and `private fn`s, stay internal. A script
 //! that does not compile is reported with file and line and skipped; the agent keeps
 //! running with the rest.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use clacks_core::command::{CallType, Command, CommandError, CommandSpec, Param, ValueType};
+use clacks_core::command::{CallType, Command, CommandError, CommandSpec, Param, ParamDoc, ValueType, param_doc};
 use clacks_core::domain::check_target;
 use clacks_core::rpc::ErrorCode;
-use clacks_scripting::{Limits, doc_summary, from_json, sandboxed_engine, to_json, with_deadline};
+use clacks_scripting::{Limits, doc_lines, doc_summary, from_json, sandboxed_engine, to_json, with_deadline};
 use rhai::{Dynamic, Engine, FnAccess, Scope};
 
 /// A plugin file that could not be loaded, and why.
@@ -81,11 +84,7 @@ fn load_file(engine: &Arc<Engine>, path: &Path) -> Result<Vec<Command>, String> 
         let spec = CommandSpec {
             name: function.name.to_owned(),
             target: target.clone(),
-            params: function
-                .params
-                .iter()
-                .map(|p| Param { name: (*p).to_owned(), ty: ValueType::Any, optional: false })
-                .collect(),
+            params: documented_params(function.name, &function.params, &function.comments)?,
             help,
             needs_user: false,
             needs_queue: false,
@@ -115,6 +114,30 @@ fn load_file(engine: &Arc<Engine>, path: &Path) -> Result<Vec<Command>, String> 
         commands.push(Command { spec, handler });
     }
     Ok(commands)
+}
+
+/// The parameters of a plugin function, typed and described by its doc comment's
+/// `- name (type[, optional]): text` lines; undocumented ones take any value.
+fn documented_params(function: &str, names: &[&str], comments: &[&str]) -> Result<Vec<Param>, String> {
+    let docs: Vec<ParamDoc> = doc_lines(comments).iter().filter_map(|line| param_doc(line)).collect();
+    if let Some(unknown) = docs.iter().find(|d| !names.contains(&d.name.as_str())) {
+        return Err(format!(
+            "the doc comment of {function} describes '{}', which is not one of its parameters",
+            unknown.name
+        ));
+    }
+    Ok(names
+        .iter()
+        .map(|name| {
+            let doc = docs.iter().find(|d| d.name == *name);
+            Param {
+                name: (*name).to_owned(),
+                ty: doc.and_then(|d| d.ty).unwrap_or(ValueType::Any),
+                optional: doc.is_some_and(|d| d.optional),
+                description: doc.map(|d| d.description.clone()).filter(|d| !d.is_empty()),
+            }
+        })
+        .collect())
 }
 
 #[cfg(test)]

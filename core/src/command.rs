@@ -130,6 +130,52 @@ pub struct Param {
     pub ty: ValueType,
     /// Whether it may be left out (then the command sees `null`).
     pub optional: bool,
+    /// What it is, for help (from a `- name: text` line of the command's doc comment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+impl Param {
+    /// A parameter without a description.
+    pub fn new(name: impl Into<String>, ty: ValueType, optional: bool) -> Param {
+        Param { name: name.into(), ty, optional, description: None }
+    }
+}
+
+/// A parameter described in a doc comment: a line `- name: what it is`, or, where the
+/// language has no types (`.rhai` plugins), `- name (integer): …` or
+/// `- name (string, optional): …`. The name may be in backticks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamDoc {
+    pub name: String,
+    pub ty: Option<ValueType>,
+    pub optional: bool,
+    pub description: String,
+}
+
+/// Reads one doc-comment line (without its `///`) as a [`ParamDoc`].
+pub fn param_doc(line: &str) -> Option<ParamDoc> {
+    let rest = line.trim().strip_prefix("- ").or_else(|| line.trim().strip_prefix("* "))?;
+    let (head, description) = rest.split_once(':')?;
+    let (name, kind) = match head.split_once('(') {
+        Some((name, kind)) => (name, Some(kind.trim().strip_suffix(')')?)),
+        None => (head, None),
+    };
+    let name = name.trim().trim_matches('`');
+    let identifier = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !identifier {
+        return None;
+    }
+    let (mut ty, mut optional) = (None, false);
+    for word in kind.into_iter().flat_map(|k| k.split(',')).map(str::trim) {
+        match (word, ValueType::parse(word)) {
+            ("optional", _) => optional = true,
+            (_, Some(parsed)) => ty = Some(parsed),
+            _ => return None,
+        }
+    }
+    Some(ParamDoc { name: name.to_owned(), ty, optional, description: description.trim().to_owned() })
 }
 
 /// Everything a caller, the dispatcher and the shell need to know about a command.
@@ -444,14 +490,33 @@ mod tests {
     use expect_test::{Expect, expect};
     use serde_json::json;
 
+    #[test]
+    fn parameters_documented_in_doc_comments() {
+        let check = |line: &str, expected: Expect| {
+            let shown = match param_doc(line) {
+                Some(d) => {
+                    format!("{} {:?} optional={} {:?}", d.name, d.ty.map(ValueType::as_str), d.optional, d.description)
+                }
+                None => "none".into(),
+            };
+            expected.assert_eq(&shown);
+        };
+        check("- ms: how long", expect![[r#"ms None optional=false "how long""#]]);
+        check("- `ms` (integer): how long", expect![[r#"ms Some("integer") optional=false "how long""#]]);
+        check(
+            "* who (string, optional): whom to greet",
+            expect![[r#"who Some("string") optional=true "whom to greet""#]],
+        );
+        check("- ms (int): how long", expect!["none"]);
+        check("- two words: no", expect!["none"]);
+        check("Add two numbers: a and b.", expect!["none"]);
+    }
+
     fn spec() -> CommandSpec {
         CommandSpec {
             name: "setLimit".into(),
             target: "core".into(),
-            params: vec![
-                Param { name: "name".into(), ty: ValueType::String, optional: false },
-                Param { name: "limit".into(), ty: ValueType::Integer, optional: true },
-            ],
+            params: vec![Param::new("name", ValueType::String, false), Param::new("limit", ValueType::Integer, true)],
             help: "Set a limit".into(),
             needs_user: false,
             needs_queue: false,

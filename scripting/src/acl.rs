@@ -113,15 +113,24 @@ fn role_rows(list: &Value) -> Dynamic {
 /// Registers the `acl_*` functions.
 pub fn register(engine: &mut Engine, caller: Arc<dyn RemoteCaller>) {
     let c = caller.clone();
-    engine.register_fn("acl_list", move || -> RhaiResult<Dynamic> { Ok(acl_rows(&call(&c, "getACLs", Map::new())?)) });
+    crate::function("acl_list", "-> array", "The domain's ACLs, one row per ACL with its grants in words.")
+        .register_into_engine(engine, move || -> RhaiResult<Dynamic> {
+            Ok(acl_rows(&call(&c, "getACLs", Map::new())?))
+        });
     let c = caller.clone();
-    engine.register_fn("acl_list", move |base: &str| -> RhaiResult<Dynamic> {
+    crate::function(
+        "acl_list",
+        "base: string -> array",
+        "The ACLs at and below `base`, one row per ACL with its grants in words.",
+    )
+    .register_into_engine(engine, move |base: &str| -> RhaiResult<Dynamic> {
         Ok(acl_rows(&call(&c, "getACLs", Map::from_iter([("base".into(), json!(base))]))?))
     });
     let c = caller.clone();
-    engine.register_fn("acl_roles", move || -> RhaiResult<Dynamic> {
-        Ok(role_rows(&call(&c, "getACLRoles", Map::new())?))
-    });
+    crate::function("acl_roles", "-> array", "The ACL roles, one row per role entry with its grants in words.")
+        .register_into_engine(engine, move || -> RhaiResult<Dynamic> {
+            Ok(role_rows(&call(&c, "getACLRoles", Map::new())?))
+        });
 
     // acl_grant(base, members, topic, letters[, #{scope, priority, options}]) -> id
     let grant = {
@@ -139,10 +148,10 @@ pub fn register(engine: &mut Engine, caller: Arc<dyn RemoteCaller>) {
         }
     };
     let g = grant.clone();
-    engine.register_fn("acl_grant", move |base: &str, members: Dynamic, topic: &str, letters: &str| {
+    crate::function("acl_grant", "base: string, members: any, topic: string, letters: string -> integer", "Grant `letters` (r read, w write, c create, d delete, x execute, e events, …) on `topic`, a regex, to `members` (a regex or an array of them) at `base`; the result is the ACL's id.").register_into_engine(engine, move |base: &str, members: Dynamic, topic: &str, letters: &str| {
         g(base, members, topic, letters, None)
     });
-    engine.register_fn("acl_grant", move |base: &str, members: Dynamic, topic: &str, letters: &str, extra: RhaiMap| {
+    crate::function("acl_grant", "base: string, members: any, topic: string, letters: string, settings: map -> integer", "Grant `letters` (r read, w write, c create, d delete, x execute, e events, …) on `topic`, a regex, to `members` (a regex or an array of them) at `base`; the result is the ACL's id. `settings` may give scope (one, sub, psub, reset), priority and options.").register_into_engine(engine, move |base: &str, members: Dynamic, topic: &str, letters: &str, extra: RhaiMap| {
         grant(base, members, topic, letters, Some(&extra))
     });
 
@@ -157,14 +166,29 @@ pub fn register(engine: &mut Engine, caller: Arc<dyn RemoteCaller>) {
         }
     };
     let g = grant_role.clone();
-    engine.register_fn("acl_grant_role", move |base: &str, members: Dynamic, role: &str| g(base, members, role, None));
-    engine.register_fn("acl_grant_role", move |base: &str, members: Dynamic, role: &str, extra: RhaiMap| {
+    crate::function(
+        "acl_grant_role",
+        "base: string, members: any, role: string -> integer",
+        "Grant what the ACL role `role` grants to `members` at `base`; the result is the ACL's id.",
+    )
+    .register_into_engine(engine, move |base: &str, members: Dynamic, role: &str| g(base, members, role, None));
+    crate::function(
+        "acl_grant_role",
+        "base: string, members: any, role: string, settings: map -> integer",
+        "Grant what the ACL role `role` grants to `members` at `base`, with scope and priority from `settings`.",
+    )
+    .register_into_engine(engine, move |base: &str, members: Dynamic, role: &str, extra: RhaiMap| {
         grant_role(base, members, role, Some(&extra))
     });
 
     // acl_update(id, #{scope, priority, members, actions, role})
     let c = caller.clone();
-    engine.register_fn("acl_update", move |id: i64, changes: RhaiMap| -> RhaiResult<Dynamic> {
+    crate::function(
+        "acl_update",
+        "id: integer, changes: map",
+        "Change the ACL `id`: any of scope, priority, members, actions, role.",
+    )
+    .register_into_engine(engine, move |id: i64, changes: RhaiMap| -> RhaiResult<Dynamic> {
         let mut named = match json_of(&Dynamic::from_map(changes))? {
             Value::Object(named) => named,
             _ => Map::new(),
@@ -176,13 +200,17 @@ pub fn register(engine: &mut Engine, caller: Arc<dyn RemoteCaller>) {
         Ok(from_json(&call(&c, "updateACL", named)?))
     });
     let c = caller.clone();
-    engine.register_fn("acl_remove", move |id: i64| -> RhaiResult<Dynamic> {
-        Ok(from_json(&call(&c, "removeACL", Map::from_iter([("id".into(), json!(id))]))?))
-    });
+    crate::function("acl_remove", "id: integer", "Remove the ACL `id`.").register_into_engine(
+        engine,
+        move |id: i64| -> RhaiResult<Dynamic> {
+            Ok(from_json(&call(&c, "removeACL", Map::from_iter([("id".into(), json!(id))]))?))
+        },
+    );
     let c = caller.clone();
-    engine.register_fn("acl_revoke", move |user: &str| -> RhaiResult<Dynamic> {
-        Ok(from_json(&call(&c, "removeACLsForUser", Map::from_iter([("user".into(), json!(user))]))?))
-    });
+    crate::function("acl_revoke", "user: string -> integer", "Remove every ACL that names `user` as its only member.")
+        .register_into_engine(engine, move |user: &str| -> RhaiResult<Dynamic> {
+            Ok(from_json(&call(&c, "removeACLsForUser", Map::from_iter([("user".into(), json!(user))]))?))
+        });
     let check = {
         let c = caller.clone();
         move |user: &str, topic: &str, letters: &str, target: Option<&str>| -> RhaiResult<Dynamic> {
@@ -198,23 +226,42 @@ pub fn register(engine: &mut Engine, caller: Arc<dyn RemoteCaller>) {
         }
     };
     let k = check.clone();
-    engine.register_fn("acl_check", move |user: &str, topic: &str, letters: &str| k(user, topic, letters, None));
-    engine.register_fn("acl_check", move |user: &str, topic: &str, letters: &str, target: &str| {
+    crate::function(
+        "acl_check",
+        "user: string, topic: string, letters: string -> boolean",
+        "Whether `user` holds `letters` on `topic`.",
+    )
+    .register_into_engine(engine, move |user: &str, topic: &str, letters: &str| k(user, topic, letters, None));
+    crate::function(
+        "acl_check",
+        "user: string, topic: string, letters: string, target: string -> boolean",
+        "Whether `user` holds `letters` on `topic` for the object `target` (a DN).",
+    )
+    .register_into_engine(engine, move |user: &str, topic: &str, letters: &str, target: &str| {
         check(user, topic, letters, Some(target))
     });
 
     let c = caller.clone();
-    engine.register_fn("acl_role_add", move |name: &str| -> RhaiResult<Dynamic> {
-        Ok(from_json(&call(&c, "addACLRole", Map::from_iter([("name".into(), json!(name))]))?))
-    });
+    crate::function("acl_role_add", "name: string", "Create the ACL role `name`.").register_into_engine(
+        engine,
+        move |name: &str| -> RhaiResult<Dynamic> {
+            Ok(from_json(&call(&c, "addACLRole", Map::from_iter([("name".into(), json!(name))]))?))
+        },
+    );
     let c = caller.clone();
-    engine.register_fn("acl_role_remove", move |name: &str| -> RhaiResult<Dynamic> {
-        Ok(from_json(&call(&c, "removeACLRole", Map::from_iter([("name".into(), json!(name))]))?))
-    });
+    crate::function("acl_role_remove", "name: string", "Remove the ACL role `name`.").register_into_engine(
+        engine,
+        move |name: &str| -> RhaiResult<Dynamic> {
+            Ok(from_json(&call(&c, "removeACLRole", Map::from_iter([("name".into(), json!(name))]))?))
+        },
+    );
     let c = caller.clone();
-    engine.register_fn("acl_role_remove_entry", move |id: i64| -> RhaiResult<Dynamic> {
-        Ok(from_json(&call(&c, "removeACLRoleEntry", Map::from_iter([("id".into(), json!(id))]))?))
-    });
+    crate::function("acl_role_remove_entry", "id: integer", "Remove one entry of an ACL role.").register_into_engine(
+        engine,
+        move |id: i64| -> RhaiResult<Dynamic> {
+            Ok(from_json(&call(&c, "removeACLRoleEntry", Map::from_iter([("id".into(), json!(id))]))?))
+        },
+    );
     // acl_role_grant(role, topic, letters[, #{scope, priority, options}]) -> entry id
     let role_grant = {
         let c = caller.clone();
@@ -226,35 +273,33 @@ pub fn register(engine: &mut Engine, caller: Arc<dyn RemoteCaller>) {
         }
     };
     let r = role_grant.clone();
-    engine.register_fn("acl_role_grant", move |role: &str, topic: &str, letters: &str| r(role, topic, letters, None));
-    engine.register_fn("acl_role_grant", move |role: &str, topic: &str, letters: &str, extra: RhaiMap| {
+    crate::function(
+        "acl_role_grant",
+        "role: string, topic: string, letters: string -> integer",
+        "Let the ACL role `role` grant `letters` on `topic` (a regex; write it in backticks).",
+    )
+    .register_into_engine(engine, move |role: &str, topic: &str, letters: &str| r(role, topic, letters, None));
+    crate::function(
+        "acl_role_grant",
+        "role: string, topic: string, letters: string, settings: map -> integer",
+        "Let the ACL role `role` grant `letters` on `topic`, with scope, priority and options from `settings`.",
+    )
+    .register_into_engine(engine, move |role: &str, topic: &str, letters: &str, extra: RhaiMap| {
         role_grant(role, topic, letters, Some(&extra))
     });
     // acl_role_use(role, other): role grants whatever other grants.
     let c = caller;
-    engine.register_fn("acl_role_use", move |role: &str, other: &str| -> RhaiResult<Dynamic> {
+    crate::function(
+        "acl_role_use",
+        "role: string, other: string -> integer",
+        "Let the ACL role `role` grant whatever the role `other` grants.",
+    )
+    .register_into_engine(engine, move |role: &str, other: &str| -> RhaiResult<Dynamic> {
         let mut named = Map::from_iter([("role".into(), json!(role)), ("uses".into(), json!(other))]);
         settings(&mut named, None)?;
         Ok(from_json(&call(&c, "addACLToRole", named)?))
     });
 }
-
-/// The names `register` adds, for completion.
-pub const FUNCTIONS: &[&str] = &[
-    "acl_list",
-    "acl_roles",
-    "acl_grant",
-    "acl_grant_role",
-    "acl_update",
-    "acl_remove",
-    "acl_revoke",
-    "acl_check",
-    "acl_role_add",
-    "acl_role_remove",
-    "acl_role_remove_entry",
-    "acl_role_grant",
-    "acl_role_use",
-];
 
 #[cfg(test)]
 mod tests {

@@ -2,14 +2,14 @@
 //!
 //! Every command the domain describes becomes a global function of the same name: called
 //! with positional arguments (`add(1, 2)`) or with one map of named arguments
-//! (`add(#{a: 1, b: 2})`). Results come back as Rhai values; failures as catchable
+//! (`add(#{a: 1, b: 2})`), unless a shell function already has the name. Results come back as Rhai values; failures as catchable
 //! errors carrying `#{code, message, details}`. `rpc(name, args)` reaches any command,
 //! including one whose name a Rhai built-in already takes.
 
 use std::any::TypeId;
 use std::sync::Arc;
 
-use clacks_core::command::{CommandSpec, ValueType};
+use clacks_core::command::CommandSpec;
 use clacks_core::rpc::Params;
 use rhai::{Dynamic, Engine, EvalAltResult, Map, NativeCallContext, Position};
 use serde_json::Value;
@@ -34,43 +34,29 @@ pub trait RemoteCaller: Send + Sync + 'static {
     fn call(&self, method: &str, params: Params) -> Result<Value, RemoteError>;
 }
 
-/// Names Rhai already uses for built-ins; commands with these names stay reachable
-/// through `rpc(name, args)` only.
-const RESERVED: &[&str] = &[
-    "call",
-    "curry",
-    "eval",
-    "print",
-    "debug",
-    "type_of",
-    "is_def_fn",
-    "is_def_var",
-    "Fn",
-    "sleep",
-    "env",
-    "rpc",
-    "help",
-    "progress",
-    "tail",
-    "exit",
-    "usage",
-    "history",
-];
-
-/// Whether a command is reachable as a plain function.
+/// Whether a command name can be a plain function: not a Rhai keyword or keyword
+/// function (`print`, `call`, `package`); such commands stay reachable through
+/// `rpc(name, args)`.
 pub fn is_bindable(name: &str) -> bool {
-    !RESERVED.contains(&name) && rhai_identifier(name)
+    rhai::is_valid_function_name(name)
 }
 
-fn rhai_identifier(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-/// Registers every bindable command of `commands` as a global function, plus `rpc`.
-pub fn register_commands(engine: &mut Engine, commands: &[CommandSpec], caller: Arc<dyn RemoteCaller>) {
+/// Registers every bindable command of `commands` as a global function, except those
+/// named like a function the engine already has (`taken`): the engine's own functions
+/// win, and the commands they shadow are returned so help can say how to reach them
+/// (`rpc(name, args)`).
+pub fn register_commands(
+    engine: &mut Engine,
+    commands: &[CommandSpec],
+    caller: Arc<dyn RemoteCaller>,
+    taken: &dyn Fn(&str) -> bool,
+) -> Vec<String> {
+    let mut shadowed = Vec::new();
     for spec in commands.iter().filter(|s| is_bindable(&s.name)) {
+        if taken(&spec.name) {
+            shadowed.push(spec.name.clone());
+            continue;
+        }
         let spec = Arc::new(spec.clone());
         // Every arity up to the parameter count: the agent checks what is missing, so a
         // forgotten argument gets the domain's own INVALID_PARAMS message.
@@ -88,9 +74,21 @@ pub fn register_commands(engine: &mut Engine, commands: &[CommandSpec], caller: 
             );
         }
     }
+    shadowed
+}
+
+/// `rpc(name[, args])`: any command by name, also one whose name Rhai or the shell
+/// already uses.
+pub fn register_rpc(engine: &mut Engine, caller: Arc<dyn RemoteCaller>) {
     let rpc_caller = caller.clone();
-    engine.register_fn("rpc", move |method: &str| invoke(rpc_caller.as_ref(), method, Params::None));
-    engine.register_fn("rpc", move |method: &str, args: Dynamic| {
+    crate::function("rpc", "name: string -> any", "Call the domain's command `name` with no arguments.")
+        .register_into_engine(engine, move |method: &str| invoke(rpc_caller.as_ref(), method, Params::None));
+    crate::function(
+        "rpc",
+        "name: string, args: any -> any",
+        "Call the domain's command `name`, also one a shell function shadows: args is an array (in order) or a map (by name).",
+    )
+    .register_into_engine(engine, move |method: &str, args: Dynamic| {
         let params = match args.clone().try_cast::<rhai::Array>() {
             Some(array) => Params::Positional(array.iter().map(json_arg).collect::<Result<_, _>>()?),
             None => match args.try_cast::<Map>() {
@@ -111,14 +109,15 @@ fn json_arg(value: &Dynamic) -> Result<Value, Box<EvalAltResult>> {
 }
 
 /// Positional arguments, or named ones when the single argument is a map whose keys are
-/// all parameter names — unless the command's only parameter itself takes a map.
+/// all parameter names — as `clacks call --named` takes them, also for a command with
+/// one parameter (`total(#{values: [1, 2.5]})`). A map that merely looks like that is
+/// passed whole with `rpc(name, [map])`.
 fn params_for(spec: &CommandSpec, args: &mut [&mut Dynamic]) -> Result<Params, Box<EvalAltResult>> {
     if let [only] = args
         && let Some(map) = only.read_lock::<Map>()
     {
-        let takes_a_map = spec.params.len() == 1 && matches!(spec.params[0].ty, ValueType::Object | ValueType::Any);
         let all_named = !map.is_empty() && map.keys().all(|k| spec.params.iter().any(|p| p.name == k.as_str()));
-        if all_named && !takes_a_map {
+        if all_named {
             let named = map
                 .iter()
                 .map(|(k, v)| Ok((k.to_string(), json_arg(v)?)))
@@ -161,7 +160,7 @@ pub fn as_remote_error(error: &EvalAltResult) -> Option<RemoteError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clacks_core::command::{CallType, Param};
+    use clacks_core::command::{CallType, Param, ValueType};
     use serde_json::json;
     use std::sync::Mutex;
 
@@ -186,7 +185,7 @@ mod tests {
         CommandSpec {
             name: name.into(),
             target: "t".into(),
-            params: params.iter().map(|(n, ty)| Param { name: (*n).into(), ty: *ty, optional: true }).collect(),
+            params: params.iter().map(|(n, ty)| Param::new(*n, *ty, true)).collect(),
             help: "h".into(),
             needs_user: false,
             needs_queue: false,
@@ -204,7 +203,9 @@ mod tests {
             spec("fail", &[]),
             spec("call", &[]),
         ];
-        register_commands(&mut engine, &commands, recorder.clone());
+        register_rpc(&mut engine, recorder.clone());
+        let shadowed = register_commands(&mut engine, &commands, recorder.clone(), &|name| name == "fail_twice");
+        assert!(shadowed.is_empty());
         let n: i64 = engine.eval("let r = add(1, 2); add(#{a: 1, b: 2}); echo(#{value: 3}); r.n[1]").unwrap_or(-1);
         assert_eq!(n, 2);
         let caught: String = engine
@@ -214,7 +215,7 @@ mod tests {
         // A command named like a Rhai built-in is reached through rpc().
         let _: Dynamic = engine.eval(r#"rpc("call", [])"#).unwrap_or_default();
         let calls = recorder.0.lock().map(|v| v.clone()).unwrap_or_default();
-        assert_eq!(calls, [r#"add [1,2]"#, r#"add {"a":1,"b":2}"#, r#"echo [{"value":3}]"#, "fail null", "call []"]);
+        assert_eq!(calls, [r#"add [1,2]"#, r#"add {"a":1,"b":2}"#, r#"echo {"value":3}"#, "fail null", "call []"]);
         let err = engine.eval::<Dynamic>("fail()").err().and_then(|e| as_remote_error(&e));
         assert_eq!(err.map(|e| e.code), Some("PROBE_FAILED".to_owned()));
     }

@@ -81,17 +81,28 @@ fn fan_out(
 /// Registers `fanout`.
 pub fn register(engine: &mut Engine, caller: Arc<dyn RemoteCaller>) {
     let c = caller.clone();
-    engine.register_fn("fanout", move |method: &str| fan_out(&c, method, Value::Null, Map::new(), Map::new()));
+    crate::function(
+        "fanout",
+        "method: string -> array",
+        "Call `method` on every client, a row per client (ok, error or timeout) and a progress bar.",
+    )
+    .register_into_engine(engine, move |method: &str| fan_out(&c, method, Value::Null, Map::new(), Map::new()));
     let c = caller.clone();
-    engine.register_fn("fanout", move |method: &str, args: Dynamic| {
-        fan_out(&c, method, to_json(&args).map_err(|e| e.to_string())?, Map::new(), Map::new())
-    });
+    crate::function("fanout", "method: string, args: any -> array", "Call `method` with `args` on every client.")
+        .register_into_engine(engine, move |method: &str, args: Dynamic| {
+            fan_out(&c, method, to_json(&args).map_err(|e| e.to_string())?, Map::new(), Map::new())
+        });
     let c = caller.clone();
-    engine.register_fn("fanout", move |method: &str, args: Dynamic, filter: RhaiMap| {
+    crate::function(
+        "fanout",
+        "method: string, args: any, filter: map -> array",
+        "Call `method` with `args` on the clients matching `filter` (name, type, inventory conditions).",
+    )
+    .register_into_engine(engine, move |method: &str, args: Dynamic, filter: RhaiMap| {
         fan_out(&c, method, to_json(&args).map_err(|e| e.to_string())?, object(Some(&filter))?, Map::new())
     });
     let c = caller;
-    engine.register_fn("fanout", move |method: &str, args: Dynamic, filter: RhaiMap, options: RhaiMap| {
+    crate::function("fanout", "method: string, args: any, filter: map, options: map -> array", "Call `method` with `args` on the clients matching `filter`; `options` may give batch (clients at once) and timeout (seconds).").register_into_engine(engine, move |method: &str, args: Dynamic, filter: RhaiMap, options: RhaiMap| {
         fan_out(&c, method, to_json(&args).map_err(|e| e.to_string())?, object(Some(&filter))?, object(Some(&options))?)
     });
 }

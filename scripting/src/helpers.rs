@@ -54,13 +54,24 @@ impl Progress {
 
 /// Registers the helpers.
 pub fn register(engine: &mut Engine) {
-    engine.register_fn("read_file", |path: &str| -> Fallible<String> {
-        std::fs::read_to_string(path).map_err(|e| io_error("read", path, e))
-    });
-    engine.register_fn("write_file", |path: &str, text: &str| -> Fallible<()> {
+    crate::function("read_file", "path: string -> string", "The text of the file at `path`.")
+        .register_into_engine(engine, |path: &str| -> Fallible<String> {
+            std::fs::read_to_string(path).map_err(|e| io_error("read", path, e))
+        });
+    crate::function(
+        "write_file",
+        "path: string, text: string",
+        "Write `text` to the file at `path`, replacing what it held.",
+    )
+    .register_into_engine(engine, |path: &str, text: &str| -> Fallible<()> {
         std::fs::write(path, text).map_err(|e| io_error("write", path, e))
     });
-    engine.register_fn("append_file", |path: &str, text: &str| -> Fallible<()> {
+    crate::function(
+        "append_file",
+        "path: string, text: string",
+        "Add `text` at the end of the file at `path` (created when missing).",
+    )
+    .register_into_engine(engine, |path: &str, text: &str| -> Fallible<()> {
         use std::io::Write;
         std::fs::OpenOptions::new()
             .create(true)
@@ -69,43 +80,81 @@ pub fn register(engine: &mut Engine) {
             .and_then(|mut f| f.write_all(text.as_bytes()))
             .map_err(|e| io_error("append to", path, e))
     });
-    engine.register_fn("file_exists", |path: &str| std::path::Path::new(path).exists());
-    engine.register_fn("join", |items: Array, separator: &str| {
+    crate::function("file_exists", "path: string -> boolean", "Whether something exists at `path`.")
+        .register_into_engine(engine, |path: &str| std::path::Path::new(path).exists());
+    crate::function(
+        "join",
+        "items: array, separator: string -> string",
+        "The items as text, `separator` between them.",
+    )
+    .register_into_engine(engine, |items: Array, separator: &str| {
         items.iter().map(|item| item.to_string()).collect::<Vec<_>>().join(separator)
     });
     // Dates as objects store them (YYYY-MM-DD, UTC), so scripts can compare them as text.
-    engine.register_fn("today", || chrono::Utc::now().format("%Y-%m-%d").to_string());
-    engine.register_fn("days_ago", |days: i64| {
-        (chrono::Utc::now() - chrono::Duration::days(days.clamp(0, 365_000))).format("%Y-%m-%d").to_string()
-    });
-    engine.register_fn("read_json", |path: &str| -> Fallible<Dynamic> {
-        let text = std::fs::read_to_string(path).map_err(|e| io_error("read", path, e))?;
-        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| io_error("parse", path, e))?;
-        Ok(from_json(&value))
-    });
-    engine.register_fn("write_json", |path: &str, value: Dynamic| -> Fallible<()> {
-        let json = to_json(&value).map_err(|e| e.to_string())?;
-        let text = serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?;
-        std::fs::write(path, text + "\n").map_err(|e| io_error("write", path, e))
-    });
-    engine.register_fn("parse_json", |text: &str| -> Fallible<Dynamic> {
-        serde_json::from_str::<serde_json::Value>(text)
-            .map(|v| from_json(&v))
-            .map_err(|e| format!("invalid JSON: {e}").into())
-    });
-    engine.register_fn("to_json_text", |value: Dynamic| -> Fallible<String> {
-        let json = to_json(&value).map_err(|e| e.to_string())?;
-        Ok(json.to_string())
-    });
-    engine.register_fn("read_csv", read_csv);
-    engine.register_fn("write_csv", |path: &str, rows: Array| write_csv(path, rows, None));
-    engine.register_fn("write_csv", |path: &str, rows: Array, columns: Array| {
+    crate::function("today", "-> string", "Today's date (UTC) as YYYY-MM-DD, the form objects store dates in.")
+        .register_into_engine(engine, || chrono::Utc::now().format("%Y-%m-%d").to_string());
+    crate::function("days_ago", "days: integer -> string", "The date `days` days ago (UTC) as YYYY-MM-DD.")
+        .register_into_engine(engine, |days: i64| {
+            (chrono::Utc::now() - chrono::Duration::days(days.clamp(0, 365_000))).format("%Y-%m-%d").to_string()
+        });
+    crate::function("read_json", "path: string -> any", "The JSON file at `path` as a value.").register_into_engine(
+        engine,
+        |path: &str| -> Fallible<Dynamic> {
+            let text = std::fs::read_to_string(path).map_err(|e| io_error("read", path, e))?;
+            let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| io_error("parse", path, e))?;
+            Ok(from_json(&value))
+        },
+    );
+    crate::function("write_json", "path: string, value: any", "Write `value` to `path` as indented JSON.")
+        .register_into_engine(engine, |path: &str, value: Dynamic| -> Fallible<()> {
+            let json = to_json(&value).map_err(|e| e.to_string())?;
+            let text = serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?;
+            std::fs::write(path, text + "\n").map_err(|e| io_error("write", path, e))
+        });
+    crate::function("parse_json", "text: string -> any", "The JSON `text` as a value.").register_into_engine(
+        engine,
+        |text: &str| -> Fallible<Dynamic> {
+            serde_json::from_str::<serde_json::Value>(text)
+                .map(|v| from_json(&v))
+                .map_err(|e| format!("invalid JSON: {e}").into())
+        },
+    );
+    crate::function("to_json_text", "value: any -> string", "`value` as one line of JSON.").register_into_engine(
+        engine,
+        |value: Dynamic| -> Fallible<String> {
+            let json = to_json(&value).map_err(|e| e.to_string())?;
+            Ok(json.to_string())
+        },
+    );
+    crate::function(
+        "read_csv",
+        "path: string -> array",
+        "The CSV file at `path` as an array of maps, one per row, keyed by the header.",
+    )
+    .register_into_engine(engine, read_csv);
+    crate::function(
+        "write_csv",
+        "path: string, rows: array",
+        "Write an array of maps to `path` as CSV, the columns in the order of the first row.",
+    )
+    .register_into_engine(engine, |path: &str, rows: Array| write_csv(path, rows, None));
+    crate::function(
+        "write_csv",
+        "path: string, rows: array, columns: array",
+        "Write an array of maps to `path` as CSV, with these columns in this order.",
+    )
+    .register_into_engine(engine, |path: &str, rows: Array, columns: Array| {
         let columns = columns.into_iter().map(|c| c.to_string()).collect();
         write_csv(path, rows, Some(columns))
     });
 
     engine.register_type_with_name::<Progress>("Progress");
-    engine.register_fn("progress", |total: i64| Progress::new(total.max(0) as u64));
+    crate::function(
+        "progress",
+        "total: integer -> Progress",
+        "A progress bar for `total` steps on stderr: `p.inc()`, `p.message(text)`, `p.finish()`.",
+    )
+    .register_into_engine(engine, |total: i64| Progress::new(total.max(0) as u64));
     engine.register_fn("inc", |p: &mut Progress| p.0.inc(1));
     engine.register_fn("inc", |p: &mut Progress, n: i64| p.0.inc(n.max(0) as u64));
     engine.register_fn("message", |p: &mut Progress, text: &str| p.0.set_message(text.to_owned()));

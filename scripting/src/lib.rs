@@ -75,6 +75,19 @@ pub fn with_cancellation<T>(flag: &Arc<AtomicBool>, f: impl FnOnce() -> T) -> T 
     out
 }
 
+/// A function described for help and completion: `signature` lists the parameters as
+/// `name: type` in the domain's type words (`string`, `integer`, `number`, `boolean`,
+/// `array`, `map`, `function`, `any`), then ` -> type` of the result; `doc` is one or more
+/// sentences, and may name parameters as `- name: what it is` lines. The shell reads them
+/// back from the engine's metadata.
+pub fn function(name: &str, signature: &str, doc: &str) -> rhai::FuncRegistration {
+    let (params, returns) = signature.split_once("->").unwrap_or((signature, "()"));
+    let mut info: Vec<&str> = params.split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
+    info.push(returns.trim());
+    let comments = doc.lines().map(|line| format!("/// {line}")).collect::<Vec<_>>().join("\n");
+    rhai::FuncRegistration::new(name).with_params_info(info).with_comments([comments])
+}
+
 /// An engine with the limits applied and deadline enforcement wired in.
 pub fn sandboxed_engine(limits: &Limits) -> Engine {
     let mut engine = Engine::new();
@@ -85,10 +98,12 @@ pub fn sandboxed_engine(limits: &Limits) -> Engine {
         .set_max_array_size(limits.max_array_size)
         .set_max_map_size(limits.max_map_size)
         .set_max_expr_depths(128, 64);
-    engine.register_fn("sleep", sleep_ms);
-    engine.register_fn("env", |name: &str| -> Dynamic {
-        std::env::var(name).map(Dynamic::from).unwrap_or(Dynamic::UNIT)
-    });
+    function("sleep", "ms: integer", "Pause the script for `ms` milliseconds (Ctrl-C and deadlines still stop it).")
+        .register_into_engine(&mut engine, sleep_ms);
+    function("env", "name: string -> any", "The environment variable `name`, or () when it is not set.")
+        .register_into_engine(&mut engine, |name: &str| -> Dynamic {
+            std::env::var(name).map(Dynamic::from).unwrap_or(Dynamic::UNIT)
+        });
     engine.on_progress(|ops| {
         // Checking the clock every operation would dominate cheap scripts.
         if ops % 1024 != 0 {
@@ -209,27 +224,25 @@ fn dynamic_depth(value: &Dynamic) -> usize {
 }
 
 /// The first paragraph of a Rhai doc comment, without its `///` or `/** */` leaders.
-pub fn doc_summary(comments: &[&str]) -> String {
-    let mut lines = Vec::new();
-    for comment in comments {
-        for line in comment.lines() {
-            let line = line
-                .trim()
-                .trim_start_matches("///")
-                .trim_start_matches("/**")
-                .trim_end_matches("*/")
-                .trim_start_matches('*')
-                .trim();
-            if line.is_empty() {
-                if !lines.is_empty() {
-                    return lines.join(" ");
-                }
-                continue;
-            }
-            lines.push(line.to_owned());
-        }
-    }
-    lines.join(" ")
+pub fn doc_summary<S: AsRef<str>>(comments: &[S]) -> String {
+    doc_lines(comments)
+        .into_iter()
+        .skip_while(String::is_empty)
+        .take_while(|line| !line.is_empty() && clacks_core::command::param_doc(line).is_none())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The lines of doc comments (`///` or `/** … */`) without their comment leaders.
+pub fn doc_lines<S: AsRef<str>>(comments: &[S]) -> Vec<String> {
+    comments
+        .iter()
+        .flat_map(|comment| comment.as_ref().lines())
+        .map(|line| {
+            let line = line.trim().trim_start_matches("///").trim_start_matches("/**").trim_end_matches("*/");
+            line.trim_start_matches('*').trim().to_owned()
+        })
+        .collect()
 }
 
 #[cfg(test)]

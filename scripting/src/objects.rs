@@ -139,9 +139,19 @@ fn open(caller: &Arc<dyn RemoteCaller>, args: Vec<Value>) -> RhaiResult<ObjectPr
 pub fn register(engine: &mut Engine, caller: Arc<dyn RemoteCaller>, methods: &[String]) {
     engine.register_type_with_name::<ObjectProxy>("Object");
     let c = caller.clone();
-    engine.register_fn("open_object", move |target: &str| open(&c, vec![json!(target)]));
+    crate::function(
+        "open_object",
+        "target: string -> Object",
+        "Open the object `target` (a DN or UUID) for reading and editing: `o.attr`, `o.attr = v`, `o.commit()`.",
+    )
+    .register_into_engine(engine, move |target: &str| open(&c, vec![json!(target)]));
     let c = caller.clone();
-    engine.register_fn("open_object", move |kind: &str, target: &str| -> RhaiResult<ObjectProxy> {
+    crate::function(
+        "open_object",
+        "objectType: string, target: string -> Object",
+        "Open the object `target` (a DN or UUID), refusing it unless it is an `objectType` (or has that extension).",
+    )
+    .register_into_engine(engine, move |kind: &str, target: &str| -> RhaiResult<ObjectProxy> {
         let proxy = open(&c, vec![json!(target)])?;
         let actual = proxy.view.get("type").and_then(Value::as_str).unwrap_or_default().to_owned();
         let active = proxy.view.get("extensions").and_then(|e| e.get(kind)).and_then(Value::as_bool).unwrap_or(false);
@@ -156,7 +166,12 @@ pub fn register(engine: &mut Engine, caller: Arc<dyn RemoteCaller>, methods: &[S
         Ok(proxy)
     });
     let c = caller.clone();
-    engine.register_fn("new_object", move |kind: &str, parent: &str| open(&c, vec![json!(parent), json!(kind)]));
+    crate::function(
+        "new_object",
+        "objectType: string, parent: string -> Object",
+        "A new object of `objectType` below `parent` (a DN); set its attributes, then `o.commit()` creates it.",
+    )
+    .register_into_engine(engine, move |kind: &str, parent: &str| open(&c, vec![json!(parent), json!(kind)]));
 
     engine.register_indexer_get(|p: &mut ObjectProxy, name: &str| p.get(name));
     engine.register_indexer_set(|p: &mut ObjectProxy, name: &str, value: Dynamic| p.set(name, value));

@@ -73,6 +73,12 @@ fn catalog_of(n: usize) -> (Catalog, Vec<String>) {
         );
         names.push(name);
     }
+    // A command taking a DN, for completion of values inside a call.
+    table.insert(
+        "lockAccount".into(),
+        json!({"name": "lockAccount", "target": "objects", "params": [{"name": "dn", "type": "string", "optional": false}],
+               "help": "Lock an account", "needsUser": false, "needsQueue": false, "callType": "NORMAL", "providers": ["n1"]}),
+    );
     let catalog = Catalog::default();
     catalog.load(&Value::Object(table));
     (catalog, names)
@@ -112,23 +118,46 @@ fn main() {
     let domain_name = domain.as_str().to_owned();
     let amqp_prompt = time_to_prompt(|| clacks(&["--url", &url, "--domain", &domain_name]), "> ", "\x04", runs);
 
-    // 2. Completion with 10,000 commands.
+    // 2. Completion with 10,000 commands (and 2,000 DNs for a value inside a call).
     let (catalog, names) = catalog_of(10_000);
     let variables: BTreeMap<String, Value> = BTreeMap::from([("n".to_owned(), json!({"node": "a", "load": 1}))]);
+    let functions = clacks_shell::functions::ShellFunctions::default();
+    let values = clacks_shell::values::ValueHints::default();
+    let dns = (0..clacks_shell::values::MAX_DNS)
+        .map(|i| clacks_shell::values::Known {
+            value: format!("uid=user{i},ou=people,dc=clacks,dc=org"),
+            description: "User".into(),
+        })
+        .collect();
+    values.set(clacks_shell::values::ValueKind::Dn, dns);
+    let sources = clacks_shell::complete::Sources {
+        catalog: &catalog,
+        functions: &functions,
+        variables: &variables,
+        values: &values,
+    };
+    let count = |line: &str| match clacks_shell::complete::complete(&sources, line, line.len()) {
+        clacks_shell::complete::Completion::Candidates(_, candidates) => candidates.len(),
+        clacks_shell::complete::Completion::Path => 0,
+    };
     let lookups = 2_000;
     let started = Instant::now();
     for i in 0..lookups {
         let prefix = &names[(i * 7) % names.len()][..11];
-        let (_, candidates) = clacks_shell::repl::complete(&catalog, &variables, prefix, prefix.len());
-        assert!(!candidates.is_empty());
+        assert!(count(prefix) > 0);
     }
     let complete_narrow = per_op(started.elapsed(), lookups);
     let started = Instant::now();
     for _ in 0..50 {
-        let (_, candidates) = clacks_shell::repl::complete(&catalog, &variables, "comm", 4);
-        assert_eq!(candidates.len(), 10_000);
+        assert_eq!(count("comm"), 10_000);
     }
     let complete_all = per_op(started.elapsed(), 50);
+    let started = Instant::now();
+    for i in 0..lookups {
+        let line = format!("lockAccount(\"uid=user{}", i % 100 + 100);
+        assert!(count(&line) > 0);
+    }
+    let complete_dn = per_op(started.elapsed(), lookups);
     let bare: BTreeMap<String, ()> = names.iter().map(|n| (n.clone(), ())).collect();
     let started = Instant::now();
     for i in 0..lookups {
@@ -194,6 +223,7 @@ fn main() {
         complete_narrow / floor_complete
     );
     println!("TAB with 10,000 commands, all 10,000 match          {complete_all:>8.1} µs");
+    println!("TAB in a DN argument, 2,000 DNs kept                {complete_dn:>8.1} µs");
     println!("ping() from the Rust client                         {rust_call:>8.1} µs per call");
     println!(
         "ping() from Rhai                                    {rhai_call:>8.1} µs per call  ({:.2}x, +{:.1} µs)",

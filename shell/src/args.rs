@@ -376,6 +376,11 @@ pub(crate) fn run(cli: Cli, handle: tokio::runtime::Handle) -> u8 {
                     }
                     None => {
                         crate::print_error(&e.line, false);
+                        if let Some(position) = e.position {
+                            let name = script.as_ref().map_or("<-c>".to_owned(), |s| s.display().to_string());
+                            let name = if script.is_none() && cli.code.is_none() { "<stdin>".to_owned() } else { name };
+                            eprintln!("{}", crate::explain::locate(&name, &code, position));
+                        }
                         if e.interrupted { EXIT_INTERRUPTED } else { EXIT_FAILED }
                     }
                 },
@@ -386,8 +391,7 @@ pub(crate) fn run(cli: Cli, handle: tokio::runtime::Handle) -> u8 {
             let _guard = crate::install_interrupt(&handle, runner.interrupt.clone());
             let color = crate::color_enabled();
             let name = format!("{}@{}", target.login_user(), target.domain);
-            let catalog = runner.catalog();
-            crate::repl::run(&mut runner, catalog, &name, color, cli.output.unwrap_or(Format::Table));
+            crate::repl::run(&mut runner, &name, color, cli.output.unwrap_or(Format::Table));
             EXIT_OK
         }
     };

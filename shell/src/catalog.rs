@@ -23,6 +23,9 @@ pub struct Entry {
 #[derive(Default)]
 pub struct Catalog {
     entries: RwLock<BTreeMap<String, Entry>>,
+    /// Commands no live node provides any more, with the nodes that last did: a call
+    /// to one is explained instead of being an unknown name.
+    departed: RwLock<BTreeMap<String, Vec<String>>>,
     generation: AtomicU64,
 }
 
@@ -46,6 +49,13 @@ impl Catalog {
         let mut entries = self.entries.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         let changed = entries.len() != fresh.len()
             || entries.iter().zip(fresh.iter()).any(|(a, b)| a.0 != b.0 || a.1.spec != b.1.spec);
+        if changed {
+            let mut departed = self.departed.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (name, entry) in entries.iter().filter(|(name, _)| !fresh.contains_key(*name)) {
+                departed.insert(name.clone(), entry.providers.clone());
+            }
+            departed.retain(|name, _| !fresh.contains_key(name));
+        }
         *entries = fresh;
         if changed {
             self.generation.fetch_add(1, Ordering::Relaxed);
@@ -71,6 +81,16 @@ impl Catalog {
     /// Every entry, sorted by name.
     pub(crate) fn entries(&self) -> Vec<Entry> {
         self.read().values().cloned().collect()
+    }
+
+    /// The nodes that last provided `name`, when no live node does any more.
+    pub(crate) fn departed(&self, name: &str) -> Option<Vec<String>> {
+        self.departed.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(name).cloned()
+    }
+
+    /// Every command name, sorted.
+    pub(crate) fn names(&self) -> Vec<String> {
+        self.read().keys().cloned().collect()
     }
 
     /// Command names starting with `prefix`, sorted.
@@ -136,4 +156,21 @@ pub(crate) fn watch(client: Arc<Client>, catalog: Arc<Catalog>) {
             }
         }
     });
+}
+
+/// A small catalogue for the shell's unit tests.
+#[cfg(test)]
+pub(crate) fn sample() -> Catalog {
+    let command = |name: &str, target: &str, params: serde_json::Value, help: &str| {
+        serde_json::json!({"name": name, "target": target, "params": params, "help": help, "needsUser": false,
+            "needsQueue": false, "callType": "NORMAL", "providers": ["n1"]})
+    };
+    let catalog = Catalog::default();
+    catalog.load(&serde_json::json!({
+        "getMethods": command("getMethods", "core", serde_json::json!([{"name": "queue", "type": "string", "optional": true}]), "List commands"),
+        "getNodes": command("getNodes", "core", serde_json::json!([]), "List nodes"),
+        "echo": command("echo", "core", serde_json::json!([{"name": "value", "type": "any", "optional": false}]), "Echo"),
+        "lockAccount": command("lockAccount", "objects", serde_json::json!([{"name": "dn", "type": "string", "optional": false}]), "Lock an account"),
+    }));
+    catalog
 }

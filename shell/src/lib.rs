@@ -13,13 +13,19 @@
 
 mod args;
 pub mod catalog;
+pub mod complete;
 mod config;
 mod connect;
+mod explain;
+pub mod functions;
+mod help;
 mod join;
+mod pager;
 pub mod render;
 pub mod repl;
 pub mod runner;
 mod syntax;
+pub mod values;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

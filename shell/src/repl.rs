@@ -17,64 +17,18 @@ use rustyline::{Config, Context, Editor, Helper};
 use serde_json::Value;
 
 use crate::catalog::Catalog;
+use crate::complete::{Completion, KEYWORDS, SHELL_COMMANDS, Sources, complete};
+use crate::functions::ShellFunctions;
 use crate::render::{Format, render};
 use crate::runner::Runner;
 use crate::syntax::{Kind, callee_before, scan};
-
-/// Rhai keywords and the shell's own functions, completed beside commands.
-pub(crate) const KEYWORDS: &[&str] = &[
-    "let",
-    "const",
-    "if",
-    "else",
-    "switch",
-    "while",
-    "loop",
-    "for",
-    "in",
-    "do",
-    "until",
-    "break",
-    "continue",
-    "return",
-    "throw",
-    "try",
-    "catch",
-    "fn",
-    "private",
-    "import",
-    "export",
-    "as",
-    "true",
-    "false",
-    "this",
-    "global",
-    "print",
-    "debug",
-    "type_of",
-    "help",
-    "rpc",
-    "tail",
-    "next_events",
-    "sleep",
-    "env",
-    "progress",
-    "read_file",
-    "write_file",
-    "append_file",
-    "file_exists",
-    "read_json",
-    "write_json",
-    "parse_json",
-    "to_json_text",
-    "read_csv",
-    "write_csv",
-    "fanout",
-];
+use crate::values::ValueHints;
 
 /// Completion, hints, highlighting and the multi-line rule for rustyline.
 pub(crate) struct ShellHelper {
     pub(crate) catalog: Arc<Catalog>,
+    pub(crate) functions: Arc<RwLock<ShellFunctions>>,
+    pub(crate) values: Arc<ValueHints>,
     pub(crate) variables: Arc<RwLock<BTreeMap<String, Value>>>,
     pub(crate) color: bool,
     /// Characters the prompt takes on the screen.
@@ -83,107 +37,42 @@ pub(crate) struct ShellHelper {
 }
 
 impl ShellHelper {
-    pub(crate) fn new(
-        catalog: Arc<Catalog>,
-        variables: Arc<RwLock<BTreeMap<String, Value>>>,
-        color: bool,
-        prompt_width: usize,
-    ) -> ShellHelper {
-        ShellHelper { catalog, variables, color, prompt_width, files: FilenameCompleter::new() }
-    }
-}
-
-/// Completions for `line` with the cursor at `pos`: where the replaced word starts and
-/// the candidates. Pure, so it can be tested and measured without a terminal.
-pub fn complete(
-    catalog: &Catalog,
-    variables: &BTreeMap<String, Value>,
-    line: &str,
-    pos: usize,
-) -> (usize, Vec<String>) {
-    let before = &line[..pos];
-    let word_start = before.rfind(|c: char| !(c.is_alphanumeric() || c == '_')).map(|i| i + 1).unwrap_or(0);
-    let word = &before[word_start..];
-    // `a.b.<prefix>`: properties of a value in scope.
-    if before[..word_start].ends_with('.') {
-        let path_end = word_start - 1;
-        let path_start = before[..path_end]
-            .rfind(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.' || c == '[' || c == ']'))
-            .map(|i| i + 1)
-            .unwrap_or(0);
-        let path = &before[path_start..path_end];
-        let mut candidates: Vec<String> = resolve(variables, path)
-            .and_then(Value::as_object)
-            .map(|map| map.keys().filter(|k| k.starts_with(word)).cloned().collect())
-            .unwrap_or_default();
-        candidates.sort();
-        return (word_start, candidates);
-    }
-    // The catalogue comes sorted and may hold thousands of names; the few keywords and
-    // variables are sorted on their own and merged in, so a TAB stays linear.
-    let commands = catalog.names_with_prefix(word);
-    let helpers = KEYWORDS.iter().chain(clacks_scripting::acl::FUNCTIONS);
-    let mut others: Vec<String> = helpers.filter(|k| k.starts_with(word)).map(|k| (*k).to_owned()).collect();
-    others.extend(variables.keys().filter(|v| v.starts_with(word)).cloned());
-    others.sort();
-    (word_start, merge_sorted(commands, others))
-}
-
-fn merge_sorted(a: Vec<String>, b: Vec<String>) -> Vec<String> {
-    let mut out = Vec::with_capacity(a.len() + b.len());
-    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
-    loop {
-        let next = match (a.peek(), b.peek()) {
-            (Some(x), Some(y)) if x <= y => a.next(),
-            (Some(_), Some(_)) | (None, Some(_)) => b.next(),
-            (Some(_), None) => a.next(),
-            (None, None) => return out,
-        };
-        if let Some(item) = next
-            && out.last() != Some(&item)
-        {
-            out.push(item);
+    pub(crate) fn new(runner: &Runner, values: Arc<ValueHints>, color: bool, prompt_width: usize) -> ShellHelper {
+        ShellHelper {
+            catalog: runner.catalog(),
+            functions: runner.shell_functions(),
+            values,
+            variables: runner.variables.clone(),
+            color,
+            prompt_width,
+            files: FilenameCompleter::new(),
         }
     }
-}
-
-/// Follows `a.b[0].c` through the variables snapshot.
-fn resolve<'a>(variables: &'a BTreeMap<String, Value>, path: &str) -> Option<&'a Value> {
-    let mut parts = path.split('.');
-    let first = parts.next()?;
-    let (name, mut indexes) = split_index(first);
-    let mut value = variables.get(name)?;
-    loop {
-        for idx in indexes {
-            value = value.get(idx)?;
-        }
-        let Some(part) = parts.next() else { return Some(value) };
-        let (key, idx) = split_index(part);
-        value = value.get(key)?;
-        indexes = idx;
-    }
-}
-
-fn split_index(part: &str) -> (&str, Vec<usize>) {
-    let mut pieces = part.split('[');
-    let name = pieces.next().unwrap_or_default();
-    let indexes = pieces.filter_map(|p| p.trim_end_matches(']').parse().ok()).collect();
-    (name, indexes)
 }
 
 /// The signature hint for the call the cursor is in, cut to `room` characters (what is
 /// left of the terminal's width after the prompt and the line; too little room, none).
-pub(crate) fn signature_hint(catalog: &Catalog, line: &str, pos: usize, room: usize) -> Option<String> {
+pub(crate) fn signature_hint(
+    catalog: &Catalog,
+    functions: &ShellFunctions,
+    line: &str,
+    pos: usize,
+    room: usize,
+) -> Option<String> {
     if pos != line.len() {
         return None;
     }
     let scanned = scan(line);
     let (_, paren) = scanned.open.iter().rev().find(|(c, _)| *c == '(')?;
     let name = callee_before(line, *paren)?;
-    let entry = catalog.get(name)?;
+    // The shell's function wins over a command of the same name, as in the engine.
+    let (signature, help) = match functions.get(name) {
+        Some(function) => (crate::help::merged_signature(function), function.doc.clone()),
+        None => catalog.get(name).map(|entry| (entry.spec.signature(), entry.spec.help))?,
+    };
     // One line at most: the first sentence of the help, cut to a terminal's width.
-    let help = entry.spec.help.split(". ").next().unwrap_or_default();
-    let hint = format!("  ⟵ {} — {}", entry.spec.signature(), help);
+    let help = help.split(". ").next().unwrap_or_default();
+    let hint = format!("  ⟵ {signature} — {help}");
     let room = room.min(100);
     if room < 12 {
         return None;
@@ -198,20 +87,17 @@ impl Completer for ShellHelper {
     type Candidate = Pair;
 
     fn complete(&self, line: &str, pos: usize, ctx: &Context<'_>) -> rustyline::Result<(usize, Vec<Pair>)> {
-        // Inside a string literal: file paths.
-        if scan(&line[..pos]).open_string.is_some() {
-            return self.files.complete(line, pos, ctx);
-        }
         let variables = self.variables.read().map(|v| v.clone()).unwrap_or_default();
-        let (start, candidates) = complete(&self.catalog, &variables, line, pos);
-        let pairs = candidates
-            .into_iter()
-            .map(|c| {
-                let replacement = if self.catalog.contains(&c) { format!("{c}(") } else { c.clone() };
-                Pair { display: c, replacement }
-            })
-            .collect();
-        Ok((start, pairs))
+        let functions = self.functions.read().map(|f| f.clone()).unwrap_or_default();
+        let sources =
+            Sources { catalog: &self.catalog, functions: &functions, variables: &variables, values: &self.values };
+        match complete(&sources, line, pos) {
+            Completion::Path => self.files.complete(line, pos, ctx),
+            Completion::Candidates(start, candidates) => Ok((
+                start,
+                candidates.into_iter().map(|c| Pair { display: c.display, replacement: c.replacement }).collect(),
+            )),
+        }
     }
 }
 
@@ -236,7 +122,8 @@ impl Hinter for ShellHelper {
         let width = crate::terminal_width().map_or(100, usize::from);
         let typed = line.rsplit('\n').next().unwrap_or(line).chars().count();
         let room = width.saturating_sub(self.prompt_width + typed + 1);
-        signature_hint(&self.catalog, line, pos, room).map(ShowOnly)
+        let functions = self.functions.read().ok()?;
+        signature_hint(&self.catalog, &functions, line, pos, room).map(ShowOnly)
     }
 }
 
@@ -256,6 +143,7 @@ impl Highlighter for ShellHelper {
                 Kind::Comment => Some("\x1b[2m"),
                 Kind::Word if KEYWORDS.contains(&text) => Some("\x1b[35m"),
                 Kind::Word if self.catalog.contains(text) => Some("\x1b[1;34m"),
+                Kind::Word if self.functions.read().is_ok_and(|f| f.contains(text)) => Some("\x1b[34m"),
                 _ => None,
             };
             match style {
@@ -310,7 +198,7 @@ fn history_path() -> Option<PathBuf> {
 }
 
 /// Runs the REPL until Ctrl-D or `:quit`.
-pub(crate) fn run(runner: &mut Runner, catalog: Arc<Catalog>, prompt_name: &str, color: bool, mut format: Format) {
+pub(crate) fn run(runner: &mut Runner, prompt_name: &str, color: bool, format: Format) {
     let config = Config::builder()
         .auto_add_history(false)
         .max_history_size(10_000)
@@ -325,7 +213,8 @@ pub(crate) fn run(runner: &mut Runner, catalog: Arc<Catalog>, prompt_name: &str,
         }
     };
     let prompt_width = prompt_name.chars().count() + 2;
-    editor.set_helper(Some(ShellHelper::new(catalog.clone(), runner.variables.clone(), color, prompt_width)));
+    let values = runner.watch_values();
+    editor.set_helper(Some(ShellHelper::new(runner, values.clone(), color, prompt_width)));
     // Background tails print through rustyline so their lines land above the prompt.
     match editor.create_external_printer() {
         Ok(printer) => {
@@ -345,7 +234,7 @@ pub(crate) fn run(runner: &mut Runner, catalog: Arc<Catalog>, prompt_name: &str,
     }
     println!("Clacks shell on {prompt_name}. help() lists commands, :help the shell's own; Ctrl-D exits.");
     let prompt = format!("{prompt_name}> ");
-    let mut last_details: Option<String> = None;
+    let mut state = State { format, pager: true, last_details: None, color, values };
     // Lines of an input still going on (an open brace, `let x =`).
     let mut pending = String::new();
     loop {
@@ -393,20 +282,20 @@ pub(crate) fn run(runner: &mut Runner, catalog: Arc<Catalog>, prompt_name: &str,
             break;
         }
         if let Some(command) = input.strip_prefix(':') {
-            match shell_command(without_comment(command), runner, &mut format, &last_details, color) {
+            match shell_command(without_comment(command), runner, &mut state) {
                 Flow::Continue => continue,
                 Flow::Quit => break,
             }
         }
         if let Some(name) = input.strip_prefix('?') {
-            println!("{}", runner.help_text(Some(without_comment(name))));
+            state.show(runner, &runner.help_text(Some(without_comment(name))));
             continue;
         }
         let width = crate::terminal_width();
         match runner.run(input) {
             Ok(value) if value.is_unit() => {}
             Ok(value) => match clacks_scripting::to_json(&value) {
-                Ok(json) => println!("{}", render(&json, format, width)),
+                Ok(json) => state.show(runner, &render(&json, state.format, width)),
                 Err(_) => println!("{value}"),
             },
             // `exit(code)` typed at the prompt leaves the shell.
@@ -418,7 +307,7 @@ pub(crate) fn run(runner: &mut Runner, catalog: Arc<Catalog>, prompt_name: &str,
             }
             Err(e) => {
                 crate::print_error(&e.line, color);
-                last_details = e.details.clone();
+                state.last_details = e.details.clone();
             }
         }
     }
@@ -438,89 +327,94 @@ enum Flow {
     Quit,
 }
 
-fn shell_command(
-    command: &str,
-    runner: &mut Runner,
-    format: &mut Format,
-    last_details: &Option<String>,
+/// What the `:` commands change, and what they show.
+struct State {
+    format: Format,
+    pager: bool,
+    last_details: Option<String>,
     color: bool,
-) -> Flow {
+    values: Arc<ValueHints>,
+}
+
+impl State {
+    /// A result or help text, through the pager when it is long.
+    fn show(&self, runner: &Runner, text: &str) {
+        crate::pager::print(text, self.pager);
+        // A Ctrl-C typed in the pager reached the shell too; it must not cancel the
+        // next command.
+        runner.interrupt.reset();
+    }
+}
+
+fn shell_command(command: &str, runner: &mut Runner, state: &mut State) -> Flow {
     let mut words = command.split_whitespace();
+    let color = state.color;
     match (words.next().unwrap_or_default(), words.next()) {
         ("q" | "quit" | "exit", _) => return Flow::Quit,
         ("format", Some(name)) => match Format::parse(name) {
             Some(f) => {
-                *format = f;
+                state.format = f;
                 println!("output format: {name}");
             }
             None => crate::print_error(&format!("unknown format '{name}': use {}", Format::names().join(", ")), color),
         },
-        ("format", None) => println!("output format: {} (:format {})", format.name(), Format::names().join("|")),
-        ("details", _) => match last_details {
+        ("format", None) => println!("output format: {} (:format {})", state.format.name(), Format::names().join("|")),
+        ("pager", Some(setting @ ("on" | "off"))) => {
+            state.pager = setting == "on";
+            println!("pager: {setting}");
+        }
+        ("pager", Some(other)) => crate::print_error(&format!("unknown pager setting '{other}': use on or off"), color),
+        ("pager", None) => println!("pager: {} (:pager on|off)", if state.pager { "on" } else { "off" }),
+        ("details", _) => match &state.last_details {
             Some(details) => println!("{details}"),
             None => println!("no details for the last error"),
         },
         ("refresh", _) => {
             runner.refresh_catalog();
-            println!("commands reloaded");
+            runner.refresh_values(&state.values);
+            println!("commands and values reloaded");
         }
-        ("help", _) => println!(
-            "Shell commands:\n  :format table|record|json|yaml|plain|csv   how results are shown\n  :details                                   the rest of the last error\n  :refresh                                   reload the domain's commands now\n  :quit                                      leave (or exit, or Ctrl-D)\n  ?name                                      help for one command\n\nhelp() lists the domain's commands; every command is a function: {}.",
-            HELP_EXAMPLES.join(", ")
-        ),
+        ("help", _) => println!("{}", shell_commands_help()),
         (other, _) => crate::print_error(&format!("unknown shell command ':{other}' (:help lists them)"), color),
     }
     Flow::Continue
 }
 
+/// `:help`: the `:` commands from their table, and where help for the rest is.
+fn shell_commands_help() -> String {
+    use std::fmt::Write as _;
+    let mut out = String::from("Shell commands:\n");
+    for (name, arguments, what) in SHELL_COMMANDS {
+        let _ = writeln!(out, "  :{:<44} {what}", format!("{name} {arguments}").trim_end());
+    }
+    let _ = writeln!(out, "  {:<45} help for one command or shell function", "?name");
+    let _ = write!(
+        out,
+        "\nhelp() lists the domain's commands and the shell's functions; every command is a function: {}.",
+        HELP_EXAMPLES.join(", ")
+    );
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    fn catalog() -> Catalog {
-        let catalog = Catalog::default();
-        catalog.load(&json!({
-            "getMethods": {"name": "getMethods", "target": "core", "params": [{"name": "queue", "type": "string", "optional": true}], "help": "List commands", "needsUser": false, "needsQueue": false, "callType": "NORMAL", "providers": ["n1"]},
-            "getNodes": {"name": "getNodes", "target": "core", "params": [], "help": "List nodes", "needsUser": false, "needsQueue": false, "callType": "NORMAL", "providers": ["n1"]},
-            "echo": {"name": "echo", "target": "core", "params": [{"name": "value", "type": "any", "optional": false}], "help": "Echo", "needsUser": false, "needsQueue": false, "callType": "NORMAL", "providers": ["n1"]}
-        }));
-        catalog
-    }
-
-    #[test]
-    fn completion_candidates() {
-        let catalog = catalog();
-        let vars = BTreeMap::from([
-            ("nodes".to_owned(), json!([{"node": "n1", "load": 0.1}])),
-            ("n".to_owned(), json!({"node": "n1", "load": 0.1, "nested": {"deep": 1}})),
-        ]);
-        assert_eq!(complete(&catalog, &vars, "getN", 4), (0, vec!["getNodes".to_owned()]));
-        assert_eq!(
-            complete(&catalog, &vars, "let x = get", 11),
-            (8, vec!["getMethods".to_owned(), "getNodes".to_owned()])
-        );
-        assert_eq!(
-            complete(&catalog, &vars, "n.", 2),
-            (2, vec!["load".to_owned(), "nested".to_owned(), "node".to_owned()])
-        );
-        assert_eq!(complete(&catalog, &vars, "n.nested.d", 10), (9, vec!["deep".to_owned()]));
-        assert_eq!(complete(&catalog, &vars, "nodes[0].lo", 11), (9, vec!["load".to_owned()]));
-        assert_eq!(complete(&catalog, &vars, "wh", 2).1, ["while"]);
-        assert!(complete(&catalog, &vars, "no", 2).1.contains(&"nodes".to_owned()));
-    }
 
     #[test]
     fn hints_show_the_signature() {
-        let catalog = catalog();
+        let catalog = crate::catalog::sample();
+        let functions = ShellFunctions::default();
         assert_eq!(
-            signature_hint(&catalog, "getMethods(", 11, 80).as_deref(),
+            signature_hint(&catalog, &functions, "getMethods(", 11, 80).as_deref(),
             Some("  ⟵ getMethods(queue?: string) — List commands")
         );
         // Cut to the room the terminal leaves, and left out when there is almost none.
-        assert_eq!(signature_hint(&catalog, "getMethods(", 11, 20).as_deref(), Some("  ⟵ getMethods(queu…"));
-        assert_eq!(signature_hint(&catalog, "getMethods(", 11, 8), None);
-        assert_eq!(signature_hint(&catalog, "echo(1) + 2", 11, 80), None);
-        assert_eq!(signature_hint(&catalog, "nope(", 5, 80), None);
+        assert_eq!(
+            signature_hint(&catalog, &functions, "getMethods(", 11, 20).as_deref(),
+            Some("  ⟵ getMethods(queu…")
+        );
+        assert_eq!(signature_hint(&catalog, &functions, "getMethods(", 11, 8), None);
+        assert_eq!(signature_hint(&catalog, &functions, "echo(1) + 2", 11, 80), None);
+        assert_eq!(signature_hint(&catalog, &functions, "nope(", 5, 80), None);
     }
 }

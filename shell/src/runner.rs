@@ -21,6 +21,7 @@ use tokio::runtime::Handle;
 use tokio::sync::Notify;
 
 use crate::catalog::Catalog;
+use crate::functions::ShellFunctions;
 use crate::render::{Format, render};
 
 /// Ctrl-C while a call or script runs: the flag stops Rhai, the notification wakes a
@@ -58,6 +59,14 @@ pub struct RunError {
     /// The script ended itself with `exit(code)` or `usage(text)`: the process exits
     /// with this code (the line, if any, is its message for stderr).
     pub exit: Option<u8>,
+    /// Line and column in the code that was run.
+    pub position: Option<(usize, usize)>,
+}
+
+impl RunError {
+    fn new(line: String, details: Option<String>) -> RunError {
+        RunError { line, details, interrupted: false, exit: None, position: None }
+    }
 }
 
 /// What `exit(code)` and `usage(text)` end a script with: not an error of the script but
@@ -78,6 +87,7 @@ fn exit_with(code: u8, message: Option<String>) -> Box<EvalAltResult> {
 struct ShellCaller {
     handle: Handle,
     client: Arc<Client>,
+    catalog: Arc<Catalog>,
     interrupt: Interrupt,
     spinner: bool,
 }
@@ -97,7 +107,7 @@ impl RemoteCaller for ShellCaller {
             let mut spinner: Option<indicatif::ProgressBar> = None;
             let outcome = loop {
                 tokio::select! {
-                    result = &mut call => break result.map_err(to_remote_error),
+                    result = &mut call => break result.map_err(|e| self.with_signature(method, to_remote_error(e))),
                     _ = &mut notified => break Err(interrupted_error()),
                     _ = &mut slow, if self.spinner && spinner.is_none() => {
                         let bar = indicatif::ProgressBar::new_spinner();
@@ -113,6 +123,18 @@ impl RemoteCaller for ShellCaller {
             }
             outcome
         })
+    }
+}
+
+impl ShellCaller {
+    /// Wrong arguments are easier to fix with the command's signature beside them.
+    fn with_signature(&self, method: &str, mut error: RemoteError) -> RemoteError {
+        if error.code == "INVALID_PARAMS"
+            && let Some(entry) = self.catalog.get(method)
+        {
+            error.message = format!("{}; usage: {}", error.message, entry.spec.signature());
+        }
+        error
     }
 }
 
@@ -148,6 +170,8 @@ pub struct Runner {
     pub(crate) variables: Arc<RwLock<BTreeMap<String, Value>>>,
     /// Where background tails print (the REPL sets it).
     line_sink: Arc<std::sync::Mutex<Option<LineSink>>>,
+    /// The shell's own functions, from the engine's metadata at the last rebuild.
+    shell_functions: Arc<RwLock<ShellFunctions>>,
     /// This session's entered inputs, for `history()` (the REPL adds to it).
     pub(crate) history: Arc<std::sync::Mutex<Vec<String>>>,
     tails: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
@@ -178,6 +202,7 @@ impl Runner {
             scope: Scope::new(),
             functions: AST::empty(),
             variables: Arc::default(),
+            shell_functions: Arc::default(),
             line_sink: Arc::default(),
             history: Arc::default(),
             tails: Arc::default(),
@@ -210,6 +235,7 @@ impl Runner {
         let caller = Arc::new(ShellCaller {
             handle: self.handle.clone(),
             client: self.client.clone(),
+            catalog: self.catalog.clone(),
             interrupt: self.interrupt.clone(),
             spinner: self.interactive && std::io::stderr().is_terminal(),
         });
@@ -223,8 +249,16 @@ impl Runner {
         clacks_scripting::objects::register(&mut engine, caller.clone(), &object_methods);
         clacks_scripting::acl::register(&mut engine, caller.clone());
         clacks_scripting::clients::register(&mut engine, caller.clone());
-        register_commands(&mut engine, &specs, caller);
+        clacks_scripting::bindings::register_rpc(&mut engine, caller.clone());
         register_shell_functions(&mut engine, self);
+        // The shell's own functions as the engine describes them, before the domain's
+        // commands join them: those are what completion, help and suggestions call
+        // "shell functions", and a command of the same name does not replace one.
+        let functions = ShellFunctions::from_engine(&engine);
+        register_commands(&mut engine, &specs, caller, &|name| functions.contains(name));
+        if let Ok(mut shared) = self.shell_functions.write() {
+            *shared = functions;
+        }
         let mut resolvers = ModuleResolversCollection::new();
         for path in &self.script_paths {
             resolvers.push(FileModuleResolver::new_with_path(path));
@@ -265,12 +299,9 @@ impl Runner {
             Ok(ast) => ast,
             Err(e) => {
                 self.interrupt.reset();
-                return Err(RunError {
-                    line: format!("SYNTAX_ERROR: {e}{}", syntax_hint(&e)),
-                    details: None,
-                    interrupted: false,
-                    exit: None,
-                });
+                let mut error = RunError::new(format!("SYNTAX_ERROR: {e}{}", syntax_hint(&e)), None);
+                error.position = e.position().line().map(|line| (line, e.position().position().unwrap_or(1)));
+                return Err(error);
             }
         };
         self.functions = self.functions.merge(&ast.clone_functions_only());
@@ -299,26 +330,43 @@ impl Runner {
         if let EvalAltResult::ErrorTerminated(value, _) = error
             && let Some(request) = value.clone().try_cast::<ExitRequest>()
         {
-            let line = request.message.unwrap_or_default();
-            return RunError { line, details: None, interrupted: false, exit: Some(request.code) };
+            let mut ended = RunError::new(request.message.unwrap_or_default(), None);
+            ended.exit = Some(request.code);
+            return ended;
         }
-        if let Some(remote) = as_remote_error(error) {
+        let (inner, position, calls) = crate::explain::unwind(error);
+        let mut described = if let Some(remote) = as_remote_error(error) {
             let details = remote.details.as_ref().map(|d| serde_json::to_string_pretty(d).unwrap_or_default());
-            return RunError { line: format!("{}: {}", remote.code, remote.message), details, interrupted, exit: None };
+            RunError::new(format!("{}: {}", remote.code, remote.message), details)
+        } else if interrupted {
+            RunError::new("INTERRUPTED: cancelled with Ctrl-C".into(), None)
+        } else {
+            let functions = self.shell_functions.read().map(|f| f.clone()).unwrap_or_default();
+            let names = crate::explain::Names {
+                catalog: &self.catalog,
+                functions: &functions,
+                script_functions: self.functions.iter_functions().map(|f| f.name.to_owned()).collect(),
+                variables: self.scope.iter_raw().map(|(name, _, _)| name.to_owned()).collect(),
+            };
+            let line = crate::explain::explain(inner, &names).unwrap_or_else(|| {
+                let position = inner.position();
+                let text = inner.to_string();
+                // Rhai appends the position to some messages; the location is reported apart.
+                let text = text.strip_suffix(&format!(" ({position})")).unwrap_or(&text).to_owned();
+                format!("SCRIPT_ERROR: {text}")
+            });
+            RunError::new(line, None)
+        };
+        if !calls.is_empty() {
+            let chain = calls.join("\n");
+            described.details = Some(match described.details {
+                Some(details) => format!("{details}\n{chain}"),
+                None => chain,
+            });
         }
-        if interrupted {
-            let line = "INTERRUPTED: cancelled with Ctrl-C".into();
-            return RunError { line, details: None, interrupted, exit: None };
-        }
-        let position = error.position();
-        let at = if position.is_none() { String::new() } else { format!(" ({position})") };
-        let mut text = error.to_string();
-        // Rhai appends the position itself to some messages; keep one.
-        if let Some(stripped) = text.strip_suffix(&format!(" ({position})")) {
-            text = stripped.to_owned();
-        }
-        let details = Some(format!("{error:?}"));
-        RunError { line: format!("SCRIPT_ERROR: {text}{at}"), details, interrupted, exit: None }
+        described.interrupted = interrupted;
+        described.position = position;
+        described
     }
 
     /// Reloads the command catalogue now (`:refresh`).
@@ -329,9 +377,29 @@ impl Runner {
         }
     }
 
+    /// Starts keeping the values completion offers (object types, DNs, nodes, event
+    /// types) current in the background.
+    pub(crate) fn watch_values(&self) -> Arc<crate::values::ValueHints> {
+        let hints = Arc::new(crate::values::ValueHints::default());
+        let _runtime = self.handle.enter();
+        crate::values::watch(self.client.clone(), self.catalog.clone(), hints.clone());
+        hints
+    }
+
+    /// Reads the values completion offers now (`:refresh`).
+    pub(crate) fn refresh_values(&self, hints: &crate::values::ValueHints) {
+        self.handle.block_on(crate::values::refresh(&self.client, &self.catalog, hints));
+    }
+
     /// The text of `help()` or `help(name)`.
     pub(crate) fn help_text(&self, name: Option<&str>) -> String {
-        help_text(&self.catalog, name)
+        let functions = self.shell_functions.read().map(|f| f.clone()).unwrap_or_default();
+        crate::help::help_text(&self.catalog, &functions, name)
+    }
+
+    /// The shell's own functions, as the engine describes them.
+    pub(crate) fn shell_functions(&self) -> Arc<RwLock<ShellFunctions>> {
+        self.shell_functions.clone()
     }
 }
 
@@ -346,79 +414,44 @@ fn syntax_hint(error: &rhai::ParseError) -> &'static str {
     }
 }
 
-/// Help for the domain's commands: grouped by target, or one command in full.
-pub(crate) fn help_text(catalog: &Catalog, name: Option<&str>) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    match name {
-        Some(name) => match catalog.get(name) {
-            None => {
-                let _ = write!(out, "no command '{name}' in this domain (help() lists them)");
-            }
-            Some(entry) => {
-                let spec = &entry.spec;
-                let _ = writeln!(out, "{}", spec.signature());
-                let _ = writeln!(out, "    {}", spec.help);
-                let _ = writeln!(out);
-                for p in &spec.params {
-                    let _ = writeln!(out, "    {:<16} {}{}", p.name, p.ty, if p.optional { " (optional)" } else { "" });
-                }
-                if !spec.params.is_empty() {
-                    let _ = writeln!(out);
-                }
-                let _ = writeln!(out, "    target:    {}", spec.target);
-                let _ = writeln!(out, "    call type: {}", spec.call_type.as_str());
-                if spec.needs_user || spec.needs_queue {
-                    let flags: Vec<&str> = [(spec.needs_user, "needs user"), (spec.needs_queue, "needs its own queue")]
-                        .iter()
-                        .filter(|(on, _)| *on)
-                        .map(|(_, f)| *f)
-                        .collect();
-                    let _ = writeln!(out, "    flags:     {}", flags.join(", "));
-                }
-                let _ = write!(out, "    nodes:     {}", entry.providers.join(", "));
-            }
-        },
-        None => {
-            let mut by_target: BTreeMap<String, Vec<crate::catalog::Entry>> = BTreeMap::new();
-            for entry in catalog.entries() {
-                by_target.entry(entry.spec.target.clone()).or_default().push(entry);
-            }
-            for (target, entries) in by_target {
-                let _ = writeln!(out, "{}", target.to_uppercase());
-                let _ = writeln!(out, "{}", "=".repeat(target.len()));
-                for entry in entries {
-                    let _ = writeln!(out, "  {:<40} {}", entry.spec.signature(), entry.spec.help);
-                }
-                let _ = writeln!(out);
-            }
-            out.push_str("help(\"name\") or ?name shows one command; :help lists the shell's own commands.");
-        }
-    }
-    out
-}
-
 fn register_shell_functions(engine: &mut Engine, runner: &Runner) {
-    let catalog = runner.catalog.clone();
-    engine.register_fn("help", move || {
-        println!("{}", help_text(&catalog, None));
+    let (catalog, functions) = (runner.catalog.clone(), runner.shell_functions.clone());
+    clacks_scripting::function(
+        "help",
+        "",
+        "The domain's commands by target and the shell's own functions, with signatures.",
+    )
+    .register_into_engine(engine, move || {
+        let functions = functions.read().map(|f| f.clone()).unwrap_or_default();
+        println!("{}", crate::help::help_text(&catalog, &functions, None));
     });
-    let catalog = runner.catalog.clone();
-    engine.register_fn("help", move |name: &str| {
-        println!("{}", help_text(&catalog, Some(name)));
+    let (catalog, functions) = (runner.catalog.clone(), runner.shell_functions.clone());
+    clacks_scripting::function(
+        "help",
+        "name: string",
+        "Everything about the command or shell function `name`: signature, parameters, where it runs.",
+    )
+    .register_into_engine(engine, move |name: &str| {
+        let functions = functions.read().map(|f| f.clone()).unwrap_or_default();
+        println!("{}", crate::help::help_text(&catalog, &functions, Some(name)));
     });
 
-    // `show(value)`: print a value as the REPL would, as a table.
-    engine.register_fn("show", |value: Dynamic| -> Result<(), Box<EvalAltResult>> {
-        let json = to_json(&value).map_err(|e| e.to_string())?;
-        println!("{}", render(&json, Format::Table, crate::terminal_width()));
-        Ok(())
-    });
+    clacks_scripting::function("show", "value: any", "Print `value` as the shell would, as a table.")
+        .register_into_engine(engine, |value: Dynamic| -> Result<(), Box<EvalAltResult>> {
+            let json = to_json(&value).map_err(|e| e.to_string())?;
+            println!("{}", render(&json, Format::Table, crate::terminal_width()));
+            Ok(())
+        });
 
     // `rpc_on(node, method, args)`: one node's private queue, for fan-out scripts.
     let (handle, client) = (runner.handle.clone(), runner.client.clone());
-    engine.register_fn(
+    clacks_scripting::function(
         "rpc_on",
+        "node: string, command: string, args: array -> any",
+        "Call `command` on one node through its private queue, with `args` in order.",
+    )
+    .register_into_engine(
+        engine,
         move |node: &str, method: &str, args: rhai::Array| -> Result<Dynamic, Box<EvalAltResult>> {
             let params = args.iter().map(to_json).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
             let params = if params.is_empty() { Params::None } else { Params::Positional(params) };
@@ -431,21 +464,33 @@ fn register_shell_functions(engine: &mut Engine, runner: &Runner) {
 
     // `exit(code)` ends a script with that exit code (0–255); `usage(text)` says how a
     // script is called, on stderr, and ends it with the usage-error code 2.
-    engine.register_fn("exit", || -> Result<(), Box<EvalAltResult>> { Err(exit_with(0, None)) });
-    engine.register_fn("exit", |code: i64| -> Result<(), Box<EvalAltResult>> {
+    clacks_scripting::function("exit", "", "End the script with exit code 0 (past any try).")
+        .register_into_engine(engine, || -> Result<(), Box<EvalAltResult>> { Err(exit_with(0, None)) });
+    clacks_scripting::function(
+        "exit",
+        "code: integer",
+        "End the script with exit code `code`, 0 to 255 (past any try).",
+    )
+    .register_into_engine(engine, |code: i64| -> Result<(), Box<EvalAltResult>> {
         let code = u8::try_from(code).map_err(|_| format!("exit codes are 0 to 255, not {code}"))?;
         Err(exit_with(code, None))
     });
-    engine.register_fn("usage", |text: &str| -> Result<(), Box<EvalAltResult>> {
+    clacks_scripting::function(
+        "usage",
+        "text: string",
+        "Print `usage: text` on stderr and end the script with exit code 2.",
+    )
+    .register_into_engine(engine, |text: &str| -> Result<(), Box<EvalAltResult>> {
         Err(exit_with(crate::args::EXIT_USAGE, Some(format!("usage: {text}"))))
     });
 
     // `history()`: what was entered in this session, oldest first (the history file
     // keeps earlier sessions for Ctrl-R and the arrow keys).
     let history = runner.history.clone();
-    engine.register_fn("history", move || -> rhai::Array {
-        history.lock().map(|h| h.iter().cloned().map(Dynamic::from).collect()).unwrap_or_default()
-    });
+    clacks_scripting::function("history", "-> array", "What was entered in this session, oldest first.")
+        .register_into_engine(engine, move || -> rhai::Array {
+            history.lock().map(|h| h.iter().cloned().map(Dynamic::from).collect()).unwrap_or_default()
+        });
 
     register_event_functions(engine, runner);
 }
@@ -492,43 +537,64 @@ fn register_event_functions(engine: &mut Engine, runner: &Runner) {
 
     // next_events(types[, filter], #{count, timeout}) -> array of events
     let c = ctx.clone();
-    engine.register_fn("next_events", move |types: Dynamic, options: Map| {
+    clacks_scripting::function("next_events", "eventTypes: any, options: map -> array", "Wait for events of `eventTypes` (a name or an array of names) and return them; `options` give count and timeout (seconds).").register_into_engine(engine, move |types: Dynamic, options: Map| {
         c.collect(EventQuery::new(types, None, &options))
     });
     let c = ctx.clone();
-    engine.register_fn("next_events", move |types: Dynamic, filter: &str, options: Map| {
+    clacks_scripting::function("next_events", "eventTypes: any, filter: string, options: map -> array", "Wait for events of `eventTypes` matching the XPath `filter` and return them; `options` give count and timeout (seconds).").register_into_engine(engine, move |types: Dynamic, filter: &str, options: Map| {
         c.collect(EventQuery::new(types, Some(filter.to_owned()), &options))
     });
 
     // tail(types[, filter][, #{count, timeout}]): prints events; in the REPL it runs in
     // the background (untail() stops it), in scripts it blocks.
     let c = ctx.clone();
-    engine.register_fn("tail", move |types: Dynamic| c.tail(EventQuery::new(types, None, &Map::new())));
+    clacks_scripting::function("tail", "eventTypes: any", "Print events of `eventTypes` as they come: in the shell in the background (untail() stops), in a script until Ctrl-C.").register_into_engine(engine, move |types: Dynamic| c.tail(EventQuery::new(types, None, &Map::new())));
     let c = ctx.clone();
-    engine.register_fn("tail", move |types: Dynamic, filter: &str| {
+    clacks_scripting::function(
+        "tail",
+        "eventTypes: any, filter: string",
+        "Print events of `eventTypes` matching the XPath `filter` as they come.",
+    )
+    .register_into_engine(engine, move |types: Dynamic, filter: &str| {
         c.tail(EventQuery::new(types, Some(filter.to_owned()), &Map::new()))
     });
     let c = ctx.clone();
-    engine.register_fn("tail", move |types: Dynamic, options: Map| c.tail(EventQuery::new(types, None, &options)));
+    clacks_scripting::function("tail", "eventTypes: any, options: map", "Print events of `eventTypes` as they come; `options` give count, timeout (seconds) and unknown (also types without a schema).").register_into_engine(engine, move |types: Dynamic, options: Map| c.tail(EventQuery::new(types, None, &options)));
     let c = ctx.clone();
-    engine.register_fn("tail", move |types: Dynamic, filter: &str, options: Map| {
+    clacks_scripting::function(
+        "tail",
+        "eventTypes: any, filter: string, options: map",
+        "Print events of `eventTypes` matching the XPath `filter`; `options` give count, timeout and unknown.",
+    )
+    .register_into_engine(engine, move |types: Dynamic, filter: &str, options: Map| {
         c.tail(EventQuery::new(types, Some(filter.to_owned()), &options))
     });
     let c = ctx.clone();
-    engine.register_fn("untail", move || c.untail());
+    clacks_scripting::function("untail", "-> integer", "Stop every background tail; the result is how many ran.")
+        .register_into_engine(engine, move || c.untail());
 
     // subscribe(types, filter, |event| …[, #{count, timeout}]): calls the closure for
     // each event until the count, the timeout or Ctrl-C.
     let c = ctx.clone();
-    engine.register_fn(
+    clacks_scripting::function(
         "subscribe",
+        "eventTypes: any, filter: string, callback: function -> integer",
+        "Call `callback` with each event of `eventTypes` matching `filter`, until Ctrl-C; the result is how many came.",
+    )
+    .register_into_engine(
+        engine,
         move |call: rhai::NativeCallContext, types: Dynamic, filter: &str, callback: rhai::FnPtr| {
             c.subscribe(&call, EventQuery::new(types, Some(filter.to_owned()), &Map::new()), &callback)
         },
     );
     let c = ctx.clone();
-    engine.register_fn(
+    clacks_scripting::function(
         "subscribe",
+        "eventTypes: any, filter: string, callback: function, options: map -> integer",
+        "Call `callback` with each event of `eventTypes` matching `filter`, until the count or timeout of `options`.",
+    )
+    .register_into_engine(
+        engine,
         move |call: rhai::NativeCallContext, types: Dynamic, filter: &str, callback: rhai::FnPtr, options: Map| {
             c.subscribe(&call, EventQuery::new(types, Some(filter.to_owned()), &options), &callback)
         },
@@ -536,7 +602,12 @@ fn register_event_functions(engine: &mut Engine, runner: &Runner) {
 
     // send_event(type, #{fields}): the agent builds, validates and publishes it.
     let c = ctx;
-    engine.register_fn("send_event", move |event_type: &str, fields: Map| -> Result<Dynamic, Box<EvalAltResult>> {
+    clacks_scripting::function(
+        "send_event",
+        "eventType: string, fields: map -> any",
+        "Publish an event of `eventType` with `fields`; the agent builds, validates and sends it.",
+    )
+    .register_into_engine(engine, move |event_type: &str, fields: Map| -> Result<Dynamic, Box<EvalAltResult>> {
         let mut event = serde_json::Map::new();
         event.insert("type".into(), Value::String(event_type.to_owned()));
         for (k, v) in fields {

@@ -270,29 +270,78 @@ fn scripts_from_flags_files_stdin_and_shebangs() {
     check(
         &["-c", "nope()"],
         expect![[r#"
-        exit=1
-        stdout:
-        stderr:
-        error: SCRIPT_ERROR: Function not found: nope () (line 1, position 1)
-    "#]],
+            exit=1
+            stdout:
+            stderr:
+            error: SCRIPT_ERROR: no function nope()
+              --> <-c>:1:1
+              |
+            1 | nope()
+              | ^
+        "#]],
+    );
+    // Errors in Clacks terms: too many arguments for a command, a near miss, a map of
+    // the parameter names taken as named arguments.
+    check(
+        &["-c", "echo(1, 2)"],
+        expect![[r#"
+            exit=1
+            stdout:
+            stderr:
+            error: INVALID_PARAMS: echo takes at most 1 argument, not 2; usage: echo(value: any)
+              --> <-c>:1:1
+              |
+            1 | echo(1, 2)
+              | ^
+        "#]],
+    );
+    check(
+        &["-c", "let x = 1;\ngetnodes()"],
+        expect![[r#"
+            exit=1
+            stdout:
+            stderr:
+            error: SCRIPT_ERROR: no function getnodes(); did you mean getNodes()?
+              --> <-c>:2:1
+              |
+            2 | getnodes()
+              | ^
+        "#]],
+    );
+    check(
+        &["-c", "echo(#{value: 3})"],
+        expect![[r#"
+            exit=0
+            stdout:
+            3
+            stderr:
+        "#]],
     );
     check(
         &["-c", "echo()"],
         expect![[r#"
-        exit=1
-        stdout:
-        stderr:
-        error: INVALID_PARAMS: echo: missing argument 'value' (any)
-    "#]],
+            exit=1
+            stdout:
+            stderr:
+            error: INVALID_PARAMS: echo: missing argument 'value' (any); usage: echo(value: any)
+              --> <-c>:1:1
+              |
+            1 | echo()
+              | ^
+        "#]],
     );
     check(
         &["-c", "let = 1"],
         expect![[r#"
-        exit=1
-        stdout:
-        stderr:
-        error: SYNTAX_ERROR: Expecting name of a variable (line 1, position 5)
-    "#]],
+            exit=1
+            stdout:
+            stderr:
+            error: SYNTAX_ERROR: Expecting name of a variable (line 1, position 5)
+              --> <-c>:1:5
+              |
+            1 | let = 1
+              |     ^
+        "#]],
     );
     check(
         &["-c", "ping()", "call", "ping"],
@@ -325,6 +374,24 @@ fn scripts_from_flags_files_stdin_and_shebangs() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let script_path = script.to_string_lossy().into_owned();
+    // An error inside a function points at the line in the file, and :details-like
+    // context is not needed to find it.
+    let failing = dir.path().join("fails.rhai");
+    std::fs::write(&failing, "fn twice(x) {\n    x * undefined_thing\n}\nprint(twice(2));\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let shown = run(&["run", &failing.to_string_lossy()], &[]);
+    let shown = shown.replace(&*failing.to_string_lossy(), "fails.rhai");
+    expect![[r#"
+        exit=1
+        stdout:
+        stderr:
+        error: SCRIPT_ERROR: no variable undefined_thing
+          --> fails.rhai:2:9
+          |
+        2 |     x * undefined_thing
+          |         ^
+    "#]]
+    .assert_eq(&shown);
     // A syntax error names the right line although the shebang was commented out.
     let shown = run(&["run", &script_path, "a", "--flag"], &[]);
     assert!(shown.starts_with("exit=1\n") && shown.contains("(line 4,"), "{shown}");

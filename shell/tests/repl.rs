@@ -136,8 +136,8 @@ fn an_admin_session_on_the_embedded_domain() {
     s.send_line("echo()").unwrap_or_default();
     expect(&mut s, "error: INVALID_PARAMS: echo: missing argument 'value' (any)");
     expect(&mut s, PROMPT);
-    s.send_line("nope()").unwrap_or_default();
-    expect(&mut s, "error: SCRIPT_ERROR: Function not found: nope");
+    s.send_line("pnig()").unwrap_or_default();
+    expect(&mut s, "error: SCRIPT_ERROR: no function pnig(); did you mean ping()?");
     expect(&mut s, PROMPT);
 
     // Formats.
@@ -238,7 +238,7 @@ async fn a_command_appears_when_an_agent_with_it_starts() {
         expect(&mut s, "> ");
         // Nothing called "gree…" exists yet.
         s.send_line("gree").unwrap_or_default();
-        expect(&mut s, "Variable not found: gree");
+        expect(&mut s, "no variable gree");
         expect(&mut s, "> ");
         s
     })
@@ -271,7 +271,7 @@ async fn a_command_appears_when_an_agent_with_it_starts() {
     let s = tokio::task::spawn_blocking(move || {
         std::thread::sleep(Duration::from_millis(1000));
         s.send_line("greet(\"Ada\")").unwrap_or_default();
-        expect(&mut s, "Function not found: greet");
+        expect(&mut s, "COMMAND_NOT_DEFINED: greet is not provided by any live node (last seen on second)");
         expect(&mut s, "> ");
         s.send_control('d').unwrap_or_default();
         expect(&mut s, "Closing session.");

@@ -264,10 +264,9 @@ impl DbusProxy {
             .inputs
             .iter()
             .enumerate()
-            .map(|(i, (name, ty))| Param {
-                name: if name.is_empty() { format!("arg{i}") } else { name.clone() },
-                ty: value_type(ty).unwrap_or(ValueType::Any),
-                optional: false,
+            .map(|(i, (name, ty))| {
+                let name = if name.is_empty() { format!("arg{i}") } else { name.clone() };
+                Param::new(name, value_type(ty).unwrap_or(ValueType::Any), false)
             })
             .collect();
         let spec = CommandSpec {

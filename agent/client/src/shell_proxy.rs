@@ -159,7 +159,7 @@ async fn describe(path: &Path, name: String) -> Result<Command, String> {
     let mut params = Vec::new();
     for p in signature.params {
         let ty = value_type(&p.ty).ok_or_else(|| format!("parameter '{}': unknown type '{}'", p.name, p.ty))?;
-        params.push(Param { name: p.name, ty, optional: p.optional });
+        params.push(Param::new(p.name, ty, p.optional));
     }
     let timeout =
         signature.timeout.filter(|t| t.is_finite() && *t > 0.0).map(Duration::from_secs_f64).unwrap_or(DEFAULT_TIMEOUT);

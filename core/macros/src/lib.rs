@@ -47,6 +47,8 @@ struct CommandOptions {
     needs_user: bool,
     needs_queue: bool,
     call_type: String,
+    /// `- name: text` lines of the doc comment: (parameter, description).
+    param_docs: Vec<(String, String)>,
 }
 
 fn expand_plugin(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
@@ -93,8 +95,14 @@ fn string_value(expr: &Expr) -> syn::Result<String> {
 }
 
 fn parse_command_options(attr: &syn::Attribute, other_attrs: &[syn::Attribute]) -> syn::Result<CommandOptions> {
-    let mut options =
-        CommandOptions { name: None, help: None, needs_user: false, needs_queue: false, call_type: "normal".into() };
+    let mut options = CommandOptions {
+        name: None,
+        help: None,
+        needs_user: false,
+        needs_queue: false,
+        call_type: "normal".into(),
+        param_docs: Vec::new(),
+    };
     if !matches!(attr.meta, Meta::Path(_)) {
         let metas = attr.parse_args_with(Punctuated::<Meta, Token![,]>::parse_terminated)?;
         for meta in metas {
@@ -113,22 +121,34 @@ fn parse_command_options(attr: &syn::Attribute, other_attrs: &[syn::Attribute]) 
             }
         }
     }
+    let doc: Vec<String> = other_attrs
+        .iter()
+        .filter(|a| a.path().is_ident("doc"))
+        .filter_map(|a| match &a.meta {
+            Meta::NameValue(nv) => string_value(&nv.value).ok(),
+            _ => None,
+        })
+        .map(|line| line.trim().to_owned())
+        .collect();
+    options.param_docs = doc.iter().filter_map(|line| param_doc(line)).collect();
     if options.help.is_none() {
-        let doc: Vec<String> = other_attrs
-            .iter()
-            .filter(|a| a.path().is_ident("doc"))
-            .filter_map(|a| match &a.meta {
-                Meta::NameValue(nv) => string_value(&nv.value).ok(),
-                _ => None,
-            })
-            .map(|line| line.trim().to_owned())
-            .take_while(|line| !line.is_empty())
-            .collect();
-        if !doc.is_empty() {
-            options.help = Some(doc.join(" "));
+        let first_paragraph: Vec<&str> =
+            doc.iter().map(String::as_str).take_while(|line| !line.is_empty() && param_doc(line).is_none()).collect();
+        if !first_paragraph.is_empty() {
+            options.help = Some(first_paragraph.join(" "));
         }
     }
     Ok(options)
+}
+
+/// `- name: text` (the name may be in backticks) → (name, text); the rule of
+/// `clacks_core::command::param_doc`, which this crate cannot depend on.
+fn param_doc(line: &str) -> Option<(String, String)> {
+    let rest = line.strip_prefix("- ").or_else(|| line.strip_prefix("* "))?;
+    let (name, description) = rest.split_once(':')?;
+    let name = name.trim().trim_matches('`');
+    let identifier = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    identifier.then(|| (name.to_owned(), description.trim().to_owned()))
 }
 
 fn expand_command(target: &str, method: &syn::ImplItemFn, options: CommandOptions) -> syn::Result<TokenStream2> {
@@ -163,6 +183,7 @@ fn expand_command(target: &str, method: &syn::ImplItemFn, options: CommandOption
     }
 
     let mut params = Vec::new();
+    let mut documented_names: Vec<String> = options.param_docs.iter().map(|(name, _)| name.clone()).collect();
     let mut decodes = Vec::new();
     let mut param_idx = 0usize;
     let mut call_args = Vec::new();
@@ -183,11 +204,16 @@ fn expand_command(target: &str, method: &syn::ImplItemFn, options: CommandOption
         let param_name = pat_ident.ident.to_string();
         let var = format_ident!("__arg{idx}");
         param_idx += 1;
+        let description = match options.param_docs.iter().find(|(name, _)| *name == param_name) {
+            Some((_, text)) => quote!(::std::option::Option::Some(::std::string::String::from(#text))),
+            None => quote!(::std::option::Option::None),
+        };
         params.push(quote! {
             ::clacks_core::command::Param {
                 name: ::clacks_core::command::wire_name(#param_name),
                 ty: <#ty as ::clacks_core::command::WireType>::TYPE,
                 optional: <#ty as ::clacks_core::command::WireType>::OPTIONAL,
+                description: #description,
             }
         });
         decodes.push(quote! {
@@ -195,6 +221,13 @@ fn expand_command(target: &str, method: &syn::ImplItemFn, options: CommandOption
                 &__labels[0], &__labels[#param_idx], __args.next().unwrap_or(::serde_json::Value::Null))?;
         });
         call_args.push(quote!(#var));
+        documented_names.retain(|name| *name != param_name);
+    }
+    if let Some(unknown) = documented_names.first() {
+        return Err(syn::Error::new(
+            method.sig.ident.span(),
+            format!("the doc comment of `{rust_name}` describes `{unknown}`, which is not one of its parameters"),
+        ));
     }
     let invoke = if method.sig.asyncness.is_some() {
         quote!(__this.#method_ident(#(#call_args),*).await)

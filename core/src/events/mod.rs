@@ -361,6 +361,9 @@ impl PresenceEvent {
                         element(&mut body, "Name", &p.name);
                         element(&mut body, "Type", p.ty.as_str());
                         element(&mut body, "Optional", bool_text(p.optional));
+                        if let Some(description) = &p.description {
+                            element(&mut body, "Description", description);
+                        }
                         body.push_str("</Param>");
                     }
                     body.push_str("</NodeMethod>");
@@ -401,6 +404,7 @@ fn read_method(node: &XmlNode) -> Result<CommandSpec, EventError> {
                 name: p.child_text("Name")?.to_owned(),
                 ty: ValueType::parse(ty).ok_or_else(|| EventError::Malformed(format!("unknown type '{ty}'")))?,
                 optional: parse_bool(p.child_text("Optional")?),
+                description: p.child("Description").map(|d| d.text.clone()),
             })
         })
         .collect::<Result<_, EventError>>()?;
@@ -438,7 +442,7 @@ mod tests {
         let spec = CommandSpec {
             name: "echo".into(),
             target: "core".into(),
-            params: vec![Param { name: "value".into(), ty: ValueType::Any, optional: false }],
+            params: vec![Param::new("value", ValueType::Any, false)],
             help: "Returns <value> & more".into(),
             needs_user: false,
             needs_queue: true,
