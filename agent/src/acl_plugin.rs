@@ -440,7 +440,14 @@ impl AclPlugin {
             .collect())
     }
 
-    /// Add an ACL to the set at base: scope one|sub|psub|reset, priority -100…100 (lower first), member regexes, and actions [{topic, acls, options}] or a role; returns its id.
+    /// Add an ACL to the set at base; returns its id.
+    ///
+    /// - base: the DN whose ACL set it joins
+    /// - scope (one|sub|psub|reset): which objects at and below base it covers
+    /// - priority: -100…100, lower first
+    /// - members: regexes of the user names it applies to
+    /// - actions: what it grants, [{topic, acls, options}] (or give role)
+    /// - role: the ACL role whose grants it gives (or give actions)
     #[command(name = "addACL", needs_user)]
     async fn add_acl(
         &self,
@@ -460,6 +467,9 @@ impl AclPlugin {
     }
 
     /// Change an ACL: any of scope, priority, members, and actions or role.
+    ///
+    /// - id: the ACL, as addACL or getACLs gives it
+    /// - scope (one|sub|psub|reset): which objects at and below its base it covers
     #[command(name = "updateACL", needs_user)]
     async fn update_acl(
         &self,
@@ -536,6 +546,10 @@ impl AclPlugin {
     }
 
     /// Add an entry to a role: scope, priority, and actions [{topic, acls, options}] or another role it uses; returns the entry's id.
+    ///
+    /// - role: the ACL role
+    /// - scope (one|sub|psub|reset): which objects the entry covers where the role is granted
+    /// - uses: another role whose grants this entry gives
     #[command(name = "addACLToRole", needs_user)]
     async fn add_acl_to_role(
         &self,
@@ -553,6 +567,8 @@ impl AclPlugin {
     }
 
     /// Change a role entry: any of scope, priority, and actions or the role it uses.
+    ///
+    /// - scope (one|sub|psub|reset): which objects the entry covers where the role is granted
     #[command(name = "updateACLRoleEntry", needs_user)]
     async fn update_acl_role_entry(
         &self,

@@ -39,6 +39,9 @@ pub struct CorePlugin {
 impl CorePlugin {
     /// List every command of the domain with its signature, help and providers.
     /// `queue` may name a node's private queue (D.command.core.NODE) to list only that node's commands.
+    ///
+    /// - queue: a node's private queue, to list only its commands
+    /// - locale: accepted for compatibility; help texts are in English
     #[command]
     fn get_methods(
         &self,

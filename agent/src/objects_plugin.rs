@@ -449,6 +449,11 @@ impl ObjectsPlugin {
     }
 
     /// Keyword search below base (default: the tree's root) with scope BASE, ONE, SUB or CHILDREN; options: category, fallback, secondary, limit (default 200, at most 10,000). Returns {hits, truncated}: truncated is true when more objects matched than the limit let through.
+    ///
+    /// - query: words to find in the objects' indexed attributes
+    /// - base: the DN to search below (default: the tree's root)
+    /// - scope (BASE|ONE|SUB|CHILDREN): how far below base (default SUB)
+    /// - options: category, fallback, secondary, limit
     #[command]
     async fn search(
         &self,

@@ -135,6 +135,7 @@ fn documented_params(function: &str, names: &[&str], comments: &[&str]) -> Resul
                 ty: doc.and_then(|d| d.ty).unwrap_or(ValueType::Any),
                 optional: doc.is_some_and(|d| d.optional),
                 description: doc.map(|d| d.description.clone()).filter(|d| !d.is_empty()),
+                allowed: doc.map(|d| d.allowed.clone()).unwrap_or_default(),
             }
         })
         .collect())
@@ -195,5 +196,37 @@ mod tests {
             None => panic!("no total command"),
         };
         assert_eq!(out, Ok(json!(6.5)));
+    }
+
+    /// `- name (type[, optional]|a|b): text` lines type, describe and restrict the
+    /// parameters; the dispatcher then refuses wrong values before the script runs, and a
+    /// line about a parameter the function lacks is a problem of the file.
+    #[test]
+    fn doc_comments_type_the_parameters() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let source = "/// Wait.\n///\n/// - ms (integer): how long\n/// - mode (string, optional, fast|slow): how\nfn wait(ms, mode, extra) { ms }\n";
+        std::fs::write(dir.path().join("timing.rhai"), source).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.path().join("typo.rhai"), "/// Oops.\n/// - nme (string): x\nfn f(name) { name }\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (commands, problems) = load_dir(dir.path(), &Limits::default());
+        let spec = &commands.first().unwrap_or_else(|| panic!("{problems:?}")).spec;
+        assert_eq!(spec.signature(), "wait(ms: integer, mode?: fast|slow, extra: any)");
+        assert_eq!(spec.help, "Wait.");
+        assert_eq!(spec.params[0].description.as_deref(), Some("how long"));
+        let refused = |args: serde_json::Value| {
+            let params = clacks_core::rpc::Params::Positional(args.as_array().cloned().unwrap_or_default());
+            spec.bind_arguments(params).err().map(|e| e.message)
+        };
+        assert_eq!(
+            refused(json!(["abc", null, 1])).as_deref(),
+            Some("wait: argument 'ms' must be integer, got string")
+        );
+        assert_eq!(
+            refused(json!([5, "medium", 1])).as_deref(),
+            Some("wait: argument 'mode' must be one of fast, slow, got \"medium\"")
+        );
+        assert_eq!(refused(json!([5, null, 1])), None);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].message.contains("describes 'nme'"), "{problems:?}");
     }
 }

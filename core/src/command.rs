@@ -133,23 +133,33 @@ pub struct Param {
     /// What it is, for help (from a `- name: text` line of the command's doc comment).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// The only values a string parameter takes (`- scope (one|sub): …`); empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed: Vec<String>,
 }
 
 impl Param {
-    /// A parameter without a description.
+    /// A parameter without a description or a list of allowed values.
     pub fn new(name: impl Into<String>, ty: ValueType, optional: bool) -> Param {
-        Param { name: name.into(), ty, optional, description: None }
+        Param { name: name.into(), ty, optional, description: None, allowed: Vec::new() }
+    }
+
+    /// Its type for a signature: the allowed values when there are some.
+    fn shown_type(&self) -> String {
+        if self.allowed.is_empty() { self.ty.as_str().to_owned() } else { self.allowed.join("|") }
     }
 }
 
 /// A parameter described in a doc comment: a line `- name: what it is`, or, where the
 /// language has no types (`.rhai` plugins), `- name (integer): …` or
-/// `- name (string, optional): …`. The name may be in backticks.
+/// `- name (string, optional): …`; `- scope (one|sub|psub): …` lists the only values a
+/// string parameter takes. The name may be in backticks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParamDoc {
     pub name: String,
     pub ty: Option<ValueType>,
     pub optional: bool,
+    pub allowed: Vec<String>,
     pub description: String,
 }
 
@@ -167,15 +177,18 @@ pub fn param_doc(line: &str) -> Option<ParamDoc> {
     if !identifier {
         return None;
     }
-    let (mut ty, mut optional) = (None, false);
+    let (mut ty, mut optional, mut allowed) = (None, false, Vec::new());
     for word in kind.into_iter().flat_map(|k| k.split(',')).map(str::trim) {
         match (word, ValueType::parse(word)) {
             ("optional", _) => optional = true,
             (_, Some(parsed)) => ty = Some(parsed),
+            (values, None) if values.contains('|') => {
+                allowed = values.split('|').map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()).collect();
+            }
             _ => return None,
         }
     }
-    Some(ParamDoc { name: name.to_owned(), ty, optional, description: description.trim().to_owned() })
+    Some(ParamDoc { name: name.to_owned(), ty, optional, allowed, description: description.trim().to_owned() })
 }
 
 /// Everything a caller, the dispatcher and the shell need to know about a command.
@@ -202,8 +215,11 @@ pub struct CommandSpec {
 impl CommandSpec {
     /// `name(a: string, b?: integer)` for help and hints.
     pub fn signature(&self) -> String {
-        let params: Vec<String> =
-            self.params.iter().map(|p| format!("{}{}: {}", p.name, if p.optional { "?" } else { "" }, p.ty)).collect();
+        let params: Vec<String> = self
+            .params
+            .iter()
+            .map(|p| format!("{}{}: {}", p.name, if p.optional { "?" } else { "" }, p.shown_type()))
+            .collect();
         format!("{}({})", self.name, params.join(", "))
     }
 
@@ -247,6 +263,17 @@ impl CommandSpec {
                         Some(param.name.clone()),
                     ));
                 }
+            } else if !param.allowed.is_empty() && !value.as_str().is_some_and(|v| param.allowed.iter().any(|a| a == v))
+            {
+                return Err(invalid_params(
+                    format!(
+                        "{}: argument '{}' must be one of {}, got {value}",
+                        self.name,
+                        param.name,
+                        param.allowed.join(", ")
+                    ),
+                    Some(param.name.clone()),
+                ));
             } else if !param.ty.accepts(value) {
                 return Err(invalid_params(
                     format!(
@@ -495,17 +522,22 @@ mod tests {
         let check = |line: &str, expected: Expect| {
             let shown = match param_doc(line) {
                 Some(d) => {
-                    format!("{} {:?} optional={} {:?}", d.name, d.ty.map(ValueType::as_str), d.optional, d.description)
+                    let ty = d.ty.map(ValueType::as_str);
+                    format!("{} {ty:?} optional={} allowed={:?} {:?}", d.name, d.optional, d.allowed, d.description)
                 }
                 None => "none".into(),
             };
             expected.assert_eq(&shown);
         };
-        check("- ms: how long", expect![[r#"ms None optional=false "how long""#]]);
-        check("- `ms` (integer): how long", expect![[r#"ms Some("integer") optional=false "how long""#]]);
+        check("- ms: how long", expect![[r#"ms None optional=false allowed=[] "how long""#]]);
+        check("- `ms` (integer): how long", expect![[r#"ms Some("integer") optional=false allowed=[] "how long""#]]);
         check(
             "* who (string, optional): whom to greet",
-            expect![[r#"who Some("string") optional=true "whom to greet""#]],
+            expect![[r#"who Some("string") optional=true allowed=[] "whom to greet""#]],
+        );
+        check(
+            "- scope (one|sub|psub): how deep",
+            expect![[r#"scope None optional=false allowed=["one", "sub", "psub"] "how deep""#]],
         );
         check("- ms (int): how long", expect!["none"]);
         check("- two words: no", expect!["none"]);

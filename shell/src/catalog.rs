@@ -171,6 +171,10 @@ pub(crate) fn sample() -> Catalog {
         "getNodes": command("getNodes", "core", serde_json::json!([]), "List nodes"),
         "echo": command("echo", "core", serde_json::json!([{"name": "value", "type": "any", "optional": false}]), "Echo"),
         "lockAccount": command("lockAccount", "objects", serde_json::json!([{"name": "dn", "type": "string", "optional": false}]), "Lock an account"),
+        "search": command("search", "objects", serde_json::json!([
+            {"name": "query", "type": "string", "optional": false},
+            {"name": "scope", "type": "string", "optional": true, "allowed": ["BASE", "ONE", "SUB", "CHILDREN"]}
+        ]), "Keyword search"),
     }));
     catalog
 }

@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::catalog::Catalog;
 use crate::functions::ShellFunctions;
 use crate::syntax::{Kind, callee_before, scan};
-use crate::values::{ValueHints, ValueKind};
+use crate::values::{Known, ValueHints, ValueKind};
 
 /// Rhai's statement keywords, completed beside names (the language's own syntax, not
 /// functions: those come from the engine).
@@ -87,12 +87,14 @@ pub fn complete(sources: &Sources<'_>, line: &str, pos: usize) -> Completion {
     }
     let scanned = scan(before);
     if let Some((_, string_start)) = scanned.open_string {
-        return match value_kind_at(sources, before, string_start) {
-            Some(kind) => {
+        return match argument_values(sources, before, string_start) {
+            Some(values) => {
                 let typed = &before[string_start + 1..];
-                let values = sources.values.matching(kind, typed);
-                let candidates =
-                    values.iter().map(|k| Candidate::described(k.value.clone(), &k.value, &k.description)).collect();
+                let candidates = values
+                    .iter()
+                    .filter(|k| k.value.starts_with(typed) || values_match_on_parts(&values, typed, k))
+                    .map(|k| Candidate::described(k.value.clone(), &k.value, &k.description))
+                    .collect();
                 Completion::Candidates(string_start + 1, candidates)
             }
             None => Completion::Path,
@@ -106,14 +108,10 @@ pub fn complete(sources: &Sources<'_>, line: &str, pos: usize) -> Completion {
     }
     // An empty argument of a parameter with known values: the values, quoted.
     if word.is_empty()
-        && let Some(kind) = value_kind_at(sources, before, before.len())
+        && let Some(values) = argument_values(sources, before, before.len())
     {
-        let candidates = sources
-            .values
-            .matching(kind, "")
-            .iter()
-            .map(|k| Candidate::described(format!("\"{}\"", k.value), &k.value, &k.description))
-            .collect();
+        let candidates =
+            values.iter().map(|k| Candidate::described(format!("\"{}\"", k.value), &k.value, &k.description)).collect();
         return Completion::Candidates(word_start, candidates);
     }
     Completion::Candidates(word_start, name_candidates(sources, word))
@@ -140,9 +138,10 @@ fn shell_command_candidates(command: &str) -> Vec<Candidate> {
     }
 }
 
-/// The kind of value the argument at byte `at` takes: the innermost open call's
-/// parameter at that position, by its name.
-fn value_kind_at(sources: &Sources<'_>, before: &str, at: usize) -> Option<ValueKind> {
+/// The values the argument at byte `at` takes: the allowed values of the innermost open
+/// call's parameter at that position, or the values the shell keeps for the kind its
+/// name says (`objectType`, `target`, …). `None`: nothing known, any text goes.
+fn argument_values(sources: &Sources<'_>, before: &str, at: usize) -> Option<Vec<Known>> {
     let scanned = scan(&before[..at]);
     let (bracket, paren) = *scanned.open.last()?;
     if bracket != '(' {
@@ -153,13 +152,29 @@ fn value_kind_at(sources: &Sources<'_>, before: &str, at: usize) -> Option<Value
     let param_names: Vec<String> = match (sources.catalog.get(callee), sources.functions.get(callee)) {
         // The shell's function wins over a command of the same name, as in the engine.
         (_, Some(function)) => function.signatures.iter().filter_map(|s| parameter_name(s, index)).collect(),
-        (Some(entry), None) => entry.spec.params.get(index).map(|p| p.name.clone()).into_iter().collect(),
+        (Some(entry), None) => {
+            let param = entry.spec.params.get(index)?;
+            if !param.allowed.is_empty() {
+                let what = param.description.clone().unwrap_or_else(|| param.name.clone());
+                let described = |value: &String| Known { value: value.clone(), description: what.clone() };
+                return Some(param.allowed.iter().map(described).collect());
+            }
+            vec![param.name.clone()]
+        }
         (None, None) => Vec::new(),
     };
     // Overloads may name the argument differently (`open_object(target)` and
     // `open_object(objectType, target)`): a DN wins, being the more common answer.
     let kinds: Vec<ValueKind> = param_names.iter().filter_map(|n| ValueKind::of_param(n)).collect();
-    kinds.iter().find(|k| **k == ValueKind::Dn).or(kinds.first()).copied()
+    let kind = kinds.iter().find(|k| **k == ValueKind::Dn).or(kinds.first()).copied()?;
+    Some(sources.values.values(kind))
+}
+
+/// DNs are also found by any of their parts (`ada` finds `uid=ada,ou=people,…`).
+fn values_match_on_parts(values: &[Known], typed: &str, known: &Known) -> bool {
+    let looks_like_dns = values.first().is_some_and(|k| k.value.contains('='));
+    let lower = typed.to_lowercase();
+    looks_like_dns && known.value.to_lowercase().split(['=', ',']).any(|part| part.starts_with(&lower))
 }
 
 /// The name of the `index`-th parameter in a signature `f(a: string, b: map)`.
@@ -278,7 +293,6 @@ fn split_index(part: &str) -> (&str, Vec<usize>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::values::Known;
     use expect_test::{Expect, expect};
     use serde_json::json;
 
@@ -370,6 +384,13 @@ mod tests {
             expect!["at 13: uid=ada,ou=people,dc=clacks,dc=org [uid=ada,ou=people,dc=clacks,dc=org  — User]"],
         );
         check("tail(\"N", expect!["at 6: NodeStatus [NodeStatus  — event type]"]);
+        check("search(\"ada\", \"S", expect!["at 15: SUB [SUB  — scope]"]);
+        check(
+            "search(\"ada\", ",
+            expect![[
+                r#"at 14: "BASE" [BASE  — scope] | "ONE" [ONE  — scope] | "SUB" [SUB  — scope] | "CHILDREN" [CHILDREN  — scope]"#
+            ]],
+        );
         check("tail(\"Call\", \"/Ev", expect!["file paths"]);
         check("read_file(\"/tm", expect!["file paths"]);
         check("echo(#{a: [1, 2]}, \"x", expect!["file paths"]);

@@ -76,20 +76,9 @@ impl ValueHints {
         }
     }
 
-    /// Values of `kind` starting with `prefix` (DNs also match on any of their parts:
-    /// `ada` finds `uid=ada,ou=people,…`).
-    pub fn matching(&self, kind: ValueKind, prefix: &str) -> Vec<Known> {
-        let Ok(values) = self.slot(kind).read() else { return Vec::new() };
-        let lower = prefix.to_lowercase();
-        values
-            .iter()
-            .filter(|k| {
-                k.value.starts_with(prefix)
-                    || (kind == ValueKind::Dn
-                        && k.value.to_lowercase().split(['=', ',']).any(|part| part.starts_with(&lower)))
-            })
-            .cloned()
-            .collect()
+    /// Every value of `kind`, sorted.
+    pub fn values(&self, kind: ValueKind) -> Vec<Known> {
+        self.slot(kind).read().map(|values| values.clone()).unwrap_or_default()
     }
 }
 
@@ -162,7 +151,8 @@ pub(crate) fn watch(client: Arc<Client>, catalog: Arc<Catalog>, hints: Arc<Value
         let mut events = client.subscribe(&types, None).await.ok();
         let mut periodic = tokio::time::interval(Duration::from_secs(30));
         periodic.tick().await;
-        let mut dns_refreshed = tokio::time::Instant::now();
+        let started = tokio::time::Instant::now();
+        let mut dns_refreshed = started.checked_sub(DNS_REFRESH_GAP).unwrap_or(started);
         loop {
             let event = match events.as_mut() {
                 Some(rx) => tokio::select! {
@@ -195,23 +185,4 @@ pub(crate) fn watch(client: Arc<Client>, catalog: Arc<Catalog>, hints: Arc<Value
             }
         }
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dns_match_on_any_part() {
-        let hints = ValueHints::default();
-        let known = |v: &str| Known { value: v.into(), description: "User".into() };
-        hints
-            .set(ValueKind::Dn, vec![known("uid=ada,ou=people,dc=clacks,dc=org"), known("ou=people,dc=clacks,dc=org")]);
-        let values =
-            |prefix: &str| hints.matching(ValueKind::Dn, prefix).into_iter().map(|k| k.value).collect::<Vec<_>>();
-        assert_eq!(values("uid="), ["uid=ada,ou=people,dc=clacks,dc=org"]);
-        assert_eq!(values("ada"), ["uid=ada,ou=people,dc=clacks,dc=org"]);
-        assert_eq!(values("people").len(), 2);
-        assert!(values("nobody").is_empty());
-    }
 }

@@ -196,6 +196,83 @@ fn continuation_history_and_exit() {
     assert!(!history.contains("kept out") && !history.contains("s3cret"), "{history}");
 }
 
+/// TAB inside a call completes the values its parameter takes, the shell's own functions
+/// and `:` commands complete like commands, help covers them, long output goes through
+/// the pager (until `:pager off`), a row too wide becomes a record, and `:details` after
+/// a script error shows where it happened.
+#[test]
+fn completion_of_values_help_pager_and_records() {
+    let home = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut command = pty::clacks_in_terminal(&[], home.path());
+    command.env("PAGER", "sed s/^/paged:/");
+    let mut s = pty::spawn(command);
+    expect(&mut s, "ada@org.clacks> ");
+
+    // An object type for new_object's first argument, a DN (by any of its parts) for
+    // its second: values the shell keeps, no round trip per key.
+    type_keys(&mut s, "let top = new_object(\"OrganizationalU\t");
+    expect(&mut s, "OrganizationalUnit");
+    type_keys(&mut s, "\", \"dc=clac\t");
+    expect(&mut s, "dc=clacks,dc=org");
+    type_keys(&mut s, "\"); top.ou = \"staff\"; top.commit(); top.dn\r");
+    expect(&mut s, "ou=staff,dc=clacks,dc=org");
+    expect_next_prompt(&mut s);
+    // The new object is offered once the shell has heard of the change.
+    std::thread::sleep(Duration::from_millis(1500));
+    type_keys(&mut s, "open_object(\"staf\t");
+    expect(&mut s, "ou=staff,dc=clacks,dc=org");
+    type_keys(&mut s, "\").dn\r");
+    expect(&mut s, "\r\nou=staff,dc=clacks,dc=org\r\n");
+    expect_next_prompt(&mut s);
+
+    // Shell functions and : commands complete; help knows the functions.
+    type_keys(&mut s, "histo\t");
+    expect(&mut s, "history(");
+    type_keys(&mut s, ").len()\r");
+    expect(&mut s, "\r\n3\r\n");
+    expect_next_prompt(&mut s);
+    type_keys(&mut s, ":format j\t\r");
+    expect(&mut s, "output format: json");
+    expect_next_prompt(&mut s);
+    s.send_line(":format table").unwrap_or_default();
+    expect_next_prompt(&mut s);
+    s.send_line("?tail").unwrap_or_default();
+    expect(&mut s, "tail(eventTypes: any, filter: string, options: map)");
+    expect(&mut s, "shell function");
+    expect_next_prompt(&mut s);
+
+    // Taller than the terminal: through $PAGER; with :pager off, straight out.
+    s.send_line("let rows = []; for i in 0..60 { rows.push(#{n: i}) } rows").unwrap_or_default();
+    expect(&mut s, "paged:");
+    expect(&mut s, "(60 rows)");
+    expect_next_prompt(&mut s);
+    s.send_line(":pager off").unwrap_or_default();
+    expect_next_prompt(&mut s);
+    s.send_line("rows").unwrap_or_default();
+    let shown = expect(&mut s, "(60 rows)");
+    assert!(!shown.contains("paged:"), "{shown}");
+    expect_next_prompt(&mut s);
+
+    // A row wider than the terminal (120 columns) is shown as a record.
+    let note = "word ".repeat(40);
+    s.send_line(&format!("[#{{name: \"wide\", note: \"{note}\"}}]")).unwrap_or_default();
+    expect(&mut s, "-[ RECORD 1 ]");
+    expect(&mut s, "name | wide");
+    expect_next_prompt(&mut s);
+
+    // :details says where a script error happened.
+    s.send_line("fn twice(x) { x * missing }").unwrap_or_default();
+    expect_next_prompt(&mut s);
+    s.send_line("twice(2)").unwrap_or_default();
+    expect(&mut s, "error: SCRIPT_ERROR: no variable missing");
+    expect_next_prompt(&mut s);
+    s.send_line(":details").unwrap_or_default();
+    expect(&mut s, "in twice(), called at line 1, column 1");
+    expect_next_prompt(&mut s);
+    s.send_line("exit").unwrap_or_default();
+    s.exp_eof().unwrap_or_else(|e| panic!("the shell did not exit: {e}"));
+}
+
 /// `amqp://user:pw@host/vhost` → (`amqp://host/vhost`, user, pw).
 fn split_credentials(url: &str) -> (String, String, String) {
     let (scheme, rest) = url.split_once("://").unwrap_or(("amqp", url));

@@ -47,8 +47,8 @@ struct CommandOptions {
     needs_user: bool,
     needs_queue: bool,
     call_type: String,
-    /// `- name: text` lines of the doc comment: (parameter, description).
-    param_docs: Vec<(String, String)>,
+    /// `- name: text` lines of the doc comment.
+    param_docs: Vec<ParamDoc>,
 }
 
 fn expand_plugin(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
@@ -141,14 +141,28 @@ fn parse_command_options(attr: &syn::Attribute, other_attrs: &[syn::Attribute]) 
     Ok(options)
 }
 
-/// `- name: text` (the name may be in backticks) → (name, text); the rule of
-/// `clacks_core::command::param_doc`, which this crate cannot depend on.
-fn param_doc(line: &str) -> Option<(String, String)> {
+/// A `- name: text` or `- name (a|b|c): text` line: the parameter, its allowed values,
+/// its description. The rule of `clacks_core::command::param_doc` (the Rust type gives
+/// the type here), which this crate cannot depend on.
+struct ParamDoc {
+    name: String,
+    allowed: Vec<String>,
+    description: String,
+}
+
+fn param_doc(line: &str) -> Option<ParamDoc> {
     let rest = line.strip_prefix("- ").or_else(|| line.strip_prefix("* "))?;
-    let (name, description) = rest.split_once(':')?;
+    let (head, description) = rest.split_once(':')?;
+    let (name, allowed) = match head.split_once('(') {
+        Some((name, values)) => {
+            let values = values.trim().strip_suffix(')')?;
+            (name, values.split('|').map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()).collect())
+        }
+        None => (head, Vec::new()),
+    };
     let name = name.trim().trim_matches('`');
     let identifier = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    identifier.then(|| (name.to_owned(), description.trim().to_owned()))
+    identifier.then(|| ParamDoc { name: name.to_owned(), allowed, description: description.trim().to_owned() })
 }
 
 fn expand_command(target: &str, method: &syn::ImplItemFn, options: CommandOptions) -> syn::Result<TokenStream2> {
@@ -183,7 +197,7 @@ fn expand_command(target: &str, method: &syn::ImplItemFn, options: CommandOption
     }
 
     let mut params = Vec::new();
-    let mut documented_names: Vec<String> = options.param_docs.iter().map(|(name, _)| name.clone()).collect();
+    let mut documented_names: Vec<String> = options.param_docs.iter().map(|d| d.name.clone()).collect();
     let mut decodes = Vec::new();
     let mut param_idx = 0usize;
     let mut call_args = Vec::new();
@@ -204,16 +218,19 @@ fn expand_command(target: &str, method: &syn::ImplItemFn, options: CommandOption
         let param_name = pat_ident.ident.to_string();
         let var = format_ident!("__arg{idx}");
         param_idx += 1;
-        let description = match options.param_docs.iter().find(|(name, _)| *name == param_name) {
-            Some((_, text)) => quote!(::std::option::Option::Some(::std::string::String::from(#text))),
+        let doc = options.param_docs.iter().find(|d| d.name == param_name);
+        let description = match doc.map(|d| d.description.as_str()).filter(|d| !d.is_empty()) {
+            Some(text) => quote!(::std::option::Option::Some(::std::string::String::from(#text))),
             None => quote!(::std::option::Option::None),
         };
+        let allowed = doc.map(|d| d.allowed.clone()).unwrap_or_default();
         params.push(quote! {
             ::clacks_core::command::Param {
                 name: ::clacks_core::command::wire_name(#param_name),
                 ty: <#ty as ::clacks_core::command::WireType>::TYPE,
                 optional: <#ty as ::clacks_core::command::WireType>::OPTIONAL,
                 description: #description,
+                allowed: ::std::vec![ #(::std::string::String::from(#allowed)),* ],
             }
         });
         decodes.push(quote! {

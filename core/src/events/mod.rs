@@ -364,6 +364,9 @@ impl PresenceEvent {
                         if let Some(description) = &p.description {
                             element(&mut body, "Description", description);
                         }
+                        for value in &p.allowed {
+                            element(&mut body, "Allowed", value);
+                        }
                         body.push_str("</Param>");
                     }
                     body.push_str("</NodeMethod>");
@@ -405,6 +408,7 @@ fn read_method(node: &XmlNode) -> Result<CommandSpec, EventError> {
                 ty: ValueType::parse(ty).ok_or_else(|| EventError::Malformed(format!("unknown type '{ty}'")))?,
                 optional: parse_bool(p.child_text("Optional")?),
                 description: p.child("Description").map(|d| d.text.clone()),
+                allowed: p.children_named("Allowed").map(|a| a.text.clone()).collect(),
             })
         })
         .collect::<Result<_, EventError>>()?;
