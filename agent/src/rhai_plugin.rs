@@ -226,6 +226,7 @@ mod tests {
             Some("wait: argument 'mode' must be one of fast, slow, got \"medium\"")
         );
         assert_eq!(refused(json!([5, null, 1])), None);
+        assert_eq!(refused(json!([5, "SLOW", 1])), None, "allowed values ignore ASCII case");
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].message.contains("describes 'nme'"), "{problems:?}");
     }

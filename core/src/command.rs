@@ -133,7 +133,8 @@ pub struct Param {
     /// What it is, for help (from a `- name: text` line of the command's doc comment).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// The only values a string parameter takes (`- scope (one|sub): …`); empty: any.
+    /// The only values a string parameter takes (`- scope (one|sub): …`), compared
+    /// ignoring ASCII case; empty: any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed: Vec<String>,
 }
@@ -263,7 +264,8 @@ impl CommandSpec {
                         Some(param.name.clone()),
                     ));
                 }
-            } else if !param.allowed.is_empty() && !value.as_str().is_some_and(|v| param.allowed.iter().any(|a| a == v))
+            } else if !param.allowed.is_empty()
+                && !value.as_str().is_some_and(|v| param.allowed.iter().any(|a| a.eq_ignore_ascii_case(v)))
             {
                 return Err(invalid_params(
                     format!(

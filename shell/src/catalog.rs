@@ -73,6 +73,11 @@ impl Catalog {
         self.read().get(name).cloned()
     }
 
+    /// The help text of one command.
+    pub(crate) fn help_of(&self, name: &str) -> Option<String> {
+        self.read().get(name).map(|e| e.spec.help.clone())
+    }
+
     /// Every command description.
     pub(crate) fn specs(&self) -> Vec<CommandSpec> {
         self.read().values().map(|e| e.spec.clone()).collect()

@@ -91,8 +91,10 @@ pub fn complete(sources: &Sources<'_>, line: &str, pos: usize) -> Completion {
             Some(values) => {
                 let typed = &before[string_start + 1..];
                 let candidates = values
+                    .matching(|k| {
+                        k.value.starts_with(typed) || values.by_parts && any_part_starts_with(&k.value, typed)
+                    })
                     .iter()
-                    .filter(|k| k.value.starts_with(typed) || values_match_on_parts(&values, typed, k))
                     .map(|k| Candidate::described(k.value.clone(), &k.value, &k.description))
                     .collect();
                 Completion::Candidates(string_start + 1, candidates)
@@ -110,8 +112,11 @@ pub fn complete(sources: &Sources<'_>, line: &str, pos: usize) -> Completion {
     if word.is_empty()
         && let Some(values) = argument_values(sources, before, before.len())
     {
-        let candidates =
-            values.iter().map(|k| Candidate::described(format!("\"{}\"", k.value), &k.value, &k.description)).collect();
+        let candidates = values
+            .matching(|_| true)
+            .iter()
+            .map(|k| Candidate::described(format!("\"{}\"", k.value), &k.value, &k.description))
+            .collect();
         return Completion::Candidates(word_start, candidates);
     }
     Completion::Candidates(word_start, name_candidates(sources, word))
@@ -138,10 +143,39 @@ fn shell_command_candidates(command: &str) -> Vec<Candidate> {
     }
 }
 
+/// Where the values of an argument come from.
+struct ArgumentValues<'a> {
+    source: ValueSource<'a>,
+    /// DNs are also found by any of their parts (`ada` finds `uid=ada,ou=people,…`).
+    by_parts: bool,
+}
+
+enum ValueSource<'a> {
+    /// The parameter's allowed values, described by the parameter.
+    Allowed(Vec<String>, String),
+    /// Values the shell keeps.
+    Kept(&'a ValueHints, ValueKind),
+}
+
+impl ArgumentValues<'_> {
+    /// The values `keep` accepts; kept values are filtered where they live, not copied
+    /// first (there may be thousands of DNs).
+    fn matching(&self, keep: impl Fn(&Known) -> bool) -> Vec<Known> {
+        match &self.source {
+            ValueSource::Allowed(values, what) => values
+                .iter()
+                .map(|v| Known { value: v.clone(), description: what.clone() })
+                .filter(|k| keep(k))
+                .collect(),
+            ValueSource::Kept(hints, kind) => hints.matching(*kind, keep),
+        }
+    }
+}
+
 /// The values the argument at byte `at` takes: the allowed values of the innermost open
 /// call's parameter at that position, or the values the shell keeps for the kind its
 /// name says (`objectType`, `target`, …). `None`: nothing known, any text goes.
-fn argument_values(sources: &Sources<'_>, before: &str, at: usize) -> Option<Vec<Known>> {
+fn argument_values<'a>(sources: &Sources<'a>, before: &str, at: usize) -> Option<ArgumentValues<'a>> {
     let scanned = scan(&before[..at]);
     let (bracket, paren) = *scanned.open.last()?;
     if bracket != '(' {
@@ -156,8 +190,10 @@ fn argument_values(sources: &Sources<'_>, before: &str, at: usize) -> Option<Vec
             let param = entry.spec.params.get(index)?;
             if !param.allowed.is_empty() {
                 let what = param.description.clone().unwrap_or_else(|| param.name.clone());
-                let described = |value: &String| Known { value: value.clone(), description: what.clone() };
-                return Some(param.allowed.iter().map(described).collect());
+                return Some(ArgumentValues {
+                    source: ValueSource::Allowed(param.allowed.clone(), what),
+                    by_parts: false,
+                });
             }
             vec![param.name.clone()]
         }
@@ -167,14 +203,13 @@ fn argument_values(sources: &Sources<'_>, before: &str, at: usize) -> Option<Vec
     // `open_object(objectType, target)`): a DN wins, being the more common answer.
     let kinds: Vec<ValueKind> = param_names.iter().filter_map(|n| ValueKind::of_param(n)).collect();
     let kind = kinds.iter().find(|k| **k == ValueKind::Dn).or(kinds.first()).copied()?;
-    Some(sources.values.values(kind))
+    Some(ArgumentValues { source: ValueSource::Kept(sources.values, kind), by_parts: kind == ValueKind::Dn })
 }
 
-/// DNs are also found by any of their parts (`ada` finds `uid=ada,ou=people,…`).
-fn values_match_on_parts(values: &[Known], typed: &str, known: &Known) -> bool {
-    let looks_like_dns = values.first().is_some_and(|k| k.value.contains('='));
-    let lower = typed.to_lowercase();
-    looks_like_dns && known.value.to_lowercase().split(['=', ',']).any(|part| part.starts_with(&lower))
+/// Whether a part of a DN (`uid`, `ada`, `people`…) starts with `typed`, ignoring ASCII
+/// case, without copying the DN.
+fn any_part_starts_with(dn: &str, typed: &str) -> bool {
+    dn.split(['=', ',']).any(|part| part.get(..typed.len()).is_some_and(|head| head.eq_ignore_ascii_case(typed)))
 }
 
 /// The name of the `index`-th parameter in a signature `f(a: string, b: map)`.
@@ -224,44 +259,54 @@ fn property_candidates(
 /// catalogue may hold thousands of names; the rest are few, sorted on their own and
 /// merged in, so a TAB stays linear.
 fn name_candidates(sources: &Sources<'_>, word: &str) -> Vec<Candidate> {
-    let commands = sources.catalog.names_with_prefix(word);
-    let mut others: Vec<String> = sources.functions.names_with_prefix(word).map(str::to_owned).collect();
-    others.extend(KEYWORDS.iter().filter(|k| k.starts_with(word)).map(|k| (*k).to_owned()));
-    others.extend(sources.variables.keys().filter(|v| v.starts_with(word)).cloned());
+    // Whether a name is called (completed with its parenthesis) is known from where it
+    // came, so the thousands of commands need no second lookup.
+    let commands: Vec<(String, bool)> =
+        sources.catalog.names_with_prefix(word).into_iter().map(|n| (n, true)).collect();
+    let mut others: Vec<(String, bool)> =
+        sources.functions.names_with_prefix(word).map(|n| (n.to_owned(), true)).collect();
+    others.extend(KEYWORDS.iter().filter(|k| k.starts_with(word)).map(|k| ((*k).to_owned(), false)));
+    others.extend(sources.variables.keys().filter(|v| v.starts_with(word)).map(|v| (v.clone(), false)));
     others.sort();
     let names = merge_sorted(commands, others);
     let describe = names.len() <= DESCRIBED_AT_MOST;
     names
         .into_iter()
-        .map(|name| {
-            let callable = sources.catalog.contains(&name) || sources.functions.contains(&name);
-            let replacement = if callable { format!("{name}(") } else { name.clone() };
+        .map(|(name, callable)| {
+            let mut replacement = String::with_capacity(name.len() + 1);
+            replacement.push_str(&name);
+            if callable {
+                replacement.push('(');
+            }
             if !describe {
                 return Candidate { replacement, display: name };
             }
             let description = match sources.functions.get(&name) {
                 Some(function) => function.doc.clone(),
-                None => sources.catalog.get(&name).map(|e| e.spec.help).unwrap_or_default(),
+                None => sources.catalog.help_of(&name).unwrap_or_default(),
             };
             Candidate::described(replacement, &name, &description)
         })
         .collect()
 }
 
-fn merge_sorted(a: Vec<String>, b: Vec<String>) -> Vec<String> {
-    let mut out = Vec::with_capacity(a.len() + b.len());
+/// Merges two name-sorted lists, a name in both once (a shell function shadows a
+/// command of its name, and both are called).
+fn merge_sorted(a: Vec<(String, bool)>, b: Vec<(String, bool)>) -> Vec<(String, bool)> {
+    let mut out: Vec<(String, bool)> = Vec::with_capacity(a.len() + b.len());
     let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
     loop {
         let next = match (a.peek(), b.peek()) {
-            (Some(x), Some(y)) if x <= y => a.next(),
+            (Some(x), Some(y)) if x.0 <= y.0 => a.next(),
             (Some(_), Some(_)) | (None, Some(_)) => b.next(),
             (Some(_), None) => a.next(),
             (None, None) => return out,
         };
-        if let Some(item) = next
-            && out.last() != Some(&item)
-        {
-            out.push(item);
+        if let Some(item) = next {
+            match out.last_mut() {
+                Some(last) if last.0 == item.0 => last.1 |= item.1,
+                _ => out.push(item),
+            }
         }
     }
 }

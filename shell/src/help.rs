@@ -201,6 +201,25 @@ mod tests {
         assert_eq!(closest("ping", names()), None, "the name itself is no suggestion");
     }
 
+    /// A domain command named like a shell function is not hidden: help says how to
+    /// reach it.
+    #[test]
+    fn a_shadowed_command_is_explained() {
+        let catalog = Catalog::default();
+        catalog.load(
+            &serde_json::json!({"show": {"name": "show", "target": "report", "params": [], "help": "Show the report",
+            "needsUser": false, "needsQueue": false, "callType": "NORMAL", "providers": ["n1"]}}),
+        );
+        let mut engine = rhai::Engine::new_raw();
+        clacks_scripting::function("show", "value: any", "Print a value as a table.")
+            .register_into_engine(&mut engine, |_: rhai::Dynamic| ());
+        let functions = ShellFunctions::from_engine(&engine);
+        let overview = help_text(&catalog, &functions, None);
+        assert!(overview.contains("show()") && overview.contains("rpc(\"show\", [args])"), "{overview}");
+        let one = help_text(&catalog, &functions, Some("show"));
+        assert!(one.starts_with("show(value: any)") && one.contains("The domain's command show"), "{one}");
+    }
+
     #[test]
     fn overloads_merge_into_one_signature() {
         let tail = ShellFunction {

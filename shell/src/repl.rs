@@ -87,8 +87,10 @@ impl Completer for ShellHelper {
     type Candidate = Pair;
 
     fn complete(&self, line: &str, pos: usize, ctx: &Context<'_>) -> rustyline::Result<(usize, Vec<Pair>)> {
-        let variables = self.variables.read().map(|v| v.clone()).unwrap_or_default();
-        let functions = self.functions.read().map(|f| f.clone()).unwrap_or_default();
+        // Read in place: a TAB copies neither the variables nor the function list.
+        let (Ok(variables), Ok(functions)) = (self.variables.read(), self.functions.read()) else {
+            return Ok((pos, Vec::new()));
+        };
         let sources =
             Sources { catalog: &self.catalog, functions: &functions, variables: &variables, values: &self.values };
         match complete(&sources, line, pos) {

@@ -76,9 +76,10 @@ impl ValueHints {
         }
     }
 
-    /// Every value of `kind`, sorted.
-    pub fn values(&self, kind: ValueKind) -> Vec<Known> {
-        self.slot(kind).read().map(|values| values.clone()).unwrap_or_default()
+    /// The values of `kind` that `keep` accepts, sorted.
+    pub fn matching(&self, kind: ValueKind, keep: impl Fn(&Known) -> bool) -> Vec<Known> {
+        let Ok(values) = self.slot(kind).read() else { return Vec::new() };
+        values.iter().filter(|k| keep(k)).cloned().collect()
     }
 }
 

@@ -308,6 +308,20 @@ fn scripts_from_flags_files_stdin_and_shebangs() {
               | ^
         "#]],
     );
+    // A regex in a double-quoted string: Rhai's escape error says what to write instead.
+    check(
+        &["-c", r#"acl_check("hd-joe", "org\.clacks\..*", "x")"#],
+        expect![[r#"
+        exit=1
+        stdout:
+        stderr:
+        error: SYNTAX_ERROR: Invalid escape sequence: '\.' (line 1, position 26); write a regex in backticks, where \ is no escape: `org\.clacks\..*`
+          --> <-c>:1:26
+          |
+        1 | acl_check("hd-joe", "org\.clacks\..*", "x")
+          |                          ^
+    "#]],
+    );
     check(
         &["-c", "echo(#{value: 3})"],
         expect![[r#"
