@@ -127,7 +127,7 @@ fn new_table(width: Option<u16>) -> Table {
 }
 
 /// Columns that identify a row come first, whatever order the map has.
-const IDENTITY_COLUMNS: &[&str] = &["name", "node", "id", "uid", "cn", "dn", "type"];
+const IDENTITY_COLUMNS: &[&str] = &["key", "name", "node", "id", "uid", "cn", "dn", "type"];
 
 /// Column names: the union of the rows' keys, identity columns first, then in order of
 /// first appearance.
@@ -262,19 +262,23 @@ fn table(value: &Value, width: Option<u16>) -> String {
         Value::Array(items) if items.iter().all(Value::is_object) => records(items, width),
         Value::Array(items) => items.iter().map(cell).collect::<Vec<_>>().join("\n"),
         Value::Object(map) if !map.is_empty() && map.values().all(Value::is_object) => {
-            // A map of records (getMethods): one row per key.
-            let rows: Vec<&Map<String, Value>> = map.values().filter_map(Value::as_object).collect();
-            let inner = columns(rows.iter().copied());
-            let mut table = new_table(width);
-            let mut header = vec![String::new()];
-            header.extend(inner.iter().cloned());
-            table.set_header(header);
-            for (key, row) in map.keys().zip(rows) {
-                let mut cells = vec![key.clone()];
-                cells.extend(inner.iter().map(|c| row.get(c).map(cell).unwrap_or_default()));
-                table.add_row(cells);
-            }
-            format!("{table}\n{}", row_count(map.len()))
+            // A map of records (getMethods): one row per key, shown as the rows of a list
+            // are (records when too wide). The key is a column of its own unless each
+            // record already holds it under the same name (`name`).
+            let key_is_inside = map.iter().all(|(key, row)| {
+                IDENTITY_COLUMNS.iter().any(|c| row.get(*c).and_then(Value::as_str) == Some(key.as_str()))
+            });
+            let rows: Vec<Value> = map
+                .iter()
+                .map(|(key, row)| {
+                    let mut row = row.clone();
+                    if let (false, Some(fields)) = (key_is_inside, row.as_object_mut()) {
+                        fields.insert("key".into(), Value::String(key.clone()));
+                    }
+                    row
+                })
+                .collect();
+            records(&rows, width)
         }
         Value::Object(map) => {
             // A key/value table is two columns wide: too wide for the terminal, the
@@ -415,13 +419,13 @@ mod tests {
             json!({"ping": {"target": "core", "help": "Answer"}, "echo": {"target": "core"}}),
             Format::Table,
             expect![[r#"
-            ┌──────┬────────┬────────┐
-            │      ┆ target ┆ help   │
-            ╞══════╪════════╪════════╡
-            │ echo ┆ core   ┆        │
-            │ ping ┆ core   ┆ Answer │
-            └──────┴────────┴────────┘
-            (2 rows)"#]],
+                ┌──────┬────────┬────────┐
+                │ key  ┆ target ┆ help   │
+                ╞══════╪════════╪════════╡
+                │ echo ┆ core   ┆        │
+                │ ping ┆ core   ┆ Answer │
+                └──────┴────────┴────────┘
+                (2 rows)"#]],
         );
         check(
             json!({"hits": [{"dn": "uid=ada", "title": "Ada"}], "truncated": true}),
@@ -517,6 +521,32 @@ mod tests {
         .assert_eq(&render(&nodes, Format::Table, Some(60)));
         let fits = render(&nodes, Format::Table, Some(120));
         assert!(fits.starts_with('┌'), "a table when it fits: {fits}");
+        // A map of records (getMethods) too: records when too wide, its key kept where the
+        // records do not hold it themselves.
+        let methods = json!({
+            "addACLToRole": {"name": "addACLToRole", "target": "acl", "help": "Add an entry to a role: scope, priority and actions"},
+            "ping": {"name": "ping", "target": "core", "help": "Answer pong"}
+        });
+        expect![[r#"
+            -[ RECORD 1 ]---------------------------------
+            name   | addACLToRole
+            help   | Add an entry to a role: scope, priority and actions
+            target | acl
+            -[ RECORD 2 ]---------------------------------
+            name   | ping
+            help   | Answer pong
+            target | core
+            (2 rows)"#]]
+        .assert_eq(&render(&methods, Format::Table, Some(60)));
+        expect![[r#"
+            ┌───────┬──────┐
+            │ key   ┆ load │
+            ╞═══════╪══════╡
+            │ alpha ┆ 0.5  │
+            │ beta  ┆ 1    │
+            └───────┴──────┘
+            (2 rows)"#]]
+        .assert_eq(&render(&json!({"alpha": {"load": 0.5}, "beta": {"load": 1}}), Format::Table, Some(60)));
         expect![[r#"
             -[ RECORD 1 ]---------
             cn | Ada
