@@ -225,11 +225,23 @@ fn completion_of_values_help_pager_and_records() {
     expect(&mut s, "\r\nou=staff,dc=clacks,dc=org\r\n");
     expect_next_prompt(&mut s);
 
+    // Node names for rpc_on, event types for tail.
+    type_keys(&mut s, "rpc_on(\"embe\t");
+    expect(&mut s, "embedded");
+    type_keys(&mut s, "\", \"ping\", [])\r");
+    expect(&mut s, "\r\npong\r\n");
+    expect_next_prompt(&mut s);
+    type_keys(&mut s, "let kind = next_events(\"NodeSta\t");
+    expect(&mut s, "NodeStatus");
+    type_keys(&mut s, "\", #{count: 1, timeout: 5}); kind.len()\r");
+    expect(&mut s, "\r\n1\r\n");
+    expect_next_prompt(&mut s);
+
     // Shell functions and : commands complete; help knows the functions.
     type_keys(&mut s, "histo\t");
     expect(&mut s, "history(");
     type_keys(&mut s, ").len()\r");
-    expect(&mut s, "\r\n3\r\n");
+    expect(&mut s, "\r\n5\r\n");
     expect_next_prompt(&mut s);
     type_keys(&mut s, ":format j\t\r");
     expect(&mut s, "output format: json");

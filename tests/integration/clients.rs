@@ -227,10 +227,7 @@ fn script(dir: &std::path::Path, name: &str, body: &str) {
 }
 
 const GREET: &str = r#"#!/bin/sh
-if [ "$1" = "--signature" ]; then
-  echo '{"help": "Greet someone.", "params": [{"name": "who", "type": "string"}, {"name": "times", "type": "integer", "optional": true}]}'
-  exit 0
-fi
+# clacks-signature: {"help": "Greet someone.", "params": [{"name": "who", "type": "string"}, {"name": "times", "type": "integer", "optional": true}]}
 echo "hello $1 ${2:-1}"; echo "to stderr" >&2; exit 3
 "#;
 
@@ -246,12 +243,15 @@ async fn shell_scripts_become_client_commands_and_follow_the_folder() {
     let admin = Client::over_bus(amqp_bus(&url, &domain, "admin").await, domain.clone(), Duration::from_secs(10));
     let shell_d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     script(shell_d.path(), "greet.sh", GREET);
+    // The sleep it starts is its child: killed with it at the timeout.
     script(
         shell_d.path(),
         "slow",
-        "#!/bin/sh\n[ \"$1\" = --signature ] && { echo '{\"help\": \"Sleep.\", \"timeout\": 0.5}'; exit 0; }\nsleep 5\n",
+        "#!/bin/sh\n# clacks-signature: {\"help\": \"Sleep.\", \"timeout\": 0.5}\nsleep 7.3\n",
     );
-    script(shell_d.path(), "mute.sh", "#!/bin/sh\nexit 0\n");
+    // No signature line: never run, not even to ask (it would leave a mark).
+    let ran = shell_d.path().join("mute-ran");
+    script(shell_d.path(), "mute.sh", &format!("#!/bin/sh\ntouch {}\n", ran.display()));
     std::fs::write(shell_d.path().join("notexec.sh"), GREET).unwrap_or_else(|e| panic!("{e}"));
 
     let mut options = client_options(&domain, "shellhost-0001", vec![]);
@@ -282,12 +282,14 @@ async fn shell_scripts_become_client_commands_and_follow_the_folder() {
     let started = std::time::Instant::now();
     assert_eq!(call(&admin, "clientDispatch", json!(["shellhost-0001", "shell_slow"])).await, Err(ErrorCode::TIMEOUT));
     assert!(started.elapsed() < Duration::from_secs(4), "killed at its timeout, not after 5 s");
+    wait_for("the script's sleep died with it", Duration::from_secs(3), || async {
+        let left = std::process::Command::new("pgrep").args(["-f", "sleep 7.3"]).output();
+        left.is_ok_and(|out| out.stdout.is_empty())
+    })
+    .await;
+    assert!(!ran.exists(), "discovery ran a script that does not declare itself");
 
-    script(
-        shell_d.path(),
-        "uptime",
-        "#!/bin/sh\n[ \"$1\" = --signature ] && { echo '{\"help\": \"Up.\"}'; exit 0; }\necho up\n",
-    );
+    script(shell_d.path(), "uptime", "#!/bin/sh\n# clacks-signature: {\"help\": \"Up.\"}\necho up\n");
     std::fs::remove_file(shell_d.path().join("greet.sh")).unwrap_or_else(|e| panic!("{e}"));
     wait_for("the folder's changes reach the agent", Duration::from_secs(10), || async {
         let now = methods().await;

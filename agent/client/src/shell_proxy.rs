@@ -1,16 +1,23 @@
 //! The shell proxy: executable scripts in a folder (`/etc/clacks/shell.d`) become client
 //! commands `shell_<name>`, without writing a plugin.
 //!
-//! A script describes itself: run with `--signature` it prints one JSON object,
-//! `{"help": "…", "params": [{"name": "user", "type": "string", "optional": false}],
-//! "timeout": 30}` (`type` one of string, integer, number, boolean; `params`, `timeout`
-//! optional). A call runs it with the arguments as its command-line arguments (strings
-//! as they are, anything else as JSON) and no shell in between, kills it at its timeout
-//! or the call's deadline, whichever comes first, and returns `{code, stdout, stderr}`
-//! (each stream cut at 1 MiB, with `truncated`). The folder is watched: a new, changed
-//! or removed script changes the client's commands, and the agents learn it from the
-//! next `ClientSignature`. A script that is not executable, badly named, or does not
-//! describe itself is left out and logged.
+//! A script opts in by declaring itself in a comment line near its top, read without
+//! running it (discovery never executes anything, so an unrelated script in the folder
+//! is never started with arguments it does not understand):
+//!
+//! ```text
+//! # clacks-signature: {"help": "Restart a service", "params": [{"name": "unit", "type": "string"}], "timeout": 30}
+//! ```
+//!
+//! (`type` one of string, integer, number, boolean; `params`, `timeout` optional; the
+//! line may start with `#` or `//`, within the first 64 lines.) A call runs the script
+//! with the arguments as its command-line arguments (strings as they are, anything else
+//! as JSON) and no shell in between, in a process group of its own that is killed whole
+//! at its timeout or the call's deadline, whichever comes first, and returns
+//! `{code, stdout, stderr}` (each stream cut at 1 MiB, with `truncated`). The folder is
+//! watched: a new, changed or removed script changes the client's commands, and the
+//! agents learn it from the next `ClientSignature`. A script that is not executable,
+//! badly named, or does not declare itself is left out and logged.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,8 +33,12 @@ use tracing::{info, warn};
 
 /// The prefix of the commands the proxy makes.
 pub const PREFIX: &str = "shell_";
-/// How long a script may take to print its signature.
-const SIGNATURE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The comment that makes a script a command, followed by its signature as JSON.
+const SIGNATURE_MARK: &str = "clacks-signature:";
+/// How far into a script its signature line may be.
+const SIGNATURE_LINES: usize = 64;
+/// Most bytes read of a script to find its signature line.
+const SIGNATURE_BYTES: u64 = 64 * 1024;
 /// Default run time of a script that names none.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most bytes kept of each output stream.
@@ -106,16 +117,32 @@ async fn read_capped(mut stream: impl tokio::io::AsyncRead + Unpin) -> (String, 
     (String::from_utf8_lossy(&kept).into_owned(), truncated)
 }
 
-/// Runs `path ARGS…` until it exits or `timeout` passes (then it is killed).
+/// Kills a script's whole process group when dropped: at its timeout, or when the call
+/// is abandoned — so a `sleep` it started does not live on, re-parented to init.
+struct ProcessGroup(Option<u32>);
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        if let Some(Ok(leader)) = self.0.map(i32::try_from) {
+            // Already gone when the script and all it started have exited.
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(leader), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// Runs `path ARGS…` until it exits or `timeout` passes (then its process group is
+/// killed).
 async fn run(path: &Path, args: &[String], timeout: Duration) -> Result<Value, CommandError> {
     let mut child = tokio::process::Command::new(path)
         .args(args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| CommandError::failed(format!("cannot run {}: {e}", path.display())))?;
+    let mut group = ProcessGroup(child.id());
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     let outputs = async {
         let out = async { if let Some(s) = stdout { read_capped(s).await } else { (String::new(), false) } };
@@ -128,6 +155,11 @@ async fn run(path: &Path, args: &[String], timeout: Duration) -> Result<Value, C
         (status, out, err, out_cut || err_cut)
     })
     .await;
+    if finished.is_ok() {
+        // It exited by itself: what it left running in the background is its business.
+        group.0 = None;
+    }
+    drop(group);
     match finished {
         Ok((Ok(status), stdout, stderr, truncated)) => {
             // Killed by a signal: no exit code; say which signal as the shell would (128+n).
@@ -147,15 +179,27 @@ async fn run(path: &Path, args: &[String], timeout: Duration) -> Result<Value, C
     }
 }
 
-/// Asks one script for its signature and makes its command.
-async fn describe(path: &Path, name: String) -> Result<Command, String> {
-    let output = run(path, &["--signature".to_owned()], SIGNATURE_TIMEOUT).await.map_err(|e| e.message)?;
-    if output["code"] != json!(0) {
-        return Err(format!("`--signature` exited with {}", output["code"]));
+/// The signature a script declares in its `# clacks-signature: {…}` line, read without
+/// running it.
+fn declared_signature(path: &Path) -> Result<Signature, String> {
+    use std::io::{BufRead, Read};
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let reader = std::io::BufReader::new(file.take(SIGNATURE_BYTES));
+    for line in reader.lines().take(SIGNATURE_LINES) {
+        // A binary is no script with a signature line.
+        let Ok(line) = line else { break };
+        let comment = line.trim_start().trim_start_matches('#').trim_start_matches("//").trim_start();
+        if let Some(json) = comment.strip_prefix(SIGNATURE_MARK) {
+            return serde_json::from_str(json.trim())
+                .map_err(|e| format!("its {SIGNATURE_MARK} line is no valid signature: {e}"));
+        }
     }
-    let text = output["stdout"].as_str().unwrap_or_default();
-    let signature: Signature =
-        serde_json::from_str(text.trim()).map_err(|e| format!("`--signature` printed no valid signature: {e}"))?;
+    Err(format!("does not declare itself (a `# {SIGNATURE_MARK} {{…}}` line near its top)"))
+}
+
+/// Makes the command of one script from its declared signature.
+fn describe(path: &Path, name: String) -> Result<Command, String> {
+    let signature = declared_signature(path)?;
     let mut params = Vec::new();
     for p in signature.params {
         let ty = value_type(&p.ty).ok_or_else(|| format!("parameter '{}': unknown type '{}'", p.name, p.ty))?;
@@ -192,7 +236,7 @@ async fn describe(path: &Path, name: String) -> Result<Command, String> {
 }
 
 /// The commands of every usable script in `dir`, and what was left out.
-pub async fn load(dir: &Path) -> (Vec<Command>, Vec<String>) {
+pub fn load(dir: &Path) -> (Vec<Command>, Vec<String>) {
     use std::os::unix::fs::PermissionsExt;
     let mut commands = Vec::new();
     let mut problems = Vec::new();
@@ -215,7 +259,7 @@ pub async fn load(dir: &Path) -> (Vec<Command>, Vec<String>) {
             problems.push(format!("{file}: {first} makes {name} already"));
             continue;
         }
-        match describe(&path, name.clone()).await {
+        match describe(&path, name.clone()) {
             Ok(command) => {
                 seen.insert(name, file);
                 commands.push(command);
@@ -245,7 +289,7 @@ pub async fn watch(
         if last.as_ref() == Some(&now) {
             continue;
         }
-        let (commands, problems) = load(&dir).await;
+        let (commands, problems) = load(&dir);
         for problem in problems {
             warn!(folder = %dir.display(), %problem, "script left out");
         }
@@ -265,5 +309,43 @@ mod tests {
         assert_eq!(command_name("df").as_deref(), Some("shell_df"));
         assert_eq!(command_name("9lives"), None);
         assert_eq!(command_name("bad-name.sh"), None);
+    }
+
+    /// Discovery reads the signature line and runs nothing: a script that would leave a
+    /// mark when run does not.
+    #[test]
+    fn signatures_are_read_not_run() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let marker = dir.path().join("ran");
+        let check = |body: &str| {
+            let path = dir.path().join("s.sh");
+            std::fs::write(&path, body.replace("MARKER", &marker.display().to_string()))
+                .unwrap_or_else(|e| panic!("{e}"));
+            match declared_signature(&path) {
+                Ok(signature) => format!("ok: {} ({} params)", signature.help, signature.params.len()),
+                Err(e) => e,
+            }
+        };
+        assert_eq!(
+            check(
+                "#!/bin/sh\n# clacks-signature: {\"help\": \"Up\", \"params\": [{\"name\": \"n\", \"type\": \"integer\"}]}\ntouch MARKER\n"
+            ),
+            "ok: Up (1 params)"
+        );
+        assert_eq!(check("#!/usr/bin/env node\n// clacks-signature: {\"help\": \"Js\"}\n"), "ok: Js (0 params)");
+        assert_eq!(
+            check("#!/bin/sh\ntouch MARKER\n"),
+            "does not declare itself (a `# clacks-signature: {…}` line near its top)"
+        );
+        assert!(
+            check("#!/bin/sh\n# clacks-signature: {help}\n")
+                .starts_with("its clacks-signature: line is no valid signature")
+        );
+        assert!(!marker.exists(), "discovery ran a script");
+        // The README's example declares a valid signature.
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap_or_default();
+        let example = readme.lines().find(|l| l.starts_with("# clacks-signature:")).unwrap_or_default();
+        assert_eq!(check(&format!("#!/bin/sh\n{example}\n")), "ok: Restart a service (1 params)");
     }
 }
