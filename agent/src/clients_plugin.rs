@@ -249,6 +249,9 @@ impl ClientsPlugin {
             (changed.then_some(entry.online), !known && message.event_type == "ClientPing")
         };
         debug!(client = %id, event = %message.event_type, "client presence");
+        if message.event_type == "ClientLeave" {
+            self.forget_if_removed(&id);
+        }
         if message.event_type == "ClientSignature" {
             self.ask_for_inventory(&id);
         }
@@ -259,6 +262,22 @@ impl ClientsPlugin {
             // This agent started after the client: ask everyone to announce again.
             self.poll().await;
         }
+    }
+
+    /// Drops the presence entry of a client whose device object is gone (it left the
+    /// domain through another agent); a client that merely stopped keeps its entry.
+    fn forget_if_removed(self: &Arc<Self>, id: &str) {
+        let Some(store) = self.store.clone() else { return };
+        let (plugin, id) = (self.clone(), id.to_owned());
+        tokio::spawn(async move {
+            let dn = format!("cn={id},ou=devices,{}", store.base());
+            if let Err(e) = store.load(&dn).await
+                && e.code == ErrorCode::OBJECT_NOT_FOUND
+            {
+                plugin.table.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+                info!(client = %id, "client left the domain");
+            }
+        });
     }
 
     async fn take_inventory(&self, sender: Option<&str>, event: Value) {
@@ -750,7 +769,7 @@ impl ClientsPlugin {
         Ok(rows)
     }
 
-    /// Remove a client: its broker login and its device object.
+    /// Remove a client: its inventory, its broker login, its device object, and every agent's presence entry.
     #[command(needs_user)]
     async fn leave_client(&self, ctx: &CallContext, client: String) -> CommandResult<bool> {
         let store = self.store()?;
@@ -763,9 +782,19 @@ impl ClientsPlugin {
         if !state.effective_types().iter().any(|t| t == "RegisteredDevice") {
             return Err(unknown(&client));
         }
+        // The inventory first: if that fails, nothing is gone yet and leaving can be retried.
+        if let Some(inventory) = &self.inventory {
+            inventory.remove(&client).await.map_err(inventory_error)?;
+        }
         admin.delete_client(&client).await.map_err(|e| CommandError::new(ErrorCode::BROKER_ADMIN_FAILED, e))?;
         store.remove(&dn, false, ctx.user.as_deref()).await?;
         self.table.lock().unwrap_or_else(PoisonError::into_inner).remove(&client);
+        // The other agents drop their presence entry when they hear it left and find its
+        // device gone.
+        let leave = Map::from_iter([("Id".to_owned(), json!(client))]);
+        if let Err(e) = self.events.publish_fields("ClientLeave", &leave).await {
+            warn!(%client, error = %e, "cannot tell the other agents that the client left");
+        }
         info!(%client, by = ?ctx.user, "client left the domain");
         Ok(true)
     }

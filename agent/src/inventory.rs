@@ -136,6 +136,14 @@ impl InventoryStore {
         Ok(InventoryStore { db })
     }
 
+    /// Forgets everything stored about `client` (it left the domain).
+    pub async fn remove(&self, client: &str) -> Result<(), BackendError> {
+        for table in ["clacks_inventory_packages", "clacks_inventory_services", "clacks_inventory"] {
+            self.db.execute(format!("DELETE FROM {table} WHERE client = $1"), &[Some(client)]).await?;
+        }
+        Ok(())
+    }
+
     /// The checksum stored for `client`.
     pub async fn checksum(&self, client: &str) -> Result<Option<String>, BackendError> {
         let rows =

@@ -96,9 +96,10 @@ async fn a_machine_joins_serves_commands_through_the_agent_and_leaves() {
     // The client logs in as itself and announces.
     let bus = machine_bus(&login_url(&broker, &domain, &joined), &domain).await;
     assert_eq!(bus.user(), id);
-    let client = ClientDaemon::start(client_options(&domain, &id, vec!["guest".into()]), bus, vec![])
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    // This machine sends its inventory, so leaving has something to clear.
+    let mut options = client_options(&domain, &id, vec!["guest".into()]);
+    options.inventory_every = Some(Duration::from_secs(3600));
+    let client = ClientDaemon::start(options, bus, vec![]).await.unwrap_or_else(|e| panic!("{e}"));
     wait_for("the agent sees the client with its methods", Duration::from_secs(10), || async {
         let rows = ok(&admin, "getClients", json!([])).await;
         rows.as_array()
@@ -162,7 +163,23 @@ async fn a_machine_joins_serves_commands_through_the_agent_and_leaves() {
     })
     .await;
     assert_eq!(call(&admin, "clientDispatch", json!([id, "ping"])).await, Err(ErrorCode::CLIENT_OFFLINE));
+    wait_for("its inventory is stored", Duration::from_secs(30), || async {
+        call(&admin, "getInventory", json!([id])).await.is_ok()
+    })
+    .await;
     ok(&admin, "leaveClient", json!([id])).await;
+    // Nothing is left behind: no inventory, no row in findClients, no presence entry on
+    // this agent or on the other one.
+    assert_eq!(call(&admin, "getInventory", json!([id])).await, Err(ErrorCode::CLIENT_UNKNOWN));
+    let found = ok(&admin, "findClients", json!([{}])).await;
+    assert!(!found.to_string().contains(&id), "{found}");
+    for node in ["alpha", "beta"] {
+        wait_for("every agent forgets the client", Duration::from_secs(10), || async {
+            let rows = admin.call_on_node(node, "getClients", Params::None).await.unwrap_or_default();
+            !rows.to_string().contains(&id)
+        })
+        .await;
+    }
     assert_eq!(call(&admin, "openObject", json!([dn])).await, Err(ErrorCode::OBJECT_NOT_FOUND));
     let gone = AmqpBus::connect(&login_url(&broker, &domain, &joined), domain.clone(), AmqpSettings::default()).await;
     assert!(gone.is_err(), "the broker login goes with the client");
