@@ -394,8 +394,10 @@ impl ClientsPlugin {
         response.into_result().map_err(CommandError::from)
     }
 
-    /// The clients a fan-out of `method` reaches, by id.
-    async fn fan_out_targets(&self, method: &str, filter: &FanOutFilter) -> CommandResult<Vec<(String, ClientEntry)>> {
+    /// The clients a fan-out of `method` reaches: every joined machine and every client
+    /// heard of that matches, by id, with the name it is targeted by; and the ids the
+    /// filter names that no such machine has (`unknown`).
+    async fn fan_out_targets(&self, method: Option<&str>, filter: &FanOutFilter) -> CommandResult<Targets> {
         let inventory_match = match &filter.inventory {
             Some(query) => {
                 let rows = self.inventory()?.find(query).await.map_err(inventory_error)?;
@@ -407,21 +409,65 @@ impl ClientsPlugin {
             }
             None => None,
         };
-        let capability = filter.capability.as_deref().unwrap_or(method);
+        let joined = self.joined().await?;
         let glob = clacks_objects::store::glob_match;
         let table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut targets: Vec<(String, ClientEntry)> = table
+        let mut known: BTreeMap<String, Target> = BTreeMap::new();
+        for (id, name) in &joined {
+            let entry = table.get(id).cloned().unwrap_or_default();
+            known.insert(id.clone(), Target { name: name.clone(), hostname: entry.name.clone(), entry });
+        }
+        for (id, entry) in table.iter().filter(|(id, _)| !joined.contains_key(*id)) {
+            // Not joined (it logs in as an agent): what it announces is all there is.
+            known.insert(
+                id.clone(),
+                Target { name: entry.name.clone(), hostname: entry.name.clone(), entry: entry.clone() },
+            );
+        }
+        drop(table);
+        let unknown: Vec<String> = filter
+            .clients
             .iter()
-            .filter(|(id, _)| filter.clients.as_ref().is_none_or(|list| list.iter().any(|c| c == *id)))
-            .filter(|(id, _)| filter.id.as_deref().is_none_or(|p| glob(p, id)))
-            .filter(|(_, e)| filter.name.as_deref().is_none_or(|p| glob(p, &e.name)))
-            .filter(|(_, e)| filter.online.is_none_or(|online| e.online == online))
-            .filter(|(_, e)| e.methods.contains_key(capability))
-            .filter(|(id, _)| inventory_match.as_ref().is_none_or(|set| set.contains(*id)))
-            .map(|(id, e)| (id.clone(), e.clone()))
+            .flatten()
+            .filter(|id| !known.contains_key(*id))
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
             .collect();
-        targets.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(targets)
+        let reached = known
+            .into_iter()
+            .filter(|(id, _)| filter.clients.as_ref().is_none_or(|list| list.iter().any(|c| c == id)))
+            .filter(|(id, _)| filter.id.as_deref().is_none_or(|p| glob(p, id)))
+            .filter(|(_, t)| filter.name.as_deref().is_none_or(|p| glob(p, &t.name)))
+            .filter(|(_, t)| filter.hostname.as_deref().is_none_or(|p| glob(p, &t.hostname)))
+            .filter(|(_, t)| filter.online.is_none_or(|online| t.entry.online == online))
+            // A machine not heard from yet offers nothing known: it is targeted (and
+            // reported offline) unless a capability is asked for explicitly.
+            .filter(|(_, t)| match (&filter.capability, method) {
+                (Some(capability), _) => t.entry.methods.contains_key(capability),
+                (None, Some(method)) => t.entry.methods.is_empty() || t.entry.methods.contains_key(method),
+                (None, None) => true,
+            })
+            .filter(|(id, _)| inventory_match.as_ref().is_none_or(|set| set.contains(id)))
+            .collect();
+        Ok(Targets { reached, unknown })
+    }
+
+    /// The joined machines by client id, with the name they are targeted by — from the
+    /// device objects, so an agent that just started knows every one of them, and a
+    /// machine cannot rename itself into another group. Empty without an object store.
+    async fn joined(&self) -> CommandResult<BTreeMap<String, String>> {
+        let Some(store) = &self.store else { return Ok(BTreeMap::new()) };
+        let devices = store.index().of_type("Device").await.map_err(clacks_objects::ObjectError::from)?;
+        let first = |doc: &clacks_objects::index::IndexDoc, attr: &str| {
+            doc.values.get(attr).and_then(|v| v.first()).cloned().unwrap_or_default()
+        };
+        Ok(devices
+            .iter()
+            .filter(|doc| doc.extensions.iter().any(|e| e == "RegisteredDevice"))
+            .map(|doc| (first(doc, "cn"), first(doc, "clientName")))
+            .filter(|(id, _)| !id.is_empty())
+            .collect())
     }
 
     fn entry(&self, client: &str) -> CommandResult<ClientEntry> {
@@ -458,6 +504,22 @@ impl ClientsPlugin {
     }
 }
 
+/// A client a fan-out reaches.
+struct Target {
+    /// The name it is targeted by: the device's `clientName` for a joined machine.
+    name: String,
+    /// The host name it announces.
+    hostname: String,
+    entry: ClientEntry,
+}
+
+/// What a fan-out's filter finds.
+struct Targets {
+    reached: BTreeMap<String, Target>,
+    /// Ids the filter names that no joined or known client has.
+    unknown: Vec<String>,
+}
+
 /// Which clients a fan-out reaches.
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -466,8 +528,10 @@ struct FanOutFilter {
     clients: Option<Vec<String>>,
     /// A glob on the client id.
     id: Option<String>,
-    /// A glob on the host name.
+    /// A glob on the name the client is targeted by (given at join).
     name: Option<String>,
+    /// A glob on the host name the client announces.
+    hostname: Option<String>,
     /// Only clients offering this command; default the command called.
     capability: Option<String>,
     /// Only clients whose inventory matches (as `findClients`).
@@ -522,18 +586,21 @@ fn outcome_row(client: &str, name: &str, result: Result<Value, CommandError>, to
 
 #[clacks_core::plugin(target = "clients")]
 impl ClientsPlugin {
-    /// The clients this agent has heard of: id, name, online, last seen, last announce, number of methods, user sessions.
+    /// The joined machines and the clients this agent has heard of: id, name (given at join), hostname (announced), joined, online, last seen, last announce, number of methods, user sessions.
     #[command]
-    fn get_clients(&self) -> CommandResult<Vec<Value>> {
-        let table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut rows: Vec<Value> = table
+    async fn get_clients(&self) -> CommandResult<Vec<Value>> {
+        let Targets { reached, .. } = self.fan_out_targets(None, &FanOutFilter::default()).await?;
+        let joined = self.joined().await?;
+        let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+            t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        };
+        let mut rows: Vec<Value> = reached
             .iter()
-            .map(|(id, e)| {
+            .map(|(id, t)| {
                 json!({
-                    "id": id, "name": e.name, "online": e.online,
-                    "lastSeen": e.last_seen_at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
-                    "lastAnnounce": e.announced_at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
-                    "methods": e.methods.len(), "sessions": e.sessions,
+                    "id": id, "name": t.name, "hostname": t.hostname, "joined": joined.contains_key(id),
+                    "online": t.entry.online, "lastSeen": time(t.entry.last_seen_at),
+                    "lastAnnounce": time(t.entry.announced_at), "methods": t.entry.methods.len(), "sessions": t.entry.sessions,
                 })
             })
             .collect();
@@ -602,7 +669,7 @@ impl ClientsPlugin {
         self.call_client(&client, &method, args, ctx.deadline, ctx.user.clone()).await
     }
 
-    /// Call a command on many clients at once: filter {clients, id, name, capability, inventory, online}, options {batch, timeout, dryRun}. Every targeted client is listed as ok, error or timeout.
+    /// Call a command on many clients at once: filter {clients, id, name (the name given at join), hostname (the one announced), capability, inventory, online}, options {batch, timeout, dryRun}. Every joined machine that matches is listed as ok, error or timeout, and every id named in clients that no machine has as unknown.
     #[command(needs_user)]
     async fn client_fan_out(
         &self,
@@ -622,16 +689,19 @@ impl ClientsPlugin {
             return Err(CommandError::new(ErrorCode::INVALID_PARAMS, "options: timeout and batch must be positive"));
         }
         let args = args.unwrap_or(Value::Null);
-        let targets = self.fan_out_targets(&method, &filter).await?;
+        let Targets { reached, unknown } = self.fan_out_targets(Some(&method), &filter).await?;
         if options.dry_run {
-            let rows: Vec<Value> =
-                targets.iter().map(|(id, e)| json!({"client": id, "name": e.name, "online": e.online})).collect();
+            let rows: Vec<Value> = reached
+                .iter()
+                .map(|(id, t)| json!({"client": id, "name": t.name, "hostname": t.hostname, "online": t.entry.online}))
+                .chain(unknown.iter().map(|id| json!({"client": id, "name": "", "unknown": true})))
+                .collect();
             return Ok(json!({"targets": rows}));
         }
         // Answer before the caller gives up: calls not finished by then count as timeouts.
         let finish_by = ctx.deadline.checked_sub(Duration::from_millis(500)).unwrap_or(ctx.deadline);
         let per_call = Duration::from_secs_f64(options.timeout);
-        let calls = targets.into_iter().map(|(client, entry)| {
+        let calls = reached.into_iter().map(|(client, Target { name, entry, .. })| {
             let args = args.clone();
             let method = method.clone();
             async move {
@@ -653,15 +723,20 @@ impl ClientsPlugin {
                         )),
                     }
                 };
-                outcome_row(&client, &entry.name, result, started.elapsed())
+                outcome_row(&client, &name, result, started.elapsed())
             }
         });
         use futures_util::StreamExt;
         let mut results: Vec<Value> = futures_util::stream::iter(calls).buffer_unordered(options.batch).collect().await;
+        // A named id no machine has gets its row too: every named target is accounted for.
+        results.extend(unknown.iter().map(|id| {
+            json!({"client": id, "name": "", "status": "unknown", "code": ErrorCode::CLIENT_UNKNOWN.as_str(),
+                   "message": format!("no client '{id}' has joined this domain"), "ms": 0})
+        }));
         results.sort_by(|a, b| a["client"].as_str().cmp(&b["client"].as_str()));
         let count = |status: &str| results.iter().filter(|r| r["status"] == json!(status)).count();
-        let summary =
-            json!({"targeted": results.len(), "ok": count("ok"), "error": count("error"), "timeout": count("timeout")});
+        let summary = json!({"targeted": results.len(), "ok": count("ok"), "error": count("error"),
+                             "timeout": count("timeout"), "unknown": count("unknown")});
         info!(%method, summary = %summary, "fan-out done");
         Ok(json!({"summary": summary, "results": results}))
     }
@@ -712,10 +787,10 @@ impl ClientsPlugin {
         }
         let mut device = store.new_object(&devices, "Device").await?;
         store.set(&mut device, "cn", &json!(id)).await?;
-        if let Some(name) = name.as_deref().filter(|n| !n.is_empty()) {
-            store.set(&mut device, "description", &json!(name)).await?;
-        }
         store.extend(&mut device, "RegisteredDevice")?;
+        if let Some(name) = name.as_deref().filter(|n| !n.is_empty()) {
+            store.set(&mut device, "clientName", &json!(name)).await?;
+        }
         store.set(&mut device, "deviceUUID", &json!(device_uuid)).await?;
         let key = clacks_objects::password::hash(&secret, "argon2")
             .map_err(|e| CommandError::new(ErrorCode::INTERNAL_ERROR, e))?;

@@ -109,7 +109,7 @@ pub(crate) enum Command {
         /// This machine's id (default the firmware UUID, else /etc/machine-id).
         #[arg(long)]
         device_id: Option<String>,
-        /// The name admins see (default the host name).
+        /// The name fan-outs target this machine by (default the host name; admins may change it later).
         #[arg(long)]
         name: Option<String>,
         /// workstation, server, laptop or virtual.
@@ -339,7 +339,10 @@ pub(crate) fn run(cli: Cli, handle: tokio::runtime::Handle) -> u8 {
             match outcome {
                 Ok(value) => {
                     print_value(&value, cli.output.unwrap_or(Format::Plain));
-                    EXIT_OK
+                    not_all_ok(&value).map_or(EXIT_OK, |message| {
+                        eprintln!("clacks: {message}");
+                        EXIT_FAILED
+                    })
                 }
                 Err(e) => report_call(&client, &handle, &method, &e),
             }
@@ -516,6 +519,14 @@ fn report_call(
         return EXIT_USAGE;
     }
     report(error)
+}
+
+/// A result that reports on many targets (`{summary: {targeted, ok, …}}`, as a fan-out's
+/// does) failed when not every target was ok: cron and scripts see it in the exit code.
+fn not_all_ok(value: &Value) -> Option<String> {
+    let summary = value.get("summary")?;
+    let (targeted, ok) = (summary.get("targeted")?.as_u64()?, summary.get("ok")?.as_u64()?);
+    (ok < targeted).then(|| format!("{} of {targeted} targets were not ok", targeted - ok))
 }
 
 fn report(error: &ClientError) -> u8 {

@@ -169,6 +169,35 @@ fn one_shot_calls_on_the_embedded_domain() {
     );
     let usage = run(&["frobnicate"], &[]);
     assert!(usage.starts_with("exit=2\n"), "{usage}");
+    // A fan-out where a target was not ok fails, for cron: here an id no machine has.
+    check(
+        &["call", "clientFanOut", "ping", "[]", r#"{"clients": ["bogus-id"]}"#, "--output", "json"],
+        expect![[r#"
+            exit=1
+            stdout:
+            {
+              "results": [
+                {
+                  "client": "bogus-id",
+                  "code": "CLIENT_UNKNOWN",
+                  "message": "no client 'bogus-id' has joined this domain",
+                  "ms": 0,
+                  "name": "",
+                  "status": "unknown"
+                }
+              ],
+              "summary": {
+                "error": 0,
+                "ok": 0,
+                "targeted": 1,
+                "timeout": 0,
+                "unknown": 1
+              }
+            }
+            stderr:
+            clacks: 1 of 1 targets were not ok
+        "#]],
+    );
 }
 
 #[test]

@@ -110,6 +110,22 @@ async fn a_machine_joins_serves_commands_through_the_agent_and_leaves() {
     .await;
     let methods = ok(&admin, "getClientMethods", json!([id])).await;
     assert_eq!(methods["ping"]["signature"], json!("ping()"), "{methods}");
+    // The name given at join targets it; the host name it announces is a fact beside it.
+    let rows = ok(&admin, "getClients", json!([])).await;
+    let row = rows.as_array().into_iter().flatten().find(|r| r["id"] == json!(id)).cloned().unwrap_or_default();
+    assert_eq!((row["name"].clone(), row["joined"].clone()), (json!("ws-1"), json!(true)), "{rows}");
+    assert_eq!(row["hostname"], json!(format!("host-{}", id.chars().take(8).collect::<String>())), "{rows}");
+    let targets = |filter: Value| {
+        let admin = &admin;
+        async move {
+            let dry =
+                ok(admin, "clientFanOut", json!({"method": "ping", "filter": filter, "options": {"dryRun": true}}));
+            dry.await["targets"].as_array().into_iter().flatten().map(|t| t["client"].clone()).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(targets(json!({"name": "ws-*"})).await, [json!(id)]);
+    assert_eq!(targets(json!({"hostname": "host-*"})).await, [json!(id)]);
+    assert!(targets(json!({"name": "host-*"})).await.is_empty(), "the announced name does not target");
     // Who is logged in, as `who` says on this machine.
     let who = std::process::Command::new("who").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
     let mut users: Vec<String> =
@@ -147,8 +163,14 @@ async fn a_machine_joins_serves_commands_through_the_agent_and_leaves() {
         AmqpBus::connect(&login_url(&broker, &domain, &forged), domain.clone(), AmqpSettings::default()).await;
     assert!(refused.is_err(), "a wrong machine secret must not log in");
 
-    // An agent that starts later learns of the client from its next ping (ClientPoll).
+    // An agent that starts later targets the joined machine at once (from its device
+    // object), and learns its methods from its next ping (ClientPoll).
     let beta = start_agent(&broker.url(), agent_options(&domain, "beta", &broker, data.path()), vec![]).await;
+    let dry = json!({"method": "ping", "filter": {"name": "ws-*"}, "options": {"dryRun": true}});
+    let on_beta =
+        admin.call_on_node("beta", "clientFanOut", Params::Named(serde_json::from_value(dry).unwrap_or_default()));
+    let on_beta = on_beta.await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(on_beta["targets"][0]["client"], json!(id), "{on_beta}");
     wait_for("beta knows the client's methods", Duration::from_secs(10), || async {
         let rows = admin.call_on_node("beta", "getClients", Params::None).await.unwrap_or_default();
         rows.as_array().into_iter().flatten().any(|r| r["id"] == json!(id) && r["methods"].as_u64() >= Some(2))
@@ -219,8 +241,10 @@ async fn a_silent_client_times_out_and_events_for_others_are_ignored() {
     })
     .await;
     let rows = ok(&admin, "getClients", json!([])).await;
-    assert!(rows.as_array().into_iter().flatten().all(|r| r["name"] != json!("impostor")), "{rows}");
-    assert!(rows.as_array().into_iter().flatten().all(|r| r["id"] != json!(b)), "b never spoke for itself: {rows}");
+    assert!(!rows.to_string().contains("impostor"), "{rows}");
+    // b is joined, so listed, but it never spoke for itself.
+    let b_row = rows.as_array().into_iter().flatten().find(|r| r["id"] == json!(b)).cloned().unwrap_or_default();
+    assert_eq!((b_row["online"].clone(), b_row["lastAnnounce"].clone()), (json!(false), Value::Null), "{rows}");
     let nodes = ok(&admin, "getNodes", json!([])).await;
     assert!(!nodes.to_string().contains("fake"), "a client cannot pose as a node: {nodes}");
 
@@ -442,7 +466,7 @@ async fn a_fan_out_lists_every_targeted_client_as_ok_error_or_timeout() {
     let started = std::time::Instant::now();
     let fanned = ok(&admin, "clientFanOut", json!({"method": "work", "options": {"timeout": 1.0, "batch": 2}})).await;
     assert!(started.elapsed() < Duration::from_secs(5), "the slow client cost its timeout, not its delay");
-    assert_eq!(fanned["summary"], json!({"targeted": 6, "ok": 3, "error": 2, "timeout": 1}), "{fanned}");
+    assert_eq!(fanned["summary"], json!({"targeted": 6, "ok": 3, "error": 2, "timeout": 1, "unknown": 0}), "{fanned}");
     let status = |client: &str| {
         fanned["results"]
             .as_array()
@@ -466,7 +490,20 @@ async fn a_fan_out_lists_every_targeted_client_as_ok_error_or_timeout() {
     assert_eq!(some["summary"]["targeted"], json!(0), "globs know only '*': {some}");
     let some =
         ok(&admin, "clientFanOut", json!({"method": "ping", "filter": {"id": "fan-0*", "name": "host-fan-01*"}})).await;
-    assert_eq!(some["summary"], json!({"targeted": 1, "ok": 1, "error": 0, "timeout": 0}), "{some}");
+    assert_eq!(some["summary"], json!({"targeted": 1, "ok": 1, "error": 0, "timeout": 0, "unknown": 0}), "{some}");
+    // Every id named is accounted for, one no machine has as unknown.
+    let named = ok(
+        &admin,
+        "clientFanOut",
+        json!({"method": "ping", "filter": {"clients": ["fan-03", "fan-01", "bogus-id", "bogus-id"]}}),
+    )
+    .await;
+    assert_eq!(named["summary"], json!({"targeted": 3, "ok": 2, "error": 0, "timeout": 0, "unknown": 1}), "{named}");
+    let bogus = named["results"].as_array().into_iter().flatten().find(|r| r["client"] == json!("bogus-id")).cloned();
+    assert_eq!(
+        bogus.map(|r| (r["status"].clone(), r["code"].clone())),
+        Some((json!("unknown"), json!("CLIENT_UNKNOWN")))
+    );
     assert_eq!(
         call(&admin, "clientFanOut", json!({"method": "ping", "filter": {"colour": "red"}})).await,
         Err(ErrorCode::INVALID_PARAMS)
@@ -656,7 +693,7 @@ async fn clients_come_back_after_a_broker_restart() {
     })
     .await;
     wait_for("the fan-out reaches every client again", Duration::from_secs(20), || async {
-        ping_all().await == json!({"targeted": CLIENTS, "ok": CLIENTS, "error": 0, "timeout": 0})
+        ping_all().await == json!({"targeted": CLIENTS, "ok": CLIENTS, "error": 0, "timeout": 0, "unknown": 0})
     })
     .await;
     for client in clients {
