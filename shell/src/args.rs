@@ -380,8 +380,11 @@ pub(crate) fn run(cli: Cli, handle: tokio::runtime::Handle) -> u8 {
                     None => {
                         crate::print_error(&e.line, false);
                         if let Some(position) = e.position {
-                            let name = script.as_ref().map_or("<-c>".to_owned(), |s| s.display().to_string());
-                            let name = if script.is_none() && cli.code.is_none() { "<stdin>".to_owned() } else { name };
+                            let name = match (&script, &cli.code) {
+                                (Some(file), _) => file.display().to_string(),
+                                (None, Some(_)) => "<-c>".to_owned(),
+                                (None, None) => "<stdin>".to_owned(),
+                            };
                             eprintln!("{}", crate::explain::locate(&name, &code, position));
                         }
                         if e.interrupted { EXIT_INTERRUPTED } else { EXIT_FAILED }

@@ -143,8 +143,11 @@ async fn refresh_dns(client: &Client, catalog: &Catalog, hints: &ValueHints) {
 }
 
 /// Keeps `hints` current: after presence and object-change events (a short quiet time
-/// gathers a burst into one refresh) and every half minute.
+/// gathers a burst into one refresh; DNs are re-read at most every few seconds) and
+/// every half minute. Events are read all the while, never left to pile up behind a
+/// wait: the subscription must not hold up the connection it shares with calls.
 pub(crate) fn watch(client: Arc<Client>, catalog: Arc<Catalog>, hints: Arc<ValueHints>) {
+    use tokio::time::Instant;
     tokio::spawn(async move {
         refresh(&client, &catalog, &hints).await;
         let types: Vec<String> =
@@ -152,38 +155,55 @@ pub(crate) fn watch(client: Arc<Client>, catalog: Arc<Catalog>, hints: Arc<Value
         let mut events = client.subscribe(&types, None).await.ok();
         let mut periodic = tokio::time::interval(Duration::from_secs(30));
         periodic.tick().await;
-        let started = tokio::time::Instant::now();
+        // The first change after start is followed at once.
+        let started = Instant::now();
         let mut dns_refreshed = started.checked_sub(DNS_REFRESH_GAP).unwrap_or(started);
+        let (mut everything_due, mut dns_due): (Option<Instant>, Option<Instant>) = (None, None);
         loop {
-            let event = match events.as_mut() {
-                Some(rx) => tokio::select! {
-                    e = rx.recv() => match e { Some(e) => Some(e.event_type), None => { events = None; None } },
-                    _ = periodic.tick() => None,
-                },
-                None => {
-                    periodic.tick().await;
-                    None
+            let due = [everything_due, dns_due].into_iter().flatten().min();
+            tokio::select! {
+                event = next_event(&mut events) => {
+                    let now = Instant::now();
+                    match event {
+                        Some(kind) if is_object_change(&kind) => {
+                            // A bulk import announces thousands of changes: one index read
+                            // per few seconds is plenty for completion.
+                            dns_due = dns_due.or(Some((now + QUIET).max(dns_refreshed + DNS_REFRESH_GAP)));
+                        }
+                        Some(_) => everything_due = everything_due.or(Some(now + QUIET)),
+                        None => events = None,
+                    }
                 }
-            };
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let mut objects_only = event.as_deref().is_some_and(|t| t.ends_with("Change") || t == "ObjectChanged");
-            if let Some(rx) = events.as_mut() {
-                while let Ok(more) = rx.try_recv() {
-                    objects_only &= more.event_type == "ObjectChanged" || more.event_type == "BackendChange";
+                _ = periodic.tick() => everything_due = everything_due.or(Some(Instant::now())),
+                _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                    let now = Instant::now();
+                    if everything_due.is_some_and(|at| at <= now) {
+                        refresh(&client, &catalog, &hints).await;
+                        (everything_due, dns_due) = (None, None);
+                    } else {
+                        refresh_dns(&client, &catalog, &hints).await;
+                        dns_due = None;
+                    }
+                    dns_refreshed = Instant::now();
                 }
-            }
-            if objects_only {
-                // A bulk import announces thousands of changes: one index read per
-                // few seconds is plenty for completion.
-                tokio::time::sleep_until(dns_refreshed + DNS_REFRESH_GAP).await;
-                if let Some(rx) = events.as_mut() {
-                    while rx.try_recv().is_ok() {}
-                }
-                refresh_dns(&client, &catalog, &hints).await;
-                dns_refreshed = tokio::time::Instant::now();
-            } else {
-                refresh(&client, &catalog, &hints).await;
             }
         }
     });
+}
+
+/// How long a burst of events may go on before the refresh it asks for.
+const QUIET: Duration = Duration::from_millis(300);
+
+fn is_object_change(event_type: &str) -> bool {
+    event_type == "ObjectChanged" || event_type == "BackendChange"
+}
+
+/// The next event's type; `None` once the subscription is over; never, without one.
+async fn next_event(
+    events: &mut Option<tokio::sync::mpsc::Receiver<clacks_core::bus::EventMessage>>,
+) -> Option<String> {
+    match events {
+        Some(rx) => rx.recv().await.map(|e| e.event_type),
+        None => std::future::pending().await,
+    }
 }
