@@ -333,7 +333,7 @@ impl ClientsPlugin {
 
     /// Writes `deviceStatus` and `lastSeen` on the client's device object, in the
     /// background: presence must not wait for the directory.
-    fn record_status(self: &Arc<Self>, id: &str, online: bool) {
+    fn record_status(&self, id: &str, online: bool) {
         let Some(store) = self.store.clone() else { return };
         let dn = format!("cn={id},ou=devices,{}", store.base());
         tokio::spawn(async move {
@@ -352,6 +352,18 @@ impl ClientsPlugin {
                 Err(e) => warn!(%dn, error = %e, "cannot record the client's status"),
             }
         });
+    }
+
+    /// Takes a client as offline at once (its queue is gone).
+    fn mark_offline(&self, client: &str) {
+        let was_online = {
+            let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+            table.get_mut(client).is_some_and(|entry| std::mem::replace(&mut entry.online, false))
+        };
+        if was_online {
+            info!(%client, "client not connected: its queue is gone");
+            self.record_status(client, false);
+        }
     }
 
     /// Sends one request to a client's queue and returns its answer.
@@ -380,6 +392,9 @@ impl ClientsPlugin {
             Err(e) => {
                 let error = e.to_rpc_error();
                 if error.symbolic() == ErrorCode::NO_PROVIDER {
+                    // Its queue went with its connection (killed, cut off by the broker):
+                    // the broker says so now, before any presence timeout would.
+                    self.mark_offline(client);
                     return Err(CommandError::new(
                         ErrorCode::CLIENT_OFFLINE,
                         format!("client '{client}' is not connected"),

@@ -419,30 +419,68 @@ async fn the_client_role_serves_a_joined_machine_until_sigterm() {
         ca_file: None,
         agent_users: vec!["guest".into()],
         ping_secs: 1,
+        poll_spread_secs: 3.0,
         shell_dir: Some(data.path().join("shell.d")),
         dbus: None,
     };
     let path = data.path().join("client.toml");
     config.save(&path, false).unwrap_or_else(|e| panic!("{e}"));
-    let mut child = AgentProcess(
-        Command::new(AGENT)
-            .args(["--role", "client", "--config"])
-            .arg(&path)
-            .env("CLACKS_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{e}")),
-    );
+    let start_client = || {
+        AgentProcess(
+            Command::new(AGENT)
+                .args(["--role", "client", "--config"])
+                .arg(&path)
+                .env("CLACKS_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
+    };
     let ping = || async {
         let args = Params::Positional(vec![json!(config.id), json!("ping")]);
-        admin.call("clientDispatch", args).await.ok()
+        admin.call("clientDispatch", args).await
     };
-    let started = Instant::now();
-    while ping().await != Some(json!("pong")) {
-        assert!(started.elapsed() < Duration::from_secs(20), "the client process never answered");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    let online = |agent: &'static str| {
+        let (admin, id) = (&admin, config.id.clone());
+        async move {
+            let rows = admin.call_on_node(agent, "getClients", Params::None).await.unwrap_or_default();
+            rows.as_array().into_iter().flatten().any(|r| r["id"] == json!(id) && r["online"] == json!(true))
+        }
+    };
+    let answers = || async {
+        let started = Instant::now();
+        while ping().await.ok() != Some(json!("pong")) {
+            assert!(started.elapsed() < Duration::from_secs(20), "the client process never answered");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let mut child = start_client();
+    answers().await;
+
+    // kill -9: its queue goes with its connection, so the next call knows it at once and
+    // the agent takes the machine offline then, not after the presence timeout.
+    child.signal("KILL");
+    let _ = child.wait_exit(Duration::from_secs(10));
+    let killed = Instant::now();
+    assert_eq!(ping().await.map_err(|e| e.code()), Err(clacks_core::rpc::ErrorCode::CLIENT_OFFLINE));
+    assert!(!online("alpha").await, "still online after the call found it gone");
+    eprintln!("offline {:?} after SIGKILL", killed.elapsed());
+    assert!(killed.elapsed() < Duration::from_secs(2), "offline after {:?}", killed.elapsed());
+
+    // Back again; then the agent restarts: it asks every client to announce at once, and
+    // the machine answers within its poll spread (3 s).
+    let mut child = start_client();
+    answers().await;
+    agent.stop().await;
+    let options = clacks_tests::joining_agent_options(&broker, &domain, "alpha", data.path());
+    let agent = clacks_tests::start_agent(&broker.url(), options, vec![]).await;
+    let restarted = Instant::now();
+    while !online("alpha").await {
+        assert!(restarted.elapsed() < Duration::from_secs(6), "the restarted agent did not hear the client in 6 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    eprintln!("known again {:?} after the agent restarted", restarted.elapsed());
     child.signal("TERM");
     assert!(child.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()), "SIGTERM ends it cleanly");
     let offline = || async {

@@ -115,6 +115,7 @@ pub(crate) fn join(request: JoinRequest, target: &Target, handle: &tokio::runtim
                 .map(|users| users.iter().filter_map(Value::as_str).map(str::to_owned).collect())
                 .unwrap_or_default(),
             ping_secs: 60,
+            poll_spread_secs: clacks_client::daemon::DEFAULT_POLL_SPREAD.as_secs_f64(),
             shell_dir: None,
             dbus: None,
         };

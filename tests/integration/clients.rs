@@ -68,6 +68,7 @@ fn login_url(broker: &PrivateBroker, domain: &clacks_core::domain::Domain, joine
         ca_file: None,
         agent_users: Vec::new(),
         ping_secs: 1,
+        poll_spread_secs: 0.2,
         shell_dir: None,
         dbus: None,
     };

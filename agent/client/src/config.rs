@@ -35,6 +35,11 @@ pub struct ClientConfig {
     /// Seconds between ClientPing events.
     #[serde(default = "default_ping")]
     pub ping_secs: u64,
+    /// Longest wait, in seconds, before announcing again when an agent asks (ClientPoll)
+    /// or after a reconnection: spreads a fleet's answers, and bounds how long an agent
+    /// that just started waits to know every machine.
+    #[serde(default = "default_poll_spread")]
+    pub poll_spread_secs: f64,
     /// Folder of executable scripts offered as commands (the shell proxy).
     #[serde(default)]
     pub shell_dir: Option<PathBuf>,
@@ -63,6 +68,10 @@ fn default_interface() -> String {
 
 fn default_ping() -> u64 {
     60
+}
+
+fn default_poll_spread() -> f64 {
+    crate::daemon::DEFAULT_POLL_SPREAD.as_secs_f64()
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -147,6 +156,7 @@ mod tests {
             ca_file: None,
             agent_users: vec!["clacks-agent".into()],
             ping_secs: 60,
+            poll_spread_secs: default_poll_spread(),
             shell_dir: None,
             dbus: None,
         }

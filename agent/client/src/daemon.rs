@@ -24,6 +24,11 @@ use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+/// How long a client waits at most before answering a ClientPoll: a few seconds, so an
+/// agent that just started knows every machine quickly; thousands of machines answering
+/// within it are a few thousand events a second, which a broker takes in stride.
+pub const DEFAULT_POLL_SPREAD: Duration = Duration::from_secs(3);
+
 /// How a client daemon runs.
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
@@ -62,7 +67,7 @@ impl ClientOptions {
             name: host_name(),
             agent_users: Vec::new(),
             ping: Duration::from_secs(60),
-            poll_spread: Duration::from_secs(30),
+            poll_spread: DEFAULT_POLL_SPREAD,
             default_timeout: Duration::from_secs(30),
             shell_dir: None,
             shell_poll: Duration::from_secs(2),

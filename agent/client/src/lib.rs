@@ -55,6 +55,9 @@ pub fn options_from(config: &ClientConfig) -> Result<ClientOptions, String> {
     let mut options = ClientOptions::new(domain, config.id.clone());
     options.agent_users = config.agent_users.clone();
     options.ping = Duration::from_secs(config.ping_secs.max(1));
+    if config.poll_spread_secs.is_finite() && config.poll_spread_secs >= 0.0 {
+        options.poll_spread = Duration::from_secs_f64(config.poll_spread_secs.min(3600.0));
+    }
     options.shell_dir = Some(config.shell_dir.clone().unwrap_or_else(|| std::path::PathBuf::from(DEFAULT_SHELL_DIR)));
     options.dbus = config.dbus.as_ref().map(|d| dbus_proxy::DbusOptions {
         address: d.address.clone(),
