@@ -78,7 +78,13 @@ pub struct ClientsPlugin {
     last_poll: Mutex<Option<Instant>>,
     /// Where inventories are kept (the object store's index database).
     inventory: Option<crate::inventory::InventoryStore>,
+    /// When this agent last asked each client for its inventory: a client that says its
+    /// signature twice at start (its scripts loaded a moment later) is asked once.
+    inventory_asked: Mutex<BTreeMap<String, Instant>>,
 }
+
+/// How long one inventory request stands for a client.
+const INVENTORY_ASK_GAP: Duration = Duration::from_secs(60);
 
 use crate::inventory::as_list;
 
@@ -124,6 +130,7 @@ impl ClientsPlugin {
             trusted,
             table: Mutex::default(),
             last_poll: Mutex::default(),
+            inventory_asked: Mutex::default(),
         }
     }
 
@@ -308,6 +315,14 @@ impl ClientsPlugin {
             .is_some_and(|e| e.methods.contains_key("requestInventory"));
         if !offers {
             return;
+        }
+        {
+            let mut asked = self.inventory_asked.lock().unwrap_or_else(PoisonError::into_inner);
+            if asked.get(client).is_some_and(|at| at.elapsed() < INVENTORY_ASK_GAP) {
+                return;
+            }
+            asked.retain(|_, at| at.elapsed() < INVENTORY_ASK_GAP);
+            asked.insert(client.to_owned(), Instant::now());
         }
         let (plugin, client) = (self.clone(), client.to_owned());
         tokio::spawn(async move {

@@ -356,7 +356,12 @@ async fn inventories_are_collected_stored_and_queried() {
     let agent = start_agent(&url, options, vec![]).await;
     let admin = Client::over_bus(amqp_bus(&url, &domain, "admin").await, domain.clone(), Duration::from_secs(10));
     let mut options = client_options(&domain, "inventoried-01", vec![]);
-    options.inventory_every = None; // only when the agent asks
+    options.inventory_every = Some(Duration::from_secs(3600));
+    // A script loaded a moment after start makes the client say its signature twice.
+    let shell_d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    script(shell_d.path(), "up", "#!/bin/sh\n# clacks-signature: {\"help\": \"Up.\"}\necho up\n");
+    (options.shell_dir, options.shell_poll) = (Some(shell_d.path().to_owned()), Duration::from_millis(200));
+    let mut sent = admin.subscribe(&["Inventory".to_owned()], None).await.unwrap_or_else(|e| panic!("{e}"));
     let client = ClientDaemon::start(options, amqp_bus(&url, &domain, "client").await, vec![])
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -364,6 +369,13 @@ async fn inventories_are_collected_stored_and_queried() {
         call(&admin, "getInventory", json!(["inventoried-01"])).await.is_ok()
     })
     .await;
+    // An unchanged inventory travels once at start, whatever asks.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut count = 0;
+    while sent.try_recv().is_ok() {
+        count += 1;
+    }
+    assert_eq!(count, 1, "inventories sent at start");
     let inventory = ok(&admin, "getInventory", json!(["inventoried-01"])).await;
     assert_eq!(inventory["ClientUUID"], json!("inventoried-01"));
     assert!(

@@ -440,6 +440,9 @@ async fn logged_in_users() -> Vec<String> {
 async fn inventory_loop(core: Arc<CoreClientCommands>, every: Duration, stopped: CancellationToken) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Not at start: the agents ask when they see this client's signature, passing the
+    // checksum they hold — sending here too would send the same inventory twice.
+    tick.tick().await;
     loop {
         tokio::select! {
             _ = stopped.cancelled() => return,
