@@ -331,11 +331,34 @@ async fn run_client(config: Option<&std::path::Path>) -> Result<()> {
     let options = clacks_client::options_from(&config).map_err(anyhow::Error::msg)?;
     info!(id = %config.id, domain = %config.domain, "connecting as a joined client");
     let bus = clacks_client::connect(&config, true).await.map_err(anyhow::Error::msg)?;
+    // After `clacks leave` (or `leaveClient`) the broker login is gone: the daemon stops
+    // by itself instead of knocking forever.
+    let (mut refused, url, user) = match &bus {
+        clacks_core::bus::Bus::Amqp(amqp) => {
+            (Some(amqp.login_refused()), amqp.display_url().to_owned(), amqp.user().to_owned())
+        }
+        clacks_core::bus::Bus::Local(_) => (None, String::new(), String::new()),
+    };
     let client = clacks_client::ClientDaemon::start(options, bus, Vec::new()).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let login_refused = async {
+        match refused.as_mut() {
+            Some(refused) => {
+                if refused.wait_for(|r| *r).await.is_err() {
+                    // The bus is gone without a refusal: nothing to wait for.
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         _ = term.recv() => info!("SIGTERM received"),
         _ = tokio::signal::ctrl_c() => info!("interrupted"),
+        () = login_refused => {
+            error!("the broker refuses this machine's login: it has left the domain or its secret changed; stopping");
+            return Err(clacks_core::bus::BusError::AccessRefused { url, user }.into());
+        }
     }
     client.stop().await;
     Ok(())

@@ -492,6 +492,14 @@ async fn the_client_role_serves_a_joined_machine_until_sigterm() {
         assert!(started.elapsed() < Duration::from_secs(10), "ClientLeave never arrived");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // Removed from the domain while running: the broker drops its login, and the daemon
+    // stops by itself with the exit code of a refused login (3) instead of retrying.
+    let mut child = start_client();
+    answers().await;
+    admin.call("leaveClient", Params::Positional(vec![json!(config.id)])).await.unwrap_or_else(|e| panic!("{e}"));
+    let status = child.wait_exit(Duration::from_secs(15));
+    assert_eq!(status.and_then(|s| s.code()), Some(3), "the daemon did not stop by itself after leaving");
     agent.stop().await;
 }
 

@@ -140,6 +140,9 @@ struct Inner {
     /// How many times the connection was re-established: watchers (a client that must
     /// announce itself again) see it change.
     reconnections: watch::Sender<u64>,
+    /// Set when the broker refused this user's login on a reconnection: its account is
+    /// gone or its password changed, which retrying does not fix.
+    login_refused: watch::Sender<bool>,
     topology: AsyncMutex<Topology>,
     pending: Mutex<PendingMap>,
     /// Own user plus `settings.agent_users`.
@@ -247,6 +250,7 @@ impl AmqpBus {
             settings,
             live,
             reconnections: watch::channel(0).0,
+            login_refused: watch::channel(false).0,
             topology: AsyncMutex::default(),
             pending: Mutex::default(),
             agent_users,
@@ -281,6 +285,17 @@ impl AmqpBus {
     /// The broker user this bus authenticates as.
     pub fn user(&self) -> &str {
         &self.inner.user
+    }
+
+    /// Becomes `true` when the broker refuses this user's login on a reconnection (the
+    /// bus keeps trying; a program that cannot work without it may stop).
+    pub fn login_refused(&self) -> watch::Receiver<bool> {
+        self.inner.login_refused.subscribe()
+    }
+
+    /// The URL without its password, for messages.
+    pub fn display_url(&self) -> &str {
+        &self.inner.display_url
     }
 
     /// Changes each time the bus has reconnected (queues and subscriptions are back).
@@ -728,6 +743,9 @@ async fn supervise(inner: Arc<Inner>, mut live: Arc<Live>) {
             match establish(&inner).await {
                 Ok(live) => break live,
                 Err(e) => {
+                    if matches!(e, BusError::AccessRefused { .. }) && !inner.login_refused.send_replace(true) {
+                        warn!(url = %inner.display_url, user = %inner.user, "the broker refuses this login now");
+                    }
                     debug!(error = %e, attempt, "reconnection attempt failed");
                     attempt += 1;
                 }
