@@ -584,6 +584,11 @@ struct FanOutOptions {
     /// Only list the clients that would be called.
     #[serde(default)]
     dry_run: bool,
+    /// Seconds to wait between batches: with a pause the clients are called `batch` at a
+    /// time, each batch finished before the pause (a rolling change across a fleet);
+    /// without, `batch` calls are kept in flight.
+    #[serde(default)]
+    pause: f64,
 }
 
 fn default_batch() -> usize {
@@ -699,7 +704,7 @@ impl ClientsPlugin {
         self.call_client(&client, &method, args, ctx.deadline, ctx.user.clone()).await
     }
 
-    /// Call a command on many clients at once: filter {clients, id, name (the name given at join), hostname (the one announced), capability, inventory, online}, options {batch, timeout, dryRun}. Every joined machine that matches is listed as ok, error or timeout, and every id named in clients that no machine has as unknown.
+    /// Call a command on many clients at once: filter {clients, id, name (the name given at join), hostname (the one announced), capability, inventory, online}, options {batch, timeout, pause (seconds between batches), dryRun}. Every joined machine that matches is listed as ok, error or timeout, and every id named in clients that no machine has as unknown.
     #[command(needs_user)]
     async fn client_fan_out(
         &self,
@@ -717,6 +722,9 @@ impl ClientsPlugin {
             serde_json::from_value(Value::Object(options.unwrap_or_default())).map_err(|e| invalid("options", e))?;
         if !(options.timeout.is_finite() && options.timeout > 0.0) || options.batch == 0 {
             return Err(CommandError::new(ErrorCode::INVALID_PARAMS, "options: timeout and batch must be positive"));
+        }
+        if !(options.pause.is_finite() && options.pause >= 0.0) {
+            return Err(CommandError::new(ErrorCode::INVALID_PARAMS, "options: pause must be 0 or more seconds"));
         }
         let args = args.unwrap_or(Value::Null);
         let Targets { reached, unknown } = self.fan_out_targets(Some(&method), &filter).await?;
@@ -756,8 +764,23 @@ impl ClientsPlugin {
                 outcome_row(&client, &name, result, started.elapsed())
             }
         });
-        use futures_util::StreamExt;
-        let mut results: Vec<Value> = futures_util::stream::iter(calls).buffer_unordered(options.batch).collect().await;
+        let mut results: Vec<Value> = if options.pause > 0.0 {
+            let pause = Duration::from_secs_f64(options.pause);
+            let mut calls = calls.collect::<Vec<_>>().into_iter();
+            let mut results = Vec::new();
+            loop {
+                let batch: Vec<_> = calls.by_ref().take(options.batch).collect();
+                results.extend(futures_util::future::join_all(batch).await);
+                if calls.len() == 0 {
+                    break results;
+                }
+                // Calls a pause pushes past the deadline are reported as timeouts.
+                tokio::time::sleep_until((Instant::now() + pause).min(finish_by)).await;
+            }
+        } else {
+            use futures_util::StreamExt;
+            futures_util::stream::iter(calls).buffer_unordered(options.batch).collect().await
+        };
         // A named id no machine has gets its row too: every named target is accounted for.
         results.extend(unknown.iter().map(|id| {
             json!({"client": id, "name": "", "status": "unknown", "code": ErrorCode::CLIENT_UNKNOWN.as_str(),

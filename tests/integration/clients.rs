@@ -504,6 +504,20 @@ async fn a_fan_out_lists_every_targeted_client_as_ok_error_or_timeout() {
     let some =
         ok(&admin, "clientFanOut", json!({"method": "ping", "filter": {"id": "fan-0*", "name": "host-fan-01*"}})).await;
     assert_eq!(some["summary"], json!({"targeted": 1, "ok": 1, "error": 0, "timeout": 0, "unknown": 0}), "{some}");
+    // With a pause, one batch at a time: three clients one by one, two pauses between.
+    let started = std::time::Instant::now();
+    let rolled = ok(
+        &admin,
+        "clientFanOut",
+        json!({"method": "ping", "filter": {"clients": ["fan-01", "fan-02", "fan-03"]}, "options": {"batch": 1, "pause": 0.4}}),
+    )
+    .await;
+    assert_eq!(rolled["summary"]["ok"], json!(3), "{rolled}");
+    assert!(started.elapsed() >= Duration::from_millis(800), "two pauses of 0.4 s: {:?}", started.elapsed());
+    assert_eq!(
+        call(&admin, "clientFanOut", json!({"method": "ping", "options": {"pause": -1}})).await,
+        Err(ErrorCode::INVALID_PARAMS)
+    );
     // Every id named is accounted for, one no machine has as unknown.
     let named = ok(
         &admin,
