@@ -445,13 +445,13 @@ impl ClientsPlugin {
         let mut known: BTreeMap<String, Target> = BTreeMap::new();
         for (id, name) in &joined {
             let entry = table.get(id).cloned().unwrap_or_default();
-            known.insert(id.clone(), Target { name: name.clone(), hostname: entry.name.clone(), entry });
+            known.insert(id.clone(), Target { name: name.clone(), hostname: entry.name.clone(), joined: true, entry });
         }
         for (id, entry) in table.iter().filter(|(id, _)| !joined.contains_key(*id)) {
             // Not joined (it logs in as an agent): what it announces is all there is.
             known.insert(
                 id.clone(),
-                Target { name: entry.name.clone(), hostname: entry.name.clone(), entry: entry.clone() },
+                Target { name: entry.name.clone(), hostname: entry.name.clone(), joined: false, entry: entry.clone() },
             );
         }
         drop(table);
@@ -540,6 +540,8 @@ struct Target {
     name: String,
     /// The host name it announces.
     hostname: String,
+    /// It has a device object (it joined); otherwise it was only heard of.
+    joined: bool,
     entry: ClientEntry,
 }
 
@@ -625,7 +627,6 @@ impl ClientsPlugin {
     #[command]
     async fn get_clients(&self) -> CommandResult<Vec<Value>> {
         let Targets { reached, .. } = self.fan_out_targets(None, &FanOutFilter::default()).await?;
-        let joined = self.joined().await?;
         let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
             t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         };
@@ -633,7 +634,7 @@ impl ClientsPlugin {
             .iter()
             .map(|(id, t)| {
                 json!({
-                    "id": id, "name": t.name, "hostname": t.hostname, "joined": joined.contains_key(id),
+                    "id": id, "name": t.name, "hostname": t.hostname, "joined": t.joined,
                     "online": t.entry.online, "lastSeen": time(t.entry.last_seen_at),
                     "lastAnnounce": time(t.entry.announced_at), "methods": t.entry.methods.len(), "sessions": t.entry.sessions,
                 })

@@ -185,7 +185,9 @@ fn argument_values<'a>(sources: &Sources<'a>, before: &str, at: usize) -> Option
     let index = argument_index(&before[paren + 1..at]);
     let param_names: Vec<String> = match (sources.catalog.get(callee), sources.functions.get(callee)) {
         // The shell's function wins over a command of the same name, as in the engine.
-        (_, Some(function)) => function.signatures.iter().filter_map(|s| parameter_name(s, index)).collect(),
+        (_, Some(function)) => {
+            function.overloads.iter().filter_map(|params| params.get(index)).map(|(n, _)| n.clone()).collect()
+        }
         (Some(entry), None) => {
             let param = entry.spec.params.get(index)?;
             if !param.allowed.is_empty() {
@@ -210,13 +212,6 @@ fn argument_values<'a>(sources: &Sources<'a>, before: &str, at: usize) -> Option
 /// case, without copying the DN.
 fn any_part_starts_with(dn: &str, typed: &str) -> bool {
     dn.split(['=', ',']).any(|part| part.get(..typed.len()).is_some_and(|head| head.eq_ignore_ascii_case(typed)))
-}
-
-/// The name of the `index`-th parameter in a signature `f(a: string, b: map)`.
-fn parameter_name(signature: &str, index: usize) -> Option<String> {
-    let inner = signature.split_once('(')?.1.trim_end_matches(')');
-    let param = inner.split(", ").filter(|p| !p.is_empty()).nth(index)?;
-    Some(param.split(':').next().unwrap_or(param).trim_end_matches('?').to_owned())
 }
 
 /// How many top-level commas come before the cursor in a call's arguments.

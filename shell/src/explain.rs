@@ -87,7 +87,7 @@ fn missing_function(signature: &str, names: &Names<'_>) -> String {
         return format!(
             "SCRIPT_ERROR: {name} does not take ({}); usage: {}",
             types.join(", "),
-            function.signatures.join(" or ")
+            function.signatures().join(" or ")
         );
     }
     if let Some(nodes) = names.catalog.departed(name) {

@@ -9,12 +9,16 @@ use std::collections::BTreeMap;
 use rhai::Engine;
 use serde::Deserialize;
 
-/// One shell function: every overload's signature and the doc comment.
+/// One parameter of an overload: its name (empty when the engine knows none) and its
+/// type in the domain's words.
+pub type FunctionParam = (String, String);
+
+/// One shell function: every overload's parameters and the doc comment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ShellFunction {
     pub name: String,
-    /// One per overload, fewest parameters first: `open_object(target: string)`.
-    pub signatures: Vec<String>,
+    /// One per overload, fewest parameters first.
+    pub overloads: Vec<Vec<FunctionParam>>,
     /// The doc comment, without its `///` leaders.
     pub doc: String,
     /// Parameter descriptions from the doc comment (`- name: text` lines).
@@ -74,12 +78,12 @@ impl ShellFunctions {
             .into_iter()
             .map(|(name, mut versions)| {
                 versions.sort_by_key(|v| v.params.len());
-                let signatures = versions.iter().map(|v| signature(&name, &v.params)).collect();
+                let overloads = versions.iter().map(|v| v.params.iter().map(function_param).collect()).collect();
                 // The fullest overload's doc says the most.
                 let comments =
                     versions.iter().rev().find(|v| !v.doc_comments.is_empty()).map(|v| v.doc_comments.as_slice());
                 let (doc, params) = split_doc(comments.unwrap_or_default());
-                (name.clone(), ShellFunction { name, signatures, doc, params })
+                (name.clone(), ShellFunction { name, overloads, doc, params })
             })
             .collect();
         ShellFunctions { by_name }
@@ -106,19 +110,30 @@ impl ShellFunctions {
     }
 }
 
-/// `name(a: string, b: integer)`, in the words the domain's command signatures use.
-fn signature(name: &str, params: &[ParamMetadata]) -> String {
-    let params: Vec<String> = params
-        .iter()
-        .map(|p| {
-            let ty = p.ty.as_deref().map(clacks_type).unwrap_or("any");
-            match p.name.as_deref() {
-                Some(n) if n != "_" => format!("{n}: {ty}"),
-                _ => ty.to_owned(),
-            }
-        })
-        .collect();
-    format!("{name}({})", params.join(", "))
+fn function_param(param: &ParamMetadata) -> FunctionParam {
+    let name = param.name.as_deref().filter(|n| *n != "_").unwrap_or_default();
+    (name.to_owned(), param.ty.as_deref().map(clacks_type).unwrap_or("any").to_owned())
+}
+
+impl ShellFunction {
+    /// Each overload as `name(a: string, b: integer)`, in the words the domain's command
+    /// signatures use.
+    pub fn signatures(&self) -> Vec<String> {
+        self.overloads.iter().map(|params| self.signature_of(params, None)).collect()
+    }
+
+    /// `name(…)` of these parameters, those from `optional_from` on marked optional.
+    pub(crate) fn signature_of(&self, params: &[FunctionParam], optional_from: Option<usize>) -> String {
+        let shown: Vec<String> = params
+            .iter()
+            .enumerate()
+            .map(|(i, (name, ty))| {
+                let mark = if optional_from.is_some_and(|from| i >= from) { "?" } else { "" };
+                if name.is_empty() { format!("{ty}{mark}") } else { format!("{name}{mark}: {ty}") }
+            })
+            .collect();
+        format!("{}({})", self.name, shown.join(", "))
+    }
 }
 
 /// Rhai's type names (Rust's, or those its errors use) as the domain's type words.
@@ -136,26 +151,17 @@ pub(crate) fn clacks_type(rust: &str) -> &str {
     }
 }
 
-/// The doc comment's text, and its `- name: description` lines apart.
+/// The doc comment's text, and its `- name: description` lines apart (the rule of
+/// `clacks_core::command::param_doc`).
 fn split_doc(comments: &[String]) -> (String, Vec<(String, String)>) {
-    let mut text = Vec::new();
-    let mut params = Vec::new();
-    for line in comments.iter().flat_map(|c| c.lines()) {
-        let line = line.trim_start().trim_start_matches("///").trim_start_matches("/**").trim_end_matches("*/").trim();
-        match param_line(line) {
-            Some((name, description)) => params.push((name.to_owned(), description.to_owned())),
+    let (mut text, mut params) = (Vec::new(), Vec::new());
+    for line in clacks_scripting::doc_lines(comments) {
+        match clacks_core::command::param_doc(&line) {
+            Some(doc) => params.push((doc.name, doc.description)),
             None => text.push(line),
         }
     }
     (text.join(" ").trim().to_owned(), params)
-}
-
-/// `- name: description` (or ``- `name`: description``) → (name, description).
-pub(crate) fn param_line(line: &str) -> Option<(&str, &str)> {
-    let rest = line.strip_prefix("- ")?;
-    let (name, description) = rest.split_once(':')?;
-    let name = name.trim().trim_matches('`');
-    rhai::is_valid_identifier(name).then_some((name, description.trim()))
 }
 
 #[cfg(test)]
@@ -178,7 +184,7 @@ mod tests {
             greet,
             Some(ShellFunction {
                 name: "greet".into(),
-                signatures: vec!["greet()".into(), "greet(name: string)".into()],
+                overloads: vec![vec![], vec![("name".into(), "string".into())]],
                 doc: "Say hello.".into(),
                 params: vec![("name".into(), "who to greet".into())],
             })

@@ -93,7 +93,7 @@ fn shadowed_command_help(entry: &Entry) -> String {
 
 fn function_help(function: &ShellFunction) -> String {
     let mut out = String::new();
-    for signature in &function.signatures {
+    for signature in function.signatures() {
         let _ = writeln!(out, "{signature}");
     }
     let _ = write!(out, "    {}", function.doc);
@@ -111,26 +111,14 @@ fn function_help(function: &ShellFunction) -> String {
 /// parameters left out (`tail(eventTypes: any, filter?: string)`); otherwise each
 /// overload, joined by "or".
 pub(crate) fn merged_signature(function: &ShellFunction) -> String {
-    let params_of = |signature: &str| -> Vec<String> {
-        let inner = signature.split_once('(').map(|(_, rest)| rest.trim_end_matches(')')).unwrap_or_default();
-        inner.split(", ").filter(|p| !p.is_empty()).map(str::to_owned).collect()
+    let Some(longest) = function.overloads.iter().max_by_key(|p| p.len()) else {
+        return format!("{}()", function.name);
     };
-    let all: Vec<Vec<String>> = function.signatures.iter().map(|s| params_of(s)).collect();
-    let Some(longest) = all.iter().max_by_key(|p| p.len()) else { return format!("{}()", function.name) };
-    if !all.iter().all(|params| longest.starts_with(params)) {
-        return function.signatures.join(" or ");
+    if !function.overloads.iter().all(|params| longest.starts_with(params)) {
+        return function.signatures().join(" or ");
     }
-    let shortest = all.iter().map(Vec::len).min().unwrap_or_default();
-    let params: Vec<String> = longest
-        .iter()
-        .enumerate()
-        .map(|(i, p)| match (i >= shortest, p.split_once(": ")) {
-            (true, Some((name, ty))) => format!("{name}?: {ty}"),
-            (true, None) => format!("{p}?"),
-            (false, _) => p.clone(),
-        })
-        .collect();
-    format!("{}({})", function.name, params.join(", "))
+    let shortest = function.overloads.iter().map(Vec::len).min().unwrap_or_default();
+    function.signature_of(longest, Some(shortest))
 }
 
 /// `  signature   what it does`, the text on a line of its own below a long signature.
@@ -146,9 +134,17 @@ fn first_sentence(text: &str) -> &str {
     text.split_once(". ").map_or(text, |(first, _)| first)
 }
 
+/// Longest word "did you mean" looks at.
+const MAX_SUGGESTED_LEN: usize = 100;
+
 /// The candidate most like `word`: the same but for case, or a few edits away (at
 /// most a third of its length), so `getnodes` finds `getNodes` and `pnig` finds `ping`.
 pub(crate) fn closest(word: &str, candidates: impl IntoIterator<Item = String>) -> Option<String> {
+    // The distance costs the product of the lengths: no name is this long, and a
+    // script's `help(huge_text)` must not spin.
+    if word.len() > MAX_SUGGESTED_LEN {
+        return None;
+    }
     let lower = word.to_lowercase();
     let limit = (word.chars().count() / 3).clamp(1, 3);
     candidates
@@ -199,6 +195,7 @@ mod tests {
         assert_eq!(closest("openobject", names()).as_deref(), Some("open_object"));
         assert_eq!(closest("zzz", names()), None);
         assert_eq!(closest("ping", names()), None, "the name itself is no suggestion");
+        assert_eq!(closest(&"p".repeat(1_000_000), names()), None, "a huge word is no name");
     }
 
     /// A domain command named like a shell function is not hidden: help says how to
@@ -220,21 +217,22 @@ mod tests {
         assert!(one.starts_with("show(value: any)") && one.contains("The domain's command show"), "{one}");
     }
 
+    fn params(list: &[&str]) -> Vec<crate::functions::FunctionParam> {
+        list.iter().filter_map(|p| p.split_once(": ")).map(|(n, t)| (n.to_owned(), t.to_owned())).collect()
+    }
+
     #[test]
     fn overloads_merge_into_one_signature() {
         let tail = ShellFunction {
             name: "tail".into(),
-            signatures: vec!["tail(types: any)".into(), "tail(types: any, filter: string, options: map)".into()],
+            overloads: vec![params(&["types: any"]), params(&["types: any", "filter: string", "options: map"])],
             doc: String::new(),
             params: Vec::new(),
         };
         assert_eq!(merged_signature(&tail), "tail(types: any, filter?: string, options?: map)");
         let open = ShellFunction {
             name: "open_object".into(),
-            signatures: vec![
-                "open_object(target: string)".into(),
-                "open_object(objectType: string, target: string)".into(),
-            ],
+            overloads: vec![params(&["target: string"]), params(&["objectType: string", "target: string"])],
             doc: String::new(),
             params: Vec::new(),
         };
