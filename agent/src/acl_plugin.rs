@@ -220,7 +220,10 @@ impl AclPlugin {
         }
         let count: usize = stored.engine.sets().map(|(_, acls)| acls.len()).sum();
         info!(acls = count, roles = stored.engine.roles().len(), "ACLs loaded");
-        *self.acl.write().unwrap_or_else(PoisonError::into_inner) = stored.engine;
+        let mut engine = self.acl.write().unwrap_or_else(PoisonError::into_inner);
+        let groups = engine.node_groups().clone();
+        *engine = stored.engine.with_node_groups(groups);
+        drop(engine);
         *self.sources.lock().unwrap_or_else(PoisonError::into_inner) = stored.sources;
         *self.problems.lock().unwrap_or_else(PoisonError::into_inner) = stored.problems;
         Ok(())
@@ -432,7 +435,7 @@ impl AclPlugin {
         self.require(ctx, "r", base.as_deref().unwrap_or(self.store.base()))?;
         let engine = self.acl.read().unwrap_or_else(PoisonError::into_inner);
         let only = base.as_deref().map(dn_key);
-        let member_of = |acl: &Acl| user.as_deref().is_none_or(|u| acl.has_member(u));
+        let member_of = |acl: &Acl| user.as_deref().is_none_or(|u| acl.has_member(u, engine.node_groups()));
         Ok(engine
             .sets()
             .filter(|(dn, _)| only.as_ref().is_none_or(|o| *o == dn_key(dn)))

@@ -9,8 +9,16 @@
 //! `timeout / 2`, and every client announces again after a random delay; so does an
 //! agent that has just reconnected to the broker (it heard nothing meanwhile). Status
 //! changes are written to the client's RegisteredDevice (`deviceStatus`, `lastSeen`).
+//!
+//! Fan-outs select clients with a [`ClientFilter`]; groups of clients (nodegroups) are
+//! stored filters, `ClientGroup` objects beside the devices. Each agent keeps every
+//! group's members current — after a change of groups, devices or inventories, and
+//! every half minute — in the [`NodeGroups`] its ACL engine reads for `N@<group>`
+//! members.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -26,10 +34,20 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::broker_admin::BrokerAdmin;
+use crate::client_filter::{Candidate, ClientFilter};
+use clacks_acl::NodeGroups;
 
-/// The presence events the agent follows.
-pub const CLIENT_EVENTS: [&str; 6] =
-    ["ClientAnnounce", "ClientSignature", "ClientPing", "ClientLeave", "UserSession", "Inventory"];
+/// The events the clients plugin follows: the clients' presence, their inventories,
+/// and object changes (a group of clients or a device edited through any agent).
+pub const CLIENT_EVENTS: [&str; 7] =
+    ["ClientAnnounce", "ClientSignature", "ClientPing", "ClientLeave", "UserSession", "Inventory", "ObjectChanged"];
+
+/// How often group members are worked out again when nothing said they changed (an
+/// inventory condition, a machine going offline).
+const GROUP_REFRESH: Duration = Duration::from_secs(30);
+/// Least time between two refreshes of group members: a fleet's inventories arriving
+/// at once cause one refresh a second, not one each.
+const GROUP_REFRESH_GAP: Duration = Duration::from_secs(1);
 
 /// How an agent handles clients.
 #[derive(Clone, Debug)]
@@ -81,6 +99,19 @@ pub struct ClientsPlugin {
     /// When this agent last asked each client for its inventory: a client that says its
     /// signature twice at start (its scripts loaded a moment later) is asked once.
     inventory_asked: Mutex<BTreeMap<String, Instant>>,
+    /// Group members as the ACL engine reads them (`None`: this agent checks no ACLs).
+    node_groups: Option<NodeGroups>,
+    /// Something that may change group members happened.
+    groups_changed: tokio::sync::Notify,
+}
+
+/// A group of clients as stored: its name, description, and filter (as given, and
+/// parsed — a filter edited by hand that no longer parses says why).
+struct StoredGroup {
+    name: String,
+    description: String,
+    raw_filter: Value,
+    filter: Result<ClientFilter, String>,
 }
 
 /// How long one inventory request stands for a client.
@@ -97,15 +128,20 @@ fn unknown(client: &str) -> CommandError {
 }
 
 impl ClientsPlugin {
+    /// With `acl`, calls to clients are checked and groups of clients name ACL members.
     pub(crate) async fn new(
         domain: Domain,
         bus: Bus,
         events: EventPublisher,
         store: Option<Arc<ObjectStore>>,
-        acl: Option<Arc<dyn clacks_core::dispatch::Authorizer>>,
+        acl: Option<&clacks_acl::SharedAcl>,
         mut options: ClientsOptions,
         trusted: Vec<String>,
     ) -> ClientsPlugin {
+        let node_groups = acl.map(|engine| engine.read().unwrap_or_else(PoisonError::into_inner).node_groups().clone());
+        let acl = acl.map(|engine| {
+            Arc::new(clacks_acl::AclAuthorizer(engine.clone())) as Arc<dyn clacks_core::dispatch::Authorizer>
+        });
         if !options.agent_users.iter().any(|u| u == bus.user()) {
             options.agent_users.insert(0, bus.user().to_owned());
         }
@@ -131,6 +167,8 @@ impl ClientsPlugin {
             table: Mutex::default(),
             last_poll: Mutex::default(),
             inventory_asked: Mutex::default(),
+            node_groups,
+            groups_changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -163,6 +201,7 @@ impl ClientsPlugin {
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut reconnections = self.bus.reconnections();
         let mut reconnects = true;
+        tokio::spawn(self.clone().groups_loop(stopped.clone()));
         loop {
             tokio::select! {
                 _ = stopped.cancelled() => return,
@@ -182,6 +221,58 @@ impl ClientsPlugin {
                 },
             }
         }
+    }
+
+    /// Keeps the group members the ACL engine reads current until `stopped`.
+    async fn groups_loop(self: Arc<Self>, stopped: CancellationToken) {
+        if self.node_groups.is_none() || self.store.is_none() {
+            return;
+        }
+        loop {
+            self.refresh_groups().await;
+            tokio::select! {
+                _ = stopped.cancelled() => return,
+                _ = tokio::time::sleep(GROUP_REFRESH_GAP) => {}
+            }
+            tokio::select! {
+                _ = stopped.cancelled() => return,
+                _ = self.groups_changed.notified() => {}
+                _ = tokio::time::sleep(GROUP_REFRESH) => {}
+            }
+        }
+    }
+
+    /// Works out every group's members again; a group whose filter fails has none.
+    async fn refresh_groups(&self) {
+        let Some(shared) = &self.node_groups else { return };
+        let (groups, known) = match (self.stored_groups().await, self.known().await) {
+            (Ok(groups), Ok(known)) => (groups, known),
+            (Err(e), _) | (_, Err(e)) => {
+                warn!(error = %e, "cannot work out the groups of clients; their members stay as they were");
+                return;
+            }
+        };
+        let mut members = BTreeMap::new();
+        for group in &groups {
+            if let Some(why) = acl_refusal(&group.name, &groups) {
+                debug!(group = %group.name, %why, "group of clients names no ACL members");
+                continue;
+            }
+            let selected = match &group.filter {
+                Ok(filter) => self.select(filter, &known, &mut GroupWalk::inside(&group.name)).await,
+                Err(problem) => Err(CommandError::failed(problem.clone())),
+            };
+            match selected {
+                Ok(mut ids) => {
+                    // Only joined machines: their ids are broker logins, vouched for.
+                    ids.retain(|id| known.get(id).is_some_and(|t| t.joined));
+                    members.insert(group.name.to_lowercase(), ids);
+                }
+                Err(e) => warn!(group = %group.name, error = %e.message, "group of clients has no members"),
+            }
+        }
+        debug!(groups = members.len(), "group members worked out");
+        shared.replace(members);
     }
 
     fn mark_silent_offline(self: &Arc<Self>) {
@@ -206,6 +297,16 @@ impl ClientsPlugin {
         let event = clacks_core::events::event_json(&message.event_type, &message.body);
         if message.event_type == "Inventory" {
             return self.take_inventory(message.user.as_deref(), event).await;
+        }
+        if message.event_type == "ObjectChanged" {
+            // Groups of clients and devices live below ou=devices.
+            if let Some(store) = &self.store
+                && clacks_core::dn::dn_key(&text(event.get("DN")))
+                    .ends_with(&clacks_core::dn::dn_key(&format!("ou=devices,{}", store.base())))
+            {
+                self.groups_changed.notify_one();
+            }
+            return;
         }
         let id = text(event.get("Id"));
         let sender = message.user.as_deref().unwrap_or_default();
@@ -297,7 +398,10 @@ impl ClientsPlugin {
         let (Some(store), Value::Object(mut fields)) = (&self.inventory, event) else { return };
         fields.remove("type");
         match store.put(&client, &fields).await {
-            Ok(true) => info!(%client, "inventory stored"),
+            Ok(true) => {
+                info!(%client, "inventory stored");
+                self.groups_changed.notify_one();
+            }
             Ok(false) => debug!(%client, "inventory unchanged"),
             Err(e) => warn!(%client, error = %e, "cannot store the inventory"),
         }
@@ -424,23 +528,10 @@ impl ClientsPlugin {
         response.into_result().map_err(CommandError::from)
     }
 
-    /// The clients a fan-out of `method` reaches: every joined machine and every client
-    /// heard of that matches, by id, with the name it is targeted by; and the ids the
-    /// filter names that no such machine has (`unknown`).
-    async fn fan_out_targets(&self, method: Option<&str>, filter: &FanOutFilter) -> CommandResult<Targets> {
-        let inventory_match = match &filter.inventory {
-            Some(query) => {
-                let rows = self.inventory()?.find(query).await.map_err(inventory_error)?;
-                Some(
-                    rows.iter()
-                        .filter_map(|r| r["client"].as_str().map(str::to_owned))
-                        .collect::<std::collections::BTreeSet<_>>(),
-                )
-            }
-            None => None,
-        };
+    /// Every client there is to target, by id: each joined machine (from its device
+    /// object, with the name it is targeted by) and each client heard of.
+    async fn known(&self) -> CommandResult<BTreeMap<String, Target>> {
         let joined = self.joined().await?;
-        let glob = clacks_objects::store::glob_match;
         let table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
         let mut known: BTreeMap<String, Target> = BTreeMap::new();
         for (id, name) in &joined {
@@ -454,33 +545,110 @@ impl ClientsPlugin {
                 Target { name: entry.name.clone(), hostname: entry.name.clone(), joined: false, entry: entry.clone() },
             );
         }
-        drop(table);
+        Ok(known)
+    }
+
+    /// The clients a fan-out of `method` reaches: those the filter selects that offer
+    /// `method` (a joined machine not heard from yet offers nothing known, and is
+    /// targeted — to be reported offline); and the ids the filter names that no client
+    /// has (`unknown`).
+    async fn fan_out_targets(&self, method: Option<&str>, filter: &ClientFilter) -> CommandResult<Targets> {
+        let mut known = self.known().await?;
+        let selected = self.select(filter, &known, &mut GroupWalk::default()).await?;
         let unknown: Vec<String> = filter
-            .clients
-            .iter()
-            .flatten()
+            .named_clients()
+            .into_iter()
             .filter(|id| !known.contains_key(*id))
-            .cloned()
-            .collect::<std::collections::BTreeSet<_>>()
+            .map(str::to_owned)
+            .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let reached = known
-            .into_iter()
-            .filter(|(id, _)| filter.clients.as_ref().is_none_or(|list| list.iter().any(|c| c == id)))
-            .filter(|(id, _)| filter.id.as_deref().is_none_or(|p| glob(p, id)))
-            .filter(|(_, t)| filter.name.as_deref().is_none_or(|p| glob(p, &t.name)))
-            .filter(|(_, t)| filter.hostname.as_deref().is_none_or(|p| glob(p, &t.hostname)))
-            .filter(|(_, t)| filter.online.is_none_or(|online| t.entry.online == online))
-            // A machine not heard from yet offers nothing known: it is targeted (and
-            // reported offline) unless a capability is asked for explicitly.
-            .filter(|(_, t)| match (&filter.capability, method) {
-                (Some(capability), _) => t.entry.methods.contains_key(capability),
-                (None, Some(method)) => t.entry.methods.is_empty() || t.entry.methods.contains_key(method),
-                (None, None) => true,
-            })
-            .filter(|(id, _)| inventory_match.as_ref().is_none_or(|set| set.contains(id)))
-            .collect();
-        Ok(Targets { reached, unknown })
+        known.retain(|id, t| {
+            selected.contains(id)
+                && method.is_none_or(|m| t.entry.methods.is_empty() || t.entry.methods.contains_key(m))
+        });
+        Ok(Targets { reached: known, unknown })
+    }
+
+    /// The ids among `known` that `filter` selects; `groups` tracks the groups met.
+    fn select<'a>(
+        &'a self,
+        filter: &'a ClientFilter,
+        known: &'a BTreeMap<String, Target>,
+        groups: &'a mut GroupWalk,
+    ) -> Pin<Box<dyn Future<Output = CommandResult<BTreeSet<String>>> + Send + 'a>> {
+        Box::pin(async move {
+            let mut set: BTreeSet<String> = known
+                .iter()
+                .filter(|(id, t)| {
+                    let offers = |c: &str| t.entry.methods.contains_key(c);
+                    let candidate =
+                        Candidate { id, name: &t.name, hostname: &t.hostname, online: t.entry.online, offers: &offers };
+                    filter.matches_presence(&candidate)
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            if let Some(query) = &filter.inventory {
+                let rows = self.inventory()?.find(query).await.map_err(inventory_error)?;
+                let with: BTreeSet<&str> = rows.iter().filter_map(|r| r["client"].as_str()).collect();
+                set.retain(|id| with.contains(id.as_str()));
+            }
+            for (name, condition) in filter.facts.iter().flatten() {
+                let values = self.inventory()?.fact_values(name).await.map_err(inventory_error)?;
+                set.retain(|id| values.get(id).is_some_and(|v| condition.holds(v)));
+            }
+            if let Some(group) = &filter.group {
+                let members = self.group_members(group, known, groups).await?;
+                set.retain(|id| members.contains(id));
+            }
+            for child in filter.all.iter().flatten() {
+                let matched = self.select(child, known, groups).await?;
+                set.retain(|id| matched.contains(id));
+            }
+            if let Some(any) = &filter.any {
+                let mut matched = BTreeSet::new();
+                for child in any {
+                    matched.extend(self.select(child, known, groups).await?);
+                }
+                set.retain(|id| matched.contains(id));
+            }
+            if let Some(not) = &filter.not {
+                let matched = self.select(not, known, groups).await?;
+                set.retain(|id| !matched.contains(id));
+            }
+            Ok(set)
+        })
+    }
+
+    /// The members of the stored group `group` among `known`, each group worked out once
+    /// per walk however often filters name it.
+    async fn group_members(
+        &self,
+        group: &str,
+        known: &BTreeMap<String, Target>,
+        walk: &mut GroupWalk,
+    ) -> CommandResult<BTreeSet<String>> {
+        let key = group.to_lowercase();
+        if let Some(first) = walk.open.iter().position(|g| *g == key) {
+            let circle = walk.open[first..].iter().chain([&key]).cloned().collect::<Vec<_>>().join(" → ");
+            return Err(CommandError::new(
+                ErrorCode::INVALID_PARAMS,
+                format!("groups of clients in a circle: {circle}"),
+            ));
+        }
+        if let Some(members) = walk.done.get(&key) {
+            return Ok(members.clone());
+        }
+        if walk.open.len() >= crate::client_filter::MAX_DEPTH {
+            return Err(CommandError::new(ErrorCode::INVALID_PARAMS, "groups of clients nest too deep"));
+        }
+        let inner = self.stored_group(group).await?.filter.map_err(CommandError::failed)?;
+        walk.open.push(key.clone());
+        let members = self.select(&inner, known, walk).await;
+        walk.open.pop();
+        let members = members?;
+        walk.done.insert(key, members.clone());
+        Ok(members)
     }
 
     /// The joined machines by client id, with the name they are targeted by — from the
@@ -498,6 +666,69 @@ impl ClientsPlugin {
             .map(|doc| (first(doc, "cn"), first(doc, "clientName")))
             .filter(|(id, _)| !id.is_empty())
             .collect())
+    }
+
+    /// `ou=devices` below the base, where devices and groups of clients live.
+    fn devices_dn(store: &ObjectStore) -> String {
+        format!("ou=devices,{}", store.base())
+    }
+
+    /// Creates `ou=devices` when it is missing.
+    async fn ensure_devices(&self, store: &ObjectStore, user: Option<&str>) -> CommandResult<String> {
+        let devices = Self::devices_dn(store);
+        if let Err(e) = store.load(&devices).await {
+            if e.code != ErrorCode::OBJECT_NOT_FOUND {
+                return Err(e.into());
+            }
+            let mut container = store.new_object(store.base(), "DeviceContainer").await?;
+            store.commit(&mut container, user).await?;
+        }
+        Ok(devices)
+    }
+
+    /// Reads a stored group from its object.
+    fn group_from(state: &clacks_objects::ObjectState) -> StoredGroup {
+        let first =
+            |attr: &str| state.values.get(attr).and_then(|v| v.first()).map(|v| text(Some(v))).unwrap_or_default();
+        let source = first("clientFilter");
+        let raw_filter = serde_json::from_str(&source).unwrap_or(Value::String(source));
+        let name = first("cn");
+        let filter = ClientFilter::parse(raw_filter.clone())
+            .map_err(|e| format!("the stored filter of group of clients '{name}' does not hold: {e}"));
+        StoredGroup { description: first("description"), raw_filter, filter, name }
+    }
+
+    /// The stored group `name` (names compare ignoring case).
+    async fn stored_group(&self, name: &str) -> CommandResult<StoredGroup> {
+        let store = self.store()?;
+        let dn = format!("cn={name},{}", Self::devices_dn(store));
+        let missing = || CommandError::new(ErrorCode::CLIENT_GROUP_UNKNOWN, format!("no group of clients '{name}'"));
+        if !clacks_acl::is_group_name(name) {
+            return Err(missing());
+        }
+        match store.load(&dn).await {
+            Ok(state) if state.base_type == "ClientGroup" => Ok(Self::group_from(&state)),
+            Ok(_) => Err(missing()),
+            Err(e) if e.code == ErrorCode::OBJECT_NOT_FOUND => Err(missing()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Every stored group, by name.
+    async fn stored_groups(&self) -> CommandResult<Vec<StoredGroup>> {
+        let store = self.store()?;
+        let docs = store.index().of_type("ClientGroup").await.map_err(clacks_objects::ObjectError::from)?;
+        let mut groups = Vec::new();
+        for doc in docs {
+            match store.load(&doc.dn).await {
+                Ok(state) => groups.push(Self::group_from(&state)),
+                // Removed meanwhile.
+                Err(e) if e.code == ErrorCode::OBJECT_NOT_FOUND => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        groups.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(groups)
     }
 
     fn entry(&self, client: &str) -> CommandResult<ClientEntry> {
@@ -534,6 +765,48 @@ impl ClientsPlugin {
     }
 }
 
+/// Why the group `name` cannot name ACL members, if it cannot: its filter, or that of a
+/// group it names, selects by what machines say of themselves (a machine could report
+/// its way into the group and so into the ACL), or does not hold.
+fn acl_refusal(name: &str, groups: &[StoredGroup]) -> Option<String> {
+    fn walk(name: &str, groups: &[StoredGroup], path: &mut Vec<String>) -> Option<String> {
+        let key = name.to_lowercase();
+        if path.contains(&key) {
+            return Some(format!("groups in a circle: {} → {name}", path.join(" → ")));
+        }
+        let Some(group) = groups.iter().find(|g| g.name.to_lowercase() == key) else {
+            return Some(format!("there is no group '{name}'"));
+        };
+        let filter = match &group.filter {
+            Ok(filter) => filter,
+            Err(problem) => return Some(problem.clone()),
+        };
+        if let Some(key) = filter.self_reported() {
+            return Some(format!("the filter of '{}' uses {key}, which machines report about themselves", group.name));
+        }
+        path.push(key);
+        let inner = filter.groups().into_iter().find_map(|inner| walk(inner, groups, path));
+        path.pop();
+        inner
+    }
+    walk(name, groups, &mut Vec::new())
+}
+
+/// The groups met while a filter is worked out: those being worked out (outermost
+/// first; one met again is a circle) and those done (worked out once per walk).
+#[derive(Default)]
+struct GroupWalk {
+    open: Vec<String>,
+    done: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl GroupWalk {
+    /// A walk working out the group `name` itself.
+    fn inside(name: &str) -> GroupWalk {
+        GroupWalk { open: vec![name.to_lowercase()], done: BTreeMap::new() }
+    }
+}
+
 /// A client a fan-out reaches.
 struct Target {
     /// The name it is targeted by: the device's `clientName` for a joined machine.
@@ -550,27 +823,6 @@ struct Targets {
     reached: BTreeMap<String, Target>,
     /// Ids the filter names that no joined or known client has.
     unknown: Vec<String>,
-}
-
-/// Which clients a fan-out reaches.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct FanOutFilter {
-    /// Exactly these client ids.
-    clients: Option<Vec<String>>,
-    /// A glob on the client id.
-    id: Option<String>,
-    /// A glob on the name the client is targeted by (given at join).
-    name: Option<String>,
-    /// A glob on the host name the client announces.
-    hostname: Option<String>,
-    /// Only clients offering this command; default the command called.
-    capability: Option<String>,
-    /// Only clients whose inventory matches (as `findClients`).
-    inventory: Option<crate::inventory::Query>,
-    /// Only clients online (true) or offline (false); default all, offline ones
-    /// reported as errors.
-    online: Option<bool>,
 }
 
 /// How a fan-out runs.
@@ -626,7 +878,7 @@ impl ClientsPlugin {
     /// The joined machines and the clients this agent has heard of: id, name (given at join), hostname (announced), joined, online, last seen, last announce, number of methods, user sessions.
     #[command]
     async fn get_clients(&self) -> CommandResult<Vec<Value>> {
-        let Targets { reached, .. } = self.fan_out_targets(None, &FanOutFilter::default()).await?;
+        let Targets { reached, .. } = self.fan_out_targets(None, &ClientFilter::default()).await?;
         let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
             t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         };
@@ -705,7 +957,7 @@ impl ClientsPlugin {
         self.call_client(&client, &method, args, ctx.deadline, ctx.user.clone()).await
     }
 
-    /// Call a command on many clients at once: filter {clients, id, name (the name given at join), hostname (the one announced), capability, inventory, online}, options {batch, timeout, pause (seconds between batches), dryRun}. Every joined machine that matches is listed as ok, error or timeout, and every id named in clients that no machine has as unknown.
+    /// Call a command on many clients at once: filter {clients, id, name (the name given at join), hostname (the one announced), capability, inventory, facts, group, online, all, any, not}, options {batch, timeout, pause (seconds between batches), dryRun}. Every joined machine that matches and offers the command is listed as ok, error or timeout, and every id named in clients that no machine has as unknown.
     #[command(needs_user)]
     async fn client_fan_out(
         &self,
@@ -717,8 +969,8 @@ impl ClientsPlugin {
     ) -> CommandResult<Value> {
         let invalid =
             |what: &str, e: serde_json::Error| CommandError::new(ErrorCode::INVALID_PARAMS, format!("{what}: {e}"));
-        let filter: FanOutFilter =
-            serde_json::from_value(Value::Object(filter.unwrap_or_default())).map_err(|e| invalid("filter", e))?;
+        let filter = ClientFilter::parse(Value::Object(filter.unwrap_or_default()))
+            .map_err(|e| CommandError::new(ErrorCode::INVALID_PARAMS, format!("filter: {e}")))?;
         let options: FanOutOptions =
             serde_json::from_value(Value::Object(options.unwrap_or_default())).map_err(|e| invalid("options", e))?;
         if !(options.timeout.is_finite() && options.timeout > 0.0) || options.batch == 0 {
@@ -831,14 +1083,7 @@ impl ClientsPlugin {
             use base64::Engine as _;
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
         };
-        let devices = format!("ou=devices,{}", store.base());
-        if let Err(e) = store.load(&devices).await {
-            if e.code != ErrorCode::OBJECT_NOT_FOUND {
-                return Err(e.into());
-            }
-            let mut container = store.new_object(store.base(), "DeviceContainer").await?;
-            store.commit(&mut container, ctx.user.as_deref()).await?;
-        }
+        let devices = self.ensure_devices(store, ctx.user.as_deref()).await?;
         let mut device = store.new_object(&devices, "Device").await?;
         store.set(&mut device, "cn", &json!(id)).await?;
         store.extend(&mut device, "RegisteredDevice")?;
@@ -870,6 +1115,7 @@ impl ClientsPlugin {
             ));
         }
         info!(client = %id, %dn, by = ?ctx.user, "client joined");
+        self.groups_changed.notify_one();
         Ok(json!({"id": id, "secret": secret, "dn": dn, "agentUsers": self.options.agent_users}))
     }
 
@@ -918,6 +1164,7 @@ impl ClientsPlugin {
         admin.delete_client(&client).await.map_err(|e| CommandError::new(ErrorCode::BROKER_ADMIN_FAILED, e))?;
         store.remove(&dn, false, ctx.user.as_deref()).await?;
         self.table.lock().unwrap_or_else(PoisonError::into_inner).remove(&client);
+        self.groups_changed.notify_one();
         // The other agents drop their presence entry when they hear it left and find its
         // device gone.
         let leave = Map::from_iter([("Id".to_owned(), json!(client))]);
@@ -925,6 +1172,117 @@ impl ClientsPlugin {
             warn!(%client, error = %e, "cannot tell the other agents that the client left");
         }
         info!(%client, by = ?ctx.user, "client left the domain");
+        Ok(true)
+    }
+
+    /// Store a group of clients (a nodegroup), new or replacing one: name (a letter, then letters, digits, '.', '_', '-'), the filter selecting its clients (as clientFanOut's; it may name other groups), a description. Fan-outs target it with {group: name}; ACLs name its joined machines as member N@name, unless the filter selects by what machines report about themselves (hostname, facts, inventory, capability). Returns {name, members, aclMembers, aclNote?}.
+    /// - name: the group's name; names compare ignoring case
+    /// - filter: which clients belong, a client filter as clientFanOut takes
+    /// - description: what the group is for
+    #[command(needs_user)]
+    async fn set_client_group(
+        &self,
+        ctx: &CallContext,
+        name: String,
+        filter: Map<String, Value>,
+        description: Option<String>,
+    ) -> CommandResult<Value> {
+        let store = self.store()?;
+        if !clacks_acl::is_group_name(&name) {
+            return Err(CommandError::new(
+                ErrorCode::INVALID_PARAMS,
+                format!(
+                    "'{name}' cannot name a group of clients: a letter, then letters, digits, '.', '_' or '-' (64 at most)"
+                ),
+            ));
+        }
+        let raw_filter = Value::Object(filter);
+        let parsed = ClientFilter::parse(raw_filter.clone())
+            .map_err(|e| CommandError::new(ErrorCode::INVALID_PARAMS, format!("filter: {e}")))?;
+        // Working it out once refuses groups that do not exist and circles through this one.
+        let known = self.known().await?;
+        let members = self.select(&parsed, &known, &mut GroupWalk::inside(&name)).await?;
+        let devices = self.ensure_devices(store, ctx.user.as_deref()).await?;
+        let dn = format!("cn={name},{devices}");
+        let mut group = match store.load(&dn).await {
+            Ok(state) if state.base_type == "ClientGroup" => state,
+            Ok(_) => {
+                return Err(CommandError::new(
+                    ErrorCode::INVALID_PARAMS,
+                    format!("{dn} exists and is not a group of clients"),
+                ));
+            }
+            Err(e) if e.code == ErrorCode::OBJECT_NOT_FOUND => {
+                let mut state = store.new_object(&devices, "ClientGroup").await?;
+                store.set(&mut state, "cn", &json!(name)).await?;
+                state
+            }
+            Err(e) => return Err(e.into()),
+        };
+        store.set(&mut group, "clientFilter", &json!(raw_filter.to_string())).await?;
+        store.set(&mut group, "description", &json!(description.unwrap_or_default())).await?;
+        store.commit(&mut group, ctx.user.as_deref()).await?;
+        info!(group = %name, members = members.len(), by = ?ctx.user, "group of clients stored");
+        // This agent's ACLs follow before the caller hears back; the others follow the
+        // ObjectChanged event.
+        self.refresh_groups().await;
+        let mut answer = json!({"name": name, "members": members, "aclMembers": true});
+        if let Some(why) = acl_refusal(&name, &self.stored_groups().await?) {
+            (answer["aclMembers"], answer["aclNote"]) =
+                (json!(false), json!(format!("N@{name} names no machine: {why}")));
+        }
+        Ok(answer)
+    }
+
+    /// The stored groups of clients: [{name, description, filter, members, aclMembers}] — aclMembers says whether ACL members N@name name its machines (not when it selects by what machines report about themselves: aclNote says why); a group whose filter fails has a problem instead of members.
+    #[command]
+    async fn get_client_groups(&self) -> CommandResult<Vec<Value>> {
+        let groups = self.stored_groups().await?;
+        let known = self.known().await?;
+        let mut rows = Vec::new();
+        for group in &groups {
+            let mut row = json!({"name": group.name, "description": group.description, "filter": group.raw_filter});
+            match acl_refusal(&group.name, &groups) {
+                None => row["aclMembers"] = json!(true),
+                Some(why) => (row["aclMembers"], row["aclNote"]) = (json!(false), json!(why)),
+            }
+            let selected = match &group.filter {
+                Ok(filter) => self.select(filter, &known, &mut GroupWalk::inside(&group.name)).await,
+                Err(problem) => Err(CommandError::failed(problem.clone())),
+            };
+            match selected {
+                Ok(members) => row["members"] = json!(members),
+                Err(e) => row["problem"] = json!(format!("{}: {}", e.code.as_str(), e.message)),
+            }
+            rows.push(row);
+        }
+        Ok(rows)
+    }
+
+    /// Remove a group of clients; refused while another group's filter names it. ACL members naming it (N@name) then match no machine.
+    #[command(needs_user)]
+    async fn remove_client_group(&self, ctx: &CallContext, name: String) -> CommandResult<bool> {
+        let store = self.store()?;
+        let group = self.stored_group(&name).await?;
+        let key = group.name.to_lowercase();
+        let used_by: Vec<String> = self
+            .stored_groups()
+            .await?
+            .into_iter()
+            .filter(|other| other.name.to_lowercase() != key)
+            .filter(|other| other.filter.as_ref().is_ok_and(|f| f.groups().iter().any(|g| g.to_lowercase() == key)))
+            .map(|other| other.name)
+            .collect();
+        if !used_by.is_empty() {
+            return Err(CommandError::new(
+                ErrorCode::CLIENT_GROUP_IN_USE,
+                format!("group of clients '{name}' is named by {}", used_by.join(", ")),
+            )
+            .with_details(json!({"usedBy": used_by})));
+        }
+        store.remove(&format!("cn={},{}", group.name, Self::devices_dn(store)), false, ctx.user.as_deref()).await?;
+        info!(group = %group.name, by = ?ctx.user, "group of clients removed");
+        self.refresh_groups().await;
         Ok(true)
     }
 }

@@ -257,7 +257,7 @@ impl Agent {
                 bus.clone(),
                 events.clone(),
                 objects.clone(),
-                authorizer.clone(),
+                acl.as_ref(),
                 options.clients.clone(),
                 trusted.clone(),
             )

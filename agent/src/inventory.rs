@@ -21,6 +21,8 @@ const SCHEMA: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS clacks_inventory_packages_name ON clacks_inventory_packages (name)",
     "CREATE TABLE IF NOT EXISTS clacks_inventory_services (client TEXT NOT NULL, name TEXT NOT NULL, state TEXT NOT NULL, checksum TEXT NOT NULL, PRIMARY KEY (client, name))",
     "CREATE INDEX IF NOT EXISTS clacks_inventory_services_name ON clacks_inventory_services (name)",
+    "CREATE TABLE IF NOT EXISTS clacks_inventory_facts (client TEXT NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL, checksum TEXT NOT NULL, PRIMARY KEY (client, name, value))",
+    "CREATE INDEX IF NOT EXISTS clacks_inventory_facts_name ON clacks_inventory_facts (name)",
 ];
 
 /// Rows per multi-row insert: well below every database's limit of bound values.
@@ -111,8 +113,13 @@ pub fn compare_versions(a: &str, b: &str) -> Ordering {
     ea.cmp(&eb).then_with(|| part(ua.as_bytes(), ub.as_bytes())).then_with(|| part(ra.as_bytes(), rb.as_bytes()))
 }
 
+/// Facts kept per client, and the longest name and value, as a client sends them.
+const MAX_FACTS: usize = 1000;
+const MAX_FACT_NAME: usize = 128;
+const MAX_FACT_VALUE: usize = 1024;
+
 /// What `findClients` may ask.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Clone, Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Query {
     /// Installed package name.
@@ -138,7 +145,9 @@ impl InventoryStore {
 
     /// Forgets everything stored about `client` (it left the domain).
     pub async fn remove(&self, client: &str) -> Result<(), BackendError> {
-        for table in ["clacks_inventory_packages", "clacks_inventory_services", "clacks_inventory"] {
+        for table in
+            ["clacks_inventory_packages", "clacks_inventory_services", "clacks_inventory_facts", "clacks_inventory"]
+        {
             self.db.execute(format!("DELETE FROM {table} WHERE client = $1"), &[Some(client)]).await?;
         }
         Ok(())
@@ -172,7 +181,7 @@ impl InventoryStore {
             return Ok(false);
         }
         let mut doc = fields.clone();
-        for list in ["Cpu", "Disk", "NetworkInterface", "Package", "Service"] {
+        for list in ["Cpu", "Disk", "NetworkInterface", "Package", "Service", "Fact"] {
             let items = as_list(fields.get(list));
             doc.insert(list.into(), Value::Array(items));
         }
@@ -223,7 +232,42 @@ impl InventoryStore {
         let columns = "(client, name, state, checksum)";
         self.upsert_rows("clacks_inventory_services", columns, "(client, name)", update, client, &checksum, &services)
             .await?;
+        // Bounded as the client bounds them: a machine cannot flood the table.
+        let facts: Vec<[String; 2]> = as_list(doc.get("Fact"))
+            .iter()
+            .map(|f| [text(f.get("Name")), text(f.get("Value"))])
+            .filter(|[name, value]| !name.is_empty() && name.len() <= MAX_FACT_NAME && value.len() <= MAX_FACT_VALUE)
+            .take(MAX_FACTS)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let (columns, key) = ("(client, name, value, checksum)", "(client, name, value)");
+        self.upsert_rows(
+            "clacks_inventory_facts",
+            columns,
+            key,
+            "checksum = excluded.checksum",
+            client,
+            &checksum,
+            &facts,
+        )
+        .await?;
         Ok(true)
+    }
+
+    /// The values of the fact `name`, by client.
+    pub async fn fact_values(&self, name: &str) -> Result<BTreeMap<String, Vec<String>>, BackendError> {
+        let rows = self
+            .db
+            .fetch("SELECT client, value FROM clacks_inventory_facts WHERE name = $1".into(), &[Some(name)])
+            .await?;
+        let mut values: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for row in &rows {
+            if let (Ok(client), Ok(value)) = (row.try_get::<String, _>(0), row.try_get::<String, _>(1)) {
+                values.entry(client).or_default().push(value);
+            }
+        }
+        Ok(values)
     }
 
     /// Upserts `rows` (values after `client`, before `checksum`) in batches, then drops
@@ -390,5 +434,39 @@ mod tests {
         let doc = store.get("a").await.ok().flatten().unwrap_or_default();
         assert_eq!(doc["Service"], json!([{"Name": "ssh", "State": "running"}]), "one service became a list");
         assert!(store.find(&Query { package_below: Some("1".into()), ..Query::default() }).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn facts_are_kept_per_value_and_replaced_with_the_inventory() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let url = format!("sqlite://{}", dir.path().join("inv.db").display());
+        let db = Db::connect(&url, std::time::Duration::from_secs(5)).await.unwrap_or_else(|e| panic!("{e}"));
+        let store = InventoryStore::open(db).await.unwrap_or_else(|e| panic!("{e}"));
+        let with_facts = |checksum: &str, facts: Value| {
+            json!({"Checksum": checksum, "Hostname": "h", "Fact": facts}).as_object().cloned().unwrap_or_default()
+        };
+        let roles = json!([{"Name": "roles", "Value": "web"}, {"Name": "roles", "Value": "db"}]);
+        store.put("a", &with_facts("1", roles)).await.unwrap_or_else(|e| panic!("{e}"));
+        store
+            .put("b", &with_facts("2", json!({"Name": "roles", "Value": "web"})))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let values = store.fact_values("roles").await.unwrap_or_else(|e| panic!("{e}"));
+        let mut a = values.get("a").cloned().unwrap_or_default();
+        a.sort();
+        assert_eq!(
+            (a, values.get("b").cloned()),
+            (vec!["db".to_owned(), "web".to_owned()], Some(vec!["web".to_owned()]))
+        );
+        // A new inventory without the fact drops it; leaving drops the rest.
+        store.put("a", &with_facts("3", json!([]))).await.unwrap_or_else(|e| panic!("{e}"));
+        store.remove("b").await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(store.fact_values("roles").await.unwrap_or_else(|e| panic!("{e}")).is_empty());
+        // A machine sending more than a client would is cut to the same bounds.
+        let flood: Vec<Value> = (0..5000).map(|i| json!({"Name": "n", "Value": format!("v{i}")})).collect();
+        let long = json!({"Name": "n", "Value": "x".repeat(2000)});
+        store.put("c", &with_facts("4", json!([flood, vec![long]].concat()))).await.unwrap_or_else(|e| panic!("{e}"));
+        let kept = store.fact_values("n").await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(kept.get("c").map(Vec::len), Some(MAX_FACTS));
     }
 }

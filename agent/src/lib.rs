@@ -7,12 +7,15 @@
 //! same dispatcher as JSON-RPC over HTTP with cookie sessions, opened by `login` or a
 //! SASL exchange ([`sasl`], passwords checked by [`auth`]). [`config`] reads
 //! `agent.toml`; [`objects_plugin`] serves the object store (User, Group, … over LDAP
-//! and SQL) as commands; [`acl_plugin`] keeps the ACLs as object data and edits them; [`embedded`] runs an agent inside another process for the shell's
-//! broker-less default.
+//! and SQL) as commands; [`acl_plugin`] keeps the ACLs as object data and edits them;
+//! [`clients_plugin`] keeps the managed machines — presence, joining, inventories
+//! ([`inventory`]), fan-outs and groups selected by a [`client_filter`]; [`embedded`]
+//! runs an agent inside another process for the shell's broker-less default.
 
 pub mod acl_plugin;
 pub mod auth;
 pub mod broker_admin;
+pub mod client_filter;
 pub mod clients_plugin;
 pub mod config;
 pub mod core_plugin;

@@ -421,6 +421,7 @@ async fn the_client_role_serves_a_joined_machine_until_sigterm() {
         ping_secs: 1,
         poll_spread_secs: 3.0,
         shell_dir: Some(data.path().join("shell.d")),
+        facts_dir: Some(data.path().join("facts.d")),
         dbus: None,
     };
     let path = data.path().join("client.toml");

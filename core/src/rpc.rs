@@ -128,6 +128,10 @@ error_codes! {
     BROKER_ADMIN_FAILED = -32163,
     /// A client's D-Bus service answered with an error; `details.name` is its D-Bus name.
     DBUS_ERROR = -32164,
+    /// No group of clients with that name is stored.
+    CLIENT_GROUP_UNKNOWN = -32165,
+    /// The group of clients is used by another group's filter.
+    CLIENT_GROUP_IN_USE = -32166,
     /// The event is not well-formed XML, or declares a document type.
     EVENT_MALFORMED = -32170,
     /// The schema refuses the event; `details.violations` says where and why.

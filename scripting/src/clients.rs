@@ -3,9 +3,10 @@
 //!
 //! The agent does the work (`clientFanOut`); this side first asks which clients the
 //! filter reaches (`dryRun`), then sends them in slices of `batch`, so the bar moves
-//! as slices finish and no single call outlives the shell's deadline. Every targeted
-//! client ends up in the result as `ok`, `error` or `timeout`, and a summary line goes
-//! to stderr.
+//! as slices finish and no single call outlives the shell's deadline; with `pause` the
+//! shell waits that long between slices (a rolling change). Every targeted client ends
+//! up in the result as `ok`, `error`, `timeout` or `unknown`, and a summary line goes to
+//! stderr. With `dryRun` the result is the list of targets, and nothing is called.
 
 use std::sync::Arc;
 
@@ -43,16 +44,26 @@ fn fan_out(
     };
     let mut dry = options.clone();
     dry.insert("dryRun".into(), json!(true));
-    let targets: Vec<String> = call(&filter, &dry)?["targets"]
+    let listed = call(&filter, &dry)?;
+    if options.get("dryRun") == Some(&json!(true)) {
+        return Ok(from_json(&listed["targets"]));
+    }
+    let targets: Vec<String> = listed["targets"]
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(|t| t["client"].as_str().map(str::to_owned))
         .collect();
     let batch = options.get("batch").and_then(Value::as_u64).unwrap_or(32).max(1) as usize;
+    // The agent pauses between the batches of one call; the slices are separate calls.
+    let pause = options.get("pause").and_then(Value::as_f64).filter(|p| p.is_finite() && *p > 0.0);
     let progress = crate::helpers::Progress::new(targets.len() as u64);
     let mut rows = Vec::new();
-    for slice in targets.chunks(batch) {
+    for (index, slice) in targets.chunks(batch).enumerate() {
+        if let Some(pause) = pause.filter(|_| index > 0) {
+            // Ctrl-C and the script's deadline still stop it.
+            crate::sleep_ms((pause.min(3600.0) * 1000.0).round() as i64)?;
+        }
         let mut only = filter.clone();
         only.insert("clients".into(), json!(slice));
         let answer = call(&only, &options)?;
@@ -69,11 +80,12 @@ fn fan_out(
     progress.finish();
     let count = |status: &str| rows.iter().filter(|r| r["status"] == json!(status)).count();
     eprintln!(
-        "{method} on {} client(s): {} ok, {} error, {} timeout",
+        "{method} on {} client(s): {} ok, {} error, {} timeout, {} unknown",
         rows.len(),
         count("ok"),
         count("error"),
-        count("timeout")
+        count("timeout"),
+        count("unknown")
     );
     Ok(from_json(&Value::Array(rows)))
 }
@@ -96,13 +108,13 @@ pub fn register(engine: &mut Engine, caller: Arc<dyn RemoteCaller>) {
     crate::function(
         "fanout",
         "method: string, args: any, filter: map -> array",
-        "Call `method` with `args` on the clients matching `filter` (name, type, inventory conditions).",
+        "Call `method` with `args` on the clients matching `filter`: clients, id, name, hostname, online, capability, inventory, facts, group, and all/any/not over such maps (see help(\"clientFanOut\")).",
     )
     .register_into_engine(engine, move |method: &str, args: Dynamic, filter: RhaiMap| {
         fan_out(&c, method, to_json(&args).map_err(|e| e.to_string())?, object(Some(&filter))?, Map::new())
     });
     let c = caller;
-    crate::function("fanout", "method: string, args: any, filter: map, options: map -> array", "Call `method` with `args` on the clients matching `filter`; `options` may give batch (clients at once) and timeout (seconds).").register_into_engine(engine, move |method: &str, args: Dynamic, filter: RhaiMap, options: RhaiMap| {
+    crate::function("fanout", "method: string, args: any, filter: map, options: map -> array", "Call `method` with `args` on the clients matching `filter`; `options` may give batch (clients at once), timeout (seconds per client), pause (seconds between batches) and dryRun (only list the targets).").register_into_engine(engine, move |method: &str, args: Dynamic, filter: RhaiMap, options: RhaiMap| {
         fan_out(&c, method, to_json(&args).map_err(|e| e.to_string())?, object(Some(&filter))?, object(Some(&options))?)
     });
 }

@@ -115,7 +115,7 @@ pub fn sandboxed_engine(limits: &Limits) -> Engine {
 }
 
 /// `sleep(ms)` for scripts: sleeps in short slices so a passed deadline still ends it.
-fn sleep_ms(ms: i64) -> Result<(), Box<rhai::EvalAltResult>> {
+pub(crate) fn sleep_ms(ms: i64) -> Result<(), Box<rhai::EvalAltResult>> {
     let until = Instant::now() + std::time::Duration::from_millis(ms.max(0) as u64);
     loop {
         let now = Instant::now();

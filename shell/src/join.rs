@@ -117,6 +117,7 @@ pub(crate) fn join(request: JoinRequest, target: &Target, handle: &tokio::runtim
             ping_secs: 60,
             poll_spread_secs: clacks_client::daemon::DEFAULT_POLL_SPREAD.as_secs_f64(),
             shell_dir: None,
+            facts_dir: None,
             dbus: None,
         };
         let code = match config.save(&path, false) {

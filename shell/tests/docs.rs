@@ -12,7 +12,8 @@
 //!   document built so far (so README's sessions after `export CLACKS_URL=…` talk to
 //!   RabbitMQ and its agents) — and once more on the embedded domain. No input may end
 //!   in an error.
-//! - `toml` blocks must be valid agent configuration, `rhai` blocks must compile.
+//! - `toml` blocks must be valid agent configuration (`toml facts.d`: a fact file every
+//!   fact of which a managed machine takes), `rhai` blocks must compile.
 //! - A block whose info string says `no-run: REASON` is not run; the reason is required.
 //!
 //! The only rewrites: `target/release/` names the binaries this test run built,
@@ -59,6 +60,8 @@ struct Block {
     lang: String,
     /// Why the block is not run (`no-run: …` in the info string).
     not_run: Option<String>,
+    /// What the block is, when its language does not say (`toml facts.d`: a fact file).
+    role: String,
     lines: Vec<String>,
 }
 
@@ -76,7 +79,8 @@ fn blocks(path: &Path) -> Vec<Block> {
                 let not_run = rest.trim().strip_prefix("no-run").map(|r| r.trim_start_matches([':', ' ']).to_owned());
                 let origin = format!("{name}:{}", number + 1);
                 assert!(not_run.as_ref().is_none_or(|r| !r.is_empty()), "{origin}: no-run needs a reason");
-                open = Some((Block { origin, lang: lang.to_owned(), not_run, lines: Vec::new() }, indent));
+                let role = if not_run.is_some() { String::new() } else { rest.trim().to_owned() };
+                open = Some((Block { origin, lang: lang.to_owned(), not_run, role, lines: Vec::new() }, indent));
             }
             (Some(_), Some(rest)) if rest.trim().is_empty() => {
                 if let Some((block, _)) = open.take() {
@@ -372,6 +376,14 @@ fn check_toml(block: &Block) {
         .unwrap_or_else(|e| panic!("{}: not a valid agent.toml: {e}\n{text}", block.origin));
 }
 
+/// A fact file as a managed machine reads it from its facts.d: every fact taken.
+fn check_facts(block: &Block) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.path().join("example.toml"), block.lines.join("\n")).unwrap_or_else(|e| panic!("{e}"));
+    let facts = clacks_client::facts::read(dir.path());
+    assert!(facts.problems.is_empty() && !facts.values.is_empty(), "{}: {:?}", block.origin, facts.problems);
+}
+
 fn check_rhai(block: &Block) {
     let text = block.lines.join("\n");
     rhai::Engine::new().compile(&text).unwrap_or_else(|e| panic!("{}: does not compile: {e}\n{text}", block.origin));
@@ -392,6 +404,7 @@ fn documented_examples_run_as_written() {
             eprintln!("{}: {}", block.origin, block.lang);
             match block.lang.as_str() {
                 "sh" => reader.run_commands(&block),
+                "toml" if block.role == "facts.d" => check_facts(&block),
                 "toml" => check_toml(&block),
                 "rhai" => check_rhai(&block),
                 _ => match session_inputs(&block) {
@@ -426,7 +439,8 @@ fn documented_sessions_run_on_the_embedded_domain() {
 #[test]
 fn the_help_examples_run() {
     let reader = Reader::new();
-    let block = Block { origin: ":help".into(), lang: "text".into(), not_run: None, lines: Vec::new() };
+    let block =
+        Block { origin: ":help".into(), lang: "text".into(), not_run: None, role: String::new(), lines: Vec::new() };
     let inputs: Vec<String> = clacks_shell::repl::HELP_EXAMPLES.iter().map(|s| (*s).to_owned()).collect();
     reader.run_session(&block, &inputs, &[]);
 }

@@ -2,6 +2,7 @@
 //! broker login per client): join, machine-identity login, presence, commands through
 //! `clientDispatch`, device status, a late agent polling, refusals, leave.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use clacks_agent::AgentOptions;
@@ -53,7 +54,13 @@ fn client_options(domain: &clacks_core::domain::Domain, id: &str, agent_users: V
 
 /// A bus logged in as a joined machine, as the client daemon opens it.
 async fn machine_bus(url: &str, domain: &clacks_core::domain::Domain) -> Bus {
-    let settings = AmqpSettings { connection_name: "client".into(), passive_exchange: true, ..AmqpSettings::default() };
+    // As `clacks join` configures it: replies are believed from the agents' user only.
+    let settings = AmqpSettings {
+        connection_name: "client".into(),
+        passive_exchange: true,
+        agent_users: vec!["guest".into()],
+        ..AmqpSettings::default()
+    };
     Bus::Amqp(AmqpBus::connect(url, domain.clone(), settings).await.unwrap_or_else(|e| panic!("machine login: {e}")))
 }
 
@@ -70,6 +77,7 @@ fn login_url(broker: &PrivateBroker, domain: &clacks_core::domain::Domain, joine
         ping_secs: 1,
         poll_spread_secs: 0.2,
         shell_dir: None,
+        facts_dir: None,
         dbus: None,
     };
     config.login_url().unwrap_or_else(|e| panic!("{e}"))
@@ -727,4 +735,177 @@ async fn clients_come_back_after_a_broker_restart() {
         client.stop().await;
     }
     agent.stop().await;
+}
+
+/// Targeting like the peers': three joined machines with custom facts in their
+/// facts.d (re-read when a file changes); compound filters over the names given at
+/// join, facts and inventories; groups of clients stored in the domain, naming each
+/// other, targeted by fan-outs and used as ACL members by the machines' own logins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compound_filters_custom_facts_and_groups_of_clients() {
+    let broker = PrivateBroker::start_with_management();
+    let data = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let domain = unique_domain();
+    let mut options = agent_options(&domain, "alpha", &broker, data.path());
+    options.acl = Some(clacks_agent::daemon::AclOptions { admins: Vec::new() });
+    let alpha = start_agent(&broker.url(), options, vec![]).await;
+    let base = alpha.options().base.clone();
+    let admin =
+        Client::over_bus(amqp_bus(&broker.url(), &domain, "admin").await, domain.clone(), Duration::from_secs(20));
+    let machines = [
+        ("ws-1", r#"{"role": "web", "location": {"rack": "r1"}, "cores": 8}"#),
+        ("ws-2", r#"{"role": "db", "cores": 4}"#),
+        ("kiosk-1", r#"{"role": "kiosk"}"#),
+    ];
+    let mut ids = BTreeMap::new();
+    let mut logins = BTreeMap::new();
+    let mut clients = Vec::new();
+    let mut fact_dirs = Vec::new();
+    for (i, (name, facts)) in machines.iter().enumerate() {
+        let joined = ok(&admin, "joinClient", json!({"deviceUuid": format!("machine-{i}"), "name": name})).await;
+        let id = joined["id"].as_str().unwrap_or_default().to_owned();
+        let facts_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(facts_dir.path().join("10-site.json"), facts).unwrap_or_else(|e| panic!("{e}"));
+        let mut options = client_options(&domain, &id, vec!["guest".into()]);
+        (options.facts_dir, options.shell_poll) = (Some(facts_dir.path().to_owned()), Duration::from_millis(200));
+        let url = login_url(&broker, &domain, &joined);
+        let client = ClientDaemon::start(options, machine_bus(&url, &domain).await, vec![]).await;
+        clients.push(client.unwrap_or_else(|e| panic!("{e}")));
+        ids.insert((*name).to_owned(), id);
+        logins.insert((*name).to_owned(), url);
+        fact_dirs.push(facts_dir);
+    }
+    let id_names: BTreeMap<String, String> = ids.iter().map(|(name, id)| (id.clone(), name.clone())).collect();
+    wait_for("every machine's facts are stored", Duration::from_secs(60), || async {
+        let mut stored = 0;
+        for id in ids.values() {
+            stored +=
+                usize::from(call(&admin, "getInventory", json!([id])).await.is_ok_and(|i| i["Fact"] != json!([])));
+        }
+        stored == 3
+    })
+    .await;
+    let names = |ids: &[Value]| {
+        let mut names: Vec<String> =
+            ids.iter().filter_map(|id| id.as_str().and_then(|id| id_names.get(id)).cloned()).collect();
+        names.sort();
+        names
+    };
+    let targets = |filter: Value| {
+        let admin = &admin;
+        async move {
+            let dry = json!({"method": "ping", "filter": filter, "options": {"dryRun": true}});
+            let dry = ok(admin, "clientFanOut", dry).await;
+            dry["targets"].as_array().into_iter().flatten().map(|t| t["client"].clone()).collect::<Vec<_>>()
+        }
+    };
+    let cases = [
+        (json!({"facts": {"role": "web"}}), vec!["ws-1"]),
+        (json!({"facts": {"location.rack": "*"}}), vec!["ws-1"]),
+        (json!({"facts": {"cores": {"atLeast": 6}}}), vec!["ws-1"]),
+        (json!({"facts": {"cores": 4, "role": "db"}}), vec!["ws-2"]),
+        (json!({"any": [{"facts": {"role": "db"}}, {"name": "kiosk-*"}]}), vec!["kiosk-1", "ws-2"]),
+        (json!({"name": "ws-*", "not": {"facts": {"role": "db"}}}), vec!["ws-1"]),
+        (
+            json!({"all": [{"online": true}, {"inventory": {"package": "dpkg"}}], "not": {"name": "kiosk-*"}}),
+            vec!["ws-1", "ws-2"],
+        ),
+        (json!({"any": []}), vec![]),
+    ];
+    for (filter, expected) in cases {
+        assert_eq!(names(&targets(filter.clone()).await), expected, "{filter}");
+    }
+    let refused = call(&admin, "clientFanOut", json!({"method": "ping", "filter": {"facts": {"role": ["web"]}}})).await;
+    assert_eq!(refused, Err(ErrorCode::INVALID_PARAMS));
+    let deep = (0..20).fold(json!({}), |inner, _| json!({"not": inner}));
+    let refused = call(&admin, "clientFanOut", json!({"method": "ping", "filter": deep})).await;
+    assert_eq!(refused, Err(ErrorCode::INVALID_PARAMS));
+
+    // A fact file edited on the machine: the new facts are sent within its poll.
+    let edited = std::time::Instant::now();
+    std::fs::write(fact_dirs[1].path().join("50-override.toml"), "role = \"web\"\n").unwrap_or_else(|e| panic!("{e}"));
+    wait_for("ws-2 is a web server now", Duration::from_secs(15), || async {
+        names(&targets(json!({"facts": {"role": "web"}})).await) == ["ws-1", "ws-2"]
+    })
+    .await;
+    eprintln!("an edited fact targeted {:?} after the edit", edited.elapsed());
+
+    // Groups of clients, stored in the domain and naming each other.
+    let web = ok(&admin, "setClientGroup", json!(["web", {"facts": {"role": "web"}}, "web servers"])).await;
+    assert_eq!(names(web["members"].as_array().map_or(&[][..], Vec::as_slice)), ["ws-1", "ws-2"]);
+    ok(&admin, "setClientGroup", json!(["kiosks", {"name": "kiosk-*"}])).await;
+    let front =
+        ok(&admin, "setClientGroup", json!(["frontline", {"any": [{"group": "web"}, {"group": "Kiosks"}]}])).await;
+    assert_eq!(front["members"].as_array().map(Vec::len), Some(3), "{front}");
+    assert_eq!(
+        call(&admin, "setClientGroup", json!(["web", {"group": "frontline"}])).await,
+        Err(ErrorCode::INVALID_PARAMS)
+    );
+    assert_eq!(
+        call(&admin, "setClientGroup", json!(["x", {"group": "nope"}])).await,
+        Err(ErrorCode::CLIENT_GROUP_UNKNOWN)
+    );
+    assert_eq!(call(&admin, "setClientGroup", json!(["1st", {}])).await, Err(ErrorCode::INVALID_PARAMS));
+    assert_eq!(names(&targets(json!({"group": "frontline", "not": {"group": "web"}})).await), ["kiosk-1"]);
+    let fanned = ok(&admin, "clientFanOut", json!({"method": "ping", "filter": {"group": "kiosks"}})).await;
+    assert_eq!(fanned["summary"], json!({"targeted": 1, "ok": 1, "error": 0, "timeout": 0, "unknown": 0}), "{fanned}");
+    let groups = ok(&admin, "getClientGroups", json!([])).await;
+    let listed: Vec<(Value, usize)> = groups
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|g| (g["name"].clone(), g["members"].as_array().map_or(0, Vec::len)))
+        .collect();
+    assert_eq!(listed, [(json!("frontline"), 3), (json!("kiosks"), 1), (json!("web"), 2)], "{groups}");
+    let vouching: Vec<Value> = groups.as_array().into_iter().flatten().map(|g| g["aclMembers"].clone()).collect();
+    assert_eq!(vouching, [json!(false), json!(true), json!(false)], "frontline names web, which uses facts");
+    assert_eq!(call(&admin, "removeClientGroup", json!(["web"])).await, Err(ErrorCode::CLIENT_GROUP_IN_USE));
+    assert_eq!(call(&admin, "removeClientGroup", json!(["nope"])).await, Err(ErrorCode::CLIENT_GROUP_UNKNOWN));
+
+    // An ACL member N@kiosks: the kiosk's own login may list the groups, ws-1's may not,
+    // and once the group no longer holds the kiosk, neither may it.
+    let topic = format!("{}\\.command\\.clients\\.getClientGroups", domain.as_str().replace('.', "\\."));
+    let actions = json!([{"topic": topic, "acls": "x"}]);
+    ok(
+        &admin,
+        "addACL",
+        json!({"base": base, "scope": "sub", "priority": 0, "members": ["N@kiosks"], "actions": actions}),
+    )
+    .await;
+    let login = |name: &str| {
+        let url = logins.get(name).cloned().unwrap_or_default();
+        let domain = domain.clone();
+        async move { Client::over_bus(machine_bus(&url, &domain).await, domain, Duration::from_secs(10)) }
+    };
+    let (kiosk, workstation) = (login("kiosk-1").await, login("ws-1").await);
+    let listed = kiosk.call("getClientGroups", Params::None).await.map_err(|e| e.to_string());
+    assert!(listed.is_ok(), "{listed:?}");
+    assert_eq!(call(&workstation, "getClientGroups", json!([])).await, Err(ErrorCode::PERMISSION_EXEC));
+    // A group selecting by what machines say of themselves names nobody in an ACL: ws-1
+    // reports role=web, yet its login is refused.
+    let told = ok(&admin, "setClientGroup", json!(["webacl", {"group": "web"}])).await;
+    assert_eq!(told["aclMembers"], json!(false), "{told}");
+    assert!(told["aclNote"].as_str().is_some_and(|n| n.contains("uses facts")), "{told}");
+    assert_eq!(names(told["members"].as_array().map_or(&[][..], Vec::as_slice)), ["ws-1", "ws-2"]);
+    let topic_web = topic.replace("getClientGroups", "getClients");
+    let actions = json!([{"topic": topic_web, "acls": "x"}]);
+    ok(
+        &admin,
+        "addACL",
+        json!({"base": base, "scope": "sub", "priority": 0, "members": ["N@webacl"], "actions": actions}),
+    )
+    .await;
+    assert_eq!(call(&workstation, "getClients", json!([])).await, Err(ErrorCode::PERMISSION_EXEC));
+    ok(&admin, "removeClientGroup", json!(["webacl"])).await;
+    ok(&admin, "setClientGroup", json!(["kiosks", {"name": "nothing-*"}])).await;
+    wait_for("the kiosk left the group", Duration::from_secs(10), || async {
+        call(&kiosk, "getClientGroups", json!([])).await == Err(ErrorCode::PERMISSION_EXEC)
+    })
+    .await;
+    ok(&admin, "removeClientGroup", json!(["frontline"])).await;
+    ok(&admin, "removeClientGroup", json!(["web"])).await;
+    for client in clients {
+        client.stop().await;
+    }
+    alpha.stop().await;
 }

@@ -43,6 +43,10 @@ pub struct ClientConfig {
     /// Folder of executable scripts offered as commands (the shell proxy).
     #[serde(default)]
     pub shell_dir: Option<PathBuf>,
+    /// Folder of custom fact files (`*.json`, `*.toml`) sent with the inventory;
+    /// default `/etc/clacks/facts.d`.
+    #[serde(default)]
+    pub facts_dir: Option<PathBuf>,
     /// A D-Bus service whose methods become `dbus_*` commands (the D-Bus proxy).
     #[serde(default)]
     pub dbus: Option<DbusSection>,
@@ -158,6 +162,7 @@ mod tests {
             ping_secs: 60,
             poll_spread_secs: default_poll_spread(),
             shell_dir: None,
+            facts_dir: None,
             dbus: None,
         }
     }

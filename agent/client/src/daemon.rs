@@ -47,8 +47,10 @@ pub struct ClientOptions {
     pub default_timeout: Duration,
     /// Folder of scripts offered as `shell_*` commands (the shell proxy).
     pub shell_dir: Option<std::path::PathBuf>,
-    /// How often that folder is checked for changes.
+    /// How often that folder (and the facts folder) is checked for changes.
     pub shell_poll: Duration,
+    /// Folder of custom fact files sent with the inventory; a change sends it again.
+    pub facts_dir: Option<std::path::PathBuf>,
     /// A D-Bus service whose methods are offered as `dbus_*` commands.
     pub dbus: Option<super::dbus_proxy::DbusOptions>,
     /// Report who is logged in (UserSession events, from `who`): with every
@@ -71,6 +73,7 @@ impl ClientOptions {
             default_timeout: Duration::from_secs(30),
             shell_dir: None,
             shell_poll: Duration::from_secs(2),
+            facts_dir: None,
             inventory_every: Some(Duration::from_secs(3600)),
             dbus: None,
             report_sessions: true,
@@ -120,6 +123,7 @@ struct CoreClientCommands {
     events: EventPublisher,
     /// The checksum of the last inventory sent.
     last_inventory: Arc<tokio::sync::Mutex<Option<String>>>,
+    facts_dir: Option<std::path::PathBuf>,
 }
 
 impl CoreClientCommands {
@@ -130,6 +134,13 @@ impl CoreClientCommands {
         // One collection at a time: a poll and a request at once should not both run dpkg.
         let mut last = self.last_inventory.lock().await;
         let mut fields = super::inventory::collect(&self.id).await;
+        if let Some(dir) = self.facts_dir.clone() {
+            let facts = tokio::task::spawn_blocking(move || super::facts::read(&dir)).await.unwrap_or_default();
+            for problem in &facts.problems {
+                warn!(%problem, "custom fact left out");
+            }
+            fields.insert("Fact".into(), Value::Array(facts.to_event()));
+        }
         let checksum = super::inventory::checksum(&fields);
         let known = if periodic { last.clone() } else { known };
         if known.as_deref() == Some(checksum.as_str()) {
@@ -188,6 +199,7 @@ impl ClientDaemon {
             id: options.id.clone(),
             events: events.clone(),
             last_inventory: Arc::default(),
+            facts_dir: options.facts_dir.clone(),
         });
         let table = core.clone().commands().into_iter().chain(commands).map(|c| (c.spec.name.clone(), c)).collect();
         let client = ClientDaemon {
@@ -220,6 +232,10 @@ impl ClientDaemon {
         tokio::spawn(client.clone().presence_loop(polls));
         if let Some(every) = client.inner.options.inventory_every {
             tokio::spawn(inventory_loop(core.clone(), every, client.inner.stopped.clone()));
+        }
+        if let Some(dir) = client.inner.options.facts_dir.clone() {
+            let every = client.inner.options.shell_poll;
+            tokio::spawn(facts_loop(core.clone(), dir, every, client.inner.stopped.clone()));
         }
         if let Some(dbus) = client.inner.options.dbus.clone() {
             tokio::spawn(super::dbus_proxy::watch(client.clone(), dbus, client.inner.stopped.clone()));
@@ -447,6 +463,38 @@ async fn inventory_loop(core: Arc<CoreClientCommands>, every: Duration, stopped:
         tokio::select! {
             _ = stopped.cancelled() => return,
             _ = tick.tick() => {
+                if let Err(e) = core.send_inventory(None, true).await {
+                    warn!(error = %e, "cannot send the inventory");
+                }
+            }
+        }
+    }
+}
+
+/// Sends the inventory again when a custom fact file changes: an edit in facts.d is
+/// seen within `every`, whatever the inventory period.
+async fn facts_loop(
+    core: Arc<CoreClientCommands>,
+    dir: std::path::PathBuf,
+    every: Duration,
+    stopped: CancellationToken,
+) {
+    let look = |dir: std::path::PathBuf| async move {
+        tokio::task::spawn_blocking(move || super::facts::fingerprint(&dir)).await.unwrap_or_default()
+    };
+    let mut seen = look(dir.clone()).await;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stopped.cancelled() => return,
+            _ = tick.tick() => {
+                let now = look(dir.clone()).await;
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                info!(dir = %dir.display(), "custom facts changed");
                 if let Err(e) = core.send_inventory(None, true).await {
                     warn!(error = %e, "cannot send the inventory");
                 }

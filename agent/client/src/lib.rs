@@ -6,12 +6,14 @@
 //!
 //! [`config`] is the machine identity `clacks join` writes; [`daemon`] serves the
 //! client's commands on its own queue and keeps the agents informed of its presence;
-//! [`netinfo`] gathers the network facts it announces; [`shell_proxy`] turns scripts
+//! [`netinfo`] gathers the network facts it announces, [`inventory`] what is installed
+//! and [`facts`] what the administrator wrote about it; [`shell_proxy`] turns scripts
 //! in a folder into commands, [`dbus_proxy`] the methods of a D-Bus service.
 
 pub mod config;
 pub mod daemon;
 pub mod dbus_proxy;
+pub mod facts;
 pub mod inventory;
 pub mod netinfo;
 pub mod shell_proxy;
@@ -59,6 +61,8 @@ pub fn options_from(config: &ClientConfig) -> Result<ClientOptions, String> {
         options.poll_spread = Duration::from_secs_f64(config.poll_spread_secs.min(3600.0));
     }
     options.shell_dir = Some(config.shell_dir.clone().unwrap_or_else(|| std::path::PathBuf::from(DEFAULT_SHELL_DIR)));
+    options.facts_dir =
+        Some(config.facts_dir.clone().unwrap_or_else(|| std::path::PathBuf::from(facts::DEFAULT_FACTS_DIR)));
     options.dbus = config.dbus.as_ref().map(|d| dbus_proxy::DbusOptions {
         address: d.address.clone(),
         service: d.service.clone(),

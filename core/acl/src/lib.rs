@@ -1,7 +1,8 @@
 //! The ACL engine: who may do what, where.
 //!
 //! An ACL set belongs to a DN and holds ACLs in priority order (lower first). An ACL
-//! names its members (regular expressions anchored at the start of the user name) and
+//! names its members (regular expressions anchored at the start of the user name, or
+//! `N@<group>`: every machine of a named group of clients, a nodegroup) and
 //! grants either actions — a topic regex, permission letters `rwcdsxeom`, and option
 //! constraints on the call's arguments — or a role, a named and possibly nested list
 //! of such grants. A check walks from the target DN up to the tree's root: `reset`
@@ -83,15 +84,67 @@ pub struct Acl {
     pub id: u64,
     pub scope: Scope,
     pub priority: i32,
-    /// Regular expressions, matched from the start of the user name.
+    /// Regular expressions, matched from the start of the user name; `N@<group>` names
+    /// the machines of a group of clients.
     pub members: Vec<String>,
     pub grant: Grant,
 }
 
 impl Acl {
-    /// Whether one of the member patterns names `user`.
-    pub fn has_member(&self, user: &str) -> bool {
-        self.members.iter().any(|m| anchored(m, false).is_ok_and(|re| re.is_match(user)))
+    /// Whether one of the member patterns names `user`; a group member counts when
+    /// `groups` puts `user` in it.
+    pub fn has_member(&self, user: &str, groups: &NodeGroups) -> bool {
+        self.members.iter().any(|m| match node_group(m) {
+            Some(group) => groups.contains(group, user),
+            None => anchored(m, false).is_ok_and(|re| re.is_match(user)),
+        })
+    }
+}
+
+/// How an ACL member names a group of machines: `N@<group>` (Salt's nodegroup prefix).
+pub const NODE_GROUP_PREFIX: &str = "N@";
+
+/// The group a member names, if it names one.
+pub fn node_group(member: &str) -> Option<&str> {
+    member.strip_prefix(NODE_GROUP_PREFIX)
+}
+
+/// Whether `name` may name a group of clients: a letter, then letters, digits, `.`, `_`
+/// or `-`, at most 64 in all.
+pub fn is_group_name(name: &str) -> bool {
+    name.len() <= 64
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// The client ids of each named group of machines, as the agent's clients plugin
+/// computes them from the groups' stored filters. Shared: the engine reads it on every
+/// check, the plugin replaces it when groups, machines or inventories change, and an
+/// engine rebuilt from stored ACLs keeps the same one.
+#[derive(Clone, Debug, Default)]
+pub struct NodeGroups(std::sync::Arc<std::sync::RwLock<BTreeMap<String, BTreeSet<String>>>>);
+
+impl NodeGroups {
+    /// Whether the group `group` holds the client `user`.
+    pub fn contains(&self, group: &str, user: &str) -> bool {
+        let groups = self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        groups.get(group).is_some_and(|members| members.contains(user))
+    }
+
+    /// Replaces every group's members.
+    pub fn replace(&self, groups: BTreeMap<String, BTreeSet<String>>) {
+        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = groups;
+    }
+}
+
+/// A member is a group of machines or a regular expression; either must be well formed.
+fn check_member(member: &str) -> Result<(), AclError> {
+    match node_group(member) {
+        Some(group) if is_group_name(group) => Ok(()),
+        Some(group) => Err(AclError::Invalid(format!(
+            "'{group}' cannot name a group of clients (a letter, then letters, digits, '.', '_' or '-')"
+        ))),
+        None => anchored(member, false).map(drop),
     }
 }
 
@@ -213,6 +266,8 @@ pub struct AclEngine {
     next_id: u64,
     #[serde(skip)]
     patterns: Patterns,
+    #[serde(skip)]
+    node_groups: NodeGroups,
 }
 
 fn anchored(pattern: &str, whole: bool) -> Result<Regex, AclError> {
@@ -247,6 +302,18 @@ impl AclEngine {
 
     pub fn is_admin(&self, user: &str) -> bool {
         self.admins.contains(user)
+    }
+
+    /// The groups of machines `N@<group>` members name (shared by clones).
+    pub fn node_groups(&self) -> &NodeGroups {
+        &self.node_groups
+    }
+
+    /// Reads group members from `groups` — an engine rebuilt from stored ACLs takes
+    /// the one in use.
+    pub fn with_node_groups(mut self, groups: NodeGroups) -> AclEngine {
+        self.node_groups = groups;
+        self
     }
 
     fn take_id(&mut self) -> u64 {
@@ -311,7 +378,7 @@ impl AclEngine {
             return Err(AclError::Invalid("an ACL needs at least one member".into()));
         }
         for member in &members {
-            anchored(member, false)?;
+            check_member(member)?;
         }
         self.check_grant(&grant, None)?;
         let id = self.take_id();
@@ -339,7 +406,7 @@ impl AclEngine {
             check_priority(p)?;
         }
         for member in members.iter().flatten() {
-            anchored(member, false)?;
+            check_member(member)?;
         }
         if let Some(g) = &grant {
             self.check_grant(g, None)?;
@@ -533,7 +600,7 @@ impl AclEngine {
                 let checked = check_priority(acl.priority)
                     .and_then(|()| match acl.members.is_empty() {
                         true => Err(AclError::Invalid("an ACL needs at least one member".into())),
-                        false => acl.members.iter().try_for_each(|m| anchored(m, false).map(drop)),
+                        false => acl.members.iter().try_for_each(|m| check_member(m)),
                     })
                     .and_then(|()| engine.check_grant(&acl.grant, None));
                 if let Err(e) = checked {
@@ -620,7 +687,10 @@ impl AclEngine {
         target: &str,
         relatives: &dyn RelativeLookup,
     ) -> Result<Option<Scope>, AclError> {
-        let is_member = acl.members.iter().any(|m| self.patterns.matches(m, false, user));
+        let is_member = acl.members.iter().any(|m| match node_group(m) {
+            Some(group) => self.node_groups.contains(group, user),
+            None => self.patterns.matches(m, false, user),
+        });
         match &acl.grant {
             Grant::Actions(actions) => {
                 Ok(self.actions_grant(actions, is_member, user, request, target, relatives).then_some(acl.scope))
@@ -838,6 +908,29 @@ mod tests {
         assert!(allowed(&e, "clacks_user_test", "com.x", "r", BASE));
         assert!(allowed(&e, "clacks__test", "com.x", "r", BASE));
         assert!(!allowed(&e, "clacks_test_testWrong", "com.x", "r", BASE));
+    }
+
+    /// `N@<group>` names the machines the clients plugin put in that group, whatever
+    /// their ids look like, and follows the group as it changes.
+    #[test]
+    fn group_members_name_the_machines_of_a_group() {
+        let mut e = AclEngine::new(BASE, []);
+        e.add_acl(BASE, Scope::Sub, 0, vec!["N@kiosks".into()], actions("com.x", "x")).expect("acl");
+        assert!(!allowed(&e, "c-1", "com.x", "x", BASE), "no group known yet");
+        e.node_groups().replace(BTreeMap::from([("kiosks".into(), BTreeSet::from(["c-1".into()]))]));
+        assert!(allowed(&e, "c-1", "com.x", "x", BASE));
+        assert!(!allowed(&e, "c-2", "com.x", "x", BASE));
+        assert!(!allowed(&e, "N@kiosks", "com.x", "x", BASE), "not a pattern");
+        // An engine rebuilt from storage keeps reading the same groups.
+        let (rebuilt, problems) = AclEngine::restore(BASE, [], vec![(BASE.into(), e.set_at(BASE).to_vec())], vec![]);
+        assert!(problems.is_empty(), "{problems:?}");
+        let rebuilt = rebuilt.with_node_groups(e.node_groups().clone());
+        assert!(allowed(&rebuilt, "c-1", "com.x", "x", BASE));
+        assert!(rebuilt.set_at(BASE)[0].has_member("c-1", rebuilt.node_groups()));
+        e.node_groups().replace(BTreeMap::new());
+        assert!(!allowed(&rebuilt, "c-1", "com.x", "x", BASE));
+        let bad = e.add_acl(BASE, Scope::Sub, 0, vec!["N@1st group".into()], actions("com.x", "x"));
+        assert!(matches!(bad, Err(AclError::Invalid(m)) if m.contains("group of clients")));
     }
 
     /// Case 6: nested roles grant.
