@@ -1,5 +1,5 @@
 //! The built-in commands every agent provides on target `core`: discovery
-//! (`getMethods`, `getNodes`), identity (`getBase`, `getSessionUser`), liveness
+//! (`getMethods`, `getNodes`, `rpc.discover`), identity (`getBase`, `getSessionUser`), liveness
 //! (`ping`, `echo`), events (`sendEvent`, `getEventTypes`, `reloadEventSchemas`) and
 //! `shutdown`.
 
@@ -61,7 +61,22 @@ impl CorePlugin {
                 ));
             }
         };
+        if let Some(node) = only_node.as_deref().filter(|node| !self.registry.knows_node(node)) {
+            return Err(CommandError::new(
+                ErrorCode::INVALID_PARAMS,
+                format!("no live node '{node}' in domain {}", self.domain),
+            )
+            .with_details(serde_json::json!({"param": "queue"})));
+        }
         Ok(self.registry.method_table(only_node.as_deref()))
+    }
+
+    /// The domain's API as an OpenRPC 1.3 document: every command the live nodes provide, with its parameters, result schema, errors and the ACL permission it needs.
+    #[command(name = "rpc.discover")]
+    fn rpc_discover(&self) -> CommandResult<Value> {
+        let specs: Vec<clacks_core::command::CommandSpec> =
+            self.registry.method_table(None).into_values().map(|info| info.spec).collect();
+        Ok(clacks_core::schema::openrpc(&self.domain, &specs))
     }
 
     /// List the live nodes of the domain with their load.

@@ -89,6 +89,8 @@ fn load_file(engine: &Arc<Engine>, path: &Path) -> Result<Vec<Command>, String> 
             needs_user: false,
             needs_queue: false,
             call_type: CallType::Normal,
+            // A script function declares no result type: any JSON.
+            result: Default::default(),
         };
         let engine = engine.clone();
         let ast = ast.clone();

@@ -211,6 +211,9 @@ pub struct CommandSpec {
     pub needs_queue: bool,
     /// How several providers are used.
     pub call_type: CallType,
+    /// JSON Schema of the result; empty: any JSON value.
+    #[serde(default, skip_serializing_if = "crate::schema::Schema::is_any")]
+    pub result: crate::schema::Schema,
 }
 
 impl CommandSpec {
@@ -555,6 +558,7 @@ mod tests {
             needs_user: false,
             needs_queue: false,
             call_type: CallType::Normal,
+            result: Default::default(),
         }
     }
 

@@ -30,6 +30,7 @@ pub mod refusals;
 pub mod registry;
 pub mod rpc;
 pub mod sasl;
+pub mod schema;
 pub mod testing;
 
-pub use clacks_macros::plugin;
+pub use clacks_macros::{ResultSchema, plugin};

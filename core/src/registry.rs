@@ -30,7 +30,8 @@ pub struct NodeInfo {
 }
 
 /// One row of `getNodes`.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, PartialEq, crate::ResultSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct NodeRow {
     /// Node id.
     pub node: String,
@@ -48,7 +49,8 @@ pub struct NodeRow {
 }
 
 /// One entry of the `getMethods` table.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, PartialEq, crate::ResultSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct MethodInfo {
     /// The command's description.
     #[serde(flatten)]
@@ -290,6 +292,7 @@ mod tests {
             needs_user: false,
             needs_queue: false,
             call_type: CallType::Normal,
+            result: Default::default(),
         }
     }
 

@@ -190,6 +190,7 @@ mod tests {
             needs_user: false,
             needs_queue: false,
             call_type: CallType::Normal,
+            result: Default::default(),
         }
     }
 

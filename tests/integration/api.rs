@@ -72,3 +72,110 @@ async fn the_exported_api_matches_its_snapshot_and_refuses_strangers() {
     }
     agent.stop().await;
 }
+
+/// Whether `value` conforms to `schema`, for the JSON Schema keywords result schemas
+/// use; the path of the first mismatch otherwise.
+fn conforms(value: &serde_json::Value, schema: &serde_json::Value, path: &str) -> Result<(), String> {
+    use serde_json::Value;
+    let fail = |why: &str| Err(format!("{path}: {why} ({value})"));
+    if let Some(all) = schema["allOf"].as_array() {
+        // Each part opens its properties; together they must name every key.
+        let named: Vec<&String> =
+            all.iter().filter_map(|s| s["properties"].as_object()).flat_map(|p| p.keys()).collect();
+        if let Some(key) = value.as_object().and_then(|m| m.keys().find(|k| !named.contains(k))) {
+            return fail(&format!("has {key}, which the schema does not name"));
+        }
+        return all.iter().try_for_each(|part| {
+            let mut open = part.clone();
+            open["additionalProperties"] = json!({});
+            conforms(value, &open, path)
+        });
+    }
+    if let Some(any) = schema["anyOf"].as_array() {
+        return if any.iter().any(|s| conforms(value, s, path).is_ok()) { Ok(()) } else { fail("matches no anyOf") };
+    }
+    let type_ok = match schema["type"].as_str() {
+        None => true,
+        Some("string") => value.is_string(),
+        Some("integer") => value.is_i64() || value.is_u64(),
+        Some("number") => value.is_number(),
+        Some("boolean") => value.is_boolean(),
+        Some("null") => value.is_null(),
+        Some("array") => value.is_array(),
+        Some("object") => value.is_object(),
+        Some(other) => return fail(&format!("unknown type {other}")),
+    };
+    if !type_ok {
+        return fail(&format!("is not {}", schema["type"]));
+    }
+    if let Some(allowed) = schema["enum"].as_array()
+        && !allowed.contains(value)
+    {
+        return fail("is not one of the enum");
+    }
+    if let (Value::Array(items), Some(item_schema)) = (value, schema.get("items")) {
+        for (i, item) in items.iter().enumerate() {
+            conforms(item, item_schema, &format!("{path}[{i}]"))?;
+        }
+    }
+    if let Value::Object(map) = value {
+        let properties = schema["properties"].as_object();
+        for required in schema["required"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+            if !map.contains_key(required) {
+                return fail(&format!("lacks {required}"));
+            }
+        }
+        for (key, field) in map {
+            match (properties.and_then(|p| p.get(key)), schema.get("additionalProperties")) {
+                (Some(field_schema), _) => conforms(field, field_schema, &format!("{path}.{key}"))?,
+                (None, Some(extra)) => conforms(field, extra, &format!("{path}.{key}"))?,
+                // An object schema that names its properties closes them here, so a
+                // result cannot drift from its description unnoticed.
+                (None, None) if properties.is_some() => {
+                    return fail(&format!("has {key}, which the schema does not name"));
+                }
+                (None, None) => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `rpc.discover` answers the OpenRPC document of every command (checked in as
+/// `openrpc.json`: a change there is a change to the contract), and what the built-in
+/// commands answer conforms to the result schemas it states.
+#[tokio::test]
+async fn rpc_discover_describes_every_command_and_the_results_conform() {
+    let data = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (agent, bus) = full_agent(&data).await;
+    let root = Client::over_bus(Bus::Local(bus.view("root")), agent.options().domain.clone(), Duration::from_secs(5));
+    let document = root.call("rpc.discover", Params::None).await.unwrap_or_else(|e| panic!("{e}"));
+    expect_file!["openrpc.json"].assert_eq(&(serde_json::to_string_pretty(&document).unwrap_or_default() + "\n"));
+    let methods = document["methods"].as_array().cloned().unwrap_or_default();
+    let table = agent.registry().method_table(None);
+    assert_eq!(methods.len(), table.len(), "every command is described");
+    let schema_of = |name: &str| {
+        methods.iter().find(|m| m["name"] == json!(name)).map(|m| m["result"]["schema"].clone()).unwrap_or_default()
+    };
+    let calls = [
+        ("getNodes", json!([])),
+        ("getMethods", json!([])),
+        ("getBase", json!([])),
+        ("getSessionUser", json!([])),
+        ("ping", json!([])),
+        ("getEventTypes", json!([])),
+        ("search", json!(["nobody"])),
+        ("getACLs", json!([])),
+    ];
+    for (name, args) in calls {
+        let params = Params::Positional(args.as_array().cloned().unwrap_or_default());
+        let result = root.call(name, params).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        let schema = schema_of(name);
+        assert_ne!(schema, json!({}), "{name} states its result");
+        conforms(&result, &schema, name).unwrap_or_else(|e| panic!("{e}\nschema: {schema}"));
+    }
+    // A node that is not there has no commands to list.
+    let missing = root.call("getMethods", Params::Positional(vec![json!("org.clacks.command.core.nosuchnode")])).await;
+    assert_eq!(missing.map_err(|e| e.code()).err(), Some(ErrorCode::INVALID_PARAMS));
+    agent.stop().await;
+}

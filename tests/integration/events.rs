@@ -167,8 +167,8 @@ async fn telephony_and_statistics_meet_only_through_events() {
     assert_eq!(imported["rejected"][0]["line"], json!(7));
 
     let expected = json!([
-        {"extension": "100", "hour": "2026-11-22T10", "calls": 2, "missed": 1, "missed_ratio": 0.5},
-        {"extension": "101", "hour": "2026-11-22T11", "calls": 1, "missed": 1, "missed_ratio": 1.0},
+        {"extension": "100", "hour": "2026-11-22T10", "calls": 2, "missed": 1, "missedRatio": 0.5},
+        {"extension": "101", "hour": "2026-11-22T11", "calls": 1, "missed": 1, "missedRatio": 1.0},
     ]);
     let mut table = Value::Null;
     for _ in 0..50 {
@@ -301,7 +301,7 @@ async fn receivers_drop_raw_events_no_schema_vouches_for() {
     assert_eq!(caller.call("ping", Params::None).await.ok(), Some(json!("pong")));
     // The plugin hears the event on a subscription of its own, maybe after the tail did.
     let only_the_good_one =
-        json!([{"extension": "good", "hour": "2026-11-22T10", "calls": 1, "missed": 1, "missed_ratio": 1.0}]);
+        json!([{"extension": "good", "hour": "2026-11-22T10", "calls": 1, "missed": 1, "missedRatio": 1.0}]);
     let mut stats = Value::Null;
     for _ in 0..50 {
         stats = caller.call("callStatistics", Params::None).await.unwrap_or_else(|e| panic!("{e}"));

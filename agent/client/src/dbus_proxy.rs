@@ -277,6 +277,8 @@ impl DbusProxy {
             needs_user: false,
             needs_queue: false,
             call_type: CallType::Normal,
+            // What a D-Bus method answers depends on its out-arguments: any JSON.
+            result: Default::default(),
         };
         let (proxy, method) = (self.clone(), Arc::new(method));
         let handler: clacks_core::command::Handler = Arc::new(move |ctx, args| {

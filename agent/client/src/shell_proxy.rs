@@ -215,6 +215,16 @@ fn describe(path: &Path, name: String) -> Result<Command, String> {
         needs_user: false,
         needs_queue: false,
         call_type: CallType::Normal,
+        result: clacks_core::schema::Schema::new(&serde_json::json!({
+            "type": "object",
+            "properties": {
+                "code": {"type": "integer", "description": "the exit code; 128+n when signal n ended it"},
+                "stdout": {"type": "string"},
+                "stderr": {"type": "string"},
+                "truncated": {"type": "boolean", "description": "output past the limit was cut"},
+            },
+            "required": ["code", "stdout", "stderr"],
+        })),
     };
     let script: Arc<PathBuf> = Arc::new(path.to_owned());
     let handler: clacks_core::command::Handler = Arc::new(move |ctx, args| {

@@ -19,7 +19,8 @@ struct Calls {
 }
 
 /// One row of `callStatistics()`.
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Serialize, PartialEq, clacks_core::ResultSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct StatisticsRow {
     /// The called extension.
     pub extension: String,

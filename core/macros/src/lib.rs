@@ -15,8 +15,11 @@
 //! (`snake_case` becomes `lowerCamelCase` unless `name = "…"` is given), parameter names
 //! and JSON types (from `clacks_core::command::WireType`), the mandatory help text
 //! (`help = "…"` or the doc comment — a command without either does not compile),
-//! `needs_user`, `needs_queue` and `call_type`. A parameter of type `&CallContext`
-//! receives the call context instead of an argument.
+//! `needs_user`, `needs_queue` and `call_type`, and the result's JSON Schema (from the
+//! return type, `clacks_core::schema::ResultSchema`). A parameter of type
+//! `&CallContext` receives the call context instead of an argument.
+//!
+//! `#[derive(ResultSchema)]` describes a result row the same way, from its fields.
 
 use proc_macro::TokenStream;
 use proc_macro2::TokenStream as TokenStream2;
@@ -253,6 +256,11 @@ fn expand_command(target: &str, method: &syn::ImplItemFn, options: CommandOption
     };
     let needs_user = options.needs_user;
     let needs_queue = options.needs_queue;
+    // The result is described by the handler's return type: what it serializes.
+    let returned = match &method.sig.output {
+        syn::ReturnType::Type(_, ty) => quote!(#ty),
+        syn::ReturnType::Default => quote!(()),
+    };
 
     Ok(quote! {{
         let __plugin = ::std::sync::Arc::clone(&self);
@@ -264,6 +272,8 @@ fn expand_command(target: &str, method: &syn::ImplItemFn, options: CommandOption
             needs_user: #needs_user,
             needs_queue: #needs_queue,
             call_type: #call_type,
+            result: ::clacks_core::schema::Schema::new(
+                &<#returned as ::clacks_core::schema::ResultSchema>::schema()),
         };
         // The command name, then each parameter name, for argument error messages.
         let __labels: ::std::sync::Arc<[::std::string::String]> = ::std::iter::once(__spec.name.clone())
@@ -290,4 +300,140 @@ fn is_call_context(ty: &Type) -> bool {
         other => other,
     };
     matches!(ty, Type::Path(p) if p.path.segments.last().is_some_and(|s| s.ident == "CallContext"))
+}
+
+/// Derives `clacks_core::schema::ResultSchema` for a struct with named fields: an
+/// object schema whose properties are the fields as serde names them (`rename`,
+/// `rename_all = "camelCase"`), described by their doc comments; `Option` fields and
+/// fields serde may skip are not required, `flatten`ed ones are merged in.
+#[proc_macro_derive(ResultSchema, attributes(serde))]
+pub fn derive_result_schema(item: TokenStream) -> TokenStream {
+    match expand_result_schema(item.into()) {
+        Ok(tokens) => tokens.into(),
+        Err(err) => err.to_compile_error().into(),
+    }
+}
+
+/// The `#[serde(…)]` settings a result schema follows.
+#[derive(Default)]
+struct SerdeSettings {
+    rename: Option<String>,
+    rename_all: Option<String>,
+    flatten: bool,
+    skip: bool,
+    may_skip: bool,
+}
+
+fn serde_settings(attrs: &[syn::Attribute]) -> syn::Result<SerdeSettings> {
+    let mut settings = SerdeSettings::default();
+    for attr in attrs.iter().filter(|a| a.path().is_ident("serde")) {
+        let metas = attr.parse_args_with(Punctuated::<Meta, Token![,]>::parse_terminated)?;
+        for meta in metas {
+            match &meta {
+                Meta::NameValue(nv) if nv.path.is_ident("rename") => settings.rename = Some(string_value(&nv.value)?),
+                Meta::NameValue(nv) if nv.path.is_ident("rename_all") => {
+                    settings.rename_all = Some(string_value(&nv.value)?);
+                }
+                Meta::NameValue(nv) if nv.path.is_ident("skip_serializing_if") => settings.may_skip = true,
+                Meta::Path(p) if p.is_ident("flatten") => settings.flatten = true,
+                Meta::Path(p) if p.is_ident("skip") || p.is_ident("skip_serializing") => settings.skip = true,
+                // Settings that do not change what is serialized (default, …).
+                _ => {}
+            }
+        }
+    }
+    Ok(settings)
+}
+
+fn doc_text(attrs: &[syn::Attribute]) -> String {
+    let lines: Vec<String> = attrs
+        .iter()
+        .filter(|a| a.path().is_ident("doc"))
+        .filter_map(|a| match &a.meta {
+            Meta::NameValue(nv) => string_value(&nv.value).ok(),
+            _ => None,
+        })
+        .map(|line| line.trim().to_owned())
+        .collect();
+    lines.join(" ").trim().to_owned()
+}
+
+fn expand_result_schema(item: TokenStream2) -> syn::Result<TokenStream2> {
+    let input: syn::DeriveInput = syn::parse2(item)?;
+    let ident = &input.ident;
+    let syn::Data::Struct(syn::DataStruct { fields: syn::Fields::Named(fields), .. }) = &input.data else {
+        return Err(syn::Error::new(input.span(), "ResultSchema is derived for structs with named fields"));
+    };
+    let outer = serde_settings(&input.attrs)?;
+    let camel = match outer.rename_all.as_deref() {
+        None => false,
+        Some("camelCase") => true,
+        Some(other) => {
+            return Err(syn::Error::new(input.span(), format!("rename_all = \"{other}\" is not supported here")));
+        }
+    };
+    let description = doc_text(&input.attrs);
+    let mut properties = Vec::new();
+    let mut flattened = Vec::new();
+    for field in &fields.named {
+        let settings = serde_settings(&field.attrs)?;
+        if settings.skip {
+            continue;
+        }
+        let ty = &field.ty;
+        if settings.flatten {
+            flattened.push(quote!(<#ty as ::clacks_core::schema::ResultSchema>::schema()));
+            continue;
+        }
+        let rust_name = field.ident.as_ref().map(ToString::to_string).unwrap_or_default();
+        let rust_name = rust_name.trim_start_matches("r#").to_owned();
+        let name = settings.rename.unwrap_or_else(|| if camel { camel_case(&rust_name) } else { rust_name });
+        let doc = doc_text(&field.attrs);
+        let may_skip = settings.may_skip;
+        properties.push(quote! {
+            properties.insert(
+                ::std::string::String::from(#name),
+                ::clacks_core::schema::described(<#ty as ::clacks_core::schema::ResultSchema>::schema(), #doc),
+            );
+            if !#may_skip && !<#ty as ::clacks_core::schema::ResultSchema>::OPTIONAL {
+                required.push(::serde_json::Value::from(#name));
+            }
+        });
+    }
+    Ok(quote! {
+        impl ::clacks_core::schema::ResultSchema for #ident {
+            fn schema() -> ::serde_json::Value {
+                let mut properties = ::serde_json::Map::new();
+                let mut required: ::std::vec::Vec<::serde_json::Value> = ::std::vec::Vec::new();
+                #(#properties)*
+                let own = ::clacks_core::schema::described(
+                    ::serde_json::json!({"type": "object", "properties": properties, "required": required}),
+                    #description,
+                );
+                let flattened: ::std::vec::Vec<::serde_json::Value> = ::std::vec![ #(#flattened),* ];
+                if flattened.is_empty() {
+                    own
+                } else {
+                    ::serde_json::json!({"allOf": flattened.into_iter().chain([own]).collect::<::std::vec::Vec<_>>()})
+                }
+            }
+        }
+    })
+}
+
+/// `snake_case` → `camelCase`, as serde's `rename_all = "camelCase"` spells fields.
+fn camel_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut upper = false;
+    for c in name.chars() {
+        match c {
+            '_' => upper = true,
+            c if upper => {
+                out.extend(c.to_uppercase());
+                upper = false;
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }

@@ -369,6 +369,9 @@ impl PresenceEvent {
                         }
                         body.push_str("</Param>");
                     }
+                    if !m.result.is_any() {
+                        element(&mut body, "Result", &m.result.to_value().to_string());
+                    }
                     body.push_str("</NodeMethod>");
                 }
             }
@@ -421,6 +424,12 @@ fn read_method(node: &XmlNode) -> Result<CommandSpec, EventError> {
         needs_queue: parse_bool(node.child_text("NeedsQueue")?),
         call_type: CallType::parse(call_type)
             .ok_or_else(|| EventError::Malformed(format!("unknown call type '{call_type}'")))?,
+        // A schema that does not parse says nothing: the result is any JSON.
+        result: node
+            .child("Result")
+            .and_then(|r| serde_json::from_str(&r.text).ok())
+            .map(|schema| crate::schema::Schema::new(&schema))
+            .unwrap_or_default(),
     })
 }
 
@@ -451,6 +460,7 @@ mod tests {
             needs_user: false,
             needs_queue: true,
             call_type: CallType::Cumulative,
+            result: crate::schema::Schema::new(&serde_json::json!({"type": "array", "items": {"type": "string"}})),
         };
         for event in [
             PresenceEvent::Announce { id: "n1".into() },

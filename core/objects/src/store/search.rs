@@ -56,9 +56,11 @@ pub struct SearchHit {
 }
 
 /// The hits of one search, and whether more matched than the limit let through.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, clacks_core::ResultSchema)]
 pub struct SearchPage {
+    /// Best first: `{dn, uuid, type, title, description, relevance, lastChanged}`.
     pub hits: Vec<Value>,
+    /// More matched than the limit let through.
     pub truncated: bool,
 }
 
