@@ -86,3 +86,64 @@ fn the_documented_error_codes_are_the_catalogue() {
         clacks_core::rpc::ErrorCode::catalogue().iter().map(|(code, n)| ((*code).to_owned(), *n)).collect();
     assert_eq!(documented, catalogue, "docs/protocol.md's error table and ErrorCode's catalogue differ");
 }
+
+#[test]
+fn the_documented_event_fields_are_the_schemas() {
+    // Rows of protocol.md's field table: | `Type` | fields as `describe` writes them |
+    let root = workspace_root();
+    let protocol = std::fs::read_to_string(root.join("docs/protocol.md")).unwrap_or_default();
+    let section = protocol.split("<!-- event fields -->").nth(1).unwrap_or_default();
+    let documented: std::collections::BTreeMap<String, String> = section
+        .lines()
+        .skip_while(|line| !line.starts_with('|'))
+        .take_while(|line| line.starts_with('|'))
+        .filter_map(|line| {
+            let mut cells = line.split(" | ").map(|c| c.trim().trim_matches('|').trim());
+            let event_type = cells.next()?.strip_prefix('`')?.strip_suffix('`')?.to_owned();
+            Some((event_type, cells.next()?.to_owned()))
+        })
+        .collect();
+    let mut sources = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(root.join("schemas/events")).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if let (Some(name), Ok(text)) = (path.file_stem(), std::fs::read_to_string(&path)) {
+            sources.insert(name.to_string_lossy().into_owned(), text);
+        }
+    }
+    let schemas: std::collections::BTreeMap<String, String> =
+        clacks_core::events::fields::shapes_from_sources(&sources)
+            .into_iter()
+            .map(|(event_type, shape)| (event_type, clacks_core::events::fields::describe(&shape)))
+            .map(|(event_type, fields)| (event_type, if fields.is_empty() { "—".to_owned() } else { fields }))
+            .collect();
+    let rows: Vec<String> = schemas.iter().map(|(t, fields)| format!("| `{t}` | {fields} |")).collect();
+    assert_eq!(documented, schemas, "docs/protocol.md's event field table should read:\n{}", rows.join("\n"));
+}
+
+#[test]
+fn the_documents_name_only_files_that_exist() {
+    // Paths in backticks that start at a top-level folder of the repository; templates
+    // (`<Type>`, `*`, `…`) and paths a command writes name no file here.
+    let root = workspace_root();
+    let tops =
+        ["scripts/", "docs/", "schemas/", "objects/", "tests/", "agent/", "core/", "shell/", "scripting/", ".ci/"];
+    let mut documents = vec![root.join("README.md"), root.join("objects/README.md"), root.join("scripts/README.md")];
+    for entry in std::fs::read_dir(root.join("docs")).into_iter().flatten().flatten() {
+        if entry.path().extension().is_some_and(|e| e == "md") {
+            documents.push(entry.path());
+        }
+    }
+    let mut missing = Vec::new();
+    for document in &documents {
+        let text = std::fs::read_to_string(document).unwrap_or_default();
+        for quoted in text.split('`').skip(1).step_by(2) {
+            let path = quoted.split_whitespace().find(|w| tops.iter().any(|t| w.starts_with(t))).unwrap_or_default();
+            let path = path.trim_end_matches([',', ';', ':', ')']);
+            let template = path.contains(['<', '*', '…', '{']) || path.is_empty();
+            if !template && !root.join(path.split('#').next().unwrap_or(path)).exists() {
+                missing.push(format!("{}: {path}", document.strip_prefix(&root).unwrap_or(document).display()));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "documents name files that do not exist:\n{}", missing.join("\n"));
+}

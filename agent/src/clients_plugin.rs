@@ -396,7 +396,7 @@ impl ClientsPlugin {
             return;
         }
         let (Some(store), Value::Object(mut fields)) = (&self.inventory, event) else { return };
-        fields.remove("type");
+        fields.remove(clacks_core::events::TYPE_KEY);
         match store.put(&client, &fields).await {
             Ok(true) => {
                 info!(%client, "inventory stored");

@@ -1,6 +1,7 @@
 //! The built-in commands every agent provides on target `core`: discovery
 //! (`getMethods`, `getNodes`, `rpc.discover`), identity (`getBase`, `getSessionUser`), liveness
-//! (`ping`, `echo`), events (`sendEvent`, `getEventTypes`, `reloadEventSchemas`) and
+//! (`ping`, `echo`), events (`sendEvent`, `getEventTypes`, `getEventSchema`,
+//! `reloadEventSchemas`) and
 //! `shutdown`.
 
 use std::collections::BTreeMap;
@@ -120,17 +121,19 @@ impl CorePlugin {
         Ok("pong")
     }
 
-    /// Validate an event and publish it: an XML document, or a map with `type` and the event's fields.
+    /// Validate an event and publish it: an XML document, or a map with "@type" (or "type") and the event's fields, as events read in JSON.
     #[command(needs_user)]
     async fn send_event(&self, ctx: &CallContext, event: Value) -> CommandResult<String> {
         let xml = match &event {
             Value::String(xml) => xml.clone(),
             Value::Object(fields) => {
                 let mut fields = fields.clone();
-                let Some(Value::String(event_type)) = fields.remove("type") else {
+                // "@type" as events read in JSON; "type", the older spelling, when absent.
+                let named = fields.remove(clacks_core::events::TYPE_KEY).or_else(|| fields.remove("type"));
+                let Some(Value::String(event_type)) = named else {
                     return Err(CommandError::new(
                         ErrorCode::INVALID_PARAMS,
-                        "an event map needs \"type\": the event type",
+                        "an event map needs \"@type\": the event type",
                     ));
                 };
                 self.events.validator().build(&event_type, &fields)
@@ -138,7 +141,7 @@ impl CorePlugin {
             _ => {
                 return Err(CommandError::new(
                     ErrorCode::INVALID_PARAMS,
-                    "event must be an XML string or a map with \"type\"",
+                    "event must be an XML string or a map with \"@type\"",
                 ));
             }
         };
@@ -160,6 +163,20 @@ impl CorePlugin {
     #[command]
     fn get_event_types(&self) -> CommandResult<Vec<String>> {
         Ok(self.events.validator().types())
+    }
+
+    /// The XSD of an event type, as this node validates it: subscribers validate events against it.
+    ///
+    /// - event_type: the event type, as getEventTypes() lists them
+    #[command]
+    fn get_event_schema(&self, event_type: String) -> CommandResult<String> {
+        self.events.validator().schema_text(&event_type).ok_or_else(|| {
+            CommandError::new(
+                ErrorCode::INVALID_PARAMS,
+                format!("no event type '{event_type}' on this node; getEventTypes() lists them"),
+            )
+            .with_details(serde_json::json!({"param": "eventType"}))
+        })
     }
 
     /// Read the event schema folders again on every node, so new XSD files become event types.

@@ -269,6 +269,15 @@ fn too_many(error: RpcError, retry_after: Duration) -> HttpResponse {
     response
 }
 
+/// Whether the request says its body is JSON (`application/json`, parameters allowed).
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
+}
+
 async fn rpc(State(state): State<Arc<HttpState>>, request: axum::extract::Request) -> HttpResponse {
     let (parts, body) = request.into_parts();
     let address = parts.extensions.get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
@@ -280,6 +289,11 @@ async fn rpc(State(state): State<Arc<HttpState>>, request: axum::extract::Reques
     let Some(_peer_pass) = state.in_flight.enter(peer.key.clone(), state.limits.per_peer) else {
         return busy("from this address");
     };
+    // JSON-RPC travels as JSON: a form post or plain text is refused before anything is read.
+    if !is_json(&parts.headers) {
+        let error = RpcError::new(ErrorCode::INVALID_REQUEST, "POST /rpc takes Content-Type: application/json");
+        return json_reply(StatusCode::UNSUPPORTED_MEDIA_TYPE, Response::error(Value::Null, error).to_bytes(), None);
+    }
     // The session first: without one only a login fits in what is read.
     let mut session = session_cookie(&parts.headers);
     let logged_in = state.session_user(session.as_deref()).is_some();
@@ -559,6 +573,18 @@ async fn events(
         .map(|t| t.trim().to_owned())
         .filter(|t| !t.is_empty())
         .collect();
+    // A type no schema here describes would never arrive: say so instead of waiting.
+    let known = validator.types();
+    if let Some(unknown) =
+        types.iter().find(|pattern| !known.iter().any(|t| clacks_core::bus::type_matches(pattern, t)))
+    {
+        let error = RpcError::new(
+            ErrorCode::INVALID_PARAMS,
+            format!("no event type matches '{unknown}'; getEventTypes() lists them"),
+        )
+        .with_details(serde_json::json!({"param": "types"}));
+        return refuse(StatusCode::BAD_REQUEST, error);
+    }
     let filter = match query.filter.as_deref().filter(|f| !f.trim().is_empty()).map(clacks_core::events::Filter::parse)
     {
         None => None,

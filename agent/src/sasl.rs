@@ -140,10 +140,12 @@ impl SaslServer {
     /// Starts an exchange with the client's first message (empty when it has none).
     pub fn start(&self, mechanism: &str, data: Option<&str>) -> Result<Step, RpcError> {
         if !self.offered.contains(&mechanism) {
-            return Err(RpcError::new(
-                ErrorCode::INVALID_PARAMS,
-                format!("mechanism '{mechanism}' is not offered; offered: {}", self.offered.join(", ")),
-            ));
+            // A login that cannot happen is a failed login (401, counted), whatever the reason.
+            return Err(failed(format!(
+                "mechanism '{mechanism}' is not offered; offered: {}",
+                self.offered.join(", ")
+            ))
+            .with_details(serde_json::json!({"offered": self.offered})));
         }
         // SCRAM needs a stored verifier; a user with only a password hash is sent to
         // PLAIN rather than failed, so one list of mechanisms serves both kinds.
@@ -176,9 +178,7 @@ impl SaslServer {
 
     fn advance(&self, mut session: Session<Login>, data: Option<&str>) -> Result<Step, RpcError> {
         let input = match data.filter(|d| !d.is_empty()) {
-            Some(text) => {
-                Some(B64.decode(text).map_err(|e| RpcError::new(ErrorCode::INVALID_PARAMS, format!("data: {e}")))?)
-            }
+            Some(text) => Some(B64.decode(text).map_err(|e| failed(format!("data is not base64: {e}")))?),
             None => None,
         };
         let mut out = Vec::new();

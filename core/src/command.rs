@@ -402,11 +402,16 @@ pub struct Command {
     pub handler: Handler,
 }
 
+/// The error of a call whose deadline passed, wherever it ran.
+pub fn deadline_passed(name: &str) -> RpcError {
+    RpcError::new(ErrorCode::TIMEOUT, format!("'{name}' did not finish within the deadline"))
+}
+
 /// Runs `handler` for command `name` here, within `context.deadline`: the one way an
 /// agent or a joined machine executes a command once its arguments are bound. A command
 /// that panics becomes `INTERNAL_ERROR` for its caller alone (caught in place, which
 /// costs less than a task per call); one that overruns is dropped, which cancels it,
-/// and becomes `TIMEOUT`.
+/// and becomes `TIMEOUT` — so does one that fails once the deadline has passed.
 pub async fn run_local(
     name: &str,
     handler: &Handler,
@@ -416,7 +421,12 @@ pub async fn run_local(
     use futures_util::FutureExt;
     let deadline = context.deadline;
     let run = std::panic::AssertUnwindSafe(handler(context, args)).catch_unwind();
+    let late = || deadline_passed(name);
     match tokio::time::timeout_at(deadline, run).await {
+        // A handler that stops itself at the deadline (a script terminated, a remote
+        // call given up) failed because of it: the caller sees one code for every
+        // passed deadline.
+        Ok(Ok(Err(_))) if Instant::now() >= deadline => Err(late()),
         Ok(Ok(result)) => result.map_err(RpcError::from),
         Ok(Err(panic)) => {
             let reason = panic
@@ -427,7 +437,7 @@ pub async fn run_local(
             tracing::warn!(command = %name, %reason, "command panicked");
             Err(RpcError::new(ErrorCode::INTERNAL_ERROR, format!("'{name}' failed unexpectedly")))
         }
-        Err(_) => Err(RpcError::new(ErrorCode::TIMEOUT, format!("'{name}' did not finish within the deadline"))),
+        Err(_) => Err(late()),
     }
 }
 

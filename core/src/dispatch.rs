@@ -293,7 +293,11 @@ impl Dispatcher {
         let request = Request::new(spec.name.clone(), params, Value::from(1));
         let options =
             CallOptions { deadline: origin.deadline, on_behalf_of: origin.user.clone(), reply_from: ReplyFrom::Agent };
-        let reply = self.bus.call(&queue, request.to_bytes(), options).await.map_err(|e| e.to_rpc_error())?;
+        let reply = self.bus.call(&queue, request.to_bytes(), options).await.map_err(|e| match e {
+            // The same words as a deadline passed here: where it ran is not the caller's concern.
+            crate::bus::BusError::Timeout(_) => crate::command::deadline_passed(&spec.name),
+            other => other.to_rpc_error(),
+        })?;
         decode_response(&reply)?.into_result()
     }
 

@@ -138,6 +138,8 @@ error_codes! {
     EVENT_INVALID = -32171,
     /// An event filter (XPath) does not parse.
     EVENT_FILTER_INVALID = -32172,
+    /// A file the command was given cannot be read.
+    FILE_UNREADABLE = -32180,
 }
 
 impl ErrorCode {

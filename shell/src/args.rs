@@ -177,7 +177,7 @@ pub(crate) struct TailRequest {
 /// How `events tail` prints each event.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub(crate) enum EventFormat {
-    /// `{"type": …, fields…}` on one line.
+    /// `{"@type": …, fields…}` on one line, values typed by the schema.
     Json,
     /// The event document on one line.
     Xml,

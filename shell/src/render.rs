@@ -127,7 +127,7 @@ fn new_table(width: Option<u16>) -> Table {
 }
 
 /// Columns that identify a row come first, whatever order the map has.
-const IDENTITY_COLUMNS: &[&str] = &["key", "name", "node", "id", "uid", "cn", "dn", "type"];
+const IDENTITY_COLUMNS: &[&str] = &["key", "name", "node", "id", "uid", "cn", "dn", "@type", "type"];
 
 /// Column names: the union of the rows' keys, identity columns first, then in order of
 /// first appearance.

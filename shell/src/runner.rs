@@ -609,7 +609,7 @@ fn register_event_functions(engine: &mut Engine, runner: &Runner) {
     )
     .register_into_engine(engine, move |event_type: &str, fields: Map| -> Result<Dynamic, Box<EvalAltResult>> {
         let mut event = serde_json::Map::new();
-        event.insert("type".into(), Value::String(event_type.to_owned()));
+        event.insert(clacks_core::events::TYPE_KEY.into(), Value::String(event_type.to_owned()));
         for (k, v) in fields {
             event.insert(k.to_string(), to_json(&v).map_err(|e| e.to_string())?);
         }
@@ -760,6 +760,9 @@ impl BoundedEvents {
 /// One event on one line: its type, then its fields as compact JSON.
 fn event_line(event: &Value) -> String {
     let mut fields = event.clone();
-    let event_type = fields.as_object_mut().and_then(|m| m.remove("type")).and_then(|t| t.as_str().map(str::to_owned));
+    let event_type = fields
+        .as_object_mut()
+        .and_then(|m| m.remove(clacks_core::events::TYPE_KEY))
+        .and_then(|t| t.as_str().map(str::to_owned));
     format!("{} {}", event_type.unwrap_or_default(), fields)
 }

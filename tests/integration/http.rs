@@ -59,6 +59,15 @@ async fn http_login_sessions_batches_and_errors() {
     let endpoint = Endpoint { url: format!("http://{address}/rpc"), http };
 
     endpoint.check(r#"{"jsonrpc":"2.0","method":"ping","id":1}"#, expect![[r#"401 {"jsonrpc":"2.0","error":{"code":-32008,"message":"not logged in or session expired; call login(user, password) first","data":{"code":"NOT_AUTHENTICATED"}},"id":null}"#]]).await;
+    // Open without a session: the mechanisms. A batch that reaches a call needing a
+    // session without one is one 401, whatever came before it.
+    endpoint
+        .check(
+            r#"{"jsonrpc":"2.0","method":"saslMechanisms","id":1}"#,
+            expect![[r#"200 {"jsonrpc":"2.0","result":["PLAIN"],"id":1}"#]],
+        )
+        .await;
+    endpoint.check(r#"[{"jsonrpc":"2.0","method":"saslMechanisms","id":1},{"jsonrpc":"2.0","method":"ping","id":2}]"#, expect![[r#"401 {"jsonrpc":"2.0","error":{"code":-32008,"message":"not logged in or session expired; call login(user, password) first","data":{"code":"NOT_AUTHENTICATED"}},"id":null}"#]]).await;
     endpoint.check(r#"{"jsonrpc":"2.0","method":"login","params":["guest","wrong"],"id":2}"#, expect![[r#"401 {"jsonrpc":"2.0","error":{"code":-32011,"message":"login of user 'guest' failed","data":{"code":"LOGIN_FAILED"}},"id":2}"#]]).await;
     endpoint.check(r#"{"jsonrpc":"2.0","method":"login","params":["guest"],"id":3}"#, expect![[r#"200 {"jsonrpc":"2.0","error":{"code":-32602,"message":"login(user: string, password: string)","data":{"code":"INVALID_PARAMS"}},"id":3}"#]]).await;
     endpoint
@@ -151,7 +160,40 @@ async fn http_login_sessions_batches_and_errors() {
     }
     assert!(received.starts_with("event: Call\ndata: {"), "{received}");
     assert!(received.contains(r#""Callee":"100""#) && !received.contains(r#""Callee":"101""#), "{received}");
+    // The type under "@type", beside the event's own Type field.
+    assert!(received.contains(r#""@type":"Call""#) && received.contains(r#""Type":"missed""#), "{received}");
     drop(stream);
+    for (types, status) in [("Nope", 400), ("Client*,Nope*", 400), ("Client*,Call", 200)] {
+        let response =
+            endpoint.http.get(format!("{events_url}?types={types}")).send().await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(response.status().as_u16(), status, "types={types}");
+        if status == 400 {
+            assert!(response.text().await.unwrap_or_default().contains("INVALID_PARAMS"), "types={types}");
+        }
+    }
+
+    // Only JSON is JSON-RPC: a form post (what curl -d sends) or plain text is 415.
+    for content_type in ["application/x-www-form-urlencoded", "text/plain"] {
+        let response = endpoint
+            .http
+            .post(&endpoint.url)
+            .header("content-type", content_type)
+            .body(r#"{"jsonrpc":"2.0","method":"ping","id":1}"#)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(response.status().as_u16(), 415, "{content_type}");
+        assert!(response.text().await.unwrap_or_default().contains("INVALID_REQUEST"));
+    }
+    let charset = endpoint
+        .http
+        .post(&endpoint.url)
+        .header("content-type", "application/json; charset=utf-8")
+        .body(r#"{"jsonrpc":"2.0","method":"ping","id":1}"#)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(charset.status().as_u16(), 200);
 
     // The client library over HTTP.
     let client = clacks_core::client::Client::connect_http(&endpoint.url, "guest", "guest", Duration::from_secs(5))
@@ -204,6 +246,7 @@ async fn nothing_is_given_away_before_login_and_work_in_progress_is_bounded() {
     let ada_http = reqwest::Client::builder().cookie_store(true).build().unwrap_or_else(|e| panic!("{e}"));
     let response = ada_http
         .post(format!("http://{address}/rpc"))
+        .header("content-type", "application/json")
         .body(login("ada", "s3cret"))
         .send()
         .await
@@ -223,6 +266,7 @@ async fn nothing_is_given_away_before_login_and_work_in_progress_is_bounded() {
     let bob_http = reqwest::Client::builder().cookie_store(true).build().unwrap_or_else(|e| panic!("{e}"));
     bob_http
         .post(format!("http://{address}/rpc"))
+        .header("content-type", "application/json")
         .body(login("bob", "s3cret"))
         .send()
         .await
@@ -252,6 +296,7 @@ async fn nothing_is_given_away_before_login_and_work_in_progress_is_bounded() {
     }
     let response = reqwest::Client::new()
         .post(format!("http://{address}/rpc"))
+        .header("content-type", "application/json")
         .body(login("bob", "s3cret"))
         .send()
         .await

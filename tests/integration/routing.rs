@@ -213,3 +213,45 @@ async fn call_types_deadlines_and_command_failures() {
     good.stop().await;
     bystander.stop().await;
 }
+
+/// One deadline behaviour: a call whose deadline passes is `TIMEOUT` with the same
+/// words whether the command ran on the node that took the request (a `.rhai` script
+/// stopped mid-loop) or on another one it was forwarded to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passed_deadline_is_a_timeout_wherever_the_command_ran() {
+    let url = clacks_tests::amqp_url();
+    let domain = unique_domain();
+    let plugins = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let spin = "/// Spin for ms milliseconds.\n/// - ms (integer): how long\nfn spin(ms) { let t = timestamp(); while t.elapsed * 1000.0 < ms {} ms }\n";
+    std::fs::write(plugins.path().join("slow.rhai"), spin).unwrap_or_else(|e| panic!("{e}"));
+    let mut with_script = fast_options(&domain, "beta");
+    with_script.plugins_dir = Some(plugins.path().to_owned());
+    let beta = start_agent(&url, with_script, vec![]).await;
+    let alpha = start_agent(&url, fast_options(&domain, "alpha"), vec![]).await;
+    clacks_tests::wait_for("alpha knows beta's command", Duration::from_secs(10), || async {
+        alpha.registry().find_spec("spin").is_some()
+    })
+    .await;
+    let deadline = || Some(tokio::time::Instant::now() + Duration::from_millis(400));
+    let spin = || Params::Positional(vec![json!(5000)]);
+    for (node, agent) in [("beta, where it runs", &beta), ("alpha, which forwards it", &alpha)] {
+        let origin = agent.dispatcher().local_origin(Some("guest".into()), deadline());
+        let started = std::time::Instant::now();
+        let outcome = agent.dispatcher().call("spin", spin(), &origin).await;
+        let error = outcome.err().unwrap_or_else(|| panic!("{node}: spin(5000) finished within 400 ms"));
+        assert_eq!(
+            (error.symbolic(), error.message.as_str()),
+            (ErrorCode::TIMEOUT, "'spin' did not finish within the deadline"),
+            "{node}"
+        );
+        assert!(started.elapsed() < Duration::from_millis(1500), "{node}: took {:?}", started.elapsed());
+    }
+    // Within its deadline the script answers.
+    let origin = beta.dispatcher().local_origin(Some("guest".into()), deadline());
+    assert_eq!(
+        beta.dispatcher().call("spin", Params::Positional(vec![json!(10)]), &origin).await.ok(),
+        Some(json!(10))
+    );
+    alpha.stop().await;
+    beta.stop().await;
+}

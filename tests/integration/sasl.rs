@@ -84,12 +84,15 @@ async fn sasl_plain_and_scram_against_local_users_and_sessions_that_expire() {
     assert_eq!((status, done.map(|d| (d["done"].clone(), d["user"].clone()))), (200, Ok((json!(true), json!("bob")))));
     assert_eq!(web.call("getSessionUser", json!([])).await, (200, Ok(json!("bob"))));
     // Bad requests: a mechanism not offered, a conversation that does not exist, bad base64.
-    let (_, sha512) = web.call("saslStart", json!(["SCRAM-SHA-512", ""])).await;
-    assert!(sha512.is_err_and(|e| e.starts_with("INVALID_PARAMS: mechanism 'SCRAM-SHA-512' is not offered")));
+    // Each is a failed login: LOGIN_FAILED with HTTP 401, as docs/protocol.md §7 says.
+    let (status, sha512) = web.call("saslStart", json!(["SCRAM-SHA-512", ""])).await;
+    assert!(
+        status == 401 && sha512.is_err_and(|e| e.starts_with("LOGIN_FAILED: mechanism 'SCRAM-SHA-512' is not offered"))
+    );
     let (status, unknown) = web.call("saslStep", json!(["feedface", ""])).await;
     assert!(status == 401 && unknown.is_err_and(|e| e.contains("no such SASL conversation")));
-    let (_, garbage) = web.call("saslStart", json!(["PLAIN", "***"])).await;
-    assert!(garbage.is_err_and(|e| e.starts_with("INVALID_PARAMS: data:")));
+    let (status, garbage) = web.call("saslStart", json!(["PLAIN", "***"])).await;
+    assert!(status == 401 && garbage.is_err_and(|e| e.starts_with("LOGIN_FAILED: data is not base64")));
 
     // The idle session expires; the next call is refused and says so.
     tokio::time::sleep(Duration::from_millis(900)).await;

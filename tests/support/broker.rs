@@ -184,6 +184,10 @@ impl PrivateBroker {
             assert!(started.elapsed() < timeout, "private RabbitMQ {} did not listen within {timeout:?}", self.node);
             std::thread::sleep(Duration::from_millis(100));
         }
+        // A listening port is not a booted broker: under load the AMQP listener opens
+        // before the `rabbit` application counts as running, and `rabbitmqctl add_user`
+        // then fails (seen in a cold run). Wait for the boot to finish too.
+        self.ctl(&["await_startup"]);
     }
 
     /// Runs `rabbitmqctl -n NODE ARGS…`.

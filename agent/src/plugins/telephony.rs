@@ -54,7 +54,7 @@ impl TelephonyPlugin {
     async fn import_call_records(&self, path: String) -> CommandResult<Value> {
         let text = tokio::fs::read_to_string(&path)
             .await
-            .map_err(|e| CommandError::new("FILE_UNREADABLE", format!("cannot read {path}: {e}")))?;
+            .map_err(|e| CommandError::new(ErrorCode::FILE_UNREADABLE, format!("cannot read {path}: {e}")))?;
         let mut published = 0;
         let mut rejected = Vec::new();
         for (idx, line) in text.lines().enumerate() {

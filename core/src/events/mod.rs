@@ -226,42 +226,43 @@ pub fn open_envelope(xml: &[u8]) -> Result<XmlNode, EventError> {
     }
 }
 
-/// An element as JSON: text for leaves, an object for elements with children, arrays
-/// for repeated child names.
-pub fn xml_to_json(node: &XmlNode) -> serde_json::Value {
-    use serde_json::Value;
-    if node.children.is_empty() {
-        return Value::String(node.text.clone());
-    }
-    let mut map = serde_json::Map::new();
-    for child in &node.children {
-        let value = xml_to_json(child);
-        match map.get_mut(&child.name) {
-            Some(Value::Array(items)) => items.push(value),
-            Some(existing) => {
-                let first = existing.take();
-                *existing = Value::Array(vec![first, value]);
-            }
-            None => {
-                map.insert(child.name.clone(), value);
-            }
-        }
-    }
-    Value::Object(map)
+/// The key under which an event's JSON form carries its type: `@` cannot begin (or
+/// appear in) an XML element name, so no field of any event type can take it.
+pub const TYPE_KEY: &str = "@type";
+
+/// The shape of every event type a validator in this process has compiled: what
+/// [`event_json`] types values by. Validators add theirs at start and on reload.
+static SHAPES: std::sync::LazyLock<std::sync::RwLock<std::collections::HashMap<String, fields::ElementShape>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Remembers the shapes a validator compiled (a type reloaded with another schema takes
+/// the new shape).
+pub(crate) fn remember_shapes(shapes: &std::collections::HashMap<String, fields::ElementShape>) {
+    let mut known = SHAPES.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+    known.extend(shapes.iter().map(|(t, s)| (t.clone(), s.clone())));
 }
 
-/// An event as one JSON object, `{"type": T, …fields}` — how the shell, `events tail` and
-/// `GET /events` show events. A body that cannot be read keeps its type and says why.
+/// An event as one JSON object, `{"@type": T, …fields}` — how the shell, `events tail`
+/// and `GET /events` show events: values typed by the type's schema (numbers, booleans,
+/// repeated elements always as arrays; text for a type no validator here knows). A body
+/// that cannot be read keeps its type and says why under `error`.
 pub fn event_json(event_type: &str, body: &[u8]) -> serde_json::Value {
+    let known = SHAPES.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+    event_json_typed(event_type, body, known.get(event_type))
+}
+
+/// [`event_json`] with the shape given.
+pub fn event_json_typed(event_type: &str, body: &[u8], shape: Option<&fields::ElementShape>) -> serde_json::Value {
     use serde_json::Value;
     let mut fields = match open_envelope(body) {
-        Ok(node) => match xml_to_json(&node) {
+        Ok(node) => match fields::typed_json(&node, shape) {
             Value::Object(map) => map,
+            Value::String(text) if text.is_empty() => serde_json::Map::new(),
             other => serde_json::Map::from_iter([("value".to_owned(), other)]),
         },
         Err(e) => serde_json::Map::from_iter([("error".to_owned(), Value::String(e.to_string()))]),
     };
-    fields.insert("type".into(), Value::String(event_type.to_owned()));
+    fields.insert(TYPE_KEY.into(), Value::String(event_type.to_owned()));
     Value::Object(fields)
 }
 

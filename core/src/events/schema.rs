@@ -17,7 +17,7 @@ use libxml::parser::{Parser, ParserOptions};
 use libxml::schemas::{SchemaParserContext, SchemaValidationContext};
 use tokio::sync::oneshot;
 
-use super::fields::{ElementOrder, event_xml, orders_from_sources};
+use super::fields::{ElementShape, event_xml, shapes_from_sources};
 use super::{EVENT_NAMESPACE, EventError, MAX_EVENT_BYTES};
 
 /// The event types shipped with Clacks, compiled in so a bare binary can validate.
@@ -83,8 +83,10 @@ enum Job {
 #[derive(Clone)]
 pub struct EventValidator {
     jobs: mpsc::Sender<Job>,
-    orders: std::sync::Arc<std::sync::RwLock<HashMap<String, ElementOrder>>>,
+    shapes: std::sync::Arc<std::sync::RwLock<HashMap<String, ElementShape>>>,
     types: std::sync::Arc<std::sync::RwLock<Vec<String>>>,
+    /// Each type's XSD text, as compiled, for subscribers that validate themselves.
+    sources: std::sync::Arc<std::sync::RwLock<BTreeMap<String, String>>>,
     extra_dirs: std::sync::Arc<Vec<PathBuf>>,
 }
 
@@ -99,7 +101,9 @@ impl EventValidator {
     pub fn start(extra_dirs: &[PathBuf]) -> Result<EventValidator, EventError> {
         let sources = collect_sources(extra_dirs)?;
         let types: Vec<String> = sources.keys().cloned().collect();
-        let orders = orders_from_sources(&sources);
+        let shapes = shapes_from_sources(&sources);
+        super::remember_shapes(&shapes);
+        let texts = std::sync::Arc::new(std::sync::RwLock::new(sources.clone()));
         let (jobs, job_rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), EventError>>();
         std::thread::Builder::new()
@@ -109,8 +113,9 @@ impl EventValidator {
         ready_rx.recv().map_err(|_| EventError::ValidatorStopped)??;
         Ok(EventValidator {
             jobs,
-            orders: std::sync::Arc::new(std::sync::RwLock::new(orders)),
+            shapes: std::sync::Arc::new(std::sync::RwLock::new(shapes)),
             types: std::sync::Arc::new(std::sync::RwLock::new(types)),
+            sources: texts,
             extra_dirs: std::sync::Arc::new(extra_dirs.to_vec()),
         })
     }
@@ -118,6 +123,16 @@ impl EventValidator {
     /// The known event types, sorted.
     pub fn types(&self) -> Vec<String> {
         self.types.read().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// The shape of `event_type` (its fields, their order, counts and types).
+    pub fn shape(&self, event_type: &str) -> Option<ElementShape> {
+        self.shapes.read().ok().and_then(|s| s.get(event_type).cloned())
+    }
+
+    /// The XSD text of `event_type`, as this validator compiled it.
+    pub fn schema_text(&self, event_type: &str) -> Option<String> {
+        self.sources.read().ok().and_then(|s| s.get(event_type).cloned())
     }
 
     /// Whether there is a schema for `event_type`.
@@ -135,15 +150,20 @@ impl EventValidator {
     pub async fn reload(&self) -> Result<Vec<String>, EventError> {
         let sources = collect_sources(&self.extra_dirs)?;
         let types: Vec<String> = sources.keys().cloned().collect();
-        let orders = orders_from_sources(&sources);
+        let shapes = shapes_from_sources(&sources);
+        let texts = sources.clone();
         let (reply, rx) = oneshot::channel();
         self.jobs.send(Job::Reload { sources, reply }).map_err(|_| EventError::ValidatorStopped)?;
         rx.await.map_err(|_| EventError::ValidatorStopped)??;
+        if let Ok(mut current) = self.sources.write() {
+            *current = texts;
+        }
         if let Ok(mut current) = self.types.write() {
             *current = types.clone();
         }
-        if let Ok(mut current) = self.orders.write() {
-            *current = orders;
+        super::remember_shapes(&shapes);
+        if let Ok(mut current) = self.shapes.write() {
+            *current = shapes;
         }
         Ok(types)
     }
@@ -151,8 +171,8 @@ impl EventValidator {
     /// The XML of an event of `event_type` with `fields`, in the schema's element order
     /// (not yet validated).
     pub fn build(&self, event_type: &str, fields: &serde_json::Map<String, serde_json::Value>) -> String {
-        let orders = self.orders.read();
-        event_xml(event_type, fields, orders.as_ref().ok().and_then(|o| o.get(event_type)))
+        let shapes = self.shapes.read();
+        event_xml(event_type, fields, shapes.as_ref().ok().and_then(|o| o.get(event_type)))
     }
 
     /// Validates an event document; returns its type.
