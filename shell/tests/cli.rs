@@ -1139,7 +1139,7 @@ async fn events_tail_drops_what_fails_its_schema_and_survives_deep_documents() {
     let invalid = envelope("Call", "<Type>missed</Type>");
     let good = envelope(
         "Call",
-        "<Type>missed</Type><Id>c-good</Id><Caller>200</Caller><Callee>100</Callee><Started>2026-11-22T10:00:00Z</Started>",
+        "<Type>missed</Type><Id>c-good</Id><Caller>200</Caller><Callee>100</Callee><Started>2026-11-22T10:00:00Z</Started><Duration>42</Duration>",
     );
     // Until the tail has subscribed, what is sent is lost: send the set again and again.
     for _ in 0..60 {
@@ -1155,6 +1155,9 @@ async fn events_tail_drops_what_fails_its_schema_and_survives_deep_documents() {
     assert!(out.starts_with("exit=0\n"), "{out}");
     let stdout = out.split("stderr:").next().unwrap_or_default();
     assert_eq!(stdout.matches("c-good").count(), 1, "{out}");
+    // JSON typed by the schema, the type beside the event's own Type field.
+    assert!(stdout.contains(r#""@type":"Call""#) && stdout.contains(r#""Type":"missed""#), "{out}");
+    assert!(stdout.contains(r#""Duration":42"#), "a nonNegativeInteger is a number: {out}");
     assert!(!stdout.contains("error"), "{out}");
     assert!(out.contains("event(s) dropped"), "{out}");
 }

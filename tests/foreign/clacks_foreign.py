@@ -6,7 +6,7 @@ login and SCRAM over HTTP, rpc.discover, and an event received and validated aga
 the schema the agent hands out.
 
 Run by tests/integration/foreign.rs:
-    python3 clacks_foreign.py AMQP_URL DOMAIN HTTP_URL SCRAM_USER SCRAM_PASSWORD
+    python3 clacks_foreign.py AMQP_URL DOMAIN HTTP_URL SCRAM_USER SCRAM_PASSWORD USER PASSWORD
 It prints one line per check and exits 1 at the first that fails.
 """
 
@@ -145,7 +145,7 @@ def check(condition, what):
     print(f"ok: {what}", flush=True)
 
 
-def main(amqp_url, domain, http_url, user, password):
+def main(amqp_url, domain, http_url, user, password, login_user, login_password):
     amqp = AmqpClient(amqp_url, domain)
 
     # §2/§3: a call and its reply; an error with its symbolic code.
@@ -213,6 +213,11 @@ def main(amqp_url, domain, http_url, user, password):
     check(status == 401 and reply["error"]["data"]["code"] == "LOGIN_FAILED", "an unoffered mechanism is a failed login")
     web.scram_login(user, password)
     check(web.call("getSessionUser") == (200, {"jsonrpc": "2.0", "result": user, "id": 1}), "the SCRAM session is the user's")
+    other = HttpClient(http_url)
+    status, reply = other.call("login", [login_user, "wrong"])
+    check(status == 401 and reply["error"]["data"]["code"] == "LOGIN_FAILED", "a wrong password is 401 LOGIN_FAILED")
+    check(other.call("login", {"user": login_user, "password": login_password})[1].get("result") is True, "login opens a session")
+    check(other.call("getSessionUser")[1]["result"] == login_user, "the login session is the user's")
     form = urllib.request.Request(http_url, b'{"jsonrpc":"2.0","method":"ping","id":1}', {"Content-Type": "text/plain"})
     try:
         web.opener.open(form, timeout=10)
@@ -223,4 +228,4 @@ def main(amqp_url, domain, http_url, user, password):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:6])
+    main(*sys.argv[1:8])

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use clacks_agent::auth::Authenticator;
+use clacks_agent::auth::{Authenticator, hash_password};
 use clacks_agent::http::{HttpState, router};
 use clacks_core::sasl::ScramVerifier;
 use clacks_tests::{Other, amqp_url, fast_options, start_agent, unique_domain, wait_for};
@@ -23,7 +23,10 @@ async fn a_python_client_written_from_the_protocol_document_works() {
         alpha.registry().find_spec("whereElse").is_some()
     })
     .await;
-    let users = [("ada".to_owned(), ScramVerifier::new("pencil", 4096).to_string())];
+    let users = [
+        ("ada".to_owned(), ScramVerifier::new("pencil", 4096).to_string()),
+        ("bob".to_owned(), hash_password("s3cret").unwrap_or_else(|e| panic!("{e}"))),
+    ];
     let state = HttpState::new(
         alpha.dispatcher().clone(),
         Authenticator::Users(users.into_iter().collect()),
@@ -35,7 +38,7 @@ async fn a_python_client_written_from_the_protocol_document_works() {
 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/foreign/clacks_foreign.py");
     let http_url = format!("http://{address}/rpc");
-    let args = [script, url.as_str(), domain.as_str(), http_url.as_str(), "ada", "pencil"];
+    let args = [script, url.as_str(), domain.as_str(), http_url.as_str(), "ada", "pencil", "bob", "s3cret"];
     // Debian's interpreter, which sees python3-pika and python3-lxml (.ci/install-deps).
     let run = tokio::process::Command::new("/usr/bin/python3").args(args).kill_on_drop(true).output();
     let output = tokio::time::timeout(Duration::from_secs(120), run)
