@@ -1047,7 +1047,7 @@ impl ClientsPlugin {
         Ok(json!({"summary": summary, "results": results}))
     }
 
-    /// Register a machine: creates its RegisteredDevice below ou=devices, a client id, a machine secret and its broker login. Returns {id, secret, dn, agentUsers}.
+    /// Register a machine: creates its RegisteredDevice below ou=devices, a client id, a machine secret and its broker login. Returns {id, secret, dn, agentUsers, brokerUrls (every broker address this agent knows, comma-separated, without login)}.
     #[command(needs_user)]
     async fn join_client(
         &self,
@@ -1116,7 +1116,14 @@ impl ClientsPlugin {
         }
         info!(client = %id, %dn, by = ?ctx.user, "client joined");
         self.groups_changed.notify_one();
-        Ok(json!({"id": id, "secret": secret, "dn": dn, "agentUsers": self.options.agent_users}))
+        // Every address of the broker this agent knows (a cluster's nodes), without its login.
+        let broker_urls = match &self.bus {
+            Bus::Amqp(bus) => clacks_core::bus::amqp::without_credentials(bus.display_url()),
+            Bus::Local(_) => String::new(),
+        };
+        Ok(
+            json!({"id": id, "secret": secret, "dn": dn, "agentUsers": self.options.agent_users, "brokerUrls": broker_urls}),
+        )
     }
 
     /// The stored inventory of a client (as it sent it, plus Received).

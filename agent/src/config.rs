@@ -179,8 +179,12 @@ pub fn default_data_dir() -> PathBuf {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AmqpSection {
-    /// `amqp[s]://user:password@host:port/vhost`; none = no broker.
+    /// `amqp[s]://user:password@host:port/vhost`; none = no broker. A comma list names
+    /// the nodes of a cluster.
     pub url: Option<String>,
+    /// More addresses of the same broker (a cluster's other nodes), tried after a
+    /// connection loss; one without a login takes `url`'s.
+    pub urls: Vec<String>,
     /// Heartbeat interval in seconds.
     pub heartbeat: u16,
     /// Requests in flight per queue.
@@ -196,6 +200,15 @@ pub struct AmqpSection {
     /// the broker takes the agent's identity from the certificate (SASL EXTERNAL).
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
+}
+
+impl AmqpSection {
+    /// Every broker address, `url` first then `urls`, as one comma list (what the bus
+    /// connects to); none when neither is given.
+    pub fn broker_url(&self) -> Option<String> {
+        let all: Vec<&str> = self.url.iter().chain(&self.urls).map(String::as_str).filter(|u| !u.is_empty()).collect();
+        (!all.is_empty()).then(|| all.join(","))
+    }
 }
 
 /// `[http]`: the JSON-RPC endpoint.
@@ -300,6 +313,7 @@ impl Default for AmqpSection {
     fn default() -> AmqpSection {
         AmqpSection {
             url: None,
+            urls: Vec::new(),
             heartbeat: 10,
             prefetch: 32,
             trusted_forwarders: Vec::new(),
@@ -457,6 +471,9 @@ impl AgentConfig {
             }
         };
         url(&mut shown.amqp.url);
+        for address in &mut shown.amqp.urls {
+            *address = clacks_core::bus::amqp::redact_url(address);
+        }
         url(&mut shown.objects.sql_url);
         url(&mut shown.objects.index_url);
         url(&mut shown.clients.broker_api);

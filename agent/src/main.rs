@@ -175,7 +175,7 @@ async fn run(mut cli: Cli) -> Result<()> {
             let config = effective_config(&cli)?;
             let domain = Domain::new(&config.domain)?;
             let vhost = vhost
-                .or_else(|| config.amqp.url.as_deref().map(clacks_core::bus::amqp::vhost_of))
+                .or_else(|| config.amqp.broker_url().as_deref().map(clacks_core::bus::amqp::vhost_of))
                 .unwrap_or_else(|| "/".to_owned());
             let permissions = clacks_core::bus::permissions::BrokerPermissions::for_role(&domain, &role);
             print!("{}", permissions.rabbitmqctl_script(&vhost, &user));
@@ -212,7 +212,8 @@ async fn run(mut cli: Cli) -> Result<()> {
     options.clients.timeout = secs(config.clients.timeout_secs);
     options.clients.agent_users = config.clients.agent_users.clone();
     if let Some(api) = &config.clients.broker_api {
-        let vhost = config.amqp.url.as_deref().map(clacks_core::bus::amqp::vhost_of).unwrap_or_else(|| "/".to_owned());
+        let vhost =
+            config.amqp.broker_url().as_deref().map(clacks_core::bus::amqp::vhost_of).unwrap_or_else(|| "/".to_owned());
         let user = config.clients.broker_api_user.clone().unwrap_or_default();
         let password = config.clients.broker_api_password.clone().unwrap_or_default();
         options.clients.broker_admin = Some(
@@ -257,7 +258,7 @@ async fn run(mut cli: Cli) -> Result<()> {
         }
         None => None,
     };
-    let bus = match &config.amqp.url {
+    let bus = match &config.amqp.broker_url() {
         Some(url) => {
             let settings = AmqpSettings {
                 connection_name: format!("clacks-agent {node}"),
@@ -280,7 +281,7 @@ async fn run(mut cli: Cli) -> Result<()> {
     let http_stop = tokio_util::sync::CancellationToken::new();
     let mut http_task = None;
     if let Some((listener, tls)) = http_listener {
-        let authenticator = match (config.http.auth.as_deref(), &config.amqp.url) {
+        let authenticator = match (config.http.auth.as_deref(), &config.amqp.broker_url()) {
             (Some("users"), _) | (None, None) => Authenticator::Users(config.http.users.clone()),
             (Some("directory"), _) => match agent.objects() {
                 Some(store) => Authenticator::Directory(store.clone()),

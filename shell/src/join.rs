@@ -102,9 +102,18 @@ pub(crate) fn join(request: JoinRequest, target: &Target, handle: &tokio::runtim
             }
         };
         let text = |key: &str| joined.get(key).and_then(Value::as_str).unwrap_or_default().to_owned();
+        // The address this shell reached first, then every other one the agent knows (the
+        // cluster's nodes): the machine can reconnect to any of them.
+        let mut addresses: Vec<String> = clacks_core::bus::amqp::broker_urls(&url)
+            .into_iter()
+            .chain(clacks_core::bus::amqp::broker_urls(&text("brokerUrls")))
+            .map(clacks_core::bus::amqp::without_credentials)
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        addresses.retain(|a| seen.insert(a.clone()));
         let config = ClientConfig {
             domain: target.domain.to_string(),
-            url: clacks_core::bus::amqp::without_credentials(&url),
+            url: addresses.join(","),
             id: text("id"),
             secret: text("secret"),
             dn: text("dn"),

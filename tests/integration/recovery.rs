@@ -89,3 +89,30 @@ async fn agents_and_callers_recover_from_cuts_and_restarts() {
     second.stop().await;
     agent.stop().await;
 }
+
+/// Several broker addresses: an agent and a caller given two brokers' addresses start
+/// on the first; when it stops, both move to the second within 5 s and calls go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bus_with_several_addresses_moves_on_when_its_broker_stops() {
+    let (first, second) = (PrivateBroker::start(), PrivateBroker::start());
+    let list = format!("{},{}", first.url(), second.url());
+    let domain = unique_domain();
+    let agent = start_agent(&list, fast_options(&domain, "r1"), vec![Arc::new(Probe)]).await;
+    let caller = client(&list, &domain, CALL_TIMEOUT).await;
+    caller.refresh_targets().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(caller.call("whereAmI", Params::None).await.ok(), Some(json!("r1")));
+    let on = |bus: &clacks_core::bus::Bus| match bus {
+        clacks_core::bus::Bus::Amqp(amqp) => amqp.connected_url(),
+        clacks_core::bus::Bus::Local(_) => String::new(),
+    };
+    let port = |url: &str| url.rsplit(':').next().unwrap_or_default().split('/').next().unwrap_or_default().to_owned();
+    assert!(on(agent.bus()).contains(&port(&first.url())), "at start the first address is used");
+
+    first.ctl(&["stop_app"]);
+    let recovered = time_to_recover(&caller, "after the first broker stopped").await;
+    assert!(recovered < Duration::from_secs(5), "moved to the second broker after {recovered:?}");
+    assert!(on(agent.bus()).contains(&port(&second.url())), "the agent is on the second broker now");
+    eprintln!("moved to the second address in {recovered:?}");
+    first.ctl(&["start_app"]);
+    agent.stop().await;
+}

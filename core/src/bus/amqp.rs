@@ -131,8 +131,12 @@ struct Pending {
 type PendingMap = HashMap<String, Pending>;
 
 struct Inner {
-    uri: AMQPUri,
+    /// The broker's addresses (a cluster's nodes), each with its URL for messages.
+    addresses: Vec<(AMQPUri, String)>,
+    /// Every address, for messages.
     display_url: String,
+    /// The address of the live connection, for messages.
+    connected_to: Mutex<String>,
     user: String,
     domain: Domain,
     settings: AmqpSettings,
@@ -177,13 +181,28 @@ pub fn percent_encode(text: &str) -> String {
         .collect()
 }
 
-/// The vhost an AMQP URL names, decoded (`/` when it names none or does not parse).
-pub fn vhost_of(url: &str) -> String {
-    url.parse::<AMQPUri>().map(|uri| uri.vhost).unwrap_or_else(|_| "/".to_owned())
+/// The addresses of a broker given as a list — `amqp://a:5672/%2f,amqp://b:5672/%2f`,
+/// the nodes of a cluster — each a whole AMQP URL. One URL is a list of one.
+pub fn broker_urls(list: &str) -> Vec<&str> {
+    list.split(',').map(str::trim).filter(|u| !u.is_empty()).collect()
 }
 
-/// The user an AMQP URL logs in as, decoded; `None` when it names none or does not parse.
+/// Applies `f` to every address of a list and joins the results again.
+fn each_url(list: &str, f: impl Fn(&str) -> String) -> String {
+    broker_urls(list).into_iter().map(f).collect::<Vec<_>>().join(",")
+}
+
+/// The vhost an AMQP URL names, decoded (`/` when it names none or does not parse); of
+/// a list, the first's.
+pub fn vhost_of(url: &str) -> String {
+    let first = broker_urls(url).first().copied().unwrap_or_default();
+    first.parse::<AMQPUri>().map(|uri| uri.vhost).unwrap_or_else(|_| "/".to_owned())
+}
+
+/// The user an AMQP URL logs in as, decoded; `None` when it names none or does not
+/// parse. Of a list, the first's.
 pub fn user_of(url: &str) -> Option<String> {
+    let url = broker_urls(url).first().copied()?;
     let uri = url.parse::<AMQPUri>().ok()?;
     // lapin fills in `guest` for a URL without a user: only a named one counts.
     url::Url::parse(url).ok().filter(|u| !u.username().is_empty())?;
@@ -193,6 +212,9 @@ pub fn user_of(url: &str) -> Option<String> {
 /// The URL without user and password (what a client config keeps; its own identity
 /// is added when it connects). Text that is not a URL comes back as it is.
 pub fn without_credentials(url: &str) -> String {
+    if url.contains(',') {
+        return each_url(url, without_credentials);
+    }
     match url::Url::parse(url) {
         Ok(mut parsed) => {
             // Only URLs without a host refuse these, and those have no credentials.
@@ -207,6 +229,11 @@ pub fn without_credentials(url: &str) -> String {
 /// `url` logging in as `user` with `password`, replacing whatever login it had; both
 /// are percent-encoded as URLs need.
 pub fn with_login(url: &str, user: &str, password: Option<&str>) -> Result<String, String> {
+    if url.contains(',') {
+        let each: Result<Vec<String>, String> =
+            broker_urls(url).into_iter().map(|u| with_login(u, user, password)).collect();
+        return each.map(|urls| urls.join(","));
+    }
     let refused = |why: &str| format!("'{}' {why}", redact_url(url));
     let mut parsed = url::Url::parse(url).map_err(|e| refused(&format!("is not a URL: {e}")))?;
     parsed.set_username(user).map_err(|()| refused("cannot carry a login"))?;
@@ -216,6 +243,9 @@ pub fn with_login(url: &str, user: &str, password: Option<&str>) -> Result<Strin
 
 /// Removes the password from an AMQP URL for messages and logs.
 pub fn redact_url(url: &str) -> String {
+    if url.contains(',') {
+        return each_url(url, redact_url);
+    }
     match url::Url::parse(url) {
         Ok(mut parsed) => {
             let _ = parsed.set_password(None);
@@ -228,22 +258,41 @@ pub fn redact_url(url: &str) -> String {
 }
 
 impl AmqpBus {
-    /// Connects to `url` (its path is the vhost) for `domain`.
+    /// Connects to `url` (its path is the vhost) for `domain`. `url` may list several
+    /// addresses of one broker (a cluster's nodes), separated by commas: the first that
+    /// answers is used at start, and after a connection loss they are tried in shuffled
+    /// order, so a crowd of reconnecting nodes spreads over the survivors. An address
+    /// without a login takes the first one's.
     pub async fn connect(url: &str, domain: Domain, settings: AmqpSettings) -> Result<AmqpBus, BusError> {
         let display_url = redact_url(url);
-        let mut uri: AMQPUri =
-            url.parse().map_err(|e: String| BusError::Connect { url: display_url.clone(), reason: e })?;
-        if uri.query.heartbeat.is_none() {
-            uri.query.heartbeat = Some(settings.heartbeat_secs);
+        let listed = broker_urls(url);
+        if listed.is_empty() {
+            return Err(BusError::Connect { url: display_url, reason: "no broker address given".into() });
         }
-        if uri.query.connection_timeout.is_none() {
-            uri.query.connection_timeout = Some(settings.connect_timeout.as_millis() as u64);
+        let mut addresses: Vec<(AMQPUri, String)> = Vec::new();
+        for address in listed {
+            let shown = redact_url(address);
+            let mut uri: AMQPUri =
+                address.parse().map_err(|e: String| BusError::Connect { url: shown.clone(), reason: e })?;
+            if uri.query.heartbeat.is_none() {
+                uri.query.heartbeat = Some(settings.heartbeat_secs);
+            }
+            if uri.query.connection_timeout.is_none() {
+                uri.query.connection_timeout = Some(settings.connect_timeout.as_millis() as u64);
+            }
+            if let Some((first, _)) = addresses.first()
+                && user_of(address).is_none()
+            {
+                uri.authority.userinfo = first.authority.userinfo.clone();
+            }
+            addresses.push((uri, shown));
         }
-        let user = uri.authority.userinfo.username.clone();
+        let user = addresses[0].0.authority.userinfo.username.clone();
         let agent_users = settings.agent_users.iter().cloned().chain([user.clone()]).collect();
         let (live, _) = watch::channel(None);
         let inner = Arc::new(Inner {
-            uri,
+            connected_to: Mutex::new(addresses[0].1.clone()),
+            addresses,
             display_url,
             user,
             domain,
@@ -262,7 +311,7 @@ impl AmqpBus {
         let first = {
             let mut attempt = 0;
             loop {
-                match establish(&inner).await {
+                match establish(&inner, false).await {
                     Ok(live) => break live,
                     // A broker that refuses the login will refuse it again: waiting for
                     // it only hides a wrong password. An unreachable one may come up.
@@ -293,9 +342,15 @@ impl AmqpBus {
         self.inner.login_refused.subscribe()
     }
 
-    /// The URL without its password, for messages.
+    /// The URL without its password, for messages (every address of a list).
     pub fn display_url(&self) -> &str {
         &self.inner.display_url
+    }
+
+    /// The address of the broker node the bus is connected to now (the last one when
+    /// it is reconnecting), without its password.
+    pub fn connected_url(&self) -> String {
+        self.inner.connected_url()
     }
 
     /// Changes each time the bus has reconnected (queues and subscriptions are back).
@@ -612,6 +667,18 @@ pub async fn check_login(url: &str, user: &str, password: &str) -> Result<bool, 
 
 /// [`check_login`] with the CA certificates for an `amqps://` broker.
 pub async fn check_login_with(url: &str, user: &str, password: &str, ca_pem: Option<&str>) -> Result<bool, BusError> {
+    // Of a cluster's addresses, the first that answers decides.
+    let mut unreachable = None;
+    for address in broker_urls(url) {
+        match check_login_at(address, user, password, ca_pem).await {
+            Err(e @ BusError::Connect { .. }) => unreachable = Some(e),
+            decided => return decided,
+        }
+    }
+    Err(unreachable.unwrap_or_else(|| BusError::Connect { url: redact_url(url), reason: "no broker address".into() }))
+}
+
+async fn check_login_at(url: &str, user: &str, password: &str, ca_pem: Option<&str>) -> Result<bool, BusError> {
     let display_url = redact_url(url);
     let mut uri: AMQPUri =
         url.parse().map_err(|e: String| BusError::Connect { url: display_url.clone(), reason: e })?;
@@ -655,28 +722,67 @@ fn soft_error(e: &lapin::Error) -> Option<lapin::protocol::AMQPSoftError> {
 
 /// Connects and declares the whole topology; the topology lock is held throughout so a
 /// concurrent `serve`/`subscribe` is either replayed here or declared after.
-async fn establish(inner: &Arc<Inner>) -> Result<Arc<Live>, BusError> {
+impl Inner {
+    fn connected_url(&self) -> String {
+        self.connected_to.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+/// Opens a connection to the first address that answers — in the order given at start,
+/// shuffled on a reconnection — and sets up everything the bus had on it. A login
+/// refused by any address is the answer (it will be refused again); otherwise the last
+/// address's error.
+async fn establish(inner: &Arc<Inner>, shuffled: bool) -> Result<Arc<Live>, BusError> {
+    let mut order: Vec<usize> = (0..inner.addresses.len()).collect();
+    if shuffled {
+        use rand::seq::SliceRandom;
+        order.shuffle(&mut rand::rng());
+    }
+    let mut failure = None;
+    for index in order {
+        match connect_to(inner, index).await {
+            Ok(connection) => {
+                *inner.connected_to.lock().unwrap_or_else(PoisonError::into_inner) = inner.addresses[index].1.clone();
+                return set_up(inner, connection).await;
+            }
+            Err(e @ BusError::AccessRefused { .. }) => return Err(e),
+            Err(e) => {
+                if inner.addresses.len() > 1 {
+                    debug!(url = %inner.addresses[index].1, error = %e, "broker address not reachable");
+                }
+                failure = Some(e);
+            }
+        }
+    }
+    Err(failure.unwrap_or_else(|| BusError::Connect { url: inner.display_url.clone(), reason: "no address".into() }))
+}
+
+async fn connect_to(inner: &Arc<Inner>, index: usize) -> Result<Connection, BusError> {
+    let (uri, shown) = &inner.addresses[index];
     let connect_error = |e: lapin::Error| {
         if is_access_refused(&e) {
-            BusError::AccessRefused { url: inner.display_url.clone(), user: inner.user.clone() }
+            BusError::AccessRefused { url: shown.clone(), user: inner.user.clone() }
         } else {
-            BusError::Connect { url: inner.display_url.clone(), reason: e.to_string() }
+            BusError::Connect { url: shown.clone(), reason: e.to_string() }
         }
     };
     let properties =
         ConnectionProperties::default().with_connection_name(inner.settings.connection_name.as_str().into());
     let connect = open_connection(
-        inner.uri.clone(),
+        uri.clone(),
         properties,
         inner.settings.ca_pem.as_deref(),
         inner.settings.client_identity.as_ref(),
     );
-    let connection = match tokio::time::timeout(inner.settings.connect_timeout, connect).await {
-        Ok(result) => result.map_err(connect_error)?,
-        Err(_) => {
-            return Err(BusError::Connect { url: inner.display_url.clone(), reason: "connection timed out".into() });
-        }
-    };
+    match tokio::time::timeout(inner.settings.connect_timeout, connect).await {
+        Ok(result) => result.map_err(connect_error),
+        Err(_) => Err(BusError::Connect { url: shown.clone(), reason: "connection timed out".into() }),
+    }
+}
+
+/// Declares what the bus uses on a new connection: channels, the event exchange, the
+/// reply pump, the served queues and the subscriptions.
+async fn set_up(inner: &Arc<Inner>, connection: Connection) -> Result<Arc<Live>, BusError> {
     let mut topology = inner.topology.lock().await;
     // Subscribers that went away are forgotten rather than replayed forever.
     topology.subscriptions.retain(|s| !s.sender.is_closed());
@@ -731,7 +837,7 @@ async fn supervise(inner: Arc<Inner>, mut live: Arc<Live>) {
         if inner.shutdown.is_cancelled() {
             return;
         }
-        warn!(url = %inner.display_url, %reason, "connection to the broker lost; reconnecting");
+        warn!(url = %inner.connected_url(), %reason, "connection to the broker lost; reconnecting");
         let _ = tokio::time::timeout(Duration::from_secs(1), live.connection.close(320, "reconnecting".into())).await;
         let mut attempt = 0;
         live = loop {
@@ -740,7 +846,7 @@ async fn supervise(inner: Arc<Inner>, mut live: Arc<Live>) {
                 _ = inner.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {}
             }
-            match establish(&inner).await {
+            match establish(&inner, true).await {
                 Ok(live) => break live,
                 Err(e) => {
                     if matches!(e, BusError::AccessRefused { .. }) && !inner.login_refused.send_replace(true) {
@@ -751,7 +857,7 @@ async fn supervise(inner: Arc<Inner>, mut live: Arc<Live>) {
                 }
             }
         };
-        info!(url = %inner.display_url, "reconnected to the broker");
+        info!(url = %inner.connected_url(), "reconnected to the broker");
         inner.live.send_replace(Some(live.clone()));
         inner.reconnections.send_modify(|n| *n += 1);
     }
@@ -985,7 +1091,7 @@ async fn start_subscription(inner: &Arc<Inner>, live: &Arc<Live>, subscription: 
 
 #[cfg(test)]
 mod tests {
-    use super::{redact_url, vhost_of, without_credentials};
+    use super::{broker_urls, redact_url, user_of, vhost_of, with_login, without_credentials};
 
     #[test]
     fn urls_lose_credentials_and_name_their_vhost() {
@@ -999,5 +1105,20 @@ mod tests {
     fn passwords_are_redacted() {
         assert_eq!(redact_url("amqp://guest:secret@localhost:5672/%2f"), "amqp://guest@localhost:5672/%2f");
         assert_eq!(redact_url("amqp://localhost"), "amqp://localhost");
+    }
+
+    /// A cluster's nodes as one list: every address keeps or loses its login alike.
+    #[test]
+    fn address_lists_are_handled_address_by_address() {
+        let list = "amqp://ada:pw@a:5672/%2f, amqp://b:5672/%2f,";
+        assert_eq!(broker_urls(list), ["amqp://ada:pw@a:5672/%2f", "amqp://b:5672/%2f"]);
+        assert_eq!(redact_url(list), "amqp://ada@a:5672/%2f,amqp://b:5672/%2f");
+        assert_eq!(without_credentials(list), "amqp://a:5672/%2f,amqp://b:5672/%2f");
+        assert_eq!(
+            with_login("amqp://a/%2f,amqp://b/%2f", "c1", Some("s")).as_deref(),
+            Ok("amqp://c1:s@a/%2f,amqp://c1:s@b/%2f")
+        );
+        assert_eq!((user_of(list).as_deref(), vhost_of(list).as_str()), (Some("ada"), "/"));
+        assert!(redact_url("amqp://a:secret@x/%2f,amqp://b:other@y/%2f").matches("secret").count() == 0);
     }
 }
