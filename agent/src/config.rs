@@ -185,6 +185,11 @@ pub struct AmqpSection {
     /// More addresses of the same broker (a cluster's other nodes), tried after a
     /// connection loss; one without a login takes `url`'s.
     pub urls: Vec<String>,
+    /// `quorum`: the shared command queues are replicated over the cluster's nodes and
+    /// survive the loss of one; `classic`: on one node, lighter, for a single broker.
+    /// Default: quorum when several broker addresses are given (a cluster), else
+    /// classic. Every agent of a domain must use the same.
+    pub queue_type: Option<clacks_core::bus::amqp::QueueType>,
     /// Heartbeat interval in seconds.
     pub heartbeat: u16,
     /// Requests in flight per queue.
@@ -208,6 +213,14 @@ impl AmqpSection {
     pub fn broker_url(&self) -> Option<String> {
         let all: Vec<&str> = self.url.iter().chain(&self.urls).map(String::as_str).filter(|u| !u.is_empty()).collect();
         (!all.is_empty()).then(|| all.join(","))
+    }
+
+    /// The queue type asked for, or the default: quorum for a cluster (several
+    /// addresses), classic for one broker.
+    pub fn queue_type(&self) -> clacks_core::bus::amqp::QueueType {
+        use clacks_core::bus::amqp::{QueueType, broker_urls};
+        let addresses = self.broker_url().map_or(0, |list| broker_urls(&list).len());
+        self.queue_type.unwrap_or(if addresses > 1 { QueueType::Quorum } else { QueueType::Classic })
     }
 }
 
@@ -314,6 +327,7 @@ impl Default for AmqpSection {
         AmqpSection {
             url: None,
             urls: Vec::new(),
+            queue_type: None,
             heartbeat: 10,
             prefetch: 32,
             trusted_forwarders: Vec::new(),
@@ -536,7 +550,7 @@ mod tests {
                   |
                 2 | urll = "x"
                   | ^^^^
-                unknown field `urll`, expected one of `url`, `heartbeat`, `prefetch`, `trusted_forwarders`, `ca_file`, `client_cert`, `client_key`"#]],
+                unknown field `urll`, expected one of `url`, `urls`, `queue_type`, `heartbeat`, `prefetch`, `trusted_forwarders`, `ca_file`, `client_cert`, `client_key`"#]],
         );
         check(
             "[presence]\nheartbeat_secs = 40\n",

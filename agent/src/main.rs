@@ -268,6 +268,7 @@ async fn run(mut cli: Cli) -> Result<()> {
                 client_identity,
                 // Replies from the agents this one forwards to.
                 agent_users: config.amqp.trusted_forwarders.clone(),
+                queue_type: config.amqp.queue_type(),
                 ..AmqpSettings::default()
             };
             info!(url = %clacks_core::bus::amqp::redact_url(url), "connecting to the broker");

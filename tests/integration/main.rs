@@ -5,6 +5,7 @@ mod acl;
 mod acl_store;
 mod api;
 mod clients;
+mod cluster;
 mod events;
 mod foreign;
 mod hostile;

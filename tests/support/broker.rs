@@ -174,7 +174,7 @@ impl PrivateBroker {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
 
-    fn wait_until_listening(&self, timeout: Duration) {
+    pub fn wait_until_listening(&self, timeout: Duration) {
         let started = Instant::now();
         let listening = |port: u16| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
         while !listening(self.port)
@@ -229,6 +229,49 @@ impl PrivateBroker {
         std::thread::sleep(down_for);
         self.ctl(&["start_app"]);
         self.wait_until_listening(Duration::from_secs(30));
+    }
+}
+
+impl PrivateBroker {
+    /// The Erlang node name, e.g. `clackstest21234@localhost`.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+}
+
+/// A RabbitMQ cluster of private nodes on loopback: started together, every other node
+/// joined to the first (`rabbitmqctl join_cluster`). The nodes share the Erlang cookie of
+/// user rabbitmq, as the nodes of one machine's broker do. Stopped with its nodes.
+pub struct PrivateCluster {
+    pub nodes: Vec<PrivateBroker>,
+}
+
+impl PrivateCluster {
+    pub fn start(count: usize) -> PrivateCluster {
+        let starting: Vec<_> = (0..count).map(|_| std::thread::spawn(PrivateBroker::start)).collect();
+        let nodes: Vec<PrivateBroker> =
+            starting.into_iter().map(|t| t.join().unwrap_or_else(|_| panic!("a node did not start"))).collect();
+        if let Some((first, others)) = nodes.split_first() {
+            for node in others {
+                node.ctl(&["stop_app"]);
+                node.ctl(&["join_cluster", first.node()]);
+                node.ctl(&["start_app"]);
+                node.wait_until_listening(Duration::from_secs(60));
+            }
+        }
+        PrivateCluster { nodes }
+    }
+
+    /// Every node's AMQP URL as one address list, starting with node `first`.
+    pub fn urls_from(&self, first: usize) -> String {
+        let count = self.nodes.len();
+        (0..count).map(|i| self.nodes[(first + i) % count].url()).collect::<Vec<_>>().join(",")
+    }
+
+    /// The nodes the cluster reports running, as node `asked` sees it.
+    pub fn running_nodes(&self, asked: usize) -> usize {
+        let printed = self.nodes[asked].eval("length(rabbit_nodes:all_running()).");
+        printed.parse().unwrap_or(0)
     }
 }
 

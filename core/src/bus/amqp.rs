@@ -75,7 +75,27 @@ pub struct AmqpSettings {
     /// Broker users that are agents of the domain, besides this bus's own user: replies
     /// to agent calls are believed only from them.
     pub agent_users: Vec<String>,
+    /// The type of the shared command queues this bus declares.
+    pub queue_type: QueueType,
 }
+
+/// How the shared command queues `D.command.<target>` are kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    /// On one node, not durable: what a single broker needs; the queue (and the requests
+    /// in it) goes with its node.
+    #[default]
+    Classic,
+    /// Replicated on the cluster's nodes (Raft), durable: requests survive the loss of a
+    /// node. A request delivered [`QUORUM_DELIVERY_LIMIT`] times without an answer — a
+    /// poison request that kills its agents — is dropped by the broker instead of
+    /// looping.
+    Quorum,
+}
+
+/// Deliveries of one request to a quorum queue before the broker gives up on it.
+pub const QUORUM_DELIVERY_LIMIT: i64 = 3;
 
 impl Default for AmqpSettings {
     fn default() -> AmqpSettings {
@@ -90,6 +110,7 @@ impl Default for AmqpSettings {
             ca_pem: None,
             client_identity: None,
             agent_users: Vec::new(),
+            queue_type: QueueType::Classic,
         }
     }
 }
@@ -920,9 +941,31 @@ async fn start_consumer(inner: &Arc<Inner>, live: &Arc<Live>, served: &Served) -
         QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() }
     } else {
         arguments.insert("x-expires".into(), AMQPValue::LongLongInt(SHARED_QUEUE_EXPIRY_MS));
-        QueueDeclareOptions::default()
+        match inner.settings.queue_type {
+            QueueType::Classic => QueueDeclareOptions::default(),
+            QueueType::Quorum => {
+                arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+                arguments.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(QUORUM_DELIVERY_LIMIT));
+                QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() }
+            }
+        }
     };
-    channel.queue_declare(served.queue.as_str().into(), declare, arguments).await.map_err(lapin_err)?;
+    let declared = channel.queue_declare(served.queue.as_str().into(), declare, arguments).await;
+    declared.map_err(|e| match soft_error(&e) {
+        // The queue exists with the other type: declaring cannot change it, and deleting
+        // it here would drop requests other agents are serving.
+        Some(lapin::protocol::AMQPSoftError::PRECONDITIONFAILED) => BusError::Refused(format!(
+            "{} exists as another queue type than amqp.queue_type = \"{}\" asks for ({e}); stop every agent of the \
+             domain, delete it (rabbitmqctl delete_queue {}) and start them again, or keep the type it has",
+            served.queue,
+            match inner.settings.queue_type {
+                QueueType::Classic => "classic",
+                QueueType::Quorum => "quorum",
+            },
+            served.queue
+        )),
+        _ => lapin_err(e),
+    })?;
     let mut consumer = channel
         .basic_consume(served.queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
         .await
