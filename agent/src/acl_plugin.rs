@@ -430,7 +430,7 @@ impl AclPlugin {
 #[clacks_core::plugin(target = "acl")]
 impl AclPlugin {
     /// List the ACLs, all or those of the set at base, optionally only those whose members match user.
-    #[command(name = "getACLs", needs_user)]
+    #[command(name = "getACLs", needs_user, idempotent)]
     fn get_acls(&self, ctx: &CallContext, base: Option<String>, user: Option<String>) -> CommandResult<Vec<Value>> {
         self.require(ctx, "r", base.as_deref().unwrap_or(self.store.base()))?;
         let engine = self.acl.read().unwrap_or_else(PoisonError::into_inner);
@@ -512,7 +512,7 @@ impl AclPlugin {
     }
 
     /// List the roles with their entries, all or the one named.
-    #[command(name = "getACLRoles", needs_user)]
+    #[command(name = "getACLRoles", needs_user, idempotent)]
     fn get_acl_roles(&self, ctx: &CallContext, name: Option<String>) -> CommandResult<Vec<Value>> {
         self.require(ctx, "r", self.store.base())?;
         let engine = self.acl.read().unwrap_or_else(PoisonError::into_inner);
@@ -598,7 +598,7 @@ impl AclPlugin {
     }
 
     /// Whether user may do letters on topic at target (default: the tree's root), given call options.
-    #[command(name = "checkACL", needs_user)]
+    #[command(name = "checkACL", needs_user, idempotent)]
     fn check_acl(
         &self,
         ctx: &CallContext,
@@ -623,7 +623,7 @@ impl AclPlugin {
     }
 
     /// What the last load of the stored ACLs left out, and why.
-    #[command(name = "getACLDiagnostics", needs_user)]
+    #[command(name = "getACLDiagnostics", needs_user, idempotent)]
     fn get_acl_diagnostics(&self, ctx: &CallContext) -> CommandResult<Vec<String>> {
         self.require(ctx, "r", self.store.base())?;
         Ok(self.problems.lock().unwrap_or_else(PoisonError::into_inner).clone())

@@ -876,7 +876,7 @@ fn outcome_row(client: &str, name: &str, result: Result<Value, CommandError>, to
 #[clacks_core::plugin(target = "clients")]
 impl ClientsPlugin {
     /// The joined machines and the clients this agent has heard of: id, name (given at join), hostname (announced), joined, online, last seen, last announce, number of methods, user sessions.
-    #[command]
+    #[command(idempotent)]
     async fn get_clients(&self) -> CommandResult<Vec<Value>> {
         let Targets { reached, .. } = self.fan_out_targets(None, &ClientFilter::default()).await?;
         let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
@@ -897,7 +897,7 @@ impl ClientsPlugin {
     }
 
     /// The commands a client offers: name → {signature, help}.
-    #[command]
+    #[command(idempotent)]
     fn get_client_methods(&self, client: String) -> CommandResult<BTreeMap<String, Value>> {
         let entry = self.entry(&client)?;
         Ok(entry
@@ -908,13 +908,13 @@ impl ClientsPlugin {
     }
 
     /// A client's network interfaces as it announced them.
-    #[command]
+    #[command(idempotent)]
     fn get_client_net_info(&self, client: String) -> CommandResult<Value> {
         Ok(self.entry(&client)?.network)
     }
 
     /// Users logged in on one client, or on every client (client id → user names).
-    #[command]
+    #[command(idempotent)]
     fn get_user_sessions(&self, client: Option<String>) -> CommandResult<BTreeMap<String, Vec<String>>> {
         let table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(client) = &client
@@ -1127,7 +1127,7 @@ impl ClientsPlugin {
     }
 
     /// The stored inventory of a client (as it sent it, plus Received).
-    #[command]
+    #[command(idempotent)]
     async fn get_inventory(&self, client: String) -> CommandResult<Value> {
         let store = self.inventory()?;
         let found = store.get(&client).await.map_err(clacks_objects::ObjectError::from)?;
@@ -1137,7 +1137,7 @@ impl ClientsPlugin {
     }
 
     /// Clients whose inventory matches every condition: package, packageBelow, packageAtLeast (versions compared like dpkg), service (running), os (glob on name and version).
-    #[command]
+    #[command(idempotent)]
     async fn find_clients(&self, conditions: Map<String, Value>) -> CommandResult<Vec<Value>> {
         let query: crate::inventory::Query = serde_json::from_value(Value::Object(conditions))
             .map_err(|e| CommandError::new(ErrorCode::INVALID_PARAMS, format!("conditions: {e}")))?;
@@ -1186,7 +1186,7 @@ impl ClientsPlugin {
     /// - name: the group's name; names compare ignoring case
     /// - filter: which clients belong, a client filter as clientFanOut takes
     /// - description: what the group is for
-    #[command(needs_user)]
+    #[command(needs_user, idempotent)]
     async fn set_client_group(
         &self,
         ctx: &CallContext,
@@ -1242,7 +1242,7 @@ impl ClientsPlugin {
     }
 
     /// The stored groups of clients: [{name, description, filter, members, aclMembers}] — aclMembers says whether ACL members N@name name its machines (not when it selects by what machines report about themselves: aclNote says why); a group whose filter fails has a problem instead of members.
-    #[command]
+    #[command(idempotent)]
     async fn get_client_groups(&self) -> CommandResult<Vec<Value>> {
         let groups = self.stored_groups().await?;
         let known = self.known().await?;

@@ -43,7 +43,7 @@ impl CorePlugin {
     ///
     /// - queue: a node's private queue, to list only its commands
     /// - locale: accepted for compatibility; help texts are in English
-    #[command]
+    #[command(idempotent)]
     fn get_methods(
         &self,
         queue: Option<String>,
@@ -73,7 +73,7 @@ impl CorePlugin {
     }
 
     /// The domain's API as an OpenRPC 1.3 document: every command the live nodes provide, with its parameters, result schema, errors and the ACL permission it needs.
-    #[command(name = "rpc.discover")]
+    #[command(name = "rpc.discover", idempotent)]
     fn rpc_discover(&self) -> CommandResult<Value> {
         let specs: Vec<clacks_core::command::CommandSpec> =
             self.registry.method_table(None).into_values().map(|info| info.spec).collect();
@@ -81,19 +81,19 @@ impl CorePlugin {
     }
 
     /// List the live nodes of the domain with their load.
-    #[command]
+    #[command(idempotent)]
     fn get_nodes(&self) -> CommandResult<Vec<NodeRow>> {
         Ok(self.registry.node_rows())
     }
 
     /// The directory base DN this agent serves.
-    #[command]
+    #[command(idempotent)]
     fn get_base(&self) -> CommandResult<String> {
         Ok(self.base.clone())
     }
 
     /// The user name the domain knows the caller by.
-    #[command(needs_user)]
+    #[command(needs_user, idempotent)]
     fn get_session_user(&self, ctx: &CallContext) -> CommandResult<Option<String>> {
         Ok(ctx.user.clone())
     }
@@ -116,7 +116,7 @@ impl CorePlugin {
     }
 
     /// Answer "pong": proves the domain and a node are reachable.
-    #[command]
+    #[command(idempotent)]
     fn ping(&self) -> CommandResult<&'static str> {
         Ok("pong")
     }
@@ -160,7 +160,7 @@ impl CorePlugin {
     }
 
     /// The event types this node validates.
-    #[command]
+    #[command(idempotent)]
     fn get_event_types(&self) -> CommandResult<Vec<String>> {
         Ok(self.events.validator().types())
     }
@@ -168,7 +168,7 @@ impl CorePlugin {
     /// The XSD of an event type, as this node validates it: subscribers validate events against it.
     ///
     /// - event_type: the event type, as getEventTypes() lists them
-    #[command]
+    #[command(idempotent)]
     fn get_event_schema(&self, event_type: String) -> CommandResult<String> {
         self.events.validator().schema_text(&event_type).ok_or_else(|| {
             CommandError::new(
@@ -180,13 +180,13 @@ impl CorePlugin {
     }
 
     /// Read the event schema folders again on every node, so new XSD files become event types.
-    #[command(call_type = "cumulative")]
+    #[command(call_type = "cumulative", idempotent)]
     async fn reload_event_schemas(&self) -> CommandResult<Vec<String>> {
         self.events.validator().reload().await.map_err(|e| CommandError::from(e.to_rpc_error()))
     }
 
     /// Return the value unchanged.
-    #[command]
+    #[command(idempotent)]
     fn echo(&self, value: Value) -> CommandResult<Value> {
         Ok(value)
     }

@@ -261,7 +261,7 @@ impl ObjectsPlugin {
     }
 
     /// Read one property of an open object.
-    #[command(needs_user)]
+    #[command(needs_user, idempotent)]
     async fn get_object_property(&self, ctx: &CallContext, reference: String, name: String) -> CommandResult<Value> {
         let view = self
             .with_reference(ctx, &reference, async |_, state, guard| {
@@ -417,25 +417,25 @@ impl ObjectsPlugin {
     }
 
     /// The unsaved changes of an open object: attributes added, removed, changed; extensions added, removed.
-    #[command(needs_user)]
+    #[command(needs_user, idempotent)]
     async fn diff_object(&self, ctx: &CallContext, reference: String) -> CommandResult<Value> {
         self.with_reference(ctx, &reference, async |store, state, _| Ok(Some(store.diff(state)))).await
     }
 
     /// The object types: base or extension, backend, what extends them, what they contain, their methods.
-    #[command]
+    #[command(idempotent)]
     fn get_object_types(&self) -> CommandResult<Value> {
         Ok(self.store.types_info())
     }
 
     /// The attributes of an object type and its extensions, with their rules.
-    #[command]
+    #[command(idempotent)]
     fn get_object_schema(&self, object_type: String) -> CommandResult<Value> {
         Ok(self.store.schema_of(&object_type)?)
     }
 
     /// Problems found in the object descriptions (file, line, reason) and entries this node could not index (dn, uuid, reason).
-    #[command]
+    #[command(idempotent)]
     fn get_object_diagnostics(&self) -> CommandResult<Value> {
         let catalogue = self.store.catalogue();
         let descriptions = catalogue.diagnostics.iter().map(|d| json!(d));
@@ -443,7 +443,7 @@ impl ObjectsPlugin {
     }
 
     /// Read the object descriptions again on every node; returns the problems found.
-    #[command(call_type = "cumulative")]
+    #[command(call_type = "cumulative", idempotent)]
     async fn reload_object_descriptions(&self) -> CommandResult<Value> {
         Ok(json!(self.store.reload().await?))
     }
@@ -454,7 +454,7 @@ impl ObjectsPlugin {
     /// - base: the DN to search below (default: the tree's root)
     /// - scope (BASE|ONE|SUB|CHILDREN): how far below base (default SUB)
     /// - options: category, fallback, secondary, limit
-    #[command]
+    #[command(idempotent)]
     async fn search(
         &self,
         ctx: &CallContext,
@@ -485,7 +485,7 @@ impl ObjectsPlugin {
     }
 
     /// Objects matching every condition: attribute: value (or list; * as wildcard), _type, _base, dn.
-    #[command]
+    #[command(idempotent)]
     async fn find(&self, ctx: &CallContext, conditions: Map<String, Value>) -> CommandResult<Vec<Value>> {
         let catalogue = self.store.catalogue();
         let mut guard = self.guard(ctx);
@@ -650,13 +650,13 @@ impl ObjectsPlugin {
     }
 
     /// Lock a user's password (a '!' after the hash scheme), so logins fail until unlocked.
-    #[command(needs_user)]
+    #[command(needs_user, idempotent)]
     async fn lock_account(&self, ctx: &CallContext, dn: String) -> CommandResult<bool> {
         self.set_lock(ctx, &dn, true).await
     }
 
     /// Unlock a user's password.
-    #[command(needs_user)]
+    #[command(needs_user, idempotent)]
     async fn unlock_account(&self, ctx: &CallContext, dn: String) -> CommandResult<bool> {
         self.set_lock(ctx, &dn, false).await
     }
@@ -692,7 +692,7 @@ impl ObjectsPlugin {
     }
 
     /// Whether a user's password is locked.
-    #[command]
+    #[command(idempotent)]
     async fn is_account_locked(&self, ctx: &CallContext, dn: String) -> CommandResult<bool> {
         let state = self.store.load(&dn).await?;
         self.guard(ctx).require("User.attributes.userPassword", "r", &dn).await?;

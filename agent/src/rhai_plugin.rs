@@ -91,6 +91,7 @@ fn load_file(engine: &Arc<Engine>, path: &Path) -> Result<Vec<Command>, String> 
             call_type: CallType::Normal,
             // A script function declares no result type: any JSON.
             result: Default::default(),
+            idempotent: false,
         };
         let engine = engine.clone();
         let ast = ast.clone();

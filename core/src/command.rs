@@ -214,6 +214,11 @@ pub struct CommandSpec {
     /// JSON Schema of the result; empty: any JSON value.
     #[serde(default, skip_serializing_if = "crate::schema::Schema::is_any")]
     pub result: crate::schema::Schema,
+    /// Running it twice does what running it once does (a read, a set to a value): a
+    /// request the broker delivers again — its first agent stopped before answering —
+    /// runs again only then; otherwise it is refused with `REQUEST_REDELIVERED`.
+    #[serde(default)]
+    pub idempotent: bool,
 }
 
 impl CommandSpec {
@@ -569,6 +574,7 @@ mod tests {
             needs_queue: false,
             call_type: CallType::Normal,
             result: Default::default(),
+            idempotent: false,
         }
     }
 

@@ -70,6 +70,9 @@ pub struct Origin {
     pub deadline: Instant,
     /// Run here or nowhere (another agent forwarded it here).
     pub pinned: bool,
+    /// The broker delivered this request before, to a consumer that stopped before
+    /// acknowledging it: it may have run there.
+    pub redelivered: bool,
 }
 
 /// Routes calls to local handlers or to the providing node.
@@ -120,6 +123,7 @@ impl Dispatcher {
             queue: self.config.domain.node_queue("core", &self.config.node),
             deadline: deadline.unwrap_or_else(|| Instant::now() + self.config.default_timeout),
             pinned: false,
+            redelivered: false,
         }
     }
 
@@ -138,7 +142,7 @@ impl Dispatcher {
             }
             (user, _) => user,
         };
-        let origin = Origin { user, queue: message.queue, deadline, pinned };
+        let origin = Origin { user, queue: message.queue, deadline, pinned, redelivered: message.redelivered };
         self.handle_body(&message.body, &origin).await
     }
 
@@ -211,6 +215,16 @@ impl Dispatcher {
             },
         };
         self.check_execute(spec, &params, origin)?;
+        if origin.redelivered && !spec.idempotent {
+            // At most once: the agent that had it may have run it before its node or
+            // connection died, and running it again could do it twice.
+            return Err(RpcError::new(
+                ErrorCode::REQUEST_REDELIVERED,
+                format!(
+                    "'{method}' was delivered before to an agent that stopped before answering; it may have run there and is not idempotent, so it is not run again"
+                ),
+            ));
+        }
         if origin.pinned {
             let Some(command) = local.clone() else {
                 return Err(RpcError::new(

@@ -293,6 +293,7 @@ mod tests {
             needs_queue: false,
             call_type: CallType::Normal,
             result: Default::default(),
+            idempotent: false,
         }
     }
 

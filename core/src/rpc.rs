@@ -138,6 +138,9 @@ error_codes! {
     EVENT_INVALID = -32171,
     /// An event filter (XPath) does not parse.
     EVENT_FILTER_INVALID = -32172,
+    /// The broker delivered the request again after its first agent stopped before
+    /// answering; the command is not idempotent, may have run, and is not run again.
+    REQUEST_REDELIVERED = -32014,
     /// A file the command was given cannot be read.
     FILE_UNREADABLE = -32180,
 }

@@ -159,8 +159,9 @@ impl ResultSchema for CommandSpec {
                 "needsQueue": {"type": "boolean"},
                 "callType": {"enum": ["NORMAL", "FIRST_RESULT", "CUMULATIVE"]},
                 "result": {"type": "object", "description": "JSON Schema of the result; absent: any JSON"},
+                "idempotent": {"type": "boolean", "description": "running it twice does what once does; a redelivered request runs again only then"},
             },
-            "required": ["name", "target", "params", "help", "needsUser", "needsQueue", "callType"],
+            "required": ["name", "target", "params", "help", "needsUser", "needsQueue", "callType", "idempotent"],
         })
     }
 }
@@ -218,6 +219,7 @@ pub fn openrpc(domain: &crate::domain::Domain, commands: &[CommandSpec]) -> Valu
                 "x-clacks-target": spec.target,
                 "x-clacks-callType": spec.call_type,
                 "x-clacks-needsUser": spec.needs_user,
+                "x-clacks-idempotent": spec.idempotent,
                 "x-clacks-permission": format!("x on {}", domain.command_topic(&spec.target, &spec.name)),
             })
         })

@@ -169,6 +169,7 @@ async fn main() {
         queue: String::new(),
         deadline: tokio::time::Instant::now() + Duration::from_secs(60),
         pinned: false,
+        redelivered: false,
     };
     let local = origin("bench");
     let dispatcher = agent.dispatcher();

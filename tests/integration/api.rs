@@ -34,11 +34,11 @@ async fn the_exported_api_matches_its_snapshot_and_refuses_strangers() {
     let data = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let (agent, bus) = full_agent(&data).await;
     let table = agent.registry().method_table(None);
-    let mut lines = vec!["# command | signature | needs a user | call type | permission".to_owned()];
+    let mut lines = vec!["# command | signature | needs a user | call type | idempotent | permission".to_owned()];
     for (name, info) in &table {
         lines.push(format!(
-            "{} | {} | {} | {:?} | x on org.clacks.command.{}.{name}",
-            name, info.signature, info.spec.needs_user, info.spec.call_type, info.spec.target
+            "{} | {} | {} | {:?} | {} | x on org.clacks.command.{}.{name}",
+            name, info.signature, info.spec.needs_user, info.spec.call_type, info.spec.idempotent, info.spec.target
         ));
     }
     expect_file!["api.txt"].assert_eq(&(lines.join("\n") + "\n"));

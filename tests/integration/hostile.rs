@@ -107,6 +107,7 @@ async fn a_hostile_user_can_neither_pose_as_a_node_nor_answer_for_agents() {
         needs_queue: true,
         call_type: clacks_core::command::CallType::Cumulative,
         result: Default::default(),
+        idempotent: false,
     };
     let forged = [
         PresenceEvent::Announce { id: "evil".into() },

@@ -116,3 +116,54 @@ async fn a_bus_with_several_addresses_moves_on_when_its_broker_stops() {
     first.ctl(&["start_app"]);
     agent.stop().await;
 }
+
+/// At most once: requests a consumer took and never answered — its connection died, as
+/// an agent's does when its node goes down — are delivered again; a command that is not
+/// marked idempotent refuses them (it may have run), an idempotent one runs them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_request_runs_again_only_when_its_command_is_idempotent() {
+    use futures_util::StreamExt;
+    use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+    let url = clacks_tests::amqp_url();
+    let domain = unique_domain();
+    let queue = domain.command_queue("probe");
+    // The doomed consumer declares the shared queue as agents do, and takes what comes.
+    let doomed = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let channel = doomed.create_channel().await.unwrap_or_else(|e| panic!("{e}"));
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-expires".into(), AMQPValue::LongLongInt(300_000));
+    channel
+        .queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), arguments)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut taken = channel
+        .basic_consume(queue.as_str().into(), "doomed".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let caller = clacks_tests::amqp_bus(&url, &domain, "caller").await;
+    let call = |method: &str, params: serde_json::Value| {
+        let (caller, queue) = (caller.clone(), queue.clone());
+        let body = json!({"jsonrpc": "2.0", "method": method, "params": params, "id": 1}).to_string().into_bytes();
+        tokio::spawn(async move {
+            let reply =
+                caller.call(&queue, body, clacks_core::bus::CallOptions::timeout(Duration::from_secs(20))).await;
+            serde_json::from_slice::<serde_json::Value>(&reply.unwrap_or_else(|e| panic!("{e}"))).unwrap_or_default()
+        })
+    };
+    let (nap, where_am_i) = (call("nap", json!([1])), call("whereAmI", json!([])));
+    for _ in 0..2 {
+        let delivery = tokio::time::timeout(Duration::from_secs(10), taken.next()).await;
+        assert!(matches!(delivery, Ok(Some(Ok(_)))), "the doomed consumer takes both requests");
+    }
+    // It dies without answering: the broker hands both to the next consumer, marked.
+    doomed.close(320, "gone".into()).await.unwrap_or_else(|e| panic!("{e}"));
+    let agent = start_agent(&url, fast_options(&domain, "r1"), vec![Arc::new(Probe)]).await;
+    let nap = nap.await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(nap["error"]["data"]["code"], json!("REQUEST_REDELIVERED"), "{nap}");
+    let where_am_i = where_am_i.await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(where_am_i["result"], json!("r1"), "an idempotent command runs again: {where_am_i}");
+    agent.stop().await;
+}

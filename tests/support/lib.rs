@@ -27,7 +27,7 @@ pub struct Probe;
 #[clacks_core::plugin(target = "probe")]
 impl Probe {
     /// Which node ran this call.
-    #[command]
+    #[command(idempotent)]
     fn where_am_i(&self, ctx: &CallContext) -> CommandResult<String> {
         Ok(ctx.node.clone())
     }
@@ -89,7 +89,7 @@ pub struct Other;
 #[clacks_core::plugin(target = "other")]
 impl Other {
     /// Which node ran this call.
-    #[command]
+    #[command(idempotent)]
     fn where_else(&self, ctx: &CallContext) -> CommandResult<String> {
         Ok(ctx.node.clone())
     }

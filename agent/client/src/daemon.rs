@@ -159,19 +159,19 @@ impl CoreClientCommands {
 #[clacks_core::plugin(target = "client")]
 impl CoreClientCommands {
     /// Answer "pong": the client is reachable.
-    #[command]
+    #[command(idempotent)]
     fn ping(&self) -> CommandResult<&'static str> {
         Ok("pong")
     }
 
     /// Collect this machine's inventory and send it as an Inventory event unless its checksum is the one given (the one the agent has).
-    #[command]
+    #[command(idempotent)]
     async fn request_inventory(&self, checksum: Option<String>) -> CommandResult<Value> {
         self.send_inventory(checksum.filter(|c| !c.is_empty()), false).await
     }
 
     /// The client's id, host name and network interfaces.
-    #[command]
+    #[command(idempotent)]
     fn get_client_info(&self) -> CommandResult<Value> {
         Ok(json!({"id": self.id, "name": host_name(), "network": super::netinfo::network_information()}))
     }

@@ -279,6 +279,7 @@ impl DbusProxy {
             call_type: CallType::Normal,
             // What a D-Bus method answers depends on its out-arguments: any JSON.
             result: Default::default(),
+            idempotent: false,
         };
         let (proxy, method) = (self.clone(), Arc::new(method));
         let handler: clacks_core::command::Handler = Arc::new(move |ctx, args| {

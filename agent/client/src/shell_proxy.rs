@@ -225,6 +225,7 @@ fn describe(path: &Path, name: String) -> Result<Command, String> {
             },
             "required": ["code", "stdout", "stderr"],
         })),
+        idempotent: false,
     };
     let script: Arc<PathBuf> = Arc::new(path.to_owned());
     let handler: clacks_core::command::Handler = Arc::new(move |ctx, args| {

@@ -95,7 +95,7 @@ impl StatisticsPlugin {
 #[clacks_core::plugin(target = "statistics")]
 impl StatisticsPlugin {
     /// Calls and missed-call ratio per extension and hour, from the Call events seen since this node started.
-    #[command]
+    #[command(idempotent)]
     fn call_statistics(&self) -> CommandResult<Vec<StatisticsRow>> {
         Ok(self.rows())
     }

@@ -15,7 +15,7 @@
 //! (`snake_case` becomes `lowerCamelCase` unless `name = "…"` is given), parameter names
 //! and JSON types (from `clacks_core::command::WireType`), the mandatory help text
 //! (`help = "…"` or the doc comment — a command without either does not compile),
-//! `needs_user`, `needs_queue` and `call_type`, and the result's JSON Schema (from the
+//! `needs_user`, `needs_queue`, `idempotent` and `call_type`, and the result's JSON Schema (from the
 //! return type, `clacks_core::schema::ResultSchema`). A parameter of type
 //! `&CallContext` receives the call context instead of an argument.
 //!
@@ -49,6 +49,7 @@ struct CommandOptions {
     help: Option<String>,
     needs_user: bool,
     needs_queue: bool,
+    idempotent: bool,
     call_type: String,
     /// `- name: text` lines of the doc comment.
     param_docs: Vec<ParamDoc>,
@@ -103,6 +104,7 @@ fn parse_command_options(attr: &syn::Attribute, other_attrs: &[syn::Attribute]) 
         help: None,
         needs_user: false,
         needs_queue: false,
+        idempotent: false,
         call_type: "normal".into(),
         param_docs: Vec::new(),
     };
@@ -112,13 +114,14 @@ fn parse_command_options(attr: &syn::Attribute, other_attrs: &[syn::Attribute]) 
             match &meta {
                 Meta::Path(p) if p.is_ident("needs_user") => options.needs_user = true,
                 Meta::Path(p) if p.is_ident("needs_queue") => options.needs_queue = true,
+                Meta::Path(p) if p.is_ident("idempotent") => options.idempotent = true,
                 Meta::NameValue(nv) if nv.path.is_ident("help") => options.help = Some(string_value(&nv.value)?),
                 Meta::NameValue(nv) if nv.path.is_ident("name") => options.name = Some(string_value(&nv.value)?),
                 Meta::NameValue(nv) if nv.path.is_ident("call_type") => options.call_type = string_value(&nv.value)?,
                 _ => {
                     return Err(syn::Error::new(
                         meta.span(),
-                        "expected help = \"…\", name = \"…\", call_type = \"normal|first_result|cumulative\", needs_user or needs_queue",
+                        "expected help = \"…\", name = \"…\", call_type = \"normal|first_result|cumulative\", needs_user, needs_queue or idempotent",
                     ));
                 }
             }
@@ -256,6 +259,7 @@ fn expand_command(target: &str, method: &syn::ImplItemFn, options: CommandOption
     };
     let needs_user = options.needs_user;
     let needs_queue = options.needs_queue;
+    let idempotent = options.idempotent;
     // The result is described by the handler's return type: what it serializes.
     let returned = match &method.sig.output {
         syn::ReturnType::Type(_, ty) => quote!(#ty),
@@ -274,6 +278,7 @@ fn expand_command(target: &str, method: &syn::ImplItemFn, options: CommandOption
             call_type: #call_type,
             result: ::clacks_core::schema::Schema::new(
                 &<#returned as ::clacks_core::schema::ResultSchema>::schema()),
+            idempotent: #idempotent,
         };
         // The command name, then each parameter name, for argument error messages.
         let __labels: ::std::sync::Arc<[::std::string::String]> = ::std::iter::once(__spec.name.clone())

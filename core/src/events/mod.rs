@@ -373,6 +373,9 @@ impl PresenceEvent {
                     if !m.result.is_any() {
                         element(&mut body, "Result", &m.result.to_value().to_string());
                     }
+                    if m.idempotent {
+                        element(&mut body, "Idempotent", "true");
+                    }
                     body.push_str("</NodeMethod>");
                 }
             }
@@ -431,6 +434,7 @@ fn read_method(node: &XmlNode) -> Result<CommandSpec, EventError> {
             .and_then(|r| serde_json::from_str(&r.text).ok())
             .map(|schema| crate::schema::Schema::new(&schema))
             .unwrap_or_default(),
+        idempotent: node.child("Idempotent").is_some_and(|i| parse_bool(&i.text)),
     })
 }
 
@@ -462,6 +466,7 @@ mod tests {
             needs_queue: true,
             call_type: CallType::Cumulative,
             result: crate::schema::Schema::new(&serde_json::json!({"type": "array", "items": {"type": "string"}})),
+            idempotent: false,
         };
         for event in [
             PresenceEvent::Announce { id: "n1".into() },
