@@ -1,8 +1,9 @@
 //! A domain on a real three-node RabbitMQ cluster on loopback (private nodes, joined
 //! with `rabbitmqctl join_cluster`), its shared command queues quorum queues: two
-//! agents on different nodes and a caller on the third call on while the first agent's
-//! node is stopped and started again, and while all three nodes restart one after
-//! another.
+//! agents on different nodes, a caller on the third and twenty managed machines spread
+//! over all three call on while the first agent's node is stopped and started again,
+//! and while all three nodes restart one after another; fan-outs reach every machine
+//! after each.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,6 +20,8 @@ use clacks_tests::{Probe, fast_options, unique_domain, wait_for};
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Slack for scheduling on a loaded 2-core machine.
 const DEADLINE_SLACK: Duration = Duration::from_millis(700);
+/// Managed machines emulated beside the agents.
+const CLIENTS: usize = 20;
 /// How long one logical call may keep retrying (connection lost, no provider yet).
 const RETRY_FOR: Duration = Duration::from_secs(15);
 
@@ -118,6 +121,32 @@ async fn a_domain_on_a_three_node_cluster_survives_losing_and_restarting_nodes()
     });
     assert_eq!(queue_type, "rabbit_quorum_queue", "the shared command queue is a quorum queue");
 
+    // Twenty managed machines, spread over the three nodes.
+    let mut clients = Vec::new();
+    for i in 0..CLIENTS {
+        let id = format!("emu-{i:02}");
+        let mut options = clacks_client::ClientOptions::new(domain.clone(), &id);
+        (options.ping, options.poll_spread, options.inventory_every) =
+            (Duration::from_secs(1), Duration::from_millis(500), None);
+        let bus = quorum_bus(&cluster.urls_from(i % 3), &domain, &id).await;
+        let client = clacks_client::ClientDaemon::start(options, Bus::Amqp(bus), vec![]).await;
+        clients.push(client.unwrap_or_else(|e| panic!("{e}")));
+    }
+    let fan_out_ok = || {
+        let caller = caller.clone();
+        async move {
+            let args = serde_json::json!({"method": "ping", "options": {"timeout": 2.0}});
+            let fanned =
+                caller.call("clientFanOut", Params::Named(args.as_object().cloned().unwrap_or_default())).await;
+            fanned.map(|f| f["summary"].clone()).unwrap_or_default()
+        }
+    };
+    let every_client = serde_json::json!({"targeted": CLIENTS, "ok": CLIENTS, "error": 0, "timeout": 0, "unknown": 0});
+    wait_for("every client answers a fan-out", Duration::from_secs(20), || async {
+        fan_out_ok().await == every_client
+    })
+    .await;
+
     let tally = Arc::new(Mutex::new(Tally::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let calling = tokio::spawn(call_on(caller.clone(), tally.clone(), stop.clone()));
@@ -135,6 +164,12 @@ async fn a_domain_on_a_three_node_cluster_survives_losing_and_restarting_nodes()
     assert!(after_loss.late.is_empty(), "calls past their deadline: {:?}", after_loss.late);
     assert_eq!(after_loss.lost, 0, "{after_loss:?}");
     assert_eq!(tokio::task::block_in_place(|| cluster.running_nodes(0)), 3, "the node rejoined");
+    let started = Instant::now();
+    wait_for("every client answers a fan-out after the loss", Duration::from_secs(20), || async {
+        fan_out_ok().await == every_client
+    })
+    .await;
+    eprintln!("the fan-out reached all {CLIENTS} clients again {:?} after the node was back", started.elapsed());
 
     // A rolling restart of every node, one after another.
     for node in 0..3 {
@@ -162,6 +197,15 @@ async fn a_domain_on_a_three_node_cluster_survives_losing_and_restarting_nodes()
         })
         .collect();
     assert!(unclear.is_empty(), "{rolling:?}");
+    let started = Instant::now();
+    wait_for("every client answers a fan-out after the rolling restart", Duration::from_secs(20), || async {
+        fan_out_ok().await == every_client
+    })
+    .await;
+    eprintln!("the fan-out reached all {CLIENTS} clients {:?} after the rolling restart", started.elapsed());
+    for client in clients {
+        client.stop().await;
+    }
     alpha.stop().await;
     beta.stop().await;
 }
