@@ -141,6 +141,9 @@ error_codes! {
     /// The broker delivered the request again after its first agent stopped before
     /// answering; the command is not idempotent, may have run, and is not run again.
     REQUEST_REDELIVERED = -32014,
+    /// A quorum queue gave the request to agents as often as it may and each stopped
+    /// before answering (a poison request): it is dropped, not run again.
+    REQUEST_UNDELIVERABLE = -32015,
     /// A file the command was given cannot be read.
     FILE_UNREADABLE = -32180,
 }

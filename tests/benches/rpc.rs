@@ -6,7 +6,9 @@
 //! and a bare axum HTTP echo with the same payload. Prints the figures and the ratios.
 //!
 //! Run: `cargo bench -p clacks-tests --bench rpc` (`CLACKS_TEST_AMQP_URL` picks the
-//! broker; `CLACKS_BENCH_CALLS` scales the run).
+//! broker; `CLACKS_BENCH_CALLS` scales the run). With `CLACKS_BENCH_CLUSTER=1` it
+//! measures (a), (b) and (d) instead on a private single node with classic queues and
+//! on a private three-node cluster with quorum queues — the cost of replication.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use clacks_agent::auth::{Authenticator, hash_password};
 use clacks_agent::http::{HttpState, router};
+use clacks_core::bus::Bus;
+use clacks_core::bus::amqp::{AmqpBus, AmqpSettings, QueueType};
 use clacks_core::client::Client;
 use clacks_core::rpc::Params;
 use clacks_tests::{amqp_url, client, fast_options, start_agent, unique_domain};
@@ -91,16 +95,22 @@ struct BareAmqp {
 }
 
 impl BareAmqp {
-    async fn start(url: &str) -> BareAmqp {
+    /// The echo server's queue is of `queue_type`, as the agents' shared queues are.
+    async fn start(url: &str, queue_type: QueueType) -> BareAmqp {
         let queue = format!("bench.bare.{}", uuid::Uuid::new_v4().simple());
         let server = Connection::connect(url, ConnectionProperties::default()).await.unwrap_or_else(|e| panic!("{e}"));
         let server_channel = server.create_channel().await.unwrap_or_else(|e| panic!("{e}"));
         server_channel.basic_qos(32, BasicQosOptions::default()).await.unwrap_or_else(|e| panic!("{e}"));
-        let declare = QueueDeclareOptions { auto_delete: true, ..QueueDeclareOptions::default() };
-        server_channel
-            .queue_declare(queue.as_str().into(), declare, FieldTable::default())
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let mut arguments = FieldTable::default();
+        let declare = match queue_type {
+            QueueType::Classic => QueueDeclareOptions { auto_delete: true, ..QueueDeclareOptions::default() },
+            QueueType::Quorum => {
+                arguments.insert("x-queue-type".into(), lapin::types::AMQPValue::LongString("quorum".into()));
+                arguments.insert("x-expires".into(), lapin::types::AMQPValue::LongLongInt(60_000));
+                QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() }
+            }
+        };
+        server_channel.queue_declare(queue.as_str().into(), declare, arguments).await.unwrap_or_else(|e| panic!("{e}"));
         let mut consumer = server_channel
             .basic_consume(queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
             .await
@@ -164,10 +174,84 @@ fn row(name: &str, f: &Figures) {
     println!("{name:<34} {:>9.0} {:>9.0} {:>11.0} {:>13.0}", f.p50_us, f.p99_us, f.seq_per_sec, f.pipelined_per_sec);
 }
 
+/// (a), (b) and (d) on the broker at `urls` (one address or a cluster's list), the
+/// agent's shared queues and the floor's queue of `queue_type`.
+async fn over_amqp(urls: &str, queue_type: QueueType, calls: usize) -> (Figures, Figures) {
+    let domain = unique_domain();
+    let mut options = fast_options(&domain, "bench");
+    options.heartbeat = Duration::from_secs(10);
+    options.node_timeout = Duration::from_secs(60);
+    let connect = |name: &str| {
+        let settings = AmqpSettings { connection_name: name.into(), queue_type, ..AmqpSettings::default() };
+        let domain = domain.clone();
+        async move { AmqpBus::connect(urls, domain, settings).await.unwrap_or_else(|e| panic!("{e}")) }
+    };
+    let agent = clacks_agent::Agent::start(options, Bus::Amqp(connect("bench agent").await), Vec::new())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let caller = Arc::new(Client::over_bus(Bus::Amqp(connect("bench caller").await), domain, Duration::from_secs(10)));
+    let text = payload();
+    let clacks = measure(calls, |_| {
+        let caller = caller.clone();
+        let text = text.clone();
+        async move {
+            let r = caller.call("echo", Params::Positional(vec![json!(text)])).await;
+            assert!(r.is_ok(), "{r:?}");
+        }
+    })
+    .await;
+    let first = clacks_core::bus::amqp::broker_urls(urls).first().map(|u| (*u).to_owned()).unwrap_or_default();
+    let bare = Arc::new(BareAmqp::start(&first, queue_type).await);
+    let request = clacks_core::rpc::Request::new("echo", Params::Positional(vec![json!(text)]), 1).to_bytes();
+    let floor = measure(calls, |id| {
+        let bare = bare.clone();
+        let request = request.clone();
+        async move { bare.call(id, &request).await }
+    })
+    .await;
+    agent.stop().await;
+    (clacks, floor)
+}
+
+/// One private node with classic queues against three clustered ones with quorum
+/// queues, each against its own bare floor.
+async fn cluster_cost(calls: usize) {
+    let single = tokio::task::block_in_place(clacks_tests::broker::PrivateBroker::start);
+    let (single_clacks, single_floor) = over_amqp(&single.url(), QueueType::Classic, calls).await;
+    drop(single);
+    let cluster = tokio::task::block_in_place(|| clacks_tests::broker::PrivateCluster::start(3));
+    let (cluster_clacks, cluster_floor) = over_amqp(&cluster.urls_from(0), QueueType::Quorum, calls).await;
+    println!();
+    println!("Cluster benchmark: {calls} sequential calls, {} with {PIPELINE} outstanding", calls * 5);
+    println!("{:<34} {:>9} {:>9} {:>11} {:>13}", "", "p50 µs", "p99 µs", "seq calls/s", "pipelined/s");
+    row("one node, classic: clacks", &single_clacks);
+    row("one node, classic: bare lapin", &single_floor);
+    row("3 nodes, quorum: clacks", &cluster_clacks);
+    row("3 nodes, quorum: bare lapin", &cluster_floor);
+    println!();
+    for (what, clacks, floor) in
+        [("one node", &single_clacks, &single_floor), ("three nodes", &cluster_clacks, &cluster_floor)]
+    {
+        println!(
+            "{what}: latency {:.2}x its floor, pipelined throughput {:.2}x its floor",
+            clacks.p50_us / floor.p50_us,
+            clacks.pipelined_per_sec / floor.pipelined_per_sec
+        );
+    }
+    println!(
+        "cost of quorum queues on three nodes: latency {:.2}x, pipelined throughput {:.2}x of one classic node",
+        cluster_clacks.p50_us / single_clacks.p50_us,
+        cluster_clacks.pipelined_per_sec / single_clacks.pipelined_per_sec
+    );
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let calls: usize = std::env::var("CLACKS_BENCH_CALLS").ok().and_then(|v| v.parse().ok()).unwrap_or(3000);
+    if std::env::var("CLACKS_BENCH_CLUSTER").is_ok_and(|v| v == "1") {
+        return cluster_cost(calls).await;
+    }
     let url = amqp_url();
     let domain = unique_domain();
     let mut options = fast_options(&domain, "bench");
@@ -189,7 +273,7 @@ async fn main() {
     .await;
 
     // (d) the bare lapin floor with the same request bytes.
-    let bare = Arc::new(BareAmqp::start(&url).await);
+    let bare = Arc::new(BareAmqp::start(&url, QueueType::Classic).await);
     let request = clacks_core::rpc::Request::new("echo", Params::Positional(vec![json!(text)]), 1).to_bytes();
     let floor_amqp = measure(calls, |id| {
         let bare = bare.clone();

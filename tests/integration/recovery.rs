@@ -167,3 +167,98 @@ async fn a_redelivered_request_runs_again_only_when_its_command_is_idempotent() 
     assert_eq!(where_am_i["result"], json!("r1"), "an idempotent command runs again: {where_am_i}");
     agent.stop().await;
 }
+
+/// A poison request — every agent that takes it stops before answering — is given out
+/// three times by a quorum queue, then dead-lettered and answered
+/// `REQUEST_UNDELIVERABLE`, instead of looping for ever or leaving its caller to its
+/// deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_request_on_a_quorum_queue_is_answered_not_looped() {
+    use clacks_core::bus::amqp::{AmqpBus, AmqpSettings, QueueType};
+    use futures_util::StreamExt;
+    use lapin::options::BasicConsumeOptions;
+    use lapin::types::FieldTable;
+    let url = clacks_tests::amqp_url();
+    let domain = unique_domain();
+    let quorum = |name: &str| {
+        let settings =
+            AmqpSettings { connection_name: name.into(), queue_type: QueueType::Quorum, ..AmqpSettings::default() };
+        let (url, domain) = (url.clone(), domain.clone());
+        async move {
+            let bus = AmqpBus::connect(&url, domain, settings).await.unwrap_or_else(|e| panic!("{e}"));
+            clacks_core::bus::Bus::Amqp(bus)
+        }
+    };
+    // An agent declares the quorum queue with its delivery limit and dead-letter queue,
+    // then stops; the queue stays.
+    let first =
+        clacks_agent::Agent::start(fast_options(&domain, "first"), quorum("first").await, vec![Arc::new(Probe)])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    first.stop().await;
+    let queue = domain.command_queue("probe");
+    let caller = clacks_tests::amqp_bus(&url, &domain, "caller").await;
+    let request = json!({"jsonrpc": "2.0", "method": "nap", "params": [1], "id": 1}).to_string().into_bytes();
+    let call = tokio::spawn({
+        let (caller, queue) = (caller.clone(), queue.clone());
+        async move { caller.call(&queue, request, clacks_core::bus::CallOptions::timeout(Duration::from_secs(30))).await }
+    });
+    // Agents that die holding it, one after another.
+    for attempt in 0..=3 {
+        let doomed = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let channel = doomed.create_channel().await.unwrap_or_else(|e| panic!("{e}"));
+        let mut taken = channel
+            .basic_consume(
+                queue.as_str().into(),
+                "doomed".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        match tokio::time::timeout(Duration::from_secs(3), taken.next()).await {
+            Ok(Some(Ok(_))) => {}
+            // Past the limit the broker no longer gives it out.
+            _ if attempt == 3 => {}
+            other => panic!("delivery {attempt}: {other:?}"),
+        }
+        doomed.close(320, "gone".into()).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    // A healthy agent answers from the dead-letter queue.
+    let second =
+        clacks_agent::Agent::start(fast_options(&domain, "second"), quorum("second").await, vec![Arc::new(Probe)])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    let reply = call.await.unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|e| panic!("{e}"));
+    let reply: serde_json::Value = serde_json::from_slice(&reply).unwrap_or_default();
+    assert_eq!(reply["error"]["data"]["code"], json!("REQUEST_UNDELIVERABLE"), "{reply}");
+    second.stop().await;
+}
+
+/// A domain whose shared queue exists as a classic queue cannot be switched to quorum by
+/// starting an agent: it is refused, and the message says how to migrate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_classic_queue_is_not_silently_switched_to_quorum() {
+    use clacks_core::bus::amqp::{AmqpBus, AmqpSettings, QueueType};
+    let url = clacks_tests::amqp_url();
+    let domain = unique_domain();
+    let classic = start_agent(&url, fast_options(&domain, "classic"), vec![Arc::new(Probe)]).await;
+    let settings = AmqpSettings { queue_type: QueueType::Quorum, ..AmqpSettings::default() };
+    let bus = AmqpBus::connect(&url, domain.clone(), settings).await.unwrap_or_else(|e| panic!("{e}"));
+    let refused = clacks_agent::Agent::start(
+        fast_options(&domain, "quorum"),
+        clacks_core::bus::Bus::Amqp(bus),
+        vec![Arc::new(Probe)],
+    )
+    .await
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(
+        refused.contains(&format!("rabbitmqctl delete_queue {domain}.command.")) && refused.contains("quorum"),
+        "the refusal says how to migrate: {refused}"
+    );
+    classic.stop().await;
+}

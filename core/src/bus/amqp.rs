@@ -97,6 +97,10 @@ pub enum QueueType {
 /// Deliveries of one request to a quorum queue before the broker gives up on it.
 pub const QUORUM_DELIVERY_LIMIT: i64 = 3;
 
+/// The target whose exchange and queue (`D.command.deadletter`) take the requests the
+/// quorum queues gave up on; agents answer their callers from there.
+const DEAD_LETTERS: &str = "deadletter";
+
 impl Default for AmqpSettings {
     fn default() -> AmqpSettings {
         AmqpSettings {
@@ -120,6 +124,8 @@ struct Live {
     rpc: Channel,
     publish: Channel,
     failed: CancellationToken,
+    /// The dead-letter queue of the quorum queues is consumed on this connection.
+    answering_dead_letters: std::sync::atomic::AtomicBool,
 }
 
 struct Served {
@@ -810,7 +816,13 @@ async fn set_up(inner: &Arc<Inner>, connection: Connection) -> Result<Arc<Live>,
     let rpc = connection.create_channel().await.map_err(lapin_err)?;
     rpc.confirm_select(ConfirmSelectOptions::default()).await.map_err(lapin_err)?;
     let publish = declare_event_exchange(inner, &connection, inner.settings.passive_exchange).await?;
-    let live = Arc::new(Live { connection, rpc, publish, failed: CancellationToken::new() });
+    let live = Arc::new(Live {
+        connection,
+        rpc,
+        publish,
+        failed: CancellationToken::new(),
+        answering_dead_letters: false.into(),
+    });
     start_reply_pump(inner, &live).await?;
     for served in &topology.served {
         start_consumer(inner, &live, served).await?;
@@ -946,6 +958,9 @@ async fn start_consumer(inner: &Arc<Inner>, live: &Arc<Live>, served: &Served) -
             QueueType::Quorum => {
                 arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
                 arguments.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(QUORUM_DELIVERY_LIMIT));
+                let dead_letters = inner.domain.command_queue(DEAD_LETTERS);
+                arguments.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(dead_letters.as_str().into()));
+                answer_dead_letters(inner, live).await?;
                 QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() }
             }
         }
@@ -1010,6 +1025,67 @@ async fn start_consumer(inner: &Arc<Inner>, live: &Arc<Live>, served: &Served) -
                     break;
                 }
             }
+        }
+    });
+    Ok(())
+}
+
+/// Declares the dead-letter exchange and queue of the quorum queues (once per
+/// connection) and answers every request that lands there with
+/// `REQUEST_UNDELIVERABLE`: its agents stopped before answering it
+/// [`QUORUM_DELIVERY_LIMIT`] times — a poison request — and it is not run again; the
+/// caller learns so now rather than at its deadline.
+async fn answer_dead_letters(inner: &Arc<Inner>, live: &Arc<Live>) -> Result<(), BusError> {
+    use std::sync::atomic::Ordering;
+    if live.answering_dead_letters.swap(true, Ordering::SeqCst) {
+        return Ok(());
+    }
+    let name = inner.domain.command_queue(DEAD_LETTERS);
+    let channel = live.connection.create_channel().await.map_err(lapin_err)?;
+    let durable = lapin::options::ExchangeDeclareOptions { durable: true, ..Default::default() };
+    channel
+        .exchange_declare(name.as_str().into(), ExchangeKind::Fanout, durable, FieldTable::default())
+        .await
+        .map_err(lapin_err)?;
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+    channel.queue_declare(name.as_str().into(), durable, arguments).await.map_err(lapin_err)?;
+    channel
+        .queue_bind(
+            name.as_str().into(),
+            name.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(lapin_err)?;
+    let mut consumer = channel
+        .basic_consume(name.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .map_err(lapin_err)?;
+    let (inner, publish) = (inner.clone(), live.publish.clone());
+    tokio::spawn(async move {
+        while let Some(Ok(delivery)) = consumer.next().await {
+            let props = &delivery.properties;
+            if let (Some(reply_to), Some(id)) = (props.reply_to().clone(), props.correlation_id().clone()) {
+                let error = crate::rpc::RpcError::new(
+                    crate::rpc::ErrorCode::REQUEST_UNDELIVERABLE,
+                    format!(
+                        "the request was given to agents {QUORUM_DELIVERY_LIMIT} times and each stopped before answering; it is not run again"
+                    ),
+                );
+                let body = crate::rpc::Response::error(serde_json::Value::Null, error).to_bytes();
+                let properties = BasicProperties::default()
+                    .with_content_type("application/json".into())
+                    .with_user_id(inner.user.as_str().into())
+                    .with_correlation_id(id);
+                let _ =
+                    publish.basic_publish("".into(), reply_to, BasicPublishOptions::default(), &body, properties).await;
+            }
+            warn!(domain = %inner.domain, "a request its agents never answered was dropped (delivery limit)");
+            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
         }
     });
     Ok(())
