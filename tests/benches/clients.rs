@@ -11,16 +11,21 @@
 //!
 //! Run: `cargo bench -p clacks-tests --bench clients` (`CLACKS_BENCH_CLIENTS` sets N;
 //! `CLACKS_BENCH_BROKER_CONF` adds lines to the node's rabbitmq.conf, e.g. smaller
-//! socket buffers: `tcp_listen_options.sndbuf = 32768` and `…recbuf = 32768`).
+//! socket buffers: `tcp_listen_options.sndbuf = 32768` and `…recbuf = 32768`). With
+//! `CLACKS_BENCH_CLUSTER=1` the broker is three clustered private nodes (quorum
+//! queues), the clients spread over them, memory is summed over the nodes, and instead
+//! of a broker restart one node — the agent's — is stopped for 2 s: its clients move
+//! to the others.
 
 use std::time::{Duration, Instant};
 
 use clacks_client::{ClientDaemon, ClientOptions};
+use clacks_core::bus::amqp::{AmqpBus, AmqpSettings, QueueType};
 use clacks_core::bus::{Bus, CallOptions};
 use clacks_core::client::Client;
 use clacks_core::rpc::Params;
-use clacks_tests::broker::PrivateBroker;
-use clacks_tests::{amqp_bus, fast_options, start_agent, unique_domain};
+use clacks_tests::broker::{PrivateBroker, PrivateCluster};
+use clacks_tests::{amqp_bus, fast_options, unique_domain};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
@@ -62,34 +67,96 @@ fn main() {
     runtime.block_on(run(n));
 }
 
+/// The broker under test: one private node, or a private cluster.
+enum Brokers {
+    One(PrivateBroker),
+    Cluster(PrivateCluster),
+}
+
+impl Brokers {
+    fn nodes(&self) -> Vec<&PrivateBroker> {
+        match self {
+            Brokers::One(node) => vec![node],
+            Brokers::Cluster(cluster) => cluster.nodes.iter().collect(),
+        }
+    }
+
+    /// The address (list) program `i` connects with: on a cluster, programs start on
+    /// the nodes in turn.
+    fn url_for(&self, i: usize) -> String {
+        match self {
+            Brokers::One(node) => node.url(),
+            Brokers::Cluster(cluster) => cluster.urls_from(i % cluster.nodes.len()),
+        }
+    }
+
+    /// Memory of one kind, summed over the nodes.
+    fn memory(&self, kind: &str) -> u64 {
+        self.nodes().iter().map(|n| n.memory_bytes(kind)).sum()
+    }
+
+    /// Binaries a process no longer holds count until it collects its garbage.
+    fn collect_garbage(&self) {
+        for node in self.nodes() {
+            node.eval("[erlang:garbage_collect(P) || P <- erlang:processes()], ok.");
+        }
+    }
+
+    fn count(&self, expression: &str) -> u64 {
+        self.nodes().iter().map(|n| n.eval(expression).parse::<u64>().unwrap_or(0)).sum()
+    }
+
+    /// One node: the broker restarts. A cluster: the first node (the agent's) stops and
+    /// starts again, its programs moving to the others meanwhile.
+    fn lose_a_node(&self, down_for: Duration) {
+        match self {
+            Brokers::One(node) => node.restart_app(down_for),
+            Brokers::Cluster(cluster) => cluster.nodes[0].restart_app(down_for),
+        }
+    }
+}
+
 async fn run(n: usize) {
-    println!("clients bench: {n} simulated clients, one agent, private RabbitMQ node");
+    let on_cluster = std::env::var("CLACKS_BENCH_CLUSTER").is_ok_and(|v| v == "1");
+    let what = if on_cluster { "three clustered private RabbitMQ nodes" } else { "a private RabbitMQ node" };
+    println!("clients bench: {n} simulated clients, one agent, {what}");
     let tuning = std::env::var("CLACKS_BENCH_BROKER_CONF").unwrap_or_default().replace("\\n", "\n");
     if !tuning.is_empty() {
         println!("broker configuration added: {}", tuning.replace('\n', "; "));
     }
-    let broker = PrivateBroker::start_with_config(&format!("{tuning}\n"));
+    let brokers = if on_cluster {
+        Brokers::Cluster(PrivateCluster::start_with_config(3, &format!("{tuning}\n")))
+    } else {
+        Brokers::One(PrivateBroker::start_with_config(&format!("{tuning}\n")))
+    };
     let domain = unique_domain();
     let mut options = fast_options(&domain, "alpha");
     options.clients.timeout = Duration::from_secs(120);
     options.rpc_timeout = Duration::from_secs(120);
-    let agent = start_agent(&broker.url(), options, vec![]).await;
-    let admin =
-        Client::over_bus(amqp_bus(&broker.url(), &domain, "admin").await, domain.clone(), Duration::from_secs(120));
+    let queue_type = if on_cluster { QueueType::Quorum } else { QueueType::Classic };
+    let settings = AmqpSettings { connection_name: "bench agent".into(), queue_type, ..AmqpSettings::default() };
+    let agent_bus = AmqpBus::connect(&brokers.url_for(0), domain.clone(), settings).await;
+    let agent = clacks_agent::Agent::start(options, Bus::Amqp(agent_bus.unwrap_or_else(|e| panic!("{e}"))), vec![])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let admin = Client::over_bus(
+        amqp_bus(&brokers.url_for(2), &domain, "admin").await,
+        domain.clone(),
+        Duration::from_secs(120),
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let kinds = ["total", "processes", "binary", "ets"];
-    broker.eval("[erlang:garbage_collect(P) || P <- erlang:processes()], ok.");
-    let memory_before: Vec<u64> = kinds.iter().map(|k| broker.memory_bytes(k)).collect();
+    brokers.collect_garbage();
+    let memory_before: Vec<u64> = kinds.iter().map(|k| brokers.memory(k)).collect();
 
     // Start: connect, serve, announce.
     let started = Instant::now();
-    let url = broker.url();
     // One set of compiled schemas for all simulated clients (each real client has its own).
     let validator = clacks_core::events::EventValidator::start(&[]).unwrap_or_else(|e| panic!("{e}"));
     let progress = std::sync::atomic::AtomicUsize::new(0);
     let clients: Vec<ClientDaemon> = futures_util::stream::iter(0..n)
         .map(|i| {
-            let (url, domain, validator, progress) = (url.clone(), domain.clone(), validator.clone(), &progress);
+            let (url, domain, validator, progress) = (brokers.url_for(i), domain.clone(), validator.clone(), &progress);
             async move {
                 let id = format!("emu-{i:05}");
                 let mut options = ClientOptions::new(domain.clone(), id.clone());
@@ -140,9 +207,8 @@ async fn run(n: usize) {
         println!("  (not all clients were known after 120 s)");
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    // Binaries a process no longer holds count until it collects its garbage.
-    broker.eval("[erlang:garbage_collect(P) || P <- erlang:processes()], ok.");
-    let memory_after: Vec<u64> = kinds.iter().map(|k| broker.memory_bytes(k)).collect();
+    brokers.collect_garbage();
+    let memory_after: Vec<u64> = kinds.iter().map(|k| brokers.memory(k)).collect();
     let mib = |b: u64| b as f64 / 1048576.0;
     println!(
         "broker memory: {:.1} MiB before, {:.1} MiB with {n} clients: {:.1} KiB per client",
@@ -156,8 +222,8 @@ async fn run(n: usize) {
     }
     println!(
         "  queues: {}, connections: {}",
-        broker.eval("length(rabbit_amqqueue:list())."),
-        broker.eval("length(rabbit_networking:connections()).")
+        brokers.nodes()[0].eval("length(rabbit_amqqueue:list())."),
+        brokers.count("length(rabbit_networking:connections_local()).")
     );
 
     // Fan-out ping through the agent, against the floor: the same calls straight to
@@ -178,7 +244,7 @@ async fn run(n: usize) {
             .await
             .unwrap_or_else(|e| panic!("fan-out: {e}"));
         let fan_out = t.elapsed();
-        let bus: Bus = admin_bus(&broker, &domain).await;
+        let bus: Bus = amqp_bus(&brokers.url_for(1), &domain, "bench floor").await;
         let t = Instant::now();
         let direct: Vec<bool> = futures_util::stream::iter(0..n)
             .map(|i| {
@@ -208,9 +274,10 @@ async fn run(n: usize) {
     // Broker restart: every client reconnects and announces again.
     let mark = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let down = Instant::now();
-    broker.restart_app(Duration::from_secs(2));
+    brokers.lose_a_node(Duration::from_secs(2));
     let up = Instant::now();
-    println!("broker restart: down and up again in {}", seconds(up - down));
+    let lost = if on_cluster { "the agent's node" } else { "broker" };
+    println!("{lost} restart: down and up again in {}", seconds(up - down));
     let back = time_until(Duration::from_secs(180), || async {
         let rows = clients_rows(&admin).await;
         rows.iter().filter(|r| r["lastAnnounce"].as_str() > Some(mark.as_str())).count() == n
@@ -264,10 +331,6 @@ async fn run(n: usize) {
         client.stop().await;
     }
     agent.stop().await;
-}
-
-async fn admin_bus(broker: &PrivateBroker, domain: &clacks_core::domain::Domain) -> Bus {
-    amqp_bus(&broker.url(), domain, "bench floor").await
 }
 
 async fn bus_close(bus: Bus) {

@@ -248,7 +248,17 @@ pub struct PrivateCluster {
 
 impl PrivateCluster {
     pub fn start(count: usize) -> PrivateCluster {
-        let starting: Vec<_> = (0..count).map(|_| std::thread::spawn(PrivateBroker::start)).collect();
+        PrivateCluster::start_with_config(count, "")
+    }
+
+    /// Like [`PrivateCluster::start`], with more lines of every node's `rabbitmq.conf`.
+    pub fn start_with_config(count: usize, extra: &str) -> PrivateCluster {
+        let starting: Vec<_> = (0..count)
+            .map(|_| {
+                let extra = extra.to_owned();
+                std::thread::spawn(move || PrivateBroker::start_with_config(&extra))
+            })
+            .collect();
         let nodes: Vec<PrivateBroker> =
             starting.into_iter().map(|t| t.join().unwrap_or_else(|_| panic!("a node did not start"))).collect();
         if let Some((first, others)) = nodes.split_first() {
