@@ -69,7 +69,7 @@ fn main() {
 
 /// The broker under test: one private node, or a private cluster.
 enum Brokers {
-    One(PrivateBroker),
+    One(Box<PrivateBroker>),
     Cluster(PrivateCluster),
 }
 
@@ -127,7 +127,7 @@ async fn run(n: usize) {
     let brokers = if on_cluster {
         Brokers::Cluster(PrivateCluster::start_with_config(3, &format!("{tuning}\n")))
     } else {
-        Brokers::One(PrivateBroker::start_with_config(&format!("{tuning}\n")))
+        Brokers::One(Box::new(PrivateBroker::start_with_config(&format!("{tuning}\n"))))
     };
     let domain = unique_domain();
     let mut options = fast_options(&domain, "alpha");

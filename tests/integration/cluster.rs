@@ -120,6 +120,14 @@ async fn a_domain_on_a_three_node_cluster_survives_losing_and_restarting_nodes()
         ))
     });
     assert_eq!(queue_type, "rabbit_quorum_queue", "the shared command queue is a quorum queue");
+    // Declared through alpha's node, the queue's Raft leader is there: stopping that node
+    // loses an agent's connection and the queue's leader at once.
+    let leader = tokio::task::block_in_place(|| {
+        cluster.nodes[0].eval(&format!(
+            "{{ok, Q}} = rabbit_amqqueue:lookup(rabbit_misc:r(<<\"/\">>, queue, <<\"{domain}.command.probe\">>)), {{_, Leader}} = amqqueue:get_pid(Q), Leader."
+        ))
+    });
+    assert!(leader.contains(cluster.nodes[0].node()), "the leader is on alpha's node: {leader}");
 
     // Twenty managed machines, spread over the three nodes.
     let mut clients = Vec::new();
