@@ -91,7 +91,7 @@ fn load_file(engine: &Arc<Engine>, path: &Path) -> Result<Vec<Command>, String> 
             call_type: CallType::Normal,
             // A script function declares no result type: any JSON.
             result: Default::default(),
-            idempotent: false,
+            idempotent: declares_idempotent(&function.comments),
         };
         let engine = engine.clone();
         let ast = ast.clone();
@@ -117,6 +117,17 @@ fn load_file(engine: &Arc<Engine>, path: &Path) -> Result<Vec<Command>, String> 
         commands.push(Command { spec, handler });
     }
     Ok(commands)
+}
+
+/// Whether a plugin function's doc comment says it may run twice: a line starting with
+/// the word `Idempotent` (`/// Idempotent: it only reads.`). Unsaid, it is not, and a
+/// request delivered again after its agent died is refused rather than run twice.
+fn declares_idempotent(comments: &[&str]) -> bool {
+    doc_lines(comments).iter().any(|line| {
+        line.split(|c: char| !c.is_ascii_alphabetic())
+            .next()
+            .is_some_and(|word| word.eq_ignore_ascii_case("idempotent"))
+    })
 }
 
 /// The parameters of a plugin function, typed and described by its doc comment's

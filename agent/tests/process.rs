@@ -70,7 +70,7 @@ fn plugin_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(
         dir.path().join("work.rhai"),
-        "/// Work for `ms` milliseconds, then say which node did it.\nfn slow(ms) { sleep(ms); env(\"CLACKS_NODE_NAME_FOR_SCRIPTS\") }\n",
+        "/// Work for `ms` milliseconds, then say which node did it.\n///\n/// Idempotent: running it again only costs time.\nfn slow(ms) { sleep(ms); env(\"CLACKS_NODE_NAME_FOR_SCRIPTS\") }\n/// Work like slow, but not said to be idempotent.\nfn once(ms) { sleep(ms); env(\"CLACKS_NODE_NAME_FOR_SCRIPTS\") }\n",
     )
     .unwrap_or_else(|e| panic!("{e}"));
     dir
@@ -109,11 +109,11 @@ async fn a_request_survives_its_agent_being_killed() {
     wait_until_serving(&client, &watcher, "first").await;
 
     // Sent to the shared queue of the plugin's target: only "first" consumes it now.
-    let call = tokio::spawn({
+    let send = |method: &'static str| {
         let client = client.clone();
         let domain = domain.clone();
-        async move {
-            let request = clacks_core::rpc::Request::new("slow", Params::Positional(vec![json!(1500)]), 1);
+        tokio::spawn(async move {
+            let request = clacks_core::rpc::Request::new(method, Params::Positional(vec![json!(1500)]), 1);
             let bus = bus(&domain).await;
             let reply = bus
                 .call(
@@ -124,8 +124,9 @@ async fn a_request_survives_its_agent_being_killed() {
                 .await;
             drop(client);
             reply
-        }
-    });
+        })
+    };
+    let (call, once) = (send("slow"), send("once"));
     tokio::time::sleep(Duration::from_millis(500)).await;
     first.signal("KILL");
     drop(first);
@@ -137,7 +138,16 @@ async fn a_request_survives_its_agent_being_killed() {
         .unwrap_or_else(|e| panic!("{e}"))
         .unwrap_or_else(|e| panic!("the call failed instead of being redelivered: {e}"));
     let response = clacks_core::rpc::decode_response(&reply).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(response.into_result(), Ok(json!("second")));
+    assert_eq!(response.into_result(), Ok(json!("second")), "a command that says it is idempotent runs again");
+    // One that does not say so may have run on the killed agent: it is not run twice.
+    let reply = tokio::time::timeout(Duration::from_secs(20), once)
+        .await
+        .unwrap_or_else(|_| panic!("the call hung"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let response = clacks_core::rpc::decode_response(&reply).unwrap_or_else(|e| panic!("{e}"));
+    let refused = response.into_result().map_err(|e| e.symbolic().to_string());
+    assert_eq!(refused, Err("REQUEST_REDELIVERED".to_owned()));
     watcher.stop().await;
 }
 

@@ -190,8 +190,17 @@ async fn over_amqp(urls: &str, queue_type: QueueType, calls: usize) -> (Figures,
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let caller = Arc::new(Client::over_bus(Bus::Amqp(connect("bench caller").await), domain, Duration::from_secs(10)));
+    let clacks = measure_echo(&caller, calls).await;
+    let first = clacks_core::bus::amqp::broker_urls(urls).first().map(|u| (*u).to_owned()).unwrap_or_default();
+    let floor = measure_floor(&first, queue_type, calls).await;
+    agent.stop().await;
+    (clacks, floor)
+}
+
+/// (a) and (b): `echo` of the payload through `caller`, the whole stack.
+async fn measure_echo(caller: &Arc<Client>, calls: usize) -> Figures {
     let text = payload();
-    let clacks = measure(calls, |_| {
+    measure(calls, |_| {
         let caller = caller.clone();
         let text = text.clone();
         async move {
@@ -199,18 +208,24 @@ async fn over_amqp(urls: &str, queue_type: QueueType, calls: usize) -> (Figures,
             assert!(r.is_ok(), "{r:?}");
         }
     })
-    .await;
-    let first = clacks_core::bus::amqp::broker_urls(urls).first().map(|u| (*u).to_owned()).unwrap_or_default();
-    let bare = Arc::new(BareAmqp::start(&first, queue_type).await);
-    let request = clacks_core::rpc::Request::new("echo", Params::Positional(vec![json!(text)]), 1).to_bytes();
-    let floor = measure(calls, |id| {
+    .await
+}
+
+/// The request bytes the floors echo: what the Clacks caller sends.
+fn echo_request() -> Vec<u8> {
+    clacks_core::rpc::Request::new("echo", Params::Positional(vec![json!(payload())]), 1).to_bytes()
+}
+
+/// (d): the bare lapin floor on the broker at `url`, through a queue of `queue_type`.
+async fn measure_floor(url: &str, queue_type: QueueType, calls: usize) -> Figures {
+    let bare = Arc::new(BareAmqp::start(url, queue_type).await);
+    let request = echo_request();
+    measure(calls, |id| {
         let bare = bare.clone();
         let request = request.clone();
         async move { bare.call(id, &request).await }
     })
-    .await;
-    agent.stop().await;
-    (clacks, floor)
+    .await
 }
 
 /// One private node with classic queues against three clustered ones with quorum
@@ -259,28 +274,12 @@ async fn main() {
     options.node_timeout = Duration::from_secs(60);
     let agent = start_agent(&url, options, Vec::new()).await;
     let caller = Arc::new(client(&url, &domain, Duration::from_secs(10)).await);
-    let text = payload();
+    let request = echo_request();
 
     // (a) + (b): the full stack over RabbitMQ.
-    let clacks_amqp = measure(calls, |_| {
-        let caller = caller.clone();
-        let text = text.clone();
-        async move {
-            let r = caller.call("echo", Params::Positional(vec![json!(text)])).await;
-            assert!(r.is_ok(), "{r:?}");
-        }
-    })
-    .await;
-
+    let clacks_amqp = measure_echo(&caller, calls).await;
     // (d) the bare lapin floor with the same request bytes.
-    let bare = Arc::new(BareAmqp::start(&url, QueueType::Classic).await);
-    let request = clacks_core::rpc::Request::new("echo", Params::Positional(vec![json!(text)]), 1).to_bytes();
-    let floor_amqp = measure(calls, |id| {
-        let bare = bare.clone();
-        let request = request.clone();
-        async move { bare.call(id, &request).await }
-    })
-    .await;
+    let floor_amqp = measure_floor(&url, QueueType::Classic, calls).await;
 
     // (c) HTTP JSON-RPC, and the bare HTTP floor (axum echoing the body).
     let hash = hash_password("bench").unwrap_or_default();
@@ -298,15 +297,7 @@ async fn main() {
             .await
             .unwrap_or_else(|e| panic!("{e}")),
     );
-    let clacks_http = measure(calls, |_| {
-        let http_client = http_client.clone();
-        let text = text.clone();
-        async move {
-            let r = http_client.call("echo", Params::Positional(vec![json!(text)])).await;
-            assert!(r.is_ok(), "{r:?}");
-        }
-    })
-    .await;
+    let clacks_http = measure_echo(&http_client, calls).await;
     let raw_http = reqwest::Client::new();
     let echo_url = format!("http://{address}/echo");
     let floor_http = measure(calls, |_| {

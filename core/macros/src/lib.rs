@@ -127,15 +127,7 @@ fn parse_command_options(attr: &syn::Attribute, other_attrs: &[syn::Attribute]) 
             }
         }
     }
-    let doc: Vec<String> = other_attrs
-        .iter()
-        .filter(|a| a.path().is_ident("doc"))
-        .filter_map(|a| match &a.meta {
-            Meta::NameValue(nv) => string_value(&nv.value).ok(),
-            _ => None,
-        })
-        .map(|line| line.trim().to_owned())
-        .collect();
+    let doc = doc_lines(other_attrs);
     options.param_docs = doc.iter().filter_map(|line| param_doc(line)).collect();
     if options.help.is_none() {
         let first_paragraph: Vec<&str> =
@@ -350,8 +342,9 @@ fn serde_settings(attrs: &[syn::Attribute]) -> syn::Result<SerdeSettings> {
     Ok(settings)
 }
 
-fn doc_text(attrs: &[syn::Attribute]) -> String {
-    let lines: Vec<String> = attrs
+/// The lines of an item's doc comment, trimmed.
+fn doc_lines(attrs: &[syn::Attribute]) -> Vec<String> {
+    attrs
         .iter()
         .filter(|a| a.path().is_ident("doc"))
         .filter_map(|a| match &a.meta {
@@ -359,8 +352,12 @@ fn doc_text(attrs: &[syn::Attribute]) -> String {
             _ => None,
         })
         .map(|line| line.trim().to_owned())
-        .collect();
-    lines.join(" ").trim().to_owned()
+        .collect()
+}
+
+/// An item's doc comment as one line.
+fn doc_text(attrs: &[syn::Attribute]) -> String {
+    doc_lines(attrs).join(" ").trim().to_owned()
 }
 
 fn expand_result_schema(item: TokenStream2) -> syn::Result<TokenStream2> {
