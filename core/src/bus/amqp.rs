@@ -89,8 +89,8 @@ pub enum QueueType {
     Classic,
     /// Replicated on the cluster's nodes (Raft), durable: requests survive the loss of a
     /// node. A request delivered [`QUORUM_DELIVERY_LIMIT`] times without an answer — a
-    /// poison request that kills its agents — is dropped by the broker instead of
-    /// looping.
+    /// poison request that kills its agents — goes to the dead-letter queue, where the
+    /// agents answer its caller, instead of looping.
     Quorum,
 }
 
