@@ -96,6 +96,8 @@ async fn a_machine_joins_serves_commands_through_the_agent_and_leaves() {
     let joined = ok(&admin, "joinClient", json!({"deviceUuid": "4c4c4544-0042-3510-8052-b3c04f4e3232", "name": "ws-1", "info": {"deviceType": "workstation"}})).await;
     let id = joined["id"].as_str().unwrap_or_default().to_owned();
     assert_eq!(joined["agentUsers"], json!(["guest"]));
+    // Every broker address the agent knows, without its login, for the machine's client.toml.
+    assert_eq!(joined["brokerUrls"], json!(clacks_core::bus::amqp::without_credentials(&broker.url())));
     let dn = joined["dn"].as_str().unwrap_or_default().to_owned();
     assert_eq!(dn, format!("cn={id},ou=devices,{}", alpha.options().base));
     let again = call(&admin, "joinClient", json!(["4c4c4544-0042-3510-8052-b3c04f4e3232"])).await;
