@@ -121,7 +121,7 @@ impl fmt::Display for ValueType {
 }
 
 /// One parameter of a command.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, crate::ResultSchema)]
 pub struct Param {
     /// Its name, used for named arguments.
     pub name: String,
@@ -193,7 +193,7 @@ pub fn param_doc(line: &str) -> Option<ParamDoc> {
 }
 
 /// Everything a caller, the dispatcher and the shell need to know about a command.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, crate::ResultSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CommandSpec {
     /// The domain-wide command name, e.g. `getMethods`.

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value, json};
 
-use crate::command::{CommandSpec, Param, ValueType};
+use crate::command::{CallType, CommandSpec, Param, ValueType};
 use crate::rpc::ErrorCode;
 
 /// A JSON Schema, kept as its JSON text so a command description stays hashable and
@@ -130,39 +130,25 @@ pub fn described(mut schema: Value, description: &str) -> Value {
     schema
 }
 
-impl ResultSchema for Param {
+// Command descriptions (`getMethods`) derive theirs; their enums are spelled here.
+impl ResultSchema for ValueType {
     fn schema() -> Value {
-        json!({
-            "type": "object",
-            "properties": {
-                "name": {"type": "string"},
-                "type": {"enum": ["string", "integer", "number", "boolean", "array", "object", "any"]},
-                "optional": {"type": "boolean"},
-                "description": {"type": "string"},
-                "allowed": {"type": "array", "items": {"type": "string"}, "description": "the only values it takes (compared ignoring ASCII case)"},
-            },
-            "required": ["name", "type", "optional"],
-        })
+        use ValueType::*;
+        let spellings = [String, Integer, Number, Boolean, Array, Object, Any].map(ValueType::as_str);
+        json!({ "enum": spellings })
     }
 }
 
-impl ResultSchema for CommandSpec {
+impl ResultSchema for CallType {
     fn schema() -> Value {
-        json!({
-            "type": "object",
-            "properties": {
-                "name": {"type": "string"},
-                "target": {"type": "string", "description": "the plugin's queue"},
-                "params": {"type": "array", "items": Param::schema()},
-                "help": {"type": "string"},
-                "needsUser": {"type": "boolean"},
-                "needsQueue": {"type": "boolean"},
-                "callType": {"enum": ["NORMAL", "FIRST_RESULT", "CUMULATIVE"]},
-                "result": {"type": "object", "description": "JSON Schema of the result; absent: any JSON"},
-                "idempotent": {"type": "boolean", "description": "running it twice does what once does; a redelivered request runs again only then"},
-            },
-            "required": ["name", "target", "params", "help", "needsUser", "needsQueue", "callType", "idempotent"],
-        })
+        let spellings = [CallType::Normal, CallType::FirstResult, CallType::Cumulative].map(CallType::as_str);
+        json!({ "enum": spellings })
+    }
+}
+
+impl ResultSchema for Schema {
+    fn schema() -> Value {
+        json!({"type": "object"})
     }
 }
 
