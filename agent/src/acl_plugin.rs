@@ -435,7 +435,7 @@ impl AclPlugin {
         self.require(ctx, "r", base.as_deref().unwrap_or(self.store.base()))?;
         let engine = self.acl.read().unwrap_or_else(PoisonError::into_inner);
         let only = base.as_deref().map(dn_key);
-        let member_of = |acl: &Acl| user.as_deref().is_none_or(|u| acl.has_member(u, engine.node_groups()));
+        let member_of = |acl: &Acl| user.as_deref().is_none_or(|u| engine.is_member(acl, u));
         Ok(engine
             .sets()
             .filter(|(dn, _)| only.as_ref().is_none_or(|o| *o == dn_key(dn)))

@@ -90,17 +90,6 @@ pub struct Acl {
     pub grant: Grant,
 }
 
-impl Acl {
-    /// Whether one of the member patterns names `user`; a group member counts when
-    /// `groups` puts `user` in it.
-    pub fn has_member(&self, user: &str, groups: &NodeGroups) -> bool {
-        self.members.iter().any(|m| match node_group(m) {
-            Some(group) => groups.contains(group, user),
-            None => anchored(m, false).is_ok_and(|re| re.is_match(user)),
-        })
-    }
-}
-
 /// How an ACL member names a group of machines: `N@<group>` (Salt's nodegroup prefix).
 pub const NODE_GROUP_PREFIX: &str = "N@";
 
@@ -302,6 +291,15 @@ impl AclEngine {
 
     pub fn is_admin(&self, user: &str) -> bool {
         self.admins.contains(user)
+    }
+
+    /// Whether one of `acl`'s members names `user`: a pattern matching it, or a group of
+    /// machines holding it.
+    pub fn is_member(&self, acl: &Acl, user: &str) -> bool {
+        acl.members.iter().any(|m| match node_group(m) {
+            Some(group) => self.node_groups.contains(group, user),
+            None => self.patterns.matches(m, false, user),
+        })
     }
 
     /// The groups of machines `N@<group>` members name (shared by clones).
@@ -687,10 +685,7 @@ impl AclEngine {
         target: &str,
         relatives: &dyn RelativeLookup,
     ) -> Result<Option<Scope>, AclError> {
-        let is_member = acl.members.iter().any(|m| match node_group(m) {
-            Some(group) => self.node_groups.contains(group, user),
-            None => self.patterns.matches(m, false, user),
-        });
+        let is_member = self.is_member(acl, user);
         match &acl.grant {
             Grant::Actions(actions) => {
                 Ok(self.actions_grant(actions, is_member, user, request, target, relatives).then_some(acl.scope))
@@ -926,7 +921,7 @@ mod tests {
         assert!(problems.is_empty(), "{problems:?}");
         let rebuilt = rebuilt.with_node_groups(e.node_groups().clone());
         assert!(allowed(&rebuilt, "c-1", "com.x", "x", BASE));
-        assert!(rebuilt.set_at(BASE)[0].has_member("c-1", rebuilt.node_groups()));
+        assert!(rebuilt.is_member(&rebuilt.set_at(BASE)[0], "c-1"));
         e.node_groups().replace(BTreeMap::new());
         assert!(!allowed(&rebuilt, "c-1", "com.x", "x", BASE));
         let bad = e.add_acl(BASE, Scope::Sub, 0, vec!["N@1st group".into()], actions("com.x", "x"));
