@@ -37,10 +37,11 @@ use crate::broker_admin::BrokerAdmin;
 use crate::client_filter::{Candidate, ClientFilter};
 use clacks_acl::NodeGroups;
 
-/// The events the clients plugin follows: the clients' presence, their inventories,
-/// and object changes (a group of clients or a device edited through any agent).
-pub const CLIENT_EVENTS: [&str; 7] =
-    ["ClientAnnounce", "ClientSignature", "ClientPing", "ClientLeave", "UserSession", "Inventory", "ObjectChanged"];
+/// The events the clients plugin follows: the clients' presence and their inventories
+/// (and object changes too when it keeps group members for ACLs: see
+/// [`ClientsPlugin::event_types`]).
+pub const CLIENT_EVENTS: [&str; 6] =
+    ["ClientAnnounce", "ClientSignature", "ClientPing", "ClientLeave", "UserSession", "Inventory"];
 
 /// How often group members are worked out again when nothing said they changed (an
 /// inventory condition, a machine going offline).
@@ -223,6 +224,14 @@ impl ClientsPlugin {
         }
     }
 
+    /// What [`ClientsPlugin::watch`] must be given: the clients' events, and object
+    /// changes (a group or a device edited through any agent) only when group members
+    /// are kept for ACLs — otherwise every commit of the domain would be read for nothing.
+    pub(crate) fn event_types(&self) -> Vec<&'static str> {
+        let follows_groups = self.node_groups.is_some() && self.store.is_some();
+        CLIENT_EVENTS.iter().copied().chain(follows_groups.then_some("ObjectChanged")).collect()
+    }
+
     /// Keeps the group members the ACL engine reads current until `stopped`.
     async fn groups_loop(self: Arc<Self>, stopped: CancellationToken) {
         if self.node_groups.is_none() || self.store.is_none() {
@@ -253,15 +262,12 @@ impl ClientsPlugin {
             }
         };
         let mut members = BTreeMap::new();
-        for group in &groups {
+        let selections = self.members_of_all(&groups, &known).await;
+        for (group, selected) in groups.iter().zip(selections) {
             if let Some(why) = acl_refusal(&group.name, &groups) {
                 debug!(group = %group.name, %why, "group of clients names no ACL members");
                 continue;
             }
-            let selected = match &group.filter {
-                Ok(filter) => self.select(filter, &known, &mut GroupWalk::inside(&group.name)).await,
-                Err(problem) => Err(CommandError::failed(problem.clone())),
-            };
             match selected {
                 Ok(mut ids) => {
                     // Only joined machines: their ids are broker logins, vouched for.
@@ -620,6 +626,25 @@ impl ClientsPlugin {
         })
     }
 
+    /// The members of every stored group in `groups` among `known`, in order: one walk,
+    /// so a group that others name is worked out once, from the filters already loaded.
+    async fn members_of_all(
+        &self,
+        groups: &[StoredGroup],
+        known: &BTreeMap<String, Target>,
+    ) -> Vec<CommandResult<BTreeSet<String>>> {
+        let loaded = groups.iter().filter_map(|g| Some((g.name.to_lowercase(), g.filter.clone().ok()?)));
+        let mut walk = GroupWalk { loaded: loaded.collect(), ..GroupWalk::default() };
+        let mut selections = Vec::new();
+        for group in groups {
+            selections.push(match &group.filter {
+                Ok(_) => self.group_members(&group.name, known, &mut walk).await,
+                Err(problem) => Err(CommandError::failed(problem.clone())),
+            });
+        }
+        selections
+    }
+
     /// The members of the stored group `group` among `known`, each group worked out once
     /// per walk however often filters name it.
     async fn group_members(
@@ -642,7 +667,10 @@ impl ClientsPlugin {
         if walk.open.len() >= crate::client_filter::MAX_DEPTH {
             return Err(CommandError::new(ErrorCode::INVALID_PARAMS, "groups of clients nest too deep"));
         }
-        let inner = self.stored_group(group).await?.filter.map_err(CommandError::failed)?;
+        let inner = match walk.loaded.get(&key) {
+            Some(filter) => filter.clone(),
+            None => self.stored_group(group).await?.filter.map_err(CommandError::failed)?,
+        };
         walk.open.push(key.clone());
         let members = self.select(&inner, known, walk).await;
         walk.open.pop();
@@ -798,12 +826,14 @@ fn acl_refusal(name: &str, groups: &[StoredGroup]) -> Option<String> {
 struct GroupWalk {
     open: Vec<String>,
     done: BTreeMap<String, BTreeSet<String>>,
+    /// Filters of stored groups already read, by lower-case name.
+    loaded: BTreeMap<String, ClientFilter>,
 }
 
 impl GroupWalk {
     /// A walk working out the group `name` itself.
     fn inside(name: &str) -> GroupWalk {
-        GroupWalk { open: vec![name.to_lowercase()], done: BTreeMap::new() }
+        GroupWalk { open: vec![name.to_lowercase()], ..GroupWalk::default() }
     }
 }
 
@@ -1247,16 +1277,13 @@ impl ClientsPlugin {
         let groups = self.stored_groups().await?;
         let known = self.known().await?;
         let mut rows = Vec::new();
-        for group in &groups {
+        let selections = self.members_of_all(&groups, &known).await;
+        for (group, selected) in groups.iter().zip(selections) {
             let mut row = json!({"name": group.name, "description": group.description, "filter": group.raw_filter});
             match acl_refusal(&group.name, &groups) {
                 None => row["aclMembers"] = json!(true),
                 Some(why) => (row["aclMembers"], row["aclNote"]) = (json!(false), json!(why)),
             }
-            let selected = match &group.filter {
-                Ok(filter) => self.select(filter, &known, &mut GroupWalk::inside(&group.name)).await,
-                Err(problem) => Err(CommandError::failed(problem.clone())),
-            };
             match selected {
                 Ok(members) => row["members"] = json!(members),
                 Err(e) => row["problem"] = json!(format!("{}: {}", e.code.as_str(), e.message)),

@@ -338,7 +338,7 @@ impl Agent {
         if agent.inner.objects.is_some() {
             tokio::spawn(agent.clone().objects_loop());
         }
-        let client_events = agent.subscribe(&crate::clients_plugin::CLIENT_EVENTS).await?;
+        let client_events = agent.subscribe(&clients.event_types()).await?;
         tokio::spawn(clients.clone().watch(client_events, agent.inner.stopped.clone()));
         // Clients that were there before this agent announce themselves again.
         clients.poll().await;
