@@ -391,12 +391,17 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn inventories_are_stored_once_and_queried_by_package_version_service_and_os() {
+    /// An inventory store on SQLite in a folder removed with the returned handle.
+    async fn store_in_a_temporary_folder() -> (tempfile::TempDir, InventoryStore) {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let url = format!("sqlite://{}", dir.path().join("inv.db").display());
         let db = Db::connect(&url, std::time::Duration::from_secs(5)).await.unwrap_or_else(|e| panic!("{e}"));
-        let store = InventoryStore::open(db).await.unwrap_or_else(|e| panic!("{e}"));
+        (dir, InventoryStore::open(db).await.unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    #[tokio::test]
+    async fn inventories_are_stored_once_and_queried_by_package_version_service_and_os() {
+        let (_dir, store) = store_in_a_temporary_folder().await;
         let inventory = |checksum: &str, openssl: &str, os: &str| {
             json!({
                 "Checksum": checksum, "Hostname": "h", "OperatingSystem": {"Name": "Debian GNU/Linux", "Version": os},
@@ -438,10 +443,7 @@ mod tests {
 
     #[tokio::test]
     async fn facts_are_kept_per_value_and_replaced_with_the_inventory() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let url = format!("sqlite://{}", dir.path().join("inv.db").display());
-        let db = Db::connect(&url, std::time::Duration::from_secs(5)).await.unwrap_or_else(|e| panic!("{e}"));
-        let store = InventoryStore::open(db).await.unwrap_or_else(|e| panic!("{e}"));
+        let (_dir, store) = store_in_a_temporary_folder().await;
         let with_facts = |checksum: &str, facts: Value| {
             json!({"Checksum": checksum, "Hostname": "h", "Fact": facts}).as_object().cloned().unwrap_or_default()
         };

@@ -1077,10 +1077,7 @@ async fn answer_dead_letters(inner: &Arc<Inner>, live: &Arc<Live>) -> Result<(),
                     ),
                 );
                 let body = crate::rpc::Response::error(serde_json::Value::Null, error).to_bytes();
-                let properties = BasicProperties::default()
-                    .with_content_type("application/json".into())
-                    .with_user_id(inner.user.as_str().into())
-                    .with_correlation_id(id);
+                let properties = reply_properties(&inner, Some(id));
                 let _ =
                     publish.basic_publish("".into(), reply_to, BasicPublishOptions::default(), &body, properties).await;
             }
@@ -1089,6 +1086,18 @@ async fn answer_dead_letters(inner: &Arc<Inner>, live: &Arc<Live>) -> Result<(),
         }
     });
     Ok(())
+}
+
+/// What every reply carries: JSON, this bus's broker user — which the broker checks
+/// against the login, so the caller can believe it — and the request's correlation id.
+fn reply_properties(inner: &Inner, correlation_id: Option<ShortString>) -> BasicProperties {
+    let properties = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_user_id(inner.user.as_str().into());
+    match correlation_id {
+        Some(id) => properties.with_correlation_id(id),
+        None => properties,
+    }
 }
 
 async fn serve_one(
@@ -1121,13 +1130,7 @@ async fn serve_one(
     let correlation_id = props.correlation_id().clone();
     let reply = handler(message).await;
     if let (Some(reply), Some(reply_to)) = (reply, reply_to) {
-        // The broker checks `user_id` against the login, so the caller can believe it.
-        let mut properties = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_user_id(inner.user.as_str().into());
-        if let Some(id) = correlation_id {
-            properties = properties.with_correlation_id(id);
-        }
+        let properties = reply_properties(inner, correlation_id);
         if let Err(e) =
             publish.basic_publish("".into(), reply_to, BasicPublishOptions::default(), &reply, properties).await
         {
