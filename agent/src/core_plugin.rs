@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use clacks_core::command::{CallContext, CommandError, CommandResult};
 use clacks_core::domain::{CommandQueue, Domain};
+use clacks_core::events::PresenceEvent;
 use clacks_core::registry::{MethodInfo, NodeRow, Registry};
 use clacks_core::rpc::ErrorCode;
 use serde_json::Value;
@@ -149,6 +150,17 @@ impl CorePlugin {
         // (`x` on `<domain>.event.<Type>`) before anything is published.
         let event_type =
             self.events.validator().validate(xml.as_bytes()).await.map_err(|e| CommandError::from(e.to_rpc_error()))?;
+        // Receivers believe node presence and a machine's own events because an agent or
+        // that machine sent them; published here they would go out under this agent's
+        // identity, letting any caller speak for a node or a machine (its inventory and
+        // facts decide fan-outs).
+        let spoken_for = PresenceEvent::TYPES.iter().chain(clacks_core::bus::permissions::CLIENT_EVENTS);
+        if spoken_for.into_iter().any(|t| *t == event_type) {
+            return Err(CommandError::new(
+                ErrorCode::PERMISSION_EXEC,
+                format!("{event_type} events come from the node or machine itself; sendEvent does not speak for one"),
+            ));
+        }
         self.check_send(ctx, &event_type)?;
         match self.events.publish(xml.as_bytes()).await {
             Ok(event_type) => {

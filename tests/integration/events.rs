@@ -119,6 +119,17 @@ async fn validated_publishing_filtered_subscriptions_and_hostile_input() {
     }
     let unexpected = tokio::time::timeout(Duration::from_millis(500), all_calls.recv()).await;
     assert!(unexpected.is_err(), "an invalid event was published: {unexpected:?}");
+    // Valid, but only a node or a machine may say these: through sendEvent they would go
+    // out under the agent's identity (a forged inventory would steer fan-outs).
+    let forged = [
+        json!({"@type": "Inventory", "Checksum": "x", "ClientUUID": "victim", "Hostname": "h", "Fact": [{"Name": "role", "Value": "db"}]}),
+        json!({"@type": "ClientAnnounce", "Id": "victim", "Name": "victim"}),
+        json!({"@type": "NodeLeave", "Id": "alpha"}),
+    ];
+    for event in forged {
+        let (code, _) = refusal(caller.call("sendEvent", Params::Positional(vec![event.clone()])).await);
+        assert_eq!(code, "PERMISSION_EXEC", "{event}");
+    }
 
     // Publisher and subscribers keep working.
     assert_eq!(send(call_event("missed", "100")).await.ok(), Some(json!("Call")));
