@@ -132,21 +132,19 @@ async fn a_request_survives_its_agent_being_killed() {
     drop(first);
     // The unacknowledged request waits in the queue until another agent takes it.
     let _second = AgentProcess::spawn(&domain, "second", plugins.path(), None);
-    let reply = tokio::time::timeout(Duration::from_secs(20), call)
-        .await
-        .unwrap_or_else(|_| panic!("the call hung"))
-        .unwrap_or_else(|e| panic!("{e}"))
-        .unwrap_or_else(|e| panic!("the call failed instead of being redelivered: {e}"));
-    let response = clacks_core::rpc::decode_response(&reply).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(response.into_result(), Ok(json!("second")), "a command that says it is idempotent runs again");
+    // Each call's answer: its result, or its error's symbolic code.
+    let answer = |call: tokio::task::JoinHandle<Result<Vec<u8>, clacks_core::bus::BusError>>| async move {
+        let reply = tokio::time::timeout(Duration::from_secs(20), call)
+            .await
+            .unwrap_or_else(|_| panic!("the call hung"))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|e| panic!("the call failed instead of being redelivered: {e}"));
+        let response = clacks_core::rpc::decode_response(&reply).unwrap_or_else(|e| panic!("{e}"));
+        response.into_result().map_err(|e| e.symbolic().to_string())
+    };
+    assert_eq!(answer(call).await, Ok(json!("second")), "a command that says it is idempotent runs again");
     // One that does not say so may have run on the killed agent: it is not run twice.
-    let reply = tokio::time::timeout(Duration::from_secs(20), once)
-        .await
-        .unwrap_or_else(|_| panic!("the call hung"))
-        .unwrap_or_else(|e| panic!("{e}"))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let response = clacks_core::rpc::decode_response(&reply).unwrap_or_else(|e| panic!("{e}"));
-    let refused = response.into_result().map_err(|e| e.symbolic().to_string());
+    let refused = answer(once).await;
     assert_eq!(refused, Err("REQUEST_REDELIVERED".to_owned()));
     watcher.stop().await;
 }
