@@ -51,7 +51,7 @@ async fn commands_are_denied_unless_an_acl_grants_them() {
         bob.call("shutdown", Params::Named([("force".to_owned(), json!(false))].into_iter().collect())).await;
     assert_eq!(unforced.map_err(|e| e.code()).err(), Some(ErrorCode::COMMAND_INVALID_QUEUE));
     // Sending an event needs the command and the event type.
-    let status = clacks_core::events::PresenceEvent::Status { id: "probe".into(), load: 0.0, workers: 0 }.to_xml();
+    let notice = clacks_core::events::envelope("Notification", "<Target>ops</Target><Body>disk full</Body>");
     let grant_send = Grant::Actions(vec![Action {
         topic: format!(r"{prefix}\.command\.core\.sendEvent$"),
         acls: "x".into(),
@@ -59,16 +59,21 @@ async fn commands_are_denied_unless_an_acl_grants_them() {
     }]);
     let added = acl.write().map(|mut e| e.add_acl(&base, Scope::Sub, 0, vec!["^bob$".into()], grant_send));
     assert!(matches!(added, Ok(Ok(_))), "{added:?}");
-    let refused = send(&bob, &status).await.expect_err("no event permission yet");
-    assert!(refused.contains("bob may not send NodeStatus events"), "{refused}");
+    let refused = send(&bob, &notice).await.expect_err("no event permission yet");
+    assert!(refused.contains("bob may not send Notification events"), "{refused}");
     let grant_event = Grant::Actions(vec![Action {
-        topic: format!(r"{prefix}\.event\.NodeStatus$"),
+        topic: format!(r"{prefix}\.event\.(Notification|NodeStatus)$"),
         acls: "x".into(),
         options: Map::new(),
     }]);
     let added = acl.write().map(|mut e| e.add_acl(&base, Scope::Sub, 0, vec!["^bob$".into()], grant_event));
     assert!(matches!(added, Ok(Ok(_))), "{added:?}");
-    assert_eq!(send(&bob, &status).await, Ok(json!("NodeStatus")));
+    assert_eq!(send(&bob, &notice).await, Ok(json!("Notification")));
+    // Node presence stays the nodes' own, whatever the ACLs grant: sendEvent would send it
+    // under the agent's identity.
+    let status = clacks_core::events::PresenceEvent::Status { id: "probe".into(), load: 0.0, workers: 0 }.to_xml();
+    let refused = send(&bob, &status).await.expect_err("presence is not sent for a node");
+    assert!(refused.contains("NodeStatus events come from the node or machine itself"), "{refused}");
 
     // A look-alike name does not match an anchored member pattern.
     assert_eq!(
